@@ -1,0 +1,207 @@
+"""The command line: `python -m captioner caption|feedback|demo ...` (see DESIGN.md, CLI)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+from .settings import Settings, SettingsError
+
+PROG = "captioner"
+
+
+class UserError(Exception):
+    """A problem with what the user asked for: reported as one line on stderr, no traceback."""
+
+
+def say(message: str) -> None:
+    """One line on stderr, prefixed with the program name."""
+    print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"python -m {PROG}", description="Image captioning studio")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    cap = commands.add_parser("caption", help="caption image files (folders are searched for images)")
+    cap.add_argument("paths", nargs="+", metavar="PATH")
+    cap.add_argument("--model", help="model spec (default: CAPTIONER_CAPTION_MODEL or the BLIP base model)")
+    cap.add_argument("--batch-size", type=int, default=16)
+    cap.add_argument("--max-new-tokens", type=int, default=30)
+    cap.add_argument("--min-new-tokens", type=int, default=0)
+    cap.add_argument("--num-beams", type=int, default=3)
+    cap.add_argument("--repetition-penalty", type=float, default=1.0)
+    cap.add_argument("--prompt", default="", help="caption prefix (conditional captioning)")
+    cap.add_argument("--format", choices=["jsonl", "csv", "txt"], default="jsonl")
+    cap.add_argument("--out", type=Path, help="write here instead of stdout")
+
+    feedback = commands.add_parser("feedback", help="the feedback log").add_subparsers(dest="action", required=True)
+    add = feedback.add_parser("add", help="log a correction of an image's caption or answer")
+    add.add_argument("image", type=Path)
+    add.add_argument("--correction", required=True)
+    add.add_argument("--model-output", default="", help="what the model said (equal to --correction: a confirmation)")
+    add.add_argument("--task", choices=["caption", "qa"], default="caption")
+    add.add_argument("--prompt", default="", help="the question (qa) or caption prefix")
+    add.add_argument("--status", choices=["pending", "approved"], default="pending")
+    add.add_argument("--model", default="", help="the model spec that made the output")
+    add.add_argument("--model-version", default="")
+    add.add_argument("--notes", default="")
+    listing = feedback.add_parser("list", help="print the logged rows")
+    listing.add_argument("--status", choices=["pending", "approved", "rejected"])
+    listing.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+
+    demo = commands.add_parser("demo", help="the embedded demo world").add_subparsers(dest="action", required=True)
+    build = demo.add_parser("build", help="retrain the embedded demo models from a fixed seed")
+    build.add_argument("--out", type=Path, help="write the models here instead of into the package")
+    build.add_argument("--steps", type=int, help="training steps (default: the recipe's)")
+    build.add_argument("--seed", type=int, default=0)
+    pictures = demo.add_parser("images", help="write demo-world images and their captions")
+    pictures.add_argument("outdir", type=Path)
+    pictures.add_argument("--n", type=int, default=12)
+    pictures.add_argument("--seed", type=int, default=0)
+    pictures.add_argument("--shapes", default="circle,square,triangle", help="comma list, e.g. star")
+    pictures.add_argument("--colors", default="red,green,blue,yellow")
+    pictures.add_argument("--format", choices=["png", "jpg"], default="png")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        handler = {"caption": cmd_caption, "feedback": cmd_feedback, "demo": cmd_demo}[args.command]
+        return handler(args, settings)
+    except (UserError, SettingsError) as exc:
+        say(str(exc))
+        return 2
+    except KeyboardInterrupt:
+        say("interrupted")
+        return 130
+
+
+def cmd_caption(args, settings: Settings) -> int:
+    from .caption import GenerationOptions, caption_images
+    from .images import ImageError, read_file
+    from .models import ModelError, load_captioner
+
+    options = GenerationOptions(
+        num_beams=args.num_beams, max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens,
+        repetition_penalty=args.repetition_penalty, prompt=args.prompt,
+    )  # fmt: skip
+    try:
+        options.validate()
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, not {args.batch_size}")
+    paths = expand_paths(args.paths)
+    try:
+        loaded = load_captioner(args.model or settings.caption_model, settings, fallback=args.model is None)
+    except ModelError as exc:
+        raise UserError(str(exc)) from None
+    if loaded.fallback_reason:
+        say(f"note: {loaded.fallback_reason}")
+    inputs, results_by_index = [], {}
+    for index, path in enumerate(paths):
+        try:
+            inputs.append((index, read_file(path)))
+        except ImageError as exc:
+            results_by_index[index] = {"path": str(path), "caption": None, "error": exc.reason}
+    results = caption_images(loaded, [item for _, item in inputs], options, batch_size=args.batch_size)
+    for (index, _), result in zip(inputs, results):
+        results_by_index[index] = {"path": str(paths[index]), "caption": result.caption, "error": result.error}
+    ordered = [results_by_index[i] for i in range(len(paths))]
+    for row in ordered:
+        if row["error"]:
+            say(f"{row['path']}: {row['error']}")
+    write_captions(ordered, args.format, args.out)
+    return 1 if any(row["error"] for row in ordered) else 0
+
+
+def expand_paths(raw: list[str]) -> list[Path]:
+    """Files as given; folders replaced by the image files inside them, sorted."""
+    from .images import UPLOAD_TYPES
+
+    paths: list[Path] = []
+    for item in raw:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower().lstrip(".") in UPLOAD_TYPES)
+            if not found:
+                say(f"{path}: folder holds no image files")
+            paths.extend(found)
+        else:
+            paths.append(path)
+    return paths
+
+
+def write_captions(rows: list[dict], fmt: str, out: Path | None) -> None:
+    from .caption import format_captions
+
+    text = format_captions(rows, fmt)
+    if out:
+        out.write_text(text, encoding="utf-8", newline="")
+    else:
+        sys.stdout.write(text)
+
+
+def cmd_feedback(args, settings: Settings) -> int:
+    from .feedback import FIELDS, FeedbackError, FeedbackLog
+
+    log = FeedbackLog(settings.data_dir)
+    if args.action == "add":
+        from .images import ImageError, decode, read_file
+
+        try:
+            decoded = decode(read_file(args.image))
+            row, created = log.record(
+                decoded.source.data, decoded.extension, task=args.task, model_output=args.model_output,
+                correction=args.correction, prompt=args.prompt, model=args.model,
+                model_version=args.model_version, status=args.status, notes=args.notes,
+            )  # fmt: skip
+        except (ImageError, FeedbackError) as exc:
+            raise UserError(str(exc)) from None
+        if not created:
+            say(f"already logged as {row.id}; nothing added")
+        print(json.dumps({name: getattr(row, name) for name in FIELDS}, ensure_ascii=False))
+        return 0
+    rows, problems = log.read()
+    for problem in problems:
+        say(f"{log.csv_path}: {problem}")
+    rows = [row for row in rows if args.status in (None, row.status)]
+    if args.format == "jsonl":
+        for row in rows:
+            print(json.dumps({name: getattr(row, name) for name in FIELDS}, ensure_ascii=False))
+    else:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(FIELDS)
+        writer.writerows([[getattr(row, name) for name in FIELDS] for row in rows])
+    return 1 if problems else 0
+
+
+def cmd_demo(args, settings: Settings) -> int:
+    if args.action == "images":
+        from .demo.world import ALL_COLORS, ALL_SHAPES, write_images
+
+        shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
+        colors = [c.strip() for c in args.colors.split(",") if c.strip()]
+        unknown = [s for s in shapes if s not in ALL_SHAPES] + [c for c in colors if c not in ALL_COLORS]
+        if unknown or not shapes or not colors or args.n < 1:
+            raise UserError(
+                f"unknown or empty shapes/colors {unknown or ''} (shapes: {', '.join(ALL_SHAPES)}; "
+                f"colors: {', '.join(ALL_COLORS)}; --n at least 1)"
+            )
+        written = write_images(args.outdir, args.n, args.seed, shapes, colors, args.format)
+        say(f"wrote {len(written)} images and captions.jsonl to {args.outdir}")
+        return 0
+    from .demo.train import build_all
+
+    build_all(out_dir=args.out, seed=args.seed, steps=args.steps, log=say)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

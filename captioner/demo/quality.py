@@ -1,0 +1,33 @@
+"""How well a captioner describes fresh demo-world images (the demo quality bar and the retraining test)."""
+
+from __future__ import annotations
+
+import io
+import random
+
+from .world import COLORS, MAX_SIDE, MIN_SIDE, SHAPES, sample
+
+
+def demo_inputs(n: int, seed: int, shapes=SHAPES, colors=tuple(COLORS), min_side=MIN_SIDE, max_side=MAX_SIDE):
+    """n fresh demo-world images as PNG-encoded inputs, with their true captions."""
+    from ..images import ImageInput
+
+    rng = random.Random(seed)
+    inputs, truths = [], []
+    for i in range(n):
+        item = sample(rng, shapes=shapes, colors=colors, min_side=min_side, max_side=max_side)
+        buffer = io.BytesIO()
+        item.image.save(buffer, format="PNG")
+        inputs.append(ImageInput(f"demo-{i:04d}-{item.color}-{item.shape}.png", buffer.getvalue()))
+        truths.append(item.caption)
+    return inputs, truths
+
+
+def caption_accuracy(loaded, n: int = 400, seed: int = 10_000, **world) -> tuple[float, list[tuple[str, str]]]:
+    """Share of n fresh images captioned exactly right (greedy), and the (truth, caption) pairs it missed."""
+    from ..caption import GenerationOptions, caption_images
+
+    inputs, truths = demo_inputs(n, seed, **world)
+    results = caption_images(loaded, inputs, GenerationOptions(num_beams=1, max_new_tokens=12), batch_size=64)
+    misses = [(truth, result.caption or result.error) for truth, result in zip(truths, results) if result.caption != truth]
+    return 1 - len(misses) / n, misses

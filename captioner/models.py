@@ -1,0 +1,249 @@
+"""Model specs -> loaded models: the one resolver, device/dtype/quantization, and cache keys."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import registry
+from .demo import demo_model_dir
+from .settings import DEFAULT_CAPTION_MODEL, Settings
+
+DEMO, ACTIVE = "demo", "active"
+HUB_HOST = "huggingface.co"
+
+
+class ModelError(RuntimeError):
+    """A model spec that cannot be resolved or loaded; the message names the spec and the reason."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model spec resolved to where its files are and which version they are."""
+
+    text: str  # as the user wrote it
+    kind: str  # caption | qa | search
+    source: str  # hub | local | demo | version
+    location: str  # hub id, or an absolute folder
+    version: str
+
+    @property
+    def label(self) -> str:
+        return self.location if self.source == "hub" else f"{self.text} ({self.version})"
+
+
+def resolve_spec(text: str, kind: str, settings: Settings) -> ModelSpec:
+    """Turn a spec string (hub id, folder, demo, active) into a ModelSpec, without loading anything."""
+    text = (text or "").strip()
+    if not text:
+        raise ModelError(f"empty {kind} model spec")
+    if text == DEMO:
+        folder = demo_model_dir(kind)
+        return ModelSpec(text, kind, "demo", str(folder), _demo_version(folder))
+    if text == ACTIVE:
+        if kind != "caption":
+            raise ModelError(f"'active' names a captioning model version; it is not a {kind} model")
+        version = registry.active_version(settings.models_dir)
+        if version is None:
+            return resolve_spec(DEFAULT_CAPTION_MODEL, kind, settings)
+        return ModelSpec(text, kind, "version", str(settings.models_dir / version), version)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return ModelSpec(text, kind, "local", str(path.resolve()), path.resolve().name)
+    if _looks_like_path(text):
+        raise ModelError(f"model folder {text!r} does not exist")
+    return ModelSpec(text, kind, "hub", text, "hub")
+
+
+def _looks_like_path(text: str) -> bool:
+    return text.startswith((".", "/", "~")) or text.count("/") > 1 or os.sep in text.replace("/", "")
+
+
+def _demo_version(folder: Path) -> str:
+    try:
+        return json.loads((folder / "demo.json").read_text())["version"]
+    except (OSError, ValueError, KeyError):
+        raise ModelError(f"the embedded demo model in {folder} is missing; run `python -m captioner demo build`") from None
+
+
+# --- device, dtype, quantization -----------------------------------------------------------------
+def resolve_device(name: str = "auto"):
+    """auto -> cuda, then mps, then cpu; an explicit device that is not there is a clear error."""
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"device {name!r} was asked for, but no CUDA GPU is available")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelError(f"device {name!r} was asked for, but Apple MPS is not available")
+    return device
+
+
+def resolve_dtype(name: str, device):
+    """auto -> bf16 where the GPU supports it, else fp16 on a GPU, fp32 on the CPU."""
+    import torch
+
+    if name != "auto":
+        dtype = getattr(torch, name)
+        if device.type == "cpu" and dtype == torch.float16:
+            raise ModelError("dtype float16 is not supported on the CPU; use float32 or bfloat16")
+        return dtype
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "mps":
+        return torch.float16
+    return torch.float32
+
+
+def check_quantization(quantize: str, device) -> None:
+    """8bit/4bit run only on CUDA through bitsandbytes; anywhere else it is a clear error."""
+    if quantize in ("none", "", None):
+        return
+    if device.type != "cuda":
+        raise ModelError(f"quantization {quantize!r} needs a CUDA GPU (bitsandbytes); this device is {device.type}")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ModelError(f"quantization {quantize!r} needs bitsandbytes: pip install bitsandbytes") from None
+
+
+def quantization_config(quantize: str):
+    """The transformers BitsAndBytesConfig for 8bit/4bit, or None."""
+    if quantize in ("none", "", None):
+        return None
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if quantize == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_quant_type="nf4")
+
+
+# --- loading ---------------------------------------------------------------------------------------
+@dataclass
+class LoadedModel:
+    """A model with its processor, where it runs, and a lock: one generate at a time on a shared model."""
+
+    spec: ModelSpec
+    model: Any
+    processor: Any
+    device: Any
+    dtype: Any
+    quantize: str = "none"
+    fallback_reason: str | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def version(self) -> str:
+        return self.spec.version
+
+    @property
+    def name(self) -> str:
+        return self.spec.text
+
+
+def cache_key(spec: ModelSpec, settings: Settings) -> tuple:
+    """What makes two loads the same model: spec, version, device, dtype and quantization."""
+    return (spec.kind, spec.text, spec.location, spec.version, settings.device, settings.dtype, settings.quantize)
+
+
+def load_captioner(spec_text: str, settings: Settings, fallback: bool = True) -> LoadedModel:
+    """Load a BLIP captioner; with fallback, a hub model that cannot be had falls back to demo, saying why."""
+    spec = resolve_spec(spec_text, "caption", settings)
+    try:
+        return _load_blip(spec, settings)
+    except ModelError as exc:
+        if not (fallback and spec.source == "hub"):
+            raise
+        loaded = _load_blip(resolve_spec(DEMO, "caption", settings), settings)
+        loaded.fallback_reason = f"{exc}; using the embedded demo captioner instead"
+        return loaded
+
+
+def quiet_transformers() -> None:
+    """Keep transformers' progress bars and advice out of the CLI's stderr and the server log."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def _load_blip(spec: ModelSpec, settings: Settings) -> LoadedModel:
+    from transformers import AutoConfig, AutoProcessor, BlipForConditionalGeneration
+
+    quiet_transformers()
+
+    device = resolve_device(settings.device)
+    dtype = resolve_dtype(settings.dtype, device)
+    check_quantization(settings.quantize, device)
+    kwargs = _hub_kwargs(spec)
+    try:
+        config = AutoConfig.from_pretrained(spec.location, **kwargs)
+        if config.model_type != "blip":
+            raise ModelError(f"{spec.text} is a {config.model_type!r} model; the captioner runs BLIP checkpoints")
+        quant = quantization_config(settings.quantize)
+        model = BlipForConditionalGeneration.from_pretrained(
+            spec.location, dtype=dtype, quantization_config=quant, **({"device_map": {"": device}} if quant else {}), **kwargs
+        )
+        processor = AutoProcessor.from_pretrained(spec.location, **kwargs)
+    except ModelError:
+        raise
+    except Exception as exc:  # a hub, file or format problem: all mean "this spec cannot be loaded"
+        raise ModelError(f"could not load {spec.text}: {_short(exc)}") from exc
+    if quant is None:
+        model.to(device)
+    model.eval()
+    if spec.source == "hub":
+        commit = getattr(config, "_commit_hash", None)
+        spec = ModelSpec(spec.text, spec.kind, spec.source, spec.location, commit[:12] if commit else "hub")
+    return LoadedModel(spec, model, processor, device, dtype, settings.quantize)
+
+
+def _hub_kwargs(spec: ModelSpec) -> dict:
+    """Offline (no cache and no network) must fail in a moment, not after the hub client's retries."""
+    if spec.source != "hub":
+        return {}
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") or not hub_reachable():
+        if not _in_hub_cache(spec.location):
+            raise ModelError(
+                f"{spec.location} is not in the local Hugging Face cache and {HUB_HOST} cannot be reached (offline)"
+            )
+        return {"local_files_only": True}
+    return {}
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:
+        return False
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers a TCP connect (the endpoint from HF_ENDPOINT if set)."""
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("HF_ENDPOINT", f"https://{HUB_HOST}")).hostname or HUB_HOST
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,83 @@
+"""The one Settings object: every knob of the app, read from CAPTIONER_* environment variables."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+DEFAULT_CAPTION_MODEL = "Salesforce/blip-image-captioning-base"
+DEFAULT_QA_MODEL = "Salesforce/blip-vqa-base"
+DEFAULT_SEARCH_MODEL = "ViT-B-32/laion2b_s34b_b79k"
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+QUANTIZATIONS = ("none", "8bit", "4bit")
+
+
+class SettingsError(ValueError):
+    """A CAPTIONER_* variable holds a value the app cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where the data lives and which models run where."""
+
+    home: Path
+    caption_model: str = DEFAULT_CAPTION_MODEL
+    qa_model: str = DEFAULT_QA_MODEL
+    search_model: str = DEFAULT_SEARCH_MODEL
+    gallery: Path | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    quantize: str = "none"
+    admin_password: str | None = None
+
+    def __post_init__(self):
+        _check("CAPTIONER_DEVICE", self.device, DEVICES, allow_index=True)
+        _check("CAPTIONER_DTYPE", self.dtype, DTYPES)
+        _check("CAPTIONER_QUANTIZE", self.quantize, QUANTIZATIONS)
+        object.__setattr__(self, "home", Path(self.home).expanduser().resolve())
+        gallery = Path(self.gallery).expanduser() if self.gallery else Path("data/gallery")
+        object.__setattr__(self, "gallery", gallery if gallery.is_absolute() else self.home / gallery)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        """Settings from CAPTIONER_* variables; unset or empty ones take their defaults."""
+        env = os.environ if env is None else env
+
+        def get(name: str, default):
+            value = env.get(f"CAPTIONER_{name}", "").strip()
+            return value or default
+
+        return cls(
+            home=Path(get("HOME", ".")),
+            caption_model=get("CAPTION_MODEL", DEFAULT_CAPTION_MODEL),
+            qa_model=get("QA_MODEL", DEFAULT_QA_MODEL),
+            search_model=get("SEARCH_MODEL", DEFAULT_SEARCH_MODEL),
+            gallery=get("GALLERY", None),
+            device=get("DEVICE", "auto").lower(),
+            dtype=get("DTYPE", "auto").lower(),
+            quantize=get("QUANTIZE", "none").lower(),
+            admin_password=env.get("CAPTIONER_ADMIN_PASSWORD") or None,
+        )
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def feedback_csv(self) -> Path:
+        return self.data_dir / "feedback.csv"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+
+def _check(name: str, value: str, allowed: tuple[str, ...], allow_index: bool = False) -> None:
+    base = value.split(":", 1)[0] if allow_index else value
+    index_ok = not allow_index or ":" not in value or (base == "cuda" and value.split(":", 1)[1].isdigit())
+    if base not in allowed or not index_ok:
+        extra = " (or cuda:N)" if allow_index else ""
+        raise SettingsError(f"{name}={value!r} is not one of {', '.join(allowed)}{extra}")

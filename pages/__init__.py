@@ -1,0 +1,1 @@
+"""The app's pages (one thin file each) and the UI helpers they share."""

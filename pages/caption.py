@@ -1,0 +1,101 @@
+"""Caption page: upload images, read their captions, correct the wrong ones."""
+
+import hashlib
+import random
+
+import streamlit as st
+
+from captioner.caption import CaptionResult, GenerationOptions, caption_images, format_captions
+from captioner.demo.quality import demo_inputs
+from captioner.feedback import FeedbackError
+from captioner.images import UPLOAD_TYPES, ImageInput
+from pages import _shared as shared
+
+state = st.session_state
+state.setdefault("samples", [])
+state.setdefault("captions", {})
+state.setdefault("saved", {})
+
+st.title("Caption images")
+loaded = shared.caption_model()
+uploads = st.file_uploader("Upload images", type=UPLOAD_TYPES, accept_multiple_files=True)
+make, clear = st.columns(2)
+if make.button("Make demo samples", help="Four fresh images from the demo world"):
+    state.samples = demo_inputs(4, seed=random.randrange(2**31))[0]
+if state.samples and clear.button("Clear demo samples"):
+    state.samples = []
+
+with st.expander("Generation settings"):
+    options = GenerationOptions(
+        num_beams=st.slider("Beams", 1, 10, 3),
+        max_new_tokens=st.slider("Max new tokens", 1, 100, 30),
+        min_new_tokens=st.slider("Min new tokens", 0, 50, 0),
+        repetition_penalty=st.slider("Repetition penalty", 1.0, 2.0, 1.0, step=0.05),
+        prompt=st.text_input("Caption prefix (optional)", placeholder="a photograph of"),
+    )
+try:
+    options.validate()
+except ValueError as exc:
+    st.error(f"Generation settings: {exc}")
+    st.stop()
+
+uploaded = [ImageInput(f.name, f.getvalue()) for f in uploads or []]
+inputs = list({(item.name, item.sha256): item for item in uploaded + state.samples}.values())  # each image once
+if not inputs:
+    st.info("Upload images, or make a few demo samples, to get captions.")
+    st.stop()
+
+
+def result_key(item: ImageInput) -> tuple:
+    return item.sha256, item.name, loaded.version, options
+
+
+todo = [item for item in inputs if result_key(item) not in state.captions]
+if todo:
+    bar = st.progress(0.0, text=f"Captioning {len(todo)} image(s)…")
+    done = caption_images(
+        loaded, todo, options, thumbnails=True, on_progress=lambda n, total: bar.progress(n / total, f"Captioned {n} of {total}")
+    )
+    state.captions.update({result_key(item): result for item, result in zip(todo, done)})
+    bar.empty()
+results: list[CaptionResult] = [state.captions[result_key(item)] for item in inputs]
+
+
+def log_feedback(result: CaptionResult, correction: str, key: str) -> None:
+    """Write the row to disk first; only then say it was saved."""
+    try:
+        row, created = shared.feedback_log().record(
+            result.source.data, result.extension, task="caption", model_output=result.caption,
+            correction=correction, prompt=options.prompt, model=result.model,
+            model_version=result.model_version, settings=options.as_dict(),
+        )  # fmt: skip
+    except (FeedbackError, OSError) as exc:
+        state.saved[key] = ("error", f"Not saved: {exc}")
+        return
+    kind = "Confirmation" if row.is_confirmation else "Correction"
+    state.saved[key] = ("success", f"{kind} saved." if created else f"{kind} already saved; nothing added.")
+
+
+for result in results:
+    if not result.ok:
+        st.error(f"{result.name}: {result.error}")
+        continue
+    key = hashlib.sha1(f"{result.source.sha256}|{result.name}|{result.caption}".encode()).hexdigest()[:16]
+    with st.container(border=True):
+        picture, text = st.columns([1, 2])
+        picture.image(result.thumbnail, caption=result.name)
+        text.caption(f"{result.model} · version {result.model_version}")
+        edited = text.text_area("Caption", value=result.caption, key=f"edit-{key}")
+        save, confirm = text.columns(2)
+        if save.button("Save correction", key=f"save-{key}", type="primary"):
+            log_feedback(result, edited, key)
+        if confirm.button("Looks right", key=f"ok-{key}"):
+            log_feedback(result, result.caption, key)
+        if key in state.saved:
+            kind, message = state.saved[key]
+            (text.success if kind == "success" else text.error)(message)
+
+rows = [{"path": r.name, "caption": r.caption, "error": r.error} for r in results]
+csv_button, jsonl_button = st.columns(2)
+csv_button.download_button("Download captions (CSV)", format_captions(rows, "csv"), "captions.csv", "text/csv")
+jsonl_button.download_button("Download captions (JSONL)", format_captions(rows, "jsonl"), "captions.jsonl", "application/jsonl")

@@ -1,0 +1,10 @@
+"""Entry point: `streamlit run streamlit_app.py` — navigation over pages/, the live models in the sidebar."""
+
+import streamlit as st
+
+from pages import _shared as shared
+
+st.set_page_config(page_title="Captioning studio", page_icon="🖼️", layout="wide")
+navigation = st.navigation([st.Page("pages/caption.py", title="Caption", icon="🖼️", default=True)])
+shared.sidebar_models()
+navigation.run()

@@ -1,0 +1,90 @@
+"""Shared fixtures: an isolated CAPTIONER_HOME, a tiny BLIP saved to disk, demo images, and bad inputs."""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the network
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", help="also run tests marked slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--runslow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --runslow")
+    for item in items:
+        if "slow" in item.keywords or "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    """A fresh CAPTIONER_HOME for one test; nothing outside it is touched."""
+    path = tmp_path / "home"
+    path.mkdir()
+    monkeypatch.setenv("CAPTIONER_HOME", str(path))
+    for name in ("CAPTION_MODEL", "DEVICE", "DTYPE", "QUANTIZE", "GALLERY"):
+        monkeypatch.delenv(f"CAPTIONER_{name}", raising=False)
+    return path
+
+
+@pytest.fixture
+def settings(home):
+    from captioner.settings import Settings
+
+    return Settings.from_env()
+
+
+@pytest.fixture(scope="session")
+def tiny_blip_dir(tmp_path_factory) -> Path:
+    """A tiny randomly initialised BLIP captioner, saved with save_pretrained like any real checkpoint."""
+    from captioner.demo.train import CaptionRecipe, caption_config, processor_for
+    from transformers import BlipForConditionalGeneration
+    import torch
+
+    torch.manual_seed(0)
+    recipe = CaptionRecipe(image_size=32, patch_size=8, hidden=32, vision_layers=1, text_layers=1, heads=2)
+    processor = processor_for(recipe)
+    model = BlipForConditionalGeneration(caption_config(recipe, processor.tokenizer))
+    folder = tmp_path_factory.mktemp("tiny-blip")
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def png_bytes(image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def demo_png():
+    """A function making PNG bytes of one demo-world image: demo_png(shape, color, side)."""
+    from captioner.demo.world import render
+
+    def make(shape="circle", color="red", side=128):
+        return png_bytes(render(shape, color, side, (side * 0.2, side * 0.2, side * 0.75, side * 0.75)))
+
+    return make
+
+
+def run_cli(*args, env=None, cwd=None, timeout=300):
+    """Run `python -m captioner ...` in a subprocess; returns the CompletedProcess."""
+    import subprocess
+
+    return subprocess.run(
+        [sys.executable, "-m", "captioner", *map(str, args)],
+        capture_output=True, text=True, env={**os.environ, **(env or {})}, cwd=cwd or ROOT, timeout=timeout,
+    )  # fmt: skip

@@ -1,0 +1,106 @@
+"""The caption page in Streamlit's AppTest: upload, caption, correct, confirm, never a duplicate row."""
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+import images_zoo as zoo
+from captioner.feedback import FeedbackLog
+from conftest import ROOT
+
+
+def start_app() -> AppTest:
+    app = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120)
+    app.run()
+    assert not app.exception, app.exception
+    return app
+
+
+@pytest.fixture
+def app(home, monkeypatch):
+    monkeypatch.setenv("CAPTIONER_CAPTION_MODEL", "demo")
+    return start_app()
+
+
+def button(app, label, index=0):
+    return [b for b in app.button if b.label == label][index]
+
+
+def upload(app, *files):
+    app.file_uploader[0].set_value([(name, data, "image/png") for name, data in files])
+    app.run()
+    assert not app.exception, app.exception
+
+
+def rows(home):
+    found, problems = FeedbackLog(home / "data").read()
+    assert problems == []
+    return found
+
+
+def test_upload_caption_edit_and_save_a_correction(app, home):
+    upload(app, ("circle.png", zoo.encode(zoo.demo("circle", "red"), "PNG")))
+    assert app.text_area[0].value == "a red circle"
+    assert any("demo" in c.value and "version demo-" in c.value for c in app.caption)
+    app.text_area[0].set_value("a crimson circle")
+    button(app, "Save correction").click()
+    app.run()
+    saved = rows(home)
+    assert len(saved) == 1
+    assert (saved[0].model_output, saved[0].correction, saved[0].task) == ("a red circle", "a crimson circle", "caption")
+    assert saved[0].model == "demo" and saved[0].model_version.startswith("demo-")
+    assert (home / "data" / saved[0].image_path).exists()
+    assert "Correction saved" in app.success[0].value
+
+
+def test_looks_right_logs_a_confirmation(app, home):
+    upload(app, ("square.png", zoo.encode(zoo.demo("square", "green"), "PNG")))
+    button(app, "Looks right").click()
+    app.run()
+    saved = rows(home)
+    assert len(saved) == 1 and saved[0].correction == saved[0].model_output == "a green square"
+    assert "Confirmation saved" in app.success[0].value
+
+
+def test_pressing_save_twice_logs_one_row(app, home):
+    upload(app, ("triangle.png", zoo.encode(zoo.demo("triangle", "blue"), "PNG")))
+    app.text_area[0].set_value("a blue pyramid")
+    button(app, "Save correction").click()
+    app.run()
+    button(app, "Save correction").click()
+    app.run()
+    app.run()  # a plain rerun writes nothing either
+    assert len(rows(home)) == 1
+    assert "already saved" in app.success[0].value
+
+
+def test_a_bad_file_gets_one_error_and_the_others_still_caption(app, home):
+    upload(
+        app,
+        ("good.png", zoo.encode(zoo.demo("circle", "yellow"), "PNG")),
+        ("notes.jpg", b"this is text, not a picture"),
+        ("cut.png", zoo.truncated(zoo.encode(zoo.demo(side=300), "PNG"))),
+        ("also-good.png", zoo.encode(zoo.demo("square", "red"), "PNG")),
+    )
+    errors = [e.value for e in app.error]
+    assert len(errors) == 2
+    assert errors[0].startswith("notes.jpg: not an image") and errors[1].startswith("cut.png: truncated")
+    assert [t.value for t in app.text_area] == ["a yellow circle", "a red square"]
+
+
+def test_demo_samples_button_and_generation_settings(app, home):
+    button(app, "Make demo samples").click()
+    app.run()
+    assert len(app.text_area) == 4 and all(t.value.startswith("a ") for t in app.text_area)
+    app.text_input[0].set_value("a")  # caption prefix
+    app.slider[0].set_value(1)  # beams
+    app.run()
+    assert not app.exception and all(t.value.startswith("a ") for t in app.text_area)
+
+
+def test_offline_default_falls_back_to_demo_and_the_sidebar_says_so(home, monkeypatch):
+    monkeypatch.delenv("CAPTIONER_CAPTION_MODEL", raising=False)
+    app = start_app()
+    warnings = [w.value for w in app.sidebar.warning]
+    assert any("Fallback to the demo captioner" in w and "Salesforce/blip-image-captioning-base" in w for w in warnings)
+    upload(app, ("circle.png", zoo.encode(zoo.demo("circle", "blue"), "PNG")))
+    assert app.text_area[0].value == "a blue circle"

@@ -1,0 +1,111 @@
+"""The whole app in a real headless Chromium: `streamlit run` on a free port, driven by Playwright."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+import images_zoo as zoo
+from captioner.feedback import FeedbackLog
+from conftest import ROOT
+
+pytestmark = pytest.mark.browser
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", ROOT / "test-artifacts"))
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-dev-shm-usage",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_healthy(url: str, process: subprocess.Popen, timeout: float = 90) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"streamlit exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"streamlit did not answer at {url} within {timeout}s")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("Debian's chromium is not installed (`make test` installs it with apt-get)")
+    home = tmp_path_factory.mktemp("browser-home")
+    port = free_port()
+    env = {**os.environ, "CAPTIONER_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    env.pop("CAPTIONER_CAPTION_MODEL", None)  # the default model: offline, the app must fall back and say so
+    log = open(home / "streamlit.log", "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, process)
+        yield url, home
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def test_upload_caption_and_save_a_correction_in_chromium(server, browser, tmp_path):
+    from playwright.sync_api import expect
+
+    url, home = server
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    page.set_default_timeout(90_000)
+    page.goto(url)
+    expect(page.get_by_text("Caption images").first).to_be_visible()
+    expect(page.get_by_text("Fallback to the demo captioner")).to_be_visible()
+
+    picture = tmp_path / "blue-square.png"
+    picture.write_bytes(zoo.encode(zoo.demo("square", "blue", 240), "PNG"))
+    page.locator("input[type=file]").first.set_input_files(str(picture))
+    caption = page.get_by_label("Caption", exact=True)
+    expect(caption).to_have_value("a blue square")
+
+    caption.fill("a navy blue square")
+    caption.press("Control+Enter")
+    page.get_by_role("button", name="Save correction").click()
+    expect(page.get_by_text("Correction saved.")).to_be_visible()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "caption-page.png"), full_page=True)
+
+    rows, problems = FeedbackLog(home / "data").read()
+    assert problems == []
+    assert [(r.model_output, r.correction, r.model) for r in rows] == [("a blue square", "a navy blue square", "demo")]
+    assert (home / "data" / rows[0].image_path).read_bytes() == picture.read_bytes()
+    page.close()

@@ -1,0 +1,125 @@
+"""The image door: every bad input refused with one clear reason, every awkward good one made plain RGB."""
+
+import hashlib
+import io
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFile
+
+import images_zoo as zoo
+from captioner import images
+from captioner.images import ImageError, ImageInput
+
+
+def decode(name, data, **kwargs):
+    return images.decode(ImageInput(name, data), **kwargs)
+
+
+def refused(name, data) -> str:
+    with pytest.raises(ImageError) as caught:
+        decode(name, data)
+    message = str(caught.value)
+    assert message.startswith(f"{name}: ") and "\n" not in message
+    return caught.value.reason
+
+
+def test_empty_file_is_refused():
+    assert "empty file" in refused("empty.png", b"")
+
+
+def test_text_named_jpg_is_refused():
+    assert "not an image" in refused("notes.jpg", b"shopping list: eggs, milk\n" * 20)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_truncated_file_is_refused(fmt):
+    data = zoo.encode(zoo.demo(side=300), fmt)
+    assert "truncated or corrupt" in refused(f"cut.{fmt.lower()}", zoo.truncated(data))
+
+
+def test_huge_declared_size_is_refused_before_decoding(monkeypatch):
+    def no_decoding(self, *args):
+        raise AssertionError("pixel data was decoded")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    reason = refused("bomb.png", zoo.png_declaring(50_000, 50_000))
+    assert "50,000 x 50,000" in reason and "limit" in reason
+
+
+def test_unsupported_format_is_refused():
+    data = zoo.encode(zoo.demo(side=64), "ICO")
+    assert "unsupported image format ICO" in refused("icon.png", data)
+
+
+def test_missing_file_and_folder_name_the_path(tmp_path):
+    with pytest.raises(ImageError, match="no such file"):
+        images.read_file(tmp_path / "gone.png")
+    with pytest.raises(ImageError, match="folder"):
+        images.read_file(tmp_path)
+
+
+def test_cmyk_jpeg_becomes_rgb_with_its_colors():
+    decoded = decode("cmyk.jpg", zoo.cmyk_jpeg("square", "red"))
+    assert decoded.image.mode == "RGB" and decoded.format == "JPEG"
+    r, g, b = decoded.image.getpixel((80, 80))
+    assert r > 180 and g < 80 and b < 80
+    assert decoded.image.getpixel((2, 2)) > (240, 240, 240)
+
+
+def test_16_bit_grayscale_png_is_scaled_not_clipped():
+    decoded = decode("gray16.png", zoo.gray16_png(level=128))
+    assert decoded.image.mode == "RGB"
+    assert decoded.image.getpixel((75, 75)) == (128, 128, 128)
+    assert decoded.image.getpixel((2, 2)) == (255, 255, 255)
+
+
+def test_palette_png_transparency_is_flattened_onto_white():
+    decoded = decode("palette.png", zoo.palette_png_with_transparency("square", "blue"))
+    assert decoded.image.mode == "RGB"
+    assert decoded.image.getpixel((2, 2)) == (255, 255, 255)
+    r, g, b = decoded.image.getpixel((80, 80))
+    assert b > 150 and r < 100
+
+
+def test_exif_orientation_6_is_applied():
+    upright = Image.new("RGB", (200, 100), (220, 30, 30))
+    upright.paste((40, 70, 220), (0, 0, 200, 50))  # top half blue
+    decoded = decode("rotated.jpg", zoo.jpeg_with_orientation_6(upright))
+    assert decoded.image.size == (200, 100)
+    top, bottom = decoded.image.getpixel((100, 10)), decoded.image.getpixel((100, 90))
+    assert top[2] > 150 and bottom[0] > 150
+
+
+def test_animated_gif_gives_its_first_frame():
+    decoded = decode("anim.gif", zoo.animated_gif(100))
+    assert Image.open(io.BytesIO(decoded.source.data)).n_frames == 100
+    r, g, b = decoded.image.getpixel((80, 80))
+    assert r > 180 and g > 150 and b < 80  # yellow
+
+
+def test_one_pixel_image_is_accepted():
+    decoded = decode("dot.png", zoo.encode(Image.new("RGB", (1, 1), (1, 2, 3)), "PNG"))
+    assert decoded.image.size == (1, 1) and decoded.image.getpixel((0, 0)) == (1, 2, 3)
+
+
+@pytest.mark.parametrize("mode, fmt", [("1", "PNG"), ("L", "PNG"), ("LA", "PNG"), ("RGBA", "PNG"), ("P", "PNG"),
+                                       ("I", "TIFF"), ("F", "TIFF"), ("CMYK", "TIFF"), ("RGBA", "WEBP")])
+def test_every_mode_becomes_rgb(mode, fmt):
+    image = zoo.demo("circle", "green").convert(mode)
+    decoded = decode(f"{mode}.{fmt.lower()}", zoo.encode(image, fmt))
+    assert decoded.image.mode == "RGB" and decoded.image.size == image.size
+    assert decoded.image.getpixel((2, 2)) == (255, 255, 255)
+
+
+def test_big_jpeg_is_decoded_small_when_asked():
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 255, (3000, 4000, 3), dtype=np.uint8))
+    decoded = decode("photo.jpg", zoo.encode(photo, "JPEG", quality=80), max_side=768)
+    assert max(decoded.image.size) == 768 and decoded.image.size[0] > decoded.image.size[1]
+
+
+def test_sha256_and_extension_name_the_original_bytes():
+    data = zoo.encode(zoo.demo(), "PNG")
+    decoded = decode("x.png", data)
+    assert decoded.extension == "png" and decoded.source.data == data
+    assert decoded.source.sha256 == hashlib.sha256(data).hexdigest()

@@ -1,0 +1,115 @@
+"""Model specs: hub ids, folders, demo and active; the demo fallback; device, dtype and quantization."""
+
+import json
+import time
+
+import pytest
+import torch
+
+from captioner.models import (
+    ModelError, check_quantization, load_captioner, resolve_device, resolve_dtype, resolve_spec,
+)  # fmt: skip
+from captioner.settings import DEFAULT_CAPTION_MODEL, Settings, SettingsError
+
+
+def test_demo_spec_names_the_embedded_model(settings):
+    spec = resolve_spec("demo", "caption", settings)
+    assert spec.source == "demo" and spec.version.startswith("demo-")
+    assert (spec.location and json.loads(open(f"{spec.location}/demo.json").read())["version"] == spec.version)
+
+
+def test_folder_hub_and_missing_folder_specs(settings, tiny_blip_dir):
+    local = resolve_spec(str(tiny_blip_dir), "caption", settings)
+    assert local.source == "local" and local.version == tiny_blip_dir.name
+    hub = resolve_spec("Salesforce/blip-image-captioning-large", "caption", settings)
+    assert hub.source == "hub" and hub.location == "Salesforce/blip-image-captioning-large"
+    with pytest.raises(ModelError, match="does not exist"):
+        resolve_spec("./no/such/model", "caption", settings)
+    with pytest.raises(ModelError, match="empty"):
+        resolve_spec("  ", "caption", settings)
+
+
+def test_active_spec_follows_active_json_else_the_default(settings, tiny_blip_dir):
+    assert resolve_spec("active", "caption", settings).location == DEFAULT_CAPTION_MODEL
+    version_dir = settings.models_dir / "v0001"
+    version_dir.mkdir(parents=True)
+    (settings.models_dir / "active.json").write_text(json.dumps({"version": "v0001"}))
+    spec = resolve_spec("active", "caption", settings)
+    assert spec.source == "version" and spec.version == "v0001" and spec.location == str(version_dir)
+    with pytest.raises(ModelError, match="captioning"):
+        resolve_spec("active", "qa", settings)
+
+
+def test_unreachable_hub_model_falls_back_to_demo_quickly_and_says_why(settings):
+    started = time.time()
+    loaded = load_captioner(DEFAULT_CAPTION_MODEL, settings)
+    assert time.time() - started < 30
+    assert loaded.spec.source == "demo" and loaded.name == "demo"
+    assert DEFAULT_CAPTION_MODEL in loaded.fallback_reason and "offline" in loaded.fallback_reason
+    assert "demo captioner" in loaded.fallback_reason
+
+
+def test_no_fallback_when_not_allowed(settings):
+    with pytest.raises(ModelError, match="offline"):
+        load_captioner("Salesforce/blip-image-captioning-large", settings, fallback=False)
+
+
+def test_a_saved_checkpoint_loads_through_the_real_path(settings, tiny_blip_dir):
+    loaded = load_captioner(str(tiny_blip_dir), settings, fallback=False)
+    assert loaded.fallback_reason is None and loaded.version == tiny_blip_dir.name
+    assert loaded.device.type == "cpu" and loaded.dtype == torch.float32
+    assert not loaded.model.training
+
+
+def test_folders_that_are_not_blip_captioners_are_refused_clearly(settings, tmp_path, tiny_blip_dir):
+    from transformers import BertConfig
+
+    other = tmp_path / "bert"
+    BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained(other)
+    with pytest.raises(ModelError, match="'bert' model"):
+        load_captioner(str(other), settings, fallback=False)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for item in tiny_blip_dir.iterdir():
+        (broken / item.name).write_bytes(item.read_bytes())
+    (broken / "model.safetensors").write_bytes(b"not really weights")
+    with pytest.raises(ModelError, match="could not load"):
+        load_captioner(str(broken), settings, fallback=False)
+
+
+def test_device_dtype_and_quantization_rules():
+    cpu = resolve_device("auto")
+    assert cpu.type == ("cuda" if torch.cuda.is_available() else cpu.type)
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert resolve_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
+    with pytest.raises(ModelError, match="float16 is not supported on the CPU"):
+        resolve_dtype("float16", torch.device("cpu"))
+    with pytest.raises(ModelError, match="needs a CUDA GPU"):
+        check_quantization("8bit", torch.device("cpu"))
+    check_quantization("none", torch.device("cpu"))
+    if not torch.cuda.is_available():
+        with pytest.raises(ModelError, match="no CUDA GPU"):
+            resolve_device("cuda")
+
+
+def test_quantization_on_cpu_fails_at_load_with_a_clear_message(home, monkeypatch, tiny_blip_dir):
+    monkeypatch.setenv("CAPTIONER_DEVICE", "cpu")
+    monkeypatch.setenv("CAPTIONER_QUANTIZE", "4bit")
+    with pytest.raises(ModelError, match="'4bit' needs a CUDA GPU"):
+        load_captioner(str(tiny_blip_dir), Settings.from_env(), fallback=False)
+
+
+def test_bad_settings_name_the_variable(home, monkeypatch):
+    monkeypatch.setenv("CAPTIONER_DEVICE", "tpu")
+    with pytest.raises(SettingsError, match="CAPTIONER_DEVICE='tpu'"):
+        Settings.from_env()
+    monkeypatch.setenv("CAPTIONER_DEVICE", "cuda:1")
+    monkeypatch.setenv("CAPTIONER_QUANTIZE", "3bit")
+    with pytest.raises(SettingsError, match="CAPTIONER_QUANTIZE"):
+        Settings.from_env()
+
+
+def test_settings_paths_follow_captioner_home(home):
+    settings = Settings.from_env()
+    assert settings.feedback_csv == home / "data" / "feedback.csv"
+    assert settings.models_dir == home / "models" and settings.gallery == home / "data" / "gallery"
