@@ -152,7 +152,7 @@ def _publish(model, processor, target: Path, recipe: CaptionRecipe, seed: int, t
     spec = ModelSpec("demo", "caption", "demo", str(staging), version)
     loaded = _load_blip(spec, Settings(home=Path.cwd(), device="cpu"))
     accuracy, misses = caption_accuracy(loaded, recipe.eval_images, seed=10_000 + seed)
-    broad, _ = caption_accuracy(loaded, 200, seed=20_000 + seed, shapes=SHAPES + EXTRA_SHAPES, colors=tuple(ALL_COLORS))
+    broad, _ = caption_accuracy(loaded, recipe.eval_images // 2, seed=20_000 + seed, shapes=SHAPES + EXTRA_SHAPES, colors=tuple(ALL_COLORS))
     metrics = {
         "version": version, "kind": "caption", "seed": seed, "recipe": asdict(recipe),
         "train_seconds": round(train_seconds, 1), "exact_caption_accuracy": accuracy,

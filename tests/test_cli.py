@@ -1,0 +1,117 @@
+"""The command line as a script would use it: output formats, order, exit codes, one-line errors."""
+
+import csv
+import io
+import json
+import subprocess
+import sys
+import time
+
+import images_zoo as zoo
+from conftest import ROOT, run_cli
+from test_feedback import HOSTILE
+
+
+def write(folder, name, data):
+    path = folder / name
+    path.write_bytes(data)
+    return path
+
+
+def test_caption_jsonl_in_input_order_with_bad_inputs_reported(home, tmp_path):
+    good1 = write(tmp_path, "b-red-circle.png", zoo.encode(zoo.demo("circle", "red"), "PNG"))
+    bad = write(tmp_path, "notes.jpg", b"plain text")
+    good2 = write(tmp_path, "a-green-square.jpg", zoo.encode(zoo.demo("square", "green"), "JPEG", quality=95))
+    missing = tmp_path / "missing.png"
+    done = run_cli("caption", good1, bad, missing, good2, "--model", "demo", "--num-beams", "2")
+    assert done.returncode == 1
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [line["path"] for line in lines] == [str(good1), str(bad), str(missing), str(good2)]
+    assert [line["caption"] for line in lines] == ["a red circle", None, None, "a green square"]
+    assert lines[1]["error"].startswith("not an image") and lines[2]["error"] == "no such file"
+    errors = done.stderr.strip().splitlines()
+    assert errors == [f"captioner: {bad}: {lines[1]['error']}", f"captioner: {missing}: no such file"]
+    assert "Traceback" not in done.stderr
+
+
+def test_caption_a_folder_to_csv_and_txt_files(home, tmp_path):
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    write(folder, "1.png", zoo.encode(zoo.demo("triangle", "yellow"), "PNG"))
+    write(folder, "2.png", zoo.encode(zoo.demo("circle", "blue"), "PNG"))
+    out = tmp_path / "captions.csv"
+    done = run_cli("caption", folder, "--model", "demo", "--format", "csv", "--out", out, "--batch-size", "1")
+    assert done.returncode == 0, done.stderr
+    rows = list(csv.DictReader(io.StringIO(out.read_text(), newline="")))
+    assert [(r["path"].rsplit("/", 1)[1], r["caption"]) for r in rows] == [("1.png", "a yellow triangle"), ("2.png", "a blue circle")]
+    done = run_cli("caption", folder, "--model", "demo", "--format", "txt")
+    assert done.stdout.splitlines()[1].endswith("2.png\ta blue circle")
+
+
+def test_default_model_offline_falls_back_with_a_note(home, tmp_path):
+    picture = write(tmp_path, "p.png", zoo.encode(zoo.demo("square", "yellow"), "PNG"))
+    done = run_cli("caption", picture, env={"CAPTIONER_CAPTION_MODEL": ""})
+    assert done.returncode == 0
+    assert json.loads(done.stdout)["caption"] == "a yellow square"
+    assert "note: Salesforce/blip-image-captioning-base is not in the local Hugging Face cache" in done.stderr
+
+
+def test_user_errors_are_one_line_without_traceback(home, tmp_path):
+    picture = write(tmp_path, "p.png", zoo.encode(zoo.demo(), "PNG"))
+    for args, expected in [
+        (("caption", picture, "--model", "./no/such/model"), "model folder './no/such/model' does not exist"),
+        (("caption", picture, "--model", "demo", "--num-beams", "0"), "beams must be 1 to 10"),
+        (("feedback", "add", tmp_path / "nope.png", "--correction", "x"), "nope.png: no such file"),
+        (("feedback", "add", picture, "--correction", " "), "the correction is empty"),
+    ]:
+        done = run_cli(*args)
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        assert done.stderr.count("\n") == 1 and expected in done.stderr, done.stderr
+    done = run_cli("caption", picture, env={"CAPTIONER_DEVICE": "gpu"})
+    assert done.returncode == 2 and "CAPTIONER_DEVICE='gpu'" in done.stderr
+
+
+def test_feedback_add_and_list_round_trip_hostile_text(home, tmp_path):
+    picture = write(tmp_path, "p.png", zoo.encode(zoo.demo(), "PNG"))
+    for text in HOSTILE[:4]:
+        done = run_cli("feedback", "add", picture, "--correction", text, "--model-output", "a red circle")
+        assert done.returncode == 0 and json.loads(done.stdout)["correction"] == text
+    again = run_cli("feedback", "add", picture, "--correction", HOSTILE[0], "--model-output", "a red circle")
+    assert again.returncode == 0 and "already logged" in again.stderr
+    run_cli("feedback", "add", picture, "--correction", "a red circle", "--model-output", "a red circle", "--status", "approved")
+    listed = [json.loads(line) for line in run_cli("feedback", "list").stdout.splitlines()]
+    assert [row["correction"] for row in listed] == HOSTILE[:4] + ["a red circle"]
+    approved = run_cli("feedback", "list", "--status", "approved", "--format", "csv").stdout
+    assert list(csv.DictReader(io.StringIO(approved)))[0]["status"] == "approved"
+    assert len(list((home / "data" / "images").iterdir())) == 1
+
+
+def test_feedback_list_reports_broken_rows_by_line(home, tmp_path):
+    picture = write(tmp_path, "p.png", zoo.encode(zoo.demo(), "PNG"))
+    run_cli("feedback", "add", picture, "--correction", "fine")
+    with open(home / "data" / "feedback.csv", "a", encoding="utf-8") as handle:
+        handle.write("garbage,row\r\n")
+    done = run_cli("feedback", "list")
+    assert done.returncode == 1 and len(done.stdout.splitlines()) == 1
+    assert "feedback.csv: line 3: expected 15 fields, found 2" in done.stderr
+
+
+def test_feedback_commands_do_not_import_torch_and_answer_fast(home):
+    probe = (
+        "import sys, time; t = time.time(); from captioner.__main__ import main; main(['feedback', 'list']); "
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules; print(time.time() - t)"
+    )
+    started = time.time()
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert float(done.stdout.strip()) < 1.0 and time.time() - started < 5
+
+
+def test_demo_images_writes_pictures_and_captions(tmp_path):
+    done = run_cli("demo", "images", tmp_path / "stars", "--n", "5", "--shapes", "star", "--format", "jpg")
+    assert done.returncode == 0
+    records = [json.loads(line) for line in (tmp_path / "stars" / "captions.jsonl").read_text().splitlines()]
+    assert len(records) == 5 and all(r["caption"].endswith(" star") for r in records)
+    assert all((tmp_path / "stars" / r["file"]).stat().st_size > 0 for r in records)
+    bad = run_cli("demo", "images", tmp_path / "x", "--shapes", "blob")
+    assert bad.returncode == 2 and "blob" in bad.stderr
