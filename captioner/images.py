@@ -104,11 +104,6 @@ def decode(source: ImageInput, max_side: int | None = None) -> DecodedImage:
     return DecodedImage(source, image, fmt)
 
 
-def load(source: ImageInput, max_side: int | None = None) -> Image.Image:
-    """Just the RGB picture of an input (see decode)."""
-    return decode(source, max_side).image
-
-
 def _check_header(name: str, image: Image.Image) -> None:
     if image.format not in ALLOWED_FORMATS:
         allowed = ", ".join(sorted(set(ALLOWED_FORMATS) - {"MPO"}))

@@ -32,10 +32,6 @@ class ModelSpec:
     location: str  # hub id, or an absolute folder
     version: str
 
-    @property
-    def label(self) -> str:
-        return self.location if self.source == "hub" else f"{self.text} ({self.version})"
-
 
 def resolve_spec(text: str, kind: str, settings: Settings) -> ModelSpec:
     """Turn a spec string (hub id, folder, demo, active) into a ModelSpec, without loading anything."""
