@@ -18,6 +18,7 @@ test-all: $(VENV)/.requirements-dev chromium
 
 bench: $(VENV)/.requirements
 	$(BIN)/python bench/caption_throughput.py
+	$(BIN)/python bench/chat_latency.py
 
 demo: $(VENV)/.requirements
 	$(BIN)/python -m captioner demo build

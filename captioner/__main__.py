@@ -38,6 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("--format", choices=["jsonl", "csv", "txt"], default="jsonl")
     cap.add_argument("--out", type=Path, help="write here instead of stdout")
 
+    ask = commands.add_parser("ask", help="answer a question about an image")
+    ask.add_argument("image", type=Path)
+    ask.add_argument("question")
+    ask.add_argument("--model", help="Q&A model spec (default: CAPTIONER_QA_MODEL or BLIP VQA base)")
+    ask.add_argument("--max-new-tokens", type=int, default=64)
+
     feedback = commands.add_parser("feedback", help="the feedback log").add_subparsers(dest="action", required=True)
     add = feedback.add_parser("add", help="log a correction of an image's caption or answer")
     add.add_argument("image", type=Path)
@@ -72,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = Settings.from_env()
-        handler = {"caption": cmd_caption, "feedback": cmd_feedback, "demo": cmd_demo}[args.command]
+        handler = {"caption": cmd_caption, "ask": cmd_ask, "feedback": cmd_feedback, "demo": cmd_demo}[args.command]
         return handler(args, settings)
     except (UserError, SettingsError) as exc:
         say(str(exc))
@@ -119,6 +125,39 @@ def cmd_caption(args, settings: Settings) -> int:
             say(f"{row['path']}: {row['error']}")
     write_captions(ordered, args.format, args.out)
     return 1 if any(row["error"] for row in ordered) else 0
+
+
+def cmd_ask(args, settings: Settings) -> int:
+    from .chat import ChatError, answer
+    from .images import ImageError, decode, read_file
+    from .models import ModelError, load_chat_model
+
+    if not args.question.strip():
+        raise UserError("the question is empty")
+    if not 1 <= args.max_new_tokens <= 1024:
+        raise UserError(f"--max-new-tokens must be 1 to 1024, not {args.max_new_tokens}")
+    try:
+        picture = decode(read_file(args.image), max_side=768)
+    except ImageError as exc:
+        say(str(exc))
+        return 1
+    try:
+        loaded = load_chat_model(args.model or settings.qa_model, settings, fallback=args.model is None)
+    except ModelError as exc:
+        raise UserError(str(exc)) from None
+    if loaded.fallback_reason:
+        say(f"note: {loaded.fallback_reason}")
+    try:
+        stream = answer(loaded, picture.image, [], args.question, max_new_tokens=args.max_new_tokens)
+        for notice in stream.notices:
+            say(f"note: {notice}")
+        for chunk in stream:
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+    except ChatError as exc:
+        raise UserError(str(exc)) from None
+    sys.stdout.write("\n")
+    return 0
 
 
 def expand_paths(raw: list[str]) -> list[Path]:

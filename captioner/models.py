@@ -8,7 +8,7 @@ import socket
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from . import registry
 from .demo import demo_model_dir
@@ -137,6 +137,7 @@ class LoadedModel:
     device: Any
     dtype: Any
     quantize: str = "none"
+    family: str = ""  # the transformers class it was loaded as
     fallback_reason: str | None = None
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -154,45 +155,80 @@ def cache_key(spec: ModelSpec, settings: Settings) -> tuple:
     return (spec.kind, spec.text, spec.location, spec.version, settings.device, settings.dtype, settings.quantize)
 
 
-def load_captioner(spec_text: str, settings: Settings, fallback: bool = True) -> LoadedModel:
-    """Load a BLIP captioner; with fallback, a hub model that cannot be had falls back to demo, saying why."""
-    spec = resolve_spec(spec_text, "caption", settings)
+def with_fallback(load: Callable[[ModelSpec], LoadedModel], spec: ModelSpec, settings: Settings, fallback: bool, what: str):
+    """Load spec; with fallback, a hub model that cannot be had is replaced by the demo model, saying why."""
     try:
-        return _load_blip(spec, settings)
+        return load(spec)
     except ModelError as exc:
         if not (fallback and spec.source == "hub"):
             raise
-        loaded = _load_blip(resolve_spec(DEMO, "caption", settings), settings)
-        loaded.fallback_reason = f"{exc}; using the embedded demo captioner instead"
+        loaded = load(resolve_spec(DEMO, spec.kind, settings))
+        loaded.fallback_reason = f"{exc}; using the embedded demo {what} instead"
         return loaded
 
 
-def quiet_transformers() -> None:
-    """Keep transformers' progress bars and advice out of the CLI's stderr and the server log."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+def load_captioner(spec_text: str, settings: Settings, fallback: bool = True) -> LoadedModel:
+    """Load a BLIP captioner by spec (see resolve_spec)."""
+    spec = resolve_spec(spec_text, "caption", settings)
+    return with_fallback(lambda s: load_blip(s, settings), spec, settings, fallback, "captioner")
 
 
-def _load_blip(spec: ModelSpec, settings: Settings) -> LoadedModel:
-    from transformers import AutoConfig, AutoProcessor, BlipForConditionalGeneration
+def load_blip(spec: ModelSpec, settings: Settings) -> LoadedModel:
+    """A BLIP captioning checkpoint (BlipForConditionalGeneration) with its processor."""
+
+    def check(config) -> str:
+        if config.model_type != "blip":
+            raise ModelError(f"{spec.text} is a {config.model_type!r} model; the captioner runs BLIP checkpoints")
+        if "BlipForQuestionAnswering" in (config.architectures or []):
+            raise ModelError(f"{spec.text} is a BLIP question-answering model, not a captioner")
+        return "BlipForConditionalGeneration"
+
+    return load_model(spec, settings, check)
+
+
+def load_chat_model(spec_text: str, settings: Settings, fallback: bool = True) -> LoadedModel:
+    """Load a Q&A / chat model by spec: BLIP VQA, BLIP-2, or a chat-template vision-language model."""
+    spec = resolve_spec(spec_text, "qa", settings)
+    return with_fallback(lambda s: load_chat_model_at(s, settings), spec, settings, fallback, "Q&A model")
+
+
+def load_chat_model_at(spec: ModelSpec, settings: Settings) -> LoadedModel:
+    """The chat backend a checkpoint's config calls for, loaded with its processor."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES as IMAGE_TEXT_TO_TEXT
+
+    def choose(config) -> str:
+        if config.model_type == "blip":
+            if "BlipForQuestionAnswering" in (config.architectures or []):
+                return "BlipForQuestionAnswering"
+            raise ModelError(f"{spec.text} is a BLIP captioning model; chat needs a BLIP VQA model (e.g. Salesforce/blip-vqa-base)")
+        if config.model_type == "blip-2":
+            return "Blip2ForConditionalGeneration"
+        if config.model_type in IMAGE_TEXT_TO_TEXT:
+            return "AutoModelForImageTextToText"
+        raise ModelError(f"{spec.text} is a {config.model_type!r} model, which cannot answer questions about images")
+
+    loaded = load_model(spec, settings, choose)
+    if loaded.family == "AutoModelForImageTextToText" and not getattr(loaded.processor, "chat_template", None):
+        raise ModelError(f"{spec.text} has no chat template in its processor, so it cannot hold a conversation")
+    return loaded
+
+
+def load_model(spec: ModelSpec, settings: Settings, choose_class: Callable[[Any], str]) -> LoadedModel:
+    """Load any transformers checkpoint: choose_class(config) names the model class (or raises ModelError)."""
+    import transformers
 
     quiet_transformers()
-
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
     check_quantization(settings.quantize, device)
     kwargs = _hub_kwargs(spec)
     try:
-        config = AutoConfig.from_pretrained(spec.location, **kwargs)
-        if config.model_type != "blip":
-            raise ModelError(f"{spec.text} is a {config.model_type!r} model; the captioner runs BLIP checkpoints")
+        config = transformers.AutoConfig.from_pretrained(spec.location, **kwargs)
+        family = choose_class(config)
         quant = quantization_config(settings.quantize)
-        model = BlipForConditionalGeneration.from_pretrained(
-            spec.location, dtype=dtype, quantization_config=quant, **({"device_map": {"": device}} if quant else {}), **kwargs
-        )
-        processor = AutoProcessor.from_pretrained(spec.location, **kwargs)
+        placement = {"quantization_config": quant, "device_map": {"": device}} if quant else {}
+        model = getattr(transformers, family).from_pretrained(spec.location, dtype=dtype, **placement, **kwargs)
+        processor = transformers.AutoProcessor.from_pretrained(spec.location, **kwargs)
     except ModelError:
         raise
     except Exception as exc:  # a hub, file or format problem: all mean "this spec cannot be loaded"
@@ -203,7 +239,29 @@ def _load_blip(spec: ModelSpec, settings: Settings) -> LoadedModel:
     if spec.source == "hub":
         commit = getattr(config, "_commit_hash", None)
         spec = ModelSpec(spec.text, spec.kind, spec.source, spec.location, commit[:12] if commit else "hub")
-    return LoadedModel(spec, model, processor, device, dtype, settings.quantize)
+    return LoadedModel(spec, model, processor, device, dtype, settings.quantize, family=family)
+
+
+def free_memory() -> None:
+    """Return memory of models nobody holds any more (GPU memory included) right away."""
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
+
+
+def quiet_transformers() -> None:
+    """Keep transformers' progress bars and advice out of the CLI's stderr and the server log."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
 
 
 def _hub_kwargs(spec: ModelSpec) -> dict:

@@ -10,6 +10,7 @@ from typing import Mapping
 DEFAULT_CAPTION_MODEL = "Salesforce/blip-image-captioning-base"
 DEFAULT_QA_MODEL = "Salesforce/blip-vqa-base"
 DEFAULT_SEARCH_MODEL = "ViT-B-32/laion2b_s34b_b79k"
+DEFAULT_CHAT_MODELS = (DEFAULT_QA_MODEL, "Salesforce/blip2-opt-2.7b", "HuggingFaceTB/SmolVLM-256M-Instruct", "demo")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 QUANTIZATIONS = ("none", "8bit", "4bit")
@@ -27,6 +28,7 @@ class Settings:
     caption_model: str = DEFAULT_CAPTION_MODEL
     qa_model: str = DEFAULT_QA_MODEL
     search_model: str = DEFAULT_SEARCH_MODEL
+    chat_models: tuple[str, ...] = DEFAULT_CHAT_MODELS
     gallery: Path | None = None
     device: str = "auto"
     dtype: str = "auto"
@@ -55,12 +57,18 @@ class Settings:
             caption_model=get("CAPTION_MODEL", DEFAULT_CAPTION_MODEL),
             qa_model=get("QA_MODEL", DEFAULT_QA_MODEL),
             search_model=get("SEARCH_MODEL", DEFAULT_SEARCH_MODEL),
+            chat_models=tuple(s.strip() for s in get("CHAT_MODELS", ",".join(DEFAULT_CHAT_MODELS)).split(",") if s.strip()),
             gallery=get("GALLERY", None),
             device=get("DEVICE", "auto").lower(),
             dtype=get("DTYPE", "auto").lower(),
             quantize=get("QUANTIZE", "none").lower(),
             admin_password=env.get("CAPTIONER_ADMIN_PASSWORD") or None,
         )
+
+    @property
+    def chat_choices(self) -> list[str]:
+        """The Q&A model first, then the other configured chat models, then demo; each once."""
+        return list(dict.fromkeys([self.qa_model, *self.chat_models, "demo"]))
 
     @property
     def data_dir(self) -> Path:

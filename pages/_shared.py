@@ -5,7 +5,9 @@ from __future__ import annotations
 import streamlit as st
 
 from captioner.feedback import FeedbackLog
-from captioner.models import LoadedModel, ModelError, cache_key, load_captioner, resolve_spec
+from captioner.models import (
+    LoadedModel, ModelError, cache_key, free_memory, load_captioner, load_chat_model, resolve_spec,
+)  # fmt: skip
 from captioner.settings import Settings, SettingsError
 
 
@@ -33,6 +35,31 @@ def caption_model() -> LoadedModel:
     except ModelError as exc:
         st.error(f"The captioning model cannot be loaded: {exc}")
         st.stop()
+
+
+@st.cache_resource(show_spinner="Loading the Q&A model…", max_entries=1)
+def _shared_chat_model(spec_text: str, _settings: Settings, key: tuple) -> LoadedModel:
+    # max_entries=1: loading another chat model drops this one for every session.
+    return load_chat_model(spec_text, _settings)
+
+
+def chat_model(picked: str) -> LoadedModel:
+    """The picked Q&A model, shared by all sessions; if it fails to load, the last good one keeps answering."""
+    config, state = settings(), st.session_state
+    previous = state.get("chat_model_live")
+    try:
+        key = cache_key(resolve_spec(picked, "qa", config), config)
+        loaded = _shared_chat_model(picked, config, key)
+    except ModelError as exc:
+        if previous in (None, picked):
+            st.error(f"The Q&A model cannot be loaded: {exc}")
+            st.stop()
+        st.error(f"{picked} cannot be loaded, so {previous} keeps answering. {exc}")
+        return chat_model(previous)
+    if previous != picked:
+        state.chat_model_live = picked
+        free_memory()  # the model this one replaced in the cache
+    return loaded
 
 
 def feedback_log() -> FeedbackLog:

@@ -88,3 +88,24 @@ def run_cli(*args, env=None, cwd=None, timeout=300):
         [sys.executable, "-m", "captioner", *map(str, args)],
         capture_output=True, text=True, env={**os.environ, **(env or {})}, cwd=cwd or ROOT, timeout=timeout,
     )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def tiny_vqa_dir(tmp_path_factory) -> Path:
+    from tiny_models import build_vqa
+
+    return build_vqa(tmp_path_factory.mktemp("tiny-vqa"))
+
+
+@pytest.fixture(scope="session")
+def tiny_blip2_dir(tmp_path_factory) -> Path:
+    from tiny_models import build_blip2
+
+    return build_blip2(tmp_path_factory.mktemp("tiny-blip2"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_dir(tmp_path_factory) -> Path:
+    from tiny_models import build_llava
+
+    return build_llava(tmp_path_factory.mktemp("tiny-llava"))

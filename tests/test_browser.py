@@ -109,3 +109,24 @@ def test_upload_caption_and_save_a_correction_in_chromium(server, browser, tmp_p
     assert [(r.model_output, r.correction, r.model) for r in rows] == [("a blue square", "a navy blue square", "demo")]
     assert (home / "data" / rows[0].image_path).read_bytes() == picture.read_bytes()
     page.close()
+
+
+def test_ask_about_a_demo_image_in_chromium(server, browser, tmp_path):
+    from playwright.sync_api import expect
+
+    url, _ = server
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    page.set_default_timeout(90_000)
+    page.goto(f"{url}/chat")
+    expect(page.get_by_text("Chat about an image").first).to_be_visible()
+    picture = tmp_path / "green-triangle.png"
+    picture.write_bytes(zoo.encode(zoo.demo("triangle", "green", 200), "PNG"))
+    page.locator("input[type=file]").first.set_input_files(str(picture))
+    question = page.get_by_placeholder("Ask about the image")
+    question.fill("what shape is it?")
+    question.press("Enter")
+    answer = page.locator('[data-testid="stChatMessage"]').nth(1)
+    expect(answer).to_contain_text("triangle")
+    expect(page.get_by_text("Fallback to the demo Q&A model")).to_be_visible()
+    page.screenshot(path=str(ARTIFACTS / "chat-page.png"), full_page=True)
+    page.close()

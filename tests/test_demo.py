@@ -85,3 +85,4 @@ def test_full_demo_build_meets_the_bar_within_15_minutes(tmp_path):
     metrics = build_all(out_dir=tmp_path, seed=0, log=print)
     assert time.time() - started < 15 * 60
     assert metrics["caption"]["exact_caption_accuracy"] >= 0.95
+    assert metrics["qa"]["exact_answer_accuracy"] >= 0.95

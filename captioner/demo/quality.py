@@ -5,29 +5,47 @@ from __future__ import annotations
 import io
 import random
 
-from .world import COLORS, MAX_SIDE, MIN_SIDE, SHAPES, sample
+from .world import COLORS, MAX_SIDE, MIN_SIDE, SHAPES, questions, sample
 
 
 def demo_inputs(n: int, seed: int, shapes=SHAPES, colors=tuple(COLORS), min_side=MIN_SIDE, max_side=MAX_SIDE):
-    """n fresh demo-world images as PNG-encoded inputs, with their true captions."""
+    """n fresh demo-world images as PNG-encoded inputs, with the samples they show."""
     from ..images import ImageInput
 
     rng = random.Random(seed)
-    inputs, truths = [], []
+    inputs, samples = [], []
     for i in range(n):
         item = sample(rng, shapes=shapes, colors=colors, min_side=min_side, max_side=max_side)
         buffer = io.BytesIO()
         item.image.save(buffer, format="PNG")
         inputs.append(ImageInput(f"demo-{i:04d}-{item.color}-{item.shape}.png", buffer.getvalue()))
-        truths.append(item.caption)
-    return inputs, truths
+        samples.append(item)
+    return inputs, samples
 
 
 def caption_accuracy(loaded, n: int = 400, seed: int = 10_000, **world) -> tuple[float, list[tuple[str, str]]]:
     """Share of n fresh images captioned exactly right (greedy), and the (truth, caption) pairs it missed."""
     from ..caption import GenerationOptions, caption_images
 
-    inputs, truths = demo_inputs(n, seed, **world)
+    inputs, samples = demo_inputs(n, seed, **world)
+    truths = [item.caption for item in samples]
     results = caption_images(loaded, inputs, GenerationOptions(num_beams=1, max_new_tokens=12), batch_size=64)
     misses = [(truth, result.caption or result.error) for truth, result in zip(truths, results) if result.caption != truth]
     return 1 - len(misses) / n, misses
+
+
+def qa_accuracy(loaded, n: int = 200, seed: int = 30_000, **world) -> tuple[float, list[tuple[str, str, str]]]:
+    """Share of the four demo-world questions about n fresh images answered exactly; and the misses."""
+    from ..chat import answer_batch
+
+    _, samples = demo_inputs(n, seed, **world)
+    rng = random.Random(seed)
+    pictures, asked, truths = [], [], []
+    for item in samples:
+        for question, truth in questions(item.shape, item.color, rng):
+            pictures.append(item.image)
+            asked.append(question)
+            truths.append(truth)
+    said = answer_batch(loaded, pictures, asked)
+    misses = [(q, t, s) for q, t, s in zip(asked, truths, said) if s != t]
+    return 1 - len(misses) / len(asked), misses

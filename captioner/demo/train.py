@@ -39,9 +39,14 @@ class CaptionRecipe:
 
 def build_all(out_dir: Path | None = None, seed: int = 0, steps: int | None = None, log: Callable = print) -> dict:
     """Retrain every demo model into out_dir (default: the package's own); returns their metrics."""
+    from .train_qa import QARecipe, build_qa_model
+
     out_dir = Path(out_dir) if out_dir else MODELS_DIR
-    recipe = CaptionRecipe() if steps is None else CaptionRecipe(steps=steps)
-    return {"caption": build_captioner(out_dir / "caption", recipe, seed, log)}
+    caption_recipe = CaptionRecipe() if steps is None else CaptionRecipe(steps=steps)
+    qa_recipe = QARecipe() if steps is None else QARecipe(steps=steps)
+    metrics = {"caption": build_captioner(out_dir / "caption", caption_recipe, seed, log)}
+    metrics["qa"] = build_qa_model(out_dir / "qa", out_dir / "caption", qa_recipe, seed, log)
+    return metrics
 
 
 def processor_for(recipe: CaptionRecipe):
@@ -127,8 +132,8 @@ def build_captioner(target: Path, recipe: CaptionRecipe, seed: int, log: Callabl
         optimizer.zero_grad(set_to_none=True)
         if step % 200 == 0 or step == recipe.steps - 1:
             log(f"demo captioner: step {step + 1}/{recipe.steps} loss {loss.item():.4f} ({time.time() - started:.0f}s)")
-    train_seconds = time.time() - started
-    return _publish(model.half(), processor, target, recipe, seed, train_seconds, log)
+    record = {"seed": seed, "recipe": asdict(recipe), "train_seconds": round(time.time() - started, 1)}
+    return publish(model.half(), processor, target, "caption", _evaluate_captioner(recipe, seed, log), record, log)
 
 
 def warmup_cosine(step: int, warmup: int, total: int) -> float:
@@ -136,30 +141,20 @@ def warmup_cosine(step: int, warmup: int, total: int) -> float:
     return min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
 
 
-def _publish(model, processor, target: Path, recipe: CaptionRecipe, seed: int, train_seconds: float, log) -> dict:
+def publish(model, processor, target: Path, kind: str, evaluate: Callable, record: dict, log: Callable) -> dict:
     """Save beside the target, measure through the real loading path, then swap the folder into place."""
-    from ..models import _load_blip, ModelSpec
-    from ..settings import Settings
-    from .quality import caption_accuracy
-
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
     staging.chmod(0o755)
-    model.save_pretrained(staging)
-    processor.save_pretrained(staging)
-    digest = hashlib.sha256((staging / "model.safetensors").read_bytes()).hexdigest()[:8]
-    version = f"demo-{digest}"
-    spec = ModelSpec("demo", "caption", "demo", str(staging), version)
-    loaded = _load_blip(spec, Settings(home=Path.cwd(), device="cpu"))
-    accuracy, misses = caption_accuracy(loaded, recipe.eval_images, seed=10_000 + seed)
-    broad, _ = caption_accuracy(loaded, recipe.eval_images // 2, seed=20_000 + seed, shapes=SHAPES + EXTRA_SHAPES, colors=tuple(ALL_COLORS))
-    metrics = {
-        "version": version, "kind": "caption", "seed": seed, "recipe": asdict(recipe),
-        "train_seconds": round(train_seconds, 1), "exact_caption_accuracy": accuracy,
-        "eval_images": recipe.eval_images, "broad_world_accuracy": broad, "examples_missed": misses[:10],
-    }  # fmt: skip
-    (staging / "demo.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    log(f"demo captioner: {accuracy:.1%} exact on {recipe.eval_images} fresh demo-world images; version {version}")
+    try:
+        model.save_pretrained(staging)
+        processor.save_pretrained(staging)
+        version = "demo-" + hashlib.sha256((staging / "model.safetensors").read_bytes()).hexdigest()[:8]
+        metrics = {"version": version, "kind": kind, **record, **evaluate(staging, version)}
+        (staging / "demo.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     old = target.with_name(f".{target.name}-old")
     if target.exists():
         shutil.rmtree(old, ignore_errors=True)
@@ -167,3 +162,23 @@ def _publish(model, processor, target: Path, recipe: CaptionRecipe, seed: int, t
     staging.rename(target)
     shutil.rmtree(old, ignore_errors=True)
     return metrics
+
+
+def _evaluate_captioner(recipe: CaptionRecipe, seed: int, log: Callable) -> Callable:
+    def evaluate(folder: Path, version: str) -> dict:
+        from ..models import ModelSpec, load_blip
+        from ..settings import Settings
+        from .quality import caption_accuracy
+
+        loaded = load_blip(ModelSpec("demo", "caption", "demo", str(folder), version), Settings(home=Path.cwd(), device="cpu"))
+        accuracy, misses = caption_accuracy(loaded, recipe.eval_images, seed=10_000 + seed)
+        broad, _ = caption_accuracy(
+            loaded, recipe.eval_images // 2, seed=20_000 + seed, shapes=SHAPES + EXTRA_SHAPES, colors=tuple(ALL_COLORS)
+        )
+        log(f"demo captioner: {accuracy:.1%} exact on {recipe.eval_images} fresh demo-world images; version {version}")
+        return {
+            "exact_caption_accuracy": accuracy, "eval_images": recipe.eval_images,
+            "broad_world_accuracy": broad, "examples_missed": misses[:10],
+        }  # fmt: skip
+
+    return evaluate

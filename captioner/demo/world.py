@@ -118,6 +118,26 @@ def sample(rng: random.Random, shapes=SHAPES, colors=tuple(COLORS), min_side=MIN
     return Sample(render(shape, color, side, (x0, y0, x0 + extent, y0 + extent)), shape, color)
 
 
+# Other ways people ask the same four things: the demo Q&A model learns them too, the quality bar uses the first.
+PARAPHRASES = {
+    "what color is the shape?": ["what colour is the shape?", "what color is it?", "which color is the shape?",
+                                 "what is the color of the shape?"],
+    "what shape is it?": ["what shape is this?", "which shape is it?", "what is the shape?", "what kind of shape is it?"],
+    "is the shape {}?": ["is it {}?", "is this shape {}?"],
+    "is it a {}?": ["is this a {}?", "is the shape a {}?"],
+}  # fmt: skip
+
+
+def paraphrase(question: str, rng: random.Random) -> str:
+    """Another wording of one of the demo world's canonical questions."""
+    for template, variants in PARAPHRASES.items():
+        head, _, tail = template.partition("{}")
+        if question == template or ("{}" in template and question.startswith(head) and question.endswith(tail)):
+            slot = question[len(head) : len(question) - len(tail)] if "{}" in template else ""
+            return rng.choice(variants).format(slot)
+    return question
+
+
 def questions(shape: str, color: str, rng: random.Random, colors=tuple(COLORS), shapes=SHAPES) -> list[tuple[str, str]]:
     """The demo world's questions about one image with their answers (yes/no ones balanced)."""
     other_color = rng.choice([c for c in colors if c != color] or [color])

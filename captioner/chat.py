@@ -1,0 +1,221 @@
+"""Q&A and multi-turn chat about one image: BLIP VQA, BLIP-2, and chat-template vision-language models."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from PIL import Image
+
+from .models import LoadedModel
+
+VQA, BLIP2 = "BlipForQuestionAnswering", "Blip2ForConditionalGeneration"
+MAX_NEW_TOKENS = 64
+
+
+class ChatError(ValueError):
+    """A question that cannot be asked, or an answer that failed; the message says why."""
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One question and the answer it got, with the model that gave it."""
+
+    question: str
+    answer: str
+    model: str = ""
+    model_version: str = ""
+    notices: tuple[str, ...] = ()
+
+
+@dataclass
+class AnswerStream:
+    """An answer being generated: iterate it for text as it comes; notices say what had to be cut."""
+
+    chunks: Iterator[str]
+    model: str
+    model_version: str
+    notices: list[str] = field(default_factory=list)
+    text: str = ""
+
+    def __iter__(self) -> Iterator[str]:
+        for chunk in self.chunks:
+            self.text += chunk
+            yield chunk
+
+    def read(self) -> str:
+        """Consume the whole stream and return the answer."""
+        for _ in self:
+            pass
+        return self.text.strip()
+
+    def turn(self, question: str) -> "Turn":
+        """The finished exchange, for the history."""
+        return Turn(question, self.text.strip(), self.model, self.model_version, tuple(self.notices))
+
+
+def answer(
+    loaded: LoadedModel, image: Image.Image, history: list[Turn], question: str,
+    max_new_tokens: int = MAX_NEW_TOKENS, sample: bool = False,
+) -> AnswerStream:  # fmt: skip
+    """Answer a question about an image, given the conversation so far; the text streams token by token.
+
+    sample=True draws the answer (temperature 0.7) instead of taking the likeliest, as Regenerate does.
+    """
+    question = (question or "").strip()
+    if not question:
+        raise ChatError("the question is empty")
+    if image is None:
+        raise ChatError("no image is chosen")
+    build = {VQA: _vqa_inputs, BLIP2: _blip2_inputs}.get(loaded.family, _chat_template_inputs)
+    notices: list[str] = []
+    inputs = build(loaded, image, history, question, max_new_tokens, notices)
+    return AnswerStream(_stream(loaded, inputs, max_new_tokens, sample), loaded.name, loaded.version, notices)
+
+
+
+def _vqa_inputs(loaded, image, history, question, max_new_tokens, notices):
+    """BLIP VQA sees only the image and this question: earlier turns are shown, not used."""
+    limit = _text_limit(loaded, loaded.model.config.text_config.max_position_embeddings)
+    question = _cut_question(loaded.processor.tokenizer, question, limit - 2, notices)
+    return loaded.processor(images=image, text=question, return_tensors="pt")
+
+
+def _blip2_inputs(loaded, image, history, question, max_new_tokens, notices):
+    """BLIP-2 reads the whole conversation as `Question: ... Answer: ...` turns, the oldest dropped to fit."""
+    tokenizer = loaded.processor.tokenizer
+    limit = _text_limit(loaded, loaded.model.config.text_config.max_position_embeddings)
+    room = limit - loaded.model.config.num_query_tokens - max_new_tokens - 2  # 2: the start token, a margin
+    frame = len(tokenizer("Question:  Answer:", add_special_tokens=False).input_ids) + 2
+    question = _cut_question(tokenizer, question, room - frame, notices)
+    turns = [f"Question: {t.question} Answer: {t.answer}" for t in history] + [f"Question: {question} Answer:"]
+    while len(turns) > 1 and len(tokenizer(" ".join(turns)).input_ids) > room:
+        turns.pop(0)
+    if len(turns) <= len(history):
+        notices.append(f"The oldest {len(history) + 1 - len(turns)} turn(s) were left out to fit the model's context.")
+    return loaded.processor(images=image, text=" ".join(turns), return_tensors="pt")
+
+
+def _chat_template_inputs(loaded, image, history, question, max_new_tokens, notices):
+    """A chat-template model gets the full history, the image in its first user turn."""
+    processor = loaded.processor
+    limit = _text_limit(loaded, getattr(_text_config(loaded.model.config), "max_position_embeddings", 4096))
+    question = _cut_question(processor.tokenizer, question, limit // 2, notices)
+    kept = list(history)
+    while True:
+        messages = []
+        for turn in kept:
+            messages.append({"role": "user", "content": [{"type": "text", "text": turn.question}]})
+            messages.append({"role": "assistant", "content": [{"type": "text", "text": turn.answer}]})
+        messages.append({"role": "user", "content": [{"type": "text", "text": question}]})
+        messages[0]["content"].insert(0, {"type": "image"})
+        prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+        inputs = processor(images=[image], text=prompt, return_tensors="pt")
+        if not kept or inputs["input_ids"].shape[1] + max_new_tokens <= limit:
+            break
+        kept.pop(0)
+    if len(kept) < len(history):
+        notices.append(f"The oldest {len(history) - len(kept)} turn(s) were left out to fit the model's context.")
+    return inputs
+
+
+def _text_config(config):
+    return getattr(config, "text_config", None) or config
+
+
+def _text_limit(loaded, positions: int) -> int:
+    model_max = getattr(loaded.processor.tokenizer, "model_max_length", positions) or positions
+    return min(positions, model_max if model_max < 1_000_000 else positions)
+
+
+def _cut_question(tokenizer, question: str, max_tokens: int, notices: list[str]) -> str:
+    """Cut a question to what the model can read, and say so."""
+    ids = tokenizer(question, add_special_tokens=False).input_ids
+    if len(ids) <= max_tokens:
+        return question
+    notices.append(f"The question was cut to its first {max_tokens} tokens (it had {len(ids)}): the model reads no more.")
+    return tokenizer.decode(ids[: max(1, max_tokens)], skip_special_tokens=True)
+
+
+def _token_streamer(tokenizer):
+    """A TextIteratorStreamer that hands out text after every token, not only at word ends."""
+    from transformers import TextIteratorStreamer
+
+    class TokenStreamer(TextIteratorStreamer):
+        def put(self, value):
+            if self.skip_prompt and self.next_tokens_are_prompt:
+                self.next_tokens_are_prompt = False
+                return
+            self.token_cache.extend((value[0] if value.dim() > 1 else value).tolist())
+            text = self.tokenizer.decode(self.token_cache, **self.decode_kwargs)
+            if len(text) > self.print_len and not text.endswith("\ufffd"):  # never half a UTF-8 character
+                self.on_finalized_text(text[self.print_len :])
+                self.print_len = len(text)
+
+    return TokenStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
+
+
+def _stream(loaded: LoadedModel, inputs, max_new_tokens: int, sample: bool) -> Iterator[str]:
+    """Run generate in a thread and yield text as the streamer decodes it; stop early if abandoned."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    streamer = _token_streamer(getattr(loaded.processor, "tokenizer", loaded.processor))
+    abandoned, failure = threading.Event(), []
+
+    class StopWhenAbandoned(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.full((input_ids.shape[0],), abandoned.is_set(), dtype=torch.bool, device=input_ids.device)
+
+    inputs = inputs.to(loaded.device)
+    if "pixel_values" in inputs:
+        inputs["pixel_values"] = inputs["pixel_values"].to(loaded.dtype)
+
+    def generate():
+        try:
+            with loaded.lock, torch.inference_mode():
+                loaded.model.generate(
+                    **inputs, streamer=streamer, max_new_tokens=max_new_tokens,
+                    **({"do_sample": True, "temperature": 0.7, "top_p": 0.9} if sample else {"do_sample": False}),
+                    stopping_criteria=StoppingCriteriaList([StopWhenAbandoned()]),
+                )  # fmt: skip
+        except Exception as exc:  # reported to the reader below, never lost in the thread
+            failure.append(exc)
+            streamer.end()
+
+    worker = threading.Thread(target=generate, name="chat-generate", daemon=True)
+    worker.start()
+    try:
+        for text in streamer:
+            if text:
+                yield text
+    finally:
+        abandoned.set()
+        worker.join()
+    if failure:
+        raise ChatError(f"{loaded.name} failed to answer: {failure[0]}") from failure[0]
+
+
+def answer_batch(loaded: LoadedModel, images: list[Image.Image], questions: list[str], max_new_tokens: int = 10) -> list[str]:
+    """Batched single-turn VQA answers (equal-length questions share a generate call), in input order."""
+    import torch
+
+    if loaded.family != VQA:
+        raise ChatError(f"batched answers need a BLIP VQA model, not {loaded.family}")
+    tokenizer = loaded.processor.tokenizer
+    groups: dict[int, list[int]] = {}
+    for i, question in enumerate(questions):
+        groups.setdefault(len(tokenizer(question).input_ids), []).append(i)
+    answers = [""] * len(questions)
+    for indices in groups.values():
+        for start in range(0, len(indices), 64):
+            chunk = indices[start : start + 64]
+            inputs = loaded.processor(images=[images[i] for i in chunk], text=[questions[i] for i in chunk], return_tensors="pt")
+            inputs = inputs.to(loaded.device)
+            inputs["pixel_values"] = inputs["pixel_values"].to(loaded.dtype)
+            with loaded.lock, torch.inference_mode():
+                out = loaded.model.generate(**inputs, max_new_tokens=max_new_tokens)
+            for i, text in zip(chunk, tokenizer.batch_decode(out, skip_special_tokens=True)):
+                answers[i] = text.strip()
+    return answers

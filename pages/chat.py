@@ -1,0 +1,102 @@
+"""Chat page: a conversation about one image, with any configured Q&A model."""
+
+import hashlib
+
+import streamlit as st
+
+from captioner.chat import ChatError, Turn, answer
+from captioner.feedback import FeedbackError
+from captioner.images import UPLOAD_TYPES, ImageError, ImageInput, decode
+from pages import _shared as shared
+
+state = st.session_state
+state.setdefault("chats", {})  # image sha256 -> list[Turn]
+state.setdefault("chat_saved", {})
+
+st.title("Chat about an image")
+config = shared.settings()
+picked = st.sidebar.selectbox("Q&A model", config.chat_choices, key="chat_model_pick")
+loaded = shared.chat_model(picked)
+st.sidebar.caption(f"Answering: `{loaded.name}` · version {loaded.version} · {loaded.device.type}")
+if loaded.fallback_reason:
+    st.sidebar.warning(f"Fallback to the demo Q&A model: {loaded.fallback_reason}", icon="⚠️")
+
+session_images = {r.name: r.source for r in state.get("captions", {}).values() if r.ok}
+session_images.update({item.name: item for item in state.get("samples", [])})
+upload = st.file_uploader("Upload an image", type=UPLOAD_TYPES)
+choice = st.selectbox("…or pick one captioned in this session", ["—", *session_images], disabled=not session_images)
+source = ImageInput(upload.name, upload.getvalue()) if upload else session_images.get(choice)
+if source is None:
+    st.info("Choose an image first: upload one, or caption some on the Caption page.")
+    st.stop()
+try:
+    picture = decode(source, max_side=768)
+except ImageError as exc:
+    st.error(str(exc))
+    st.stop()
+st.image(picture.image, caption=source.name, width=280)
+history: list[Turn] = state.chats.setdefault(source.sha256, [])
+
+
+def ask(question: str, earlier: list[Turn], sample: bool = False) -> None:
+    """Stream one answer onto the page, then keep the turn in this image's history."""
+    with st.chat_message("user"):
+        st.text(question)
+    with st.chat_message("assistant"):
+        try:
+            stream = answer(loaded, picture.image, earlier, question, sample=sample)
+            for notice in stream.notices:
+                st.info(notice)
+            st.write_stream(stream)
+        except ChatError as exc:
+            st.error(str(exc))
+            return
+    state.chats[source.sha256] = [*earlier, stream.turn(question)]
+    st.rerun()
+
+
+def save_correction(key: str, turn: Turn, correction: str) -> None:
+    """Write the qa row to disk first; only then say it was saved."""
+    try:
+        row, created = shared.feedback_log().record(
+            source.data, picture.extension, task="qa", prompt=turn.question, model_output=turn.answer,
+            correction=correction, model=turn.model, model_version=turn.model_version,
+        )  # fmt: skip
+        state.chat_saved[key] = "Correction saved." if created else "Already saved; nothing added."
+    except FeedbackError as exc:
+        state.chat_saved[key] = f"Not saved: {exc}"
+
+
+for index, turn in enumerate(history):
+    key = hashlib.sha1(f"{source.sha256}|{index}|{turn.question}|{turn.answer}".encode()).hexdigest()[:16]
+    with st.chat_message("user"):
+        st.text(turn.question)
+    with st.chat_message("assistant"):
+        for notice in turn.notices:
+            st.info(notice)
+        st.markdown(turn.answer or "*(no answer)*")
+        st.caption(f"{turn.model} · version {turn.model_version}")
+        with st.expander("Correct this answer"):
+            fixed = st.text_input("Correct answer", value=turn.answer, key=f"fix-{key}")
+            if st.button("Save correction", key=f"save-qa-{key}"):
+                save_correction(key, turn, fixed)
+            if key in state.chat_saved:
+                st.success(state.chat_saved[key])
+
+pending = state.pop("chat_pending", None)
+if pending and pending[0] == source.sha256:
+    ask(pending[1], history, sample=True)
+regenerate, clear = st.columns(2)
+if history and regenerate.button("Regenerate the last answer"):
+    state.chats[source.sha256] = history[:-1]
+    state.chat_pending = (source.sha256, history[-1].question)
+    st.rerun()
+if history and clear.button("Clear the conversation"):
+    state.chats[source.sha256] = []
+    st.rerun()
+question = st.chat_input("Ask about the image")
+if question is not None:
+    if question.strip():
+        ask(question.strip(), history)
+    else:
+        st.warning("The question is empty: type something to ask.")

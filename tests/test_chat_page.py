@@ -1,0 +1,95 @@
+"""The chat page in AppTest: ask, see the answer, a second turn, Regenerate, Clear, corrections, bad input."""
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+import images_zoo as zoo
+from captioner.feedback import FeedbackLog
+from conftest import ROOT
+
+
+@pytest.fixture
+def chat(home, monkeypatch, tiny_blip2_dir):
+    monkeypatch.setenv("CAPTIONER_QA_MODEL", "demo")
+    monkeypatch.setenv("CAPTIONER_CHAT_MODELS", f"./no/such/model,{tiny_blip2_dir}")
+    app = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120)
+    app.run()
+    app.switch_page("pages/chat.py").run()
+    assert not app.exception, app.exception
+    return app
+
+
+def ask(app, question):
+    app.chat_input[0].set_value(question).run()
+    assert not app.exception, app.exception
+
+
+def conversation(app):
+    """(role, text) of every chat message on the page, user text and assistant markdown."""
+    said = []
+    for message in app.get("chat_message"):
+        texts = [t.value for t in message.text] + [m.value for m in message.markdown]
+        said.append((message.name, texts[0] if texts else ""))
+    return said
+
+
+def with_image(app, shape="circle", color="red"):
+    app.file_uploader[0].set_value(("pic.png", zoo.encode(zoo.demo(shape, color), "PNG"), "image/png")).run()
+    return app
+
+
+def test_no_image_chosen_says_so(chat):
+    assert "Choose an image first" in chat.info[0].value
+    assert not chat.chat_input
+
+
+def test_ask_two_turns_regenerate_and_clear(chat):
+    with_image(chat)
+    ask(chat, "what color is the shape?")
+    assert conversation(chat) == [("user", "what color is the shape?"), ("assistant", "red")]
+    assert any("demo · version demo-" in c.value for c in chat.caption)
+    ask(chat, "is it a circle?")
+    assert conversation(chat)[2:] == [("user", "is it a circle?"), ("assistant", "yes")]
+    [b for b in chat.button if b.label == "Regenerate the last answer"][0].click().run()
+    assert [role for role, _ in conversation(chat)] == ["user", "assistant"] * 2
+    assert conversation(chat)[2][1] == "is it a circle?"
+    [b for b in chat.button if b.label == "Clear the conversation"][0].click().run()
+    assert conversation(chat) == []
+
+
+def test_an_answer_can_be_corrected_into_the_feedback_log(chat, home):
+    with_image(chat, "square", "green")
+    ask(chat, "what shape is it?")
+    chat.text_input(key=[w.key for w in chat.text_input if w.key.startswith("fix-")][0]).set_value("a cube")
+    [b for b in chat.button if b.label == "Save correction"][0].click().run()
+    rows, problems = FeedbackLog(home / "data").read()
+    assert problems == [] and len(rows) == 1
+    row = rows[0]
+    assert (row.task, row.prompt, row.model_output, row.correction) == ("qa", "what shape is it?", "square", "a cube")
+    assert "Correction saved." in [s.value for s in chat.success]
+
+
+def test_empty_and_overlong_questions(chat):
+    with_image(chat)
+    ask(chat, "   ")
+    assert "The question is empty" in chat.warning[0].value
+    ask(chat, "what color is the shape? " * 420)
+    assert any("cut to its first" in i.value for i in chat.info)
+    assert conversation(chat)[-1][0] == "assistant"
+
+
+def test_switching_models_and_a_model_that_fails_to_load(chat, tiny_blip2_dir):
+    with_image(chat)
+    chat.sidebar.selectbox[0].set_value("./no/such/model").run()
+    assert any("cannot be loaded, so demo keeps answering" in e.value for e in chat.error)
+    ask(chat, "what color is the shape?")
+    assert conversation(chat)[-1] == ("assistant", "red")
+    chat.sidebar.selectbox[0].set_value(str(tiny_blip2_dir)).run()
+    ask(chat, "what is it?")
+    assert any(str(tiny_blip2_dir) in c.value for c in chat.caption)
+    assert len(conversation(chat)) == 4
+
+
+def test_a_bad_image_gets_one_clear_error(chat):
+    chat.file_uploader[0].set_value(("bad.png", b"\x89PNG\r\n\x1a\n broken", "image/png")).run()
+    assert chat.error[0].value.startswith("bad.png: ")
