@@ -19,6 +19,8 @@ test-all: $(VENV)/.requirements-dev chromium
 bench: $(VENV)/.requirements
 	$(BIN)/python bench/caption_throughput.py
 	$(BIN)/python bench/chat_latency.py
+	$(BIN)/python bench/index_throughput.py
+	$(BIN)/python bench/search_latency.py
 
 demo: $(VENV)/.requirements
 	$(BIN)/python -m captioner demo build

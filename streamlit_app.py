@@ -1,14 +1,15 @@
-"""Entry point: `streamlit run streamlit_app.py` — navigation over pages/, the live models in the sidebar."""
+"""Entry point: `streamlit run streamlit_app.py` — navigation over app_pages/, the live models in the sidebar."""
 
 import streamlit as st
 
-from pages import _shared as shared
+from app_pages import _shared as shared
 
 st.set_page_config(page_title="Captioning studio", page_icon=":material/image:", layout="wide")
 navigation = st.navigation(
     [
-        st.Page("pages/caption.py", title="Caption", icon=":material/image:", default=True),
-        st.Page("pages/chat.py", title="Chat", icon=":material/chat:"),
+        st.Page("app_pages/caption.py", title="Caption", icon=":material/image:", default=True),
+        st.Page("app_pages/chat.py", title="Chat", icon=":material/chat:"),
+        st.Page("app_pages/search.py", title="Search", icon=":material/image_search:"),
     ]
 )
 shared.sidebar_models()

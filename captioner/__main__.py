@@ -44,6 +44,18 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--model", help="Q&A model spec (default: CAPTIONER_QA_MODEL or BLIP VQA base)")
     ask.add_argument("--max-new-tokens", type=int, default=64)
 
+    index = commands.add_parser("index", help="build or update the search index of a gallery folder")
+    index.add_argument("folder", type=Path)
+    index.add_argument("--model", help="search model spec (default: CAPTIONER_SEARCH_MODEL or ViT-B-32)")
+    search = commands.add_parser("search", help="find gallery images similar to a text or an image")
+    query = search.add_mutually_exclusive_group(required=True)
+    query.add_argument("--text")
+    query.add_argument("--image", type=Path)
+    search.add_argument("-k", type=int, default=10, help="how many results")
+    search.add_argument("--model", help="search model spec (default: CAPTIONER_SEARCH_MODEL or ViT-B-32)")
+    search.add_argument("--gallery", type=Path, help="gallery folder (default: CAPTIONER_GALLERY or data/gallery)")
+    search.add_argument("--format", choices=["jsonl"], default="jsonl")
+
     feedback = commands.add_parser("feedback", help="the feedback log").add_subparsers(dest="action", required=True)
     add = feedback.add_parser("add", help="log a correction of an image's caption or answer")
     add.add_argument("image", type=Path)
@@ -78,7 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = Settings.from_env()
-        handler = {"caption": cmd_caption, "ask": cmd_ask, "feedback": cmd_feedback, "demo": cmd_demo}[args.command]
+        handler = {
+            "caption": cmd_caption, "ask": cmd_ask, "index": cmd_index, "search": cmd_search,
+            "feedback": cmd_feedback, "demo": cmd_demo,
+        }[args.command]  # fmt: skip
         return handler(args, settings)
     except (UserError, SettingsError) as exc:
         say(str(exc))
@@ -157,6 +172,83 @@ def cmd_ask(args, settings: Settings) -> int:
     except ChatError as exc:
         raise UserError(str(exc)) from None
     sys.stdout.write("\n")
+    return 0
+
+
+def load_search_model(args, settings: Settings):
+    from .embed import load_embedder
+    from .models import ModelError
+
+    try:
+        loaded = load_embedder(args.model or settings.search_model, settings, fallback=args.model is None)
+    except ModelError as exc:
+        raise UserError(str(exc)) from None
+    if loaded.fallback_reason:
+        say(f"note: {loaded.fallback_reason}")
+    return loaded
+
+
+def report_update(report) -> None:
+    if report.rebuilt_because:
+        say(f"rebuilt the index: {report.rebuilt_because}")
+    for path, reason in report.ignored:
+        say(f"ignored {path}: {reason}")
+    for path, reason in report.skipped:
+        say(f"skipped {path}: {reason}")
+    say(
+        f"index: {report.added} added, {report.changed} changed, {report.removed} removed, "
+        f"{report.unchanged} unchanged; {report.embedded} embedded, {report.reused} duplicates reused, "
+        f"{len(report.skipped)} skipped, {len(report.ignored)} ignored ({report.seconds:.1f}s)"
+    )
+
+
+def cmd_index(args, settings: Settings) -> int:
+    from tqdm import tqdm
+
+    from .index import IndexProblem, update_index
+
+    loaded = load_search_model(args, settings)
+    bar = tqdm(total=0, unit="img", desc="embedding", file=sys.stderr, disable=None)
+
+    def progress(done, total, rate):
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        index, report = update_index(loaded, args.folder, settings.data_dir, on_progress=progress)
+    except IndexProblem as exc:
+        raise UserError(str(exc)) from None
+    finally:
+        bar.close()
+    report_update(report)
+    say(f"{len(index)} images indexed ({index.kind} index) for {args.folder}")
+    return 1 if report.skipped else 0
+
+
+def cmd_search(args, settings: Settings) -> int:
+    from .images import ImageError, read_file
+    from .index import IndexProblem, SearchError, open_or_build, search_image, search_text
+
+    if not 1 <= args.k <= 1000:
+        raise UserError(f"-k must be 1 to 1000, not {args.k}")
+    if args.text is not None and not args.text.strip():
+        raise UserError("the text query is empty")
+    loaded = load_search_model(args, settings)
+    gallery = args.gallery or settings.gallery
+    try:
+        index, report = open_or_build(loaded, gallery, settings.data_dir)
+        if report:
+            report_update(report)
+        hits = search_text(loaded, index, args.text, args.k) if args.text is not None else search_image(
+            loaded, index, read_file(args.image), args.k
+        )
+    except (IndexProblem, SearchError) as exc:
+        raise UserError(str(exc)) from None
+    except ImageError as exc:
+        say(str(exc))
+        return 1
+    for hit in hits:
+        print(json.dumps({"path": str(hit.path), "score": round(hit.score, 6)}, ensure_ascii=False))
     return 0
 
 

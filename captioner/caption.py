@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Callable, Sequence
 
 from PIL import Image
@@ -80,26 +78,12 @@ def caption_images(
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, not {batch_size}")
     max_side = _decode_side(loaded.processor)
-    workers = workers or min(8, os.cpu_count() or 2)
     results: list[CaptionResult] = []
-    with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
-        pending: deque[Future] = deque()
-        queued = iter(inputs)
-
-        def refill():  # keep the next batches decoding while the model works on this one
-            while len(pending) < 2 * batch_size:
-                item = next(queued, None)
-                if item is None:
-                    return
-                pending.append(pool.submit(_prepare, loaded.processor, item, max_side, thumbnails))
-
-        refill()
-        while pending:
-            batch = [pending.popleft().result() for _ in range(min(batch_size, len(pending)))]
-            refill()
-            results.extend(_caption_batch(loaded, batch, options))
-            if on_progress:
-                on_progress(len(results), len(inputs))
+    prepare = partial(_prepare, loaded.processor, max_side=max_side, thumbnails=thumbnails)
+    for batch in images.prefetched(inputs, prepare, batch_size, workers):
+        results.extend(_caption_batch(loaded, batch, options))
+        if on_progress:
+            on_progress(len(results), len(inputs))
     return results
 
 

@@ -7,8 +7,11 @@ import io
 import os
 import struct
 import zlib
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -132,3 +135,33 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, WHITE + (255,))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
+
+
+Item, Prepared = TypeVar("Item"), TypeVar("Prepared")
+
+
+def prefetched(
+    items: Iterable[Item], prepare: Callable[[Item], Prepared], batch_size: int, workers: int | None = None
+) -> Iterator[list[Prepared]]:
+    """prepare(item) for every item, yielded batch by batch in input order, while worker threads already
+    prepare the next two batches: image decoding runs in parallel with whatever the caller does per batch."""
+    workers = workers or min(8, os.cpu_count() or 2)
+    queued = iter(items)
+    with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
+        pending: deque = deque()
+
+        def refill():
+            while len(pending) < 2 * batch_size:
+                item = next(queued, _END)
+                if item is _END:
+                    return
+                pending.append(pool.submit(prepare, item))
+
+        refill()
+        while pending:
+            batch = [pending.popleft().result() for _ in range(min(batch_size, len(pending)))]
+            refill()
+            yield batch
+
+
+_END = object()

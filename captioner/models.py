@@ -48,10 +48,10 @@ def resolve_spec(text: str, kind: str, settings: Settings) -> ModelSpec:
         if version is None:
             return resolve_spec(DEFAULT_CAPTION_MODEL, kind, settings)
         return ModelSpec(text, kind, "version", str(settings.models_dir / version), version)
-    path = Path(text).expanduser()
+    path = Path(text.removeprefix("local-dir:")).expanduser()
     if path.is_dir():
         return ModelSpec(text, kind, "local", str(path.resolve()), path.resolve().name)
-    if _looks_like_path(text):
+    if _looks_like_path(text) or text.startswith("local-dir:"):
         raise ModelError(f"model folder {text!r} does not exist")
     return ModelSpec(text, kind, "hub", text, "hub")
 
@@ -221,7 +221,7 @@ def load_model(spec: ModelSpec, settings: Settings, choose_class: Callable[[Any]
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
     check_quantization(settings.quantize, device)
-    kwargs = _hub_kwargs(spec)
+    kwargs = hub_kwargs(spec)
     try:
         config = transformers.AutoConfig.from_pretrained(spec.location, **kwargs)
         family = choose_class(config)
@@ -264,7 +264,7 @@ def quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
-def _hub_kwargs(spec: ModelSpec) -> dict:
+def hub_kwargs(spec: ModelSpec) -> dict:
     """Offline (no cache and no network) must fail in a moment, not after the hub client's retries."""
     if spec.source != "hub":
         return {}

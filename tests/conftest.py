@@ -109,3 +109,11 @@ def tiny_llava_dir(tmp_path_factory) -> Path:
     from tiny_models import build_llava
 
     return build_llava(tmp_path_factory.mktemp("tiny-llava"))
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory) -> Path:
+    from tiny_models import build_open_clip
+
+    base = tmp_path_factory.mktemp("tiny-clip")
+    return build_open_clip(base / "configs", base / "model")

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import images_zoo as zoo
+from captioner.demo.quality import demo_inputs
 from captioner.feedback import FeedbackLog
 from conftest import ROOT
 
@@ -49,6 +50,10 @@ def server(tmp_path_factory):
     if not os.path.exists(CHROMIUM):
         pytest.skip("Debian's chromium is not installed (`make test` installs it with apt-get)")
     home = tmp_path_factory.mktemp("browser-home")
+    gallery = home / "data" / "gallery"  # the default gallery folder
+    gallery.mkdir(parents=True)
+    for item in demo_inputs(30, seed=3)[0]:
+        (gallery / item.name).write_bytes(item.data)
     port = free_port()
     env = {**os.environ, "CAPTIONER_HOME": str(home), "HF_HUB_OFFLINE": "1"}
     env.pop("CAPTIONER_CAPTION_MODEL", None)  # the default model: offline, the app must fall back and say so
@@ -79,6 +84,19 @@ def browser():
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield chromium
         chromium.close()
+
+
+def test_a_deep_link_opened_first_shows_the_page_inside_the_app(server, browser):
+    from playwright.sync_api import expect
+
+    url, _ = server  # this server has served nothing yet: the first request is the deep link
+    page = browser.new_page()
+    page.set_default_timeout(90_000)
+    page.goto(f"{url}/chat")
+    expect(page.get_by_text("Chat about an image").first).to_be_visible()
+    expect(page.get_by_text("Live models")).to_be_visible()
+    expect(page.locator('[data-testid="stSidebarNav"]')).to_contain_text("Search")
+    page.close()
 
 
 def test_upload_caption_and_save_a_correction_in_chromium(server, browser, tmp_path):
@@ -129,4 +147,26 @@ def test_ask_about_a_demo_image_in_chromium(server, browser, tmp_path):
     expect(answer).to_contain_text("triangle")
     expect(page.get_by_text("Fallback to the demo Q&A model")).to_be_visible()
     page.screenshot(path=str(ARTIFACTS / "chat-page.png"), full_page=True)
+    page.close()
+
+
+def test_text_search_over_the_gallery_in_chromium(server, browser):
+    from playwright.sync_api import expect
+
+    url, _ = server
+    page = browser.new_page(viewport={"width": 1400, "height": 1400})
+    page.set_default_timeout(90_000)
+    page.goto(f"{url}/search")
+    expect(page.get_by_text("Find similar images").first).to_be_visible()
+    page.get_by_role("button", name="Update index").click()
+    expect(page.get_by_text("Index updated")).to_be_visible()
+    query = page.get_by_label("Describe what you are looking for")
+    query.fill("a red circle")
+    query.press("Enter")
+    expect(page.get_by_text("results (best score")).to_be_visible()
+    first = page.get_by_text("red-circle.png").first
+    expect(first).to_be_visible()
+    expect(page.locator('[data-testid="stImage"] img').nth(11)).to_be_visible()
+    page.wait_for_function("[...document.querySelectorAll('[data-testid=stImage] img')].every(i => i.complete)")
+    page.screenshot(path=str(ARTIFACTS / "search-page.png"), full_page=True)
     page.close()

@@ -14,7 +14,7 @@ def chat(home, monkeypatch, tiny_blip2_dir):
     monkeypatch.setenv("CAPTIONER_CHAT_MODELS", f"./no/such/model,{tiny_blip2_dir}")
     app = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120)
     app.run()
-    app.switch_page("pages/chat.py").run()
+    app.switch_page("app_pages/chat.py").run()
     assert not app.exception, app.exception
     return app
 

@@ -92,3 +92,29 @@ def build_llava(folder: Path) -> Path:
     LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=8, vision_feature_select_strategy="default",
                    chat_template=CHAT_TEMPLATE, num_additional_image_tokens=1).save_pretrained(folder)
     return folder
+
+
+TINY_CLIP = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+def build_open_clip(config_dir: Path, folder: Path) -> Path:
+    """Register a tiny open_clip architecture by name, build it, and save it as a local-dir checkpoint."""
+    import json
+
+    import open_clip
+    import torch
+
+    from captioner.embed import write_open_clip_folder
+
+    config_dir.mkdir(parents=True, exist_ok=True)
+    (config_dir / "TinyTestCLIP.json").write_text(json.dumps(TINY_CLIP))
+    open_clip.add_model_config(config_dir)
+    torch.manual_seed(0)
+    model = open_clip.create_model("TinyTestCLIP")
+    preprocess = {"size": 32, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
+    write_open_clip_folder(model, TINY_CLIP, preprocess, folder)
+    return folder

@@ -49,3 +49,29 @@ def qa_accuracy(loaded, n: int = 200, seed: int = 30_000, **world) -> tuple[floa
     said = answer_batch(loaded, pictures, asked)
     misses = [(q, t, s) for q, t, s in zip(asked, truths, said) if s != t]
     return 1 - len(misses) / len(asked), misses
+
+
+def search_precision(loaded, n: int = 100, seed: int = 40_000) -> tuple[float, float, float]:
+    """Precision@5 over a fresh core-world gallery of n images: (text queries, image queries, 'a red circle')."""
+    import numpy as np
+
+    from ..embed import embed_images, embed_texts
+    from .world import caption_for
+
+    gallery, shown = demo_inputs(n, seed)
+    vectors = embed_images(loaded, gallery).vectors
+    labels = np.array([item.caption for item in shown])
+    kinds = [(color, shape) for shape in SHAPES for color in COLORS]
+    queries, _ = demo_inputs(len(kinds) * 3, seed + 1)  # fresh query pictures, not in the gallery
+    query_vectors = embed_images(loaded, queries).vectors
+    query_labels = [item.caption for item in _]
+
+    def precision(query: np.ndarray, label: str) -> float:
+        top = np.argsort(-(vectors @ query))[:5]
+        return float(np.mean(labels[top] == label))
+
+    texts = [caption_for(color, shape) for color, shape in kinds]
+    text_vectors = embed_texts(loaded, texts)
+    text_p5 = float(np.mean([precision(v, t) for v, t in zip(text_vectors, texts)]))
+    image_p5 = float(np.mean([precision(v, t) for v, t in zip(query_vectors, query_labels)]))
+    return text_p5, image_p5, precision(text_vectors[texts.index("a red circle")], "a red circle")

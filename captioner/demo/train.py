@@ -9,7 +9,7 @@ import random
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -39,13 +39,17 @@ class CaptionRecipe:
 
 def build_all(out_dir: Path | None = None, seed: int = 0, steps: int | None = None, log: Callable = print) -> dict:
     """Retrain every demo model into out_dir (default: the package's own); returns their metrics."""
+    from .train_clip import ClipRecipe, build_clip_model
     from .train_qa import QARecipe, build_qa_model
 
     out_dir = Path(out_dir) if out_dir else MODELS_DIR
-    caption_recipe = CaptionRecipe() if steps is None else CaptionRecipe(steps=steps)
-    qa_recipe = QARecipe() if steps is None else QARecipe(steps=steps)
+    recipes = [CaptionRecipe(), QARecipe(), ClipRecipe()]
+    if steps is not None:
+        recipes = [replace(recipe, steps=steps) for recipe in recipes]
+    caption_recipe, qa_recipe, clip_recipe = recipes
     metrics = {"caption": build_captioner(out_dir / "caption", caption_recipe, seed, log)}
     metrics["qa"] = build_qa_model(out_dir / "qa", out_dir / "caption", qa_recipe, seed, log)
+    metrics["search"] = build_clip_model(out_dir / "search", clip_recipe, seed, log)
     return metrics
 
 
@@ -133,7 +137,8 @@ def build_captioner(target: Path, recipe: CaptionRecipe, seed: int, log: Callabl
         if step % 200 == 0 or step == recipe.steps - 1:
             log(f"demo captioner: step {step + 1}/{recipe.steps} loss {loss.item():.4f} ({time.time() - started:.0f}s)")
     record = {"seed": seed, "recipe": asdict(recipe), "train_seconds": round(time.time() - started, 1)}
-    return publish(model.half(), processor, target, "caption", _evaluate_captioner(recipe, seed, log), record, log)
+    save = save_pretrained(model.half(), processor)
+    return publish(save, target, "caption", _evaluate_captioner(recipe, seed, log), record, log)
 
 
 def warmup_cosine(step: int, warmup: int, total: int) -> float:
@@ -141,15 +146,27 @@ def warmup_cosine(step: int, warmup: int, total: int) -> float:
     return min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
 
 
-def publish(model, processor, target: Path, kind: str, evaluate: Callable, record: dict, log: Callable) -> dict:
+def save_pretrained(model, processor) -> Callable[[Path], Path]:
+    """A saver for publish(): the transformers checkpoint of a model and its processor; returns the weights file."""
+
+    def save(folder: Path) -> Path:
+        model.save_pretrained(folder)
+        processor.save_pretrained(folder)
+        return folder / "model.safetensors"
+
+    return save
+
+
+def publish(save: Callable[[Path], Path], target: Path, kind: str, evaluate: Callable, record: dict, log: Callable) -> dict:
     """Save beside the target, measure through the real loading path, then swap the folder into place."""
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
     staging.chmod(0o755)
     try:
-        model.save_pretrained(staging)
-        processor.save_pretrained(staging)
-        version = "demo-" + hashlib.sha256((staging / "model.safetensors").read_bytes()).hexdigest()[:8]
+        weights = save(staging)
+        for item in staging.iterdir():
+            item.chmod(0o644)
+        version = "demo-" + hashlib.sha256(weights.read_bytes()).hexdigest()[:8]
         metrics = {"version": version, "kind": kind, **record, **evaluate(staging, version)}
         (staging / "demo.json").write_text(json.dumps(metrics, indent=2) + "\n")
     except BaseException:

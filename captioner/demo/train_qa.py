@@ -8,7 +8,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from .train import CaptionRecipe, caption_batch_tensors, caption_config, processor_for, publish, warmup_cosine
+from .train import (
+    CaptionRecipe, caption_batch_tensors, caption_config, processor_for, publish, save_pretrained, warmup_cosine,
+)  # fmt: skip
 from .world import ALL_COLORS, COLORS, EXTRA_SHAPES, SHAPES, paraphrase, questions, sample
 
 
@@ -87,7 +89,7 @@ def build_qa_model(target: Path, captioner_dir: Path, recipe: QARecipe, seed: in
         if step % 200 == 0 or step == recipe.steps - 1:
             log(f"demo Q&A: step {step + 1}/{recipe.steps} loss {loss.item():.4f} ({time.time() - started:.0f}s)")
     record = {"seed": seed, "recipe": asdict(recipe), "train_seconds": round(time.time() - started, 1)}
-    return publish(model.half(), processor, target, "qa", _evaluate(recipe, seed, log), record, log)
+    return publish(save_pretrained(model.half(), processor), target, "qa", _evaluate(recipe, seed, log), record, log)
 
 
 def _start_from_captioner(model, captioner) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
 from captioner.feedback import FeedbackLog
@@ -60,6 +62,44 @@ def chat_model(picked: str) -> LoadedModel:
         state.chat_model_live = picked
         free_memory()  # the model this one replaced in the cache
     return loaded
+
+
+@st.cache_resource(show_spinner="Loading the search model…", max_entries=1)
+def _shared_search_model(spec_text: str, _settings: Settings, key: tuple) -> LoadedModel:
+    from captioner.embed import load_embedder
+
+    return load_embedder(spec_text, _settings)
+
+
+def search_model() -> LoadedModel:
+    """The live CLIP model for search, shared by all sessions; the sidebar says when it is the demo fallback."""
+    config = settings()
+    try:
+        key = cache_key(resolve_spec(config.search_model, "search", config), config)
+        loaded = _shared_search_model(config.search_model, config, key)
+    except ModelError as exc:
+        st.error(f"The search model cannot be loaded: {exc}")
+        st.stop()
+    st.sidebar.caption(f"Search: `{loaded.name}` · version {loaded.version}")
+    if loaded.fallback_reason:
+        st.sidebar.warning(f"Fallback to the demo search model: {loaded.fallback_reason}", icon="⚠️")
+    return loaded
+
+
+@st.cache_resource(max_entries=4)
+def _opened_index(root: str, generation: str | None, gallery: str, model: str, version: str):
+    from captioner.index import load_index
+
+    return load_index(Path(root), Path(gallery), model, version)
+
+
+def gallery_index(embedder: LoadedModel):
+    """The gallery's index as the last update left it (cached per generation); IndexProblem if unusable."""
+    from captioner.index import current_generation, index_root
+
+    config = settings()
+    root = index_root(config.data_dir, config.gallery, embedder.name)
+    return _opened_index(str(root), current_generation(root), str(config.gallery.resolve()), embedder.name, embedder.version)
 
 
 def feedback_log() -> FeedbackLog:

@@ -9,7 +9,7 @@ from captioner.caption import CaptionResult, GenerationOptions, caption_images, 
 from captioner.demo.quality import demo_inputs
 from captioner.feedback import FeedbackError
 from captioner.images import UPLOAD_TYPES, ImageInput
-from pages import _shared as shared
+from app_pages import _shared as shared
 
 state = st.session_state
 state.setdefault("samples", [])
@@ -86,11 +86,14 @@ for result in results:
         picture.image(result.thumbnail, caption=result.name)
         text.caption(f"{result.model} · version {result.model_version}")
         edited = text.text_area("Caption", value=result.caption, key=f"edit-{key}")
-        save, confirm = text.columns(2)
+        save, confirm, similar = text.columns(3)
         if save.button("Save correction", key=f"save-{key}", type="primary"):
             log_feedback(result, edited, key)
         if confirm.button("Looks right", key=f"ok-{key}"):
             log_feedback(result, result.caption, key)
+        if similar.button("Find similar", key=f"similar-{key}"):
+            state.search_query = result.source
+            st.switch_page("app_pages/search.py")
         if key in state.saved:
             kind, message = state.saved[key]
             (text.success if kind == "success" else text.error)(message)

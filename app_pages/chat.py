@@ -7,7 +7,7 @@ import streamlit as st
 from captioner.chat import ChatError, Turn, answer
 from captioner.feedback import FeedbackError
 from captioner.images import UPLOAD_TYPES, ImageError, ImageInput, decode
-from pages import _shared as shared
+from app_pages import _shared as shared
 
 state = st.session_state
 state.setdefault("chats", {})  # image sha256 -> list[Turn]

@@ -1,0 +1,101 @@
+"""Search page: gallery images similar to a text, an uploaded image, a gallery image, or a captioned one."""
+
+import streamlit as st
+
+from captioner.images import UPLOAD_TYPES, ImageError, ImageInput, decode, read_file
+from captioner.index import IndexProblem, SearchError, search_image, search_text, update_index
+from app_pages import _shared as shared
+
+state = st.session_state
+st.title("Find similar images")
+config = shared.settings()
+embedder = shared.search_model()
+st.caption(f"Gallery folder: `{config.gallery}` (set CAPTIONER_GALLERY to use another)")
+
+
+def run_update() -> None:
+    """Embed what is new or changed, with progress; keep the report to show after the rerun."""
+    bar = st.progress(0.0, "Scanning the gallery…")
+
+    def progress(done: int, total: int, rate: float) -> None:
+        bar.progress(done / max(total, 1), f"Embedded {done} of {total} files · {rate:.1f} images/s")
+
+    try:
+        _, state.index_report = update_index(embedder, config.gallery, config.data_dir, progress)
+    except IndexProblem as exc:
+        state.index_report = None
+        st.error(str(exc))
+    bar.empty()
+
+
+try:
+    index = shared.gallery_index(embedder)
+except IndexProblem as problem:
+    index = None
+    if str(problem) == "no index yet":
+        st.info("The gallery has no index yet: press **Update index** to build it.")
+    else:
+        st.warning(f"The index cannot be used ({problem}); rebuilding it now.")
+        run_update()
+        index = shared.gallery_index(embedder) if state.get("index_report") else None
+
+if st.button("Update index", help="Embed new and changed images, forget deleted ones"):
+    run_update()
+    st.rerun()
+report = state.get("index_report")
+if report:
+    st.success(
+        f"Index updated in {report.seconds:.1f}s: {report.added} added, {report.changed} changed, "
+        f"{report.removed} removed, {report.unchanged} unchanged; {report.embedded} embedded, "
+        f"{report.reused} duplicates reused."
+    )
+    if report.rebuilt_because:
+        st.warning(f"The index was rebuilt: {report.rebuilt_because}")
+    if report.skipped or report.ignored:
+        with st.expander(f"{len(report.skipped)} skipped, {len(report.ignored)} ignored"):
+            st.dataframe([{"file": p, "why": r} for p, r in report.skipped + report.ignored], hide_index=True)
+if index is None:
+    st.stop()
+st.caption(f"{len(index)} images indexed ({index.kind} index, updated {index.meta['updated']})")
+
+handed_over = state.get("search_query")  # from "Find similar" on the Caption page
+modes = ["Text", "Upload an image", "Gallery image"] + (["Captioned image"] if handed_over else [])
+mode = st.radio("Search by", modes, horizontal=True, index=len(modes) - 1 if handed_over else 0)
+top_k = st.slider("Results", 1, 50, 12)
+cutoff = st.slider("Hide results below this fraction of the best score", 0.0, 1.0, 0.0, 0.05)
+
+try:
+    if mode == "Text":
+        text = st.text_input("Describe what you are looking for", placeholder="a red circle")
+        hits = search_text(embedder, index, text, top_k) if text.strip() else None
+    else:
+        if mode == "Upload an image":
+            upload = st.file_uploader("Query image", type=UPLOAD_TYPES)
+            query = ImageInput(upload.name, upload.getvalue()) if upload else None
+        elif mode == "Gallery image":
+            picked = st.selectbox("Query image", [e.path for e in index.entries])
+            query = read_file(config.gallery / picked, name=picked) if picked else None
+        else:
+            query = handed_over
+        if query is not None:
+            st.image(decode(query, max_side=256).image, caption=f"Query: {query.name}", width=160)
+        hits = search_image(embedder, index, query, top_k) if query is not None else None
+except (SearchError, ImageError) as exc:
+    st.error(str(exc))
+    st.stop()
+if hits is None:
+    st.stop()
+if not hits:
+    st.info("No results.")
+    st.stop()
+best = hits[0].score
+shown = [h for h in hits if not cutoff or best <= 0 or h.score >= cutoff * best]
+st.caption(f"{len(shown)} of {len(hits)} results (best score {best:.3f})")
+for start in range(0, len(shown), 4):
+    for column, hit in zip(st.columns(4), shown[start : start + 4]):
+        try:
+            column.image(decode(read_file(hit.path), max_side=256).image, width="stretch")
+        except ImageError as exc:
+            column.warning(f"{exc.reason}")
+        label = f"{hit.score:.3f} · {hit.path.relative_to(config.gallery.resolve()).as_posix()}"
+        column.caption(label + (" · **near-duplicate**" if hit.near_duplicate else ""))

@@ -1,1 +1,0 @@
-"""The app's pages (one thin file each) and the UI helpers they share."""

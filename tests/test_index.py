@@ -1,0 +1,205 @@
+"""Embeddings and the gallery index: tiny open_clip from disk, incremental updates, recovery, search."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import images_zoo as zoo
+from captioner.embed import embed_images, embed_texts, load_embedder
+from captioner.images import ImageError, ImageInput
+from captioner.index import (
+    FLAT_LIMIT, IndexProblem, SearchError, build_search_structure, current_generation, index_root, load_index,
+    open_or_build, search_image, search_text, update_index,
+)  # fmt: skip
+from captioner.models import ModelError
+from conftest import ROOT
+
+
+@pytest.fixture
+def clip(settings, tiny_clip_dir):
+    return load_embedder(str(tiny_clip_dir), settings, fallback=False)
+
+
+@pytest.fixture
+def gallery(tmp_path):
+    folder = tmp_path / "gallery"
+    folder.mkdir()
+    for i, (shape, color) in enumerate([("circle", "red"), ("square", "blue"), ("triangle", "green"), ("circle", "yellow")]):
+        (folder / f"{i}-{color}-{shape}.png").write_bytes(zoo.encode(zoo.demo(shape, color, 96 + 8 * i), "PNG"))
+    return folder
+
+
+def paths(index):
+    return sorted(entry.path for entry in index.entries)
+
+
+def test_tiny_open_clip_loads_from_disk_and_embeds(clip, tiny_clip_dir):
+    assert clip.family == "open_clip" and clip.version == tiny_clip_dir.name
+    pictures = [ImageInput(f"{i}.png", zoo.encode(zoo.demo(side=40 + i), "PNG")) for i in range(5)]
+    pictures.insert(2, ImageInput("bad.png", b"nope"))
+    embedded = embed_images(clip, pictures, batch_size=2)
+    assert embedded.vectors.shape == (5, 16) and embedded.ok == [0, 1, 3, 4, 5]
+    assert "not an image" in embedded.errors[2]
+    assert np.allclose(np.linalg.norm(embedded.vectors, axis=1), 1, atol=1e-5)
+    texts = embed_texts(clip, ["a red circle", "a blue square"])
+    assert texts.shape == (2, 16) and np.allclose(np.linalg.norm(texts, axis=1), 1, atol=1e-5)
+
+
+def test_open_clip_specs_are_checked(settings, tmp_path):
+    with pytest.raises(ModelError, match="not an open_clip model folder"):
+        load_embedder(str(tmp_path), settings, fallback=False)
+    with pytest.raises(ModelError, match="add a tag"):
+        load_embedder("ViT-B-32", settings, fallback=False)
+    with pytest.raises(ModelError, match="offline"):
+        load_embedder("ViT-B-32/laion2b_s34b_b79k", settings, fallback=False)
+    loaded = load_embedder("ViT-B-32/laion2b_s34b_b79k", settings)
+    assert loaded.name == "demo" and "demo search model" in loaded.fallback_reason
+
+
+def test_incremental_update_adds_changes_deletes_and_dedupes(clip, gallery, settings):
+    index, report = update_index(clip, gallery, settings.data_dir)
+    assert (report.added, report.embedded, len(index)) == (4, 4, 4) and index.kind == "flat"
+
+    (gallery / "sub").mkdir()
+    (gallery / "sub" / "copy.png").write_bytes((gallery / "0-red-circle.png").read_bytes())
+    (gallery / "4-new.png").write_bytes(zoo.encode(zoo.demo("square", "yellow"), "PNG"))
+    (gallery / "1-blue-square.png").write_bytes(zoo.encode(zoo.demo("triangle", "blue"), "PNG"))
+    (gallery / "3-yellow-circle.png").unlink()
+    index, report = update_index(clip, gallery, settings.data_dir)
+    assert (report.added, report.changed, report.removed, report.unchanged) == (2, 1, 1, 2)
+    assert (report.embedded, report.reused) == (2, 1)
+    assert paths(index) == ["0-red-circle.png", "1-blue-square.png", "2-green-triangle.png", "4-new.png", "sub/copy.png"]
+    rows = {e.path: e.row for e in index.entries}
+    assert rows["sub/copy.png"] == rows["0-red-circle.png"] and index.meta["vectors"] == 4
+
+    index, report = update_index(clip, gallery, settings.data_dir)
+    assert (report.unchanged, report.embedded, report.added) == (5, 0, 0)
+
+
+def test_bad_files_are_skipped_and_listed_never_fatal(clip, gallery, settings):
+    (gallery / "notes.txt").write_text("not a picture")
+    (gallery / "broken.jpg").write_bytes(b"text in disguise")
+    (gallery / "empty.png").write_bytes(b"")
+    (gallery / "cut.png").write_bytes(zoo.truncated(zoo.encode(zoo.demo(side=200), "PNG")))
+    os.symlink(gallery, gallery / "loop")
+    index, report = update_index(clip, gallery, settings.data_dir)
+    assert len(index) == 4
+    skipped = dict(report.skipped)
+    assert skipped["broken.jpg"].startswith("not an image") and skipped["empty.png"].startswith("empty file")
+    assert skipped["cut.png"].startswith("truncated")
+    ignored = dict(report.ignored)
+    assert ignored["notes.txt"] == "not an image file type" and "loop" in ignored["loop"]
+    again, report = update_index(clip, gallery, settings.data_dir)
+    assert report.added == 0 and dict(report.skipped) == skipped  # bad files are remembered, not re-read
+
+
+def test_missing_and_empty_galleries(clip, tmp_path, settings):
+    with pytest.raises(IndexProblem, match="does not exist"):
+        update_index(clip, tmp_path / "nowhere", settings.data_dir)
+    (tmp_path / "empty").mkdir()
+    index, report = update_index(clip, tmp_path / "empty", settings.data_dir)
+    assert len(index) == 0 and search_text(clip, index, "a red circle") == []
+
+
+def test_search_by_text_and_image_with_near_duplicates(clip, gallery, settings):
+    index, _ = update_index(clip, gallery, settings.data_dir)
+    query = ImageInput("q.png", (gallery / "2-green-triangle.png").read_bytes())
+    hits = search_image(clip, index, query, k=3)
+    assert hits[0].path == gallery.resolve() / "2-green-triangle.png" and hits[0].near_duplicate
+    assert hits[0].score == pytest.approx(1.0, abs=1e-4) and [h.score for h in hits] == sorted([h.score for h in hits], reverse=True)
+    text_hits = search_text(clip, index, "a red circle", k=10)
+    assert len(text_hits) == 4 and not any(h.near_duplicate for h in text_hits)
+    with pytest.raises(SearchError, match="empty"):
+        search_text(clip, index, "  ")
+    with pytest.raises(ImageError, match="bad.png: not an image"):
+        search_image(clip, index, ImageInput("bad.png", b"garbage"))
+
+
+def test_an_index_made_by_another_model_or_damaged_is_rebuilt(clip, gallery, settings, tiny_clip_dir):
+    index, _ = update_index(clip, gallery, settings.data_dir)
+    root = index_root(settings.data_dir, gallery, clip.name)
+    generation = root / current_generation(root)
+    meta = json.loads((generation / "meta.json").read_text())
+    (generation / "meta.json").write_text(json.dumps({**meta, "model_version": "older"}))
+    with pytest.raises(IndexProblem, match="made by"):
+        load_index(root, gallery.resolve(), clip.name, clip.version)
+    index, report = open_or_build(clip, gallery, settings.data_dir)
+    assert "made by" in report.rebuilt_because and len(index) == 4 and report.embedded == 4
+
+    generation = root / current_generation(root)
+    with open(generation / "entries.jsonl", "a") as handle:
+        handle.write(json.dumps({"path": "ghost.png", "sha256": "0" * 64, "size": 1, "mtime_ns": 1, "row": 0}) + "\n")
+    with pytest.raises(IndexProblem, match="counts disagree"):
+        load_index(root, gallery.resolve(), clip.name, clip.version)
+    (generation / "vectors.npy").write_bytes(b"garbage")
+    index, report = open_or_build(clip, gallery, settings.data_dir)
+    assert "damaged" in report.rebuilt_because and len(index) == 4
+
+
+CRASHER = """
+import os, sys, signal
+from pathlib import Path
+from captioner import index as gallery_index
+from captioner.embed import load_embedder
+from captioner.settings import Settings
+
+def die(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+gallery_index.write_atomic = die  # killed after the new generation is written, before CURRENT moves
+settings = Settings.from_env()
+gallery_index.update_index(load_embedder(sys.argv[1], settings, fallback=False), Path(sys.argv[2]), settings.data_dir)
+"""
+
+
+def test_a_crash_in_the_middle_of_an_update_is_recovered(clip, gallery, settings, tiny_clip_dir):
+    update_index(clip, gallery, settings.data_dir)
+    (gallery / "5-extra.png").write_bytes(zoo.encode(zoo.demo("triangle", "red"), "PNG"))
+    done = subprocess.run([sys.executable, "-c", CRASHER, str(tiny_clip_dir), str(gallery)], cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)  # fmt: skip
+    assert done.returncode == -signal.SIGKILL
+    root = index_root(settings.data_dir, gallery, clip.name)
+    still = load_index(root, gallery.resolve(), clip.name, clip.version)  # searches see the complete old index
+    assert len(still) == 4
+    index, report = update_index(clip, gallery, settings.data_dir)
+    assert len(index) == 5 and report.added == 1
+    assert len(list(root.glob("gen-*"))) <= 2 and not list(root.glob(".gen-*"))
+
+
+def test_large_indexes_switch_to_ivf_with_high_recall(clip, tmp_path):
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(50, 64)).astype(np.float32)
+    vectors = centres[rng.integers(0, 50, 6000)] + 0.3 * rng.normal(size=(6000, 64)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    structure, layout = build_search_structure(vectors, flat_limit=2000)
+    assert layout["kind"] == "ivf" and layout["nprobe"] >= 1
+    exact, _ = build_search_structure(vectors)
+    queries = vectors[:50] + 0.05 * rng.normal(size=(50, 64)).astype(np.float32)
+    truth, found = exact.search(queries, 10)[1], structure.search(queries, 10)[1]
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(truth, found)])
+    assert recall >= 0.95 and FLAT_LIMIT >= 10_000
+
+
+def test_demo_clip_reaches_precision_at_5(settings, tmp_path):
+    from captioner.demo.quality import demo_inputs
+
+    clip = load_embedder("demo", settings, fallback=False)
+    gallery = tmp_path / "demo-gallery"
+    gallery.mkdir()
+    inputs, shown = demo_inputs(100, seed=777)
+    for item in inputs:
+        (gallery / item.name).write_bytes(item.data)
+    assert sum(s.caption == "a red circle" for s in shown) >= 5
+    index, _ = update_index(clip, gallery, settings.data_dir)
+    label = lambda hit: "a " + " ".join(hit.path.stem.split("-")[2:4])  # noqa: E731
+    text_hits = search_text(clip, index, "a red circle", k=5)
+    assert sum(label(h) == "a red circle" for h in text_hits) / 5 >= 0.9
+    query, truth = demo_inputs(1, seed=4321, shapes=("circle",), colors=("red",))
+    image_hits = search_image(clip, index, query[0], k=5)
+    assert sum(label(h) == truth[0].caption for h in image_hits) / 5 >= 0.9

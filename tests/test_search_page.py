@@ -1,0 +1,83 @@
+"""The search page in AppTest: update the index, query by text, image and gallery image; Find similar."""
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+import images_zoo as zoo
+from captioner.demo.quality import demo_inputs
+from conftest import ROOT
+
+
+@pytest.fixture
+def gallery(tmp_path):
+    folder = tmp_path / "gallery"
+    folder.mkdir()
+    for item in demo_inputs(40, seed=11)[0]:
+        (folder / item.name).write_bytes(item.data)
+    (folder / "readme.txt").write_text("not a picture")
+    (folder / "broken.png").write_bytes(b"\x89PNG broken")
+    return folder
+
+
+@pytest.fixture
+def search(home, monkeypatch, gallery):
+    monkeypatch.setenv("CAPTIONER_SEARCH_MODEL", "demo")
+    monkeypatch.setenv("CAPTIONER_CAPTION_MODEL", "demo")
+    monkeypatch.setenv("CAPTIONER_GALLERY", str(gallery))
+    app = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120)
+    app.run()
+    app.switch_page("app_pages/search.py").run()
+    assert not app.exception, app.exception
+    return app
+
+
+def click(app, label):
+    [b for b in app.button if b.label == label][0].click().run()
+    assert not app.exception, app.exception
+
+
+def result_captions(app):
+    return [c.value for c in app.caption if " · " in c.value and c.value[0].isdigit()]
+
+
+def test_update_index_then_search_by_text(search):
+    assert "no index yet" in search.info[0].value
+    click(search, "Update index")
+    assert "Index updated" in search.success[0].value and "40 added" in search.success[0].value
+    assert any("1 skipped, 1 ignored" in e.label for e in search.expander)
+    search.text_input[0].set_value("a red circle").run()
+    results = result_captions(search)
+    assert len(results) == 12 and all("red-circle" in r for r in results[:3])
+    scores = [float(r.split(" · ")[0]) for r in results]
+    assert scores == sorted(scores, reverse=True)
+    search.slider[0].set_value(3).run()
+    assert len(result_captions(search)) == 3
+    search.slider[1].set_value(0.99).run()  # relative cut-off
+    assert 1 <= len(result_captions(search)) <= 3
+
+
+def test_search_by_gallery_image_marks_the_near_duplicate(search, gallery):
+    click(search, "Update index")
+    search.radio[0].set_value("Gallery image").run()
+    first = sorted(p.name for p in gallery.glob("*.png") if p.name != "broken.png")[0]
+    search.selectbox[0].set_value(first).run()
+    results = result_captions(search)
+    assert first in results[0] and "near-duplicate" in results[0]
+
+
+def test_empty_text_and_bad_query_image(search):
+    click(search, "Update index")
+    search.text_input[0].set_value("   ").run()
+    assert result_captions(search) == []
+    search.radio[0].set_value("Upload an image").run()
+    search.file_uploader[0].set_value(("bad.jpg", b"no picture here", "image/jpeg")).run()
+    assert search.error[0].value.startswith("bad.jpg: not an image")
+
+
+def test_find_similar_from_the_caption_page(search, gallery):
+    click(search, "Update index")
+    search.switch_page("app_pages/caption.py").run()
+    search.file_uploader[0].set_value(("mine.png", zoo.encode(zoo.demo("square", "blue"), "PNG"), "image/png")).run()
+    click(search, "Find similar")
+    assert search.radio[0].value == "Captioned image"
+    assert all("blue-square" in r for r in result_captions(search)[:3])
