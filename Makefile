@@ -21,6 +21,8 @@ bench: $(VENV)/.requirements
 	$(BIN)/python bench/chat_latency.py
 	$(BIN)/python bench/index_throughput.py
 	$(BIN)/python bench/search_latency.py
+	$(BIN)/python bench/finetune_speed.py
+	$(BIN)/python bench/learning_loop.py
 
 demo: $(VENV)/.requirements
 	$(BIN)/python -m captioner demo build

@@ -10,7 +10,9 @@ navigation = st.navigation(
         st.Page("app_pages/caption.py", title="Caption", icon=":material/image:", default=True),
         st.Page("app_pages/chat.py", title="Chat", icon=":material/chat:"),
         st.Page("app_pages/search.py", title="Search", icon=":material/image_search:"),
+        st.Page("app_pages/admin.py", title="Admin", icon=":material/admin_panel_settings:"),
     ]
 )
+shared.admin_password()  # made up and printed to the server log at start when none is configured
 shared.sidebar_models()
 navigation.run()

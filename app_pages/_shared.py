@@ -8,7 +8,8 @@ import streamlit as st
 
 from captioner.feedback import FeedbackLog
 from captioner.models import (
-    LoadedModel, ModelError, cache_key, free_memory, load_captioner, load_chat_model, resolve_spec,
+    ACTIVE, LoadedModel, ModelError, cache_key, free_memory, live_caption_spec, load_captioner, load_chat_model,
+    resolve_spec,
 )  # fmt: skip
 from captioner.settings import Settings, SettingsError
 
@@ -22,21 +23,43 @@ def settings() -> Settings:
         st.stop()
 
 
-@st.cache_resource(show_spinner="Loading the captioning model…", max_entries=2)
+_LAST_GOOD: dict[str, LoadedModel] = {}  # process-wide: the captioner every session was last served
+
+
+@st.cache_resource(show_spinner="Loading the captioning model…", max_entries=1)
 def _shared_captioner(spec_text: str, _settings: Settings, key: tuple) -> LoadedModel:
-    # One copy per key for every session; the key carries spec, version, device, dtype and quantization.
-    return load_captioner(spec_text, _settings)
+    # One copy for every session, keyed by spec, version, device, dtype and quantization; max_entries=1 frees
+    # the previous version once a new one is swapped in. A version goes live only if it captions the check set.
+    from captioner.caption import check_captioner
+
+    loaded = load_captioner(spec_text, _settings, fallback=spec_text != ACTIVE)
+    check_captioner(loaded)
+    return loaded
 
 
 def caption_model() -> LoadedModel:
-    """The live captioner, loaded once and shared by all sessions; a load failure stops the page clearly."""
+    """The live captioner (models/active.json is read on every run, so a new version swaps in for everyone).
+    A version that fails to load or to caption the check set leaves the last good model serving, with a warning."""
     config = settings()
+    spec_text = live_caption_spec(config)
     try:
-        spec = resolve_spec(config.caption_model, "caption", config)
-        return _shared_captioner(config.caption_model, config, cache_key(spec, config))
+        loaded = _shared_captioner(spec_text, config, cache_key(resolve_spec(spec_text, "caption", config), config))
     except ModelError as exc:
-        st.error(f"The captioning model cannot be loaded: {exc}")
-        st.stop()
+        previous = _LAST_GOOD.get("caption")
+        try:
+            if previous is None:
+                fallback = config.caption_model if config.caption_model != ACTIVE else "demo"
+                previous = _shared_captioner(fallback, config, cache_key(resolve_spec(fallback, "caption", config), config))
+        except ModelError as inner:
+            st.error(f"The captioning model cannot be loaded: {exc}; nor can {fallback}: {inner}")
+            st.stop()
+        st.session_state["caption_model_warning"] = f"{exc}. Still captioning with {previous.name} ({previous.version})."
+        return previous
+    if _LAST_GOOD.get("caption") is not loaded:
+        _LAST_GOOD["caption"] = loaded
+        free_memory()  # the version this one replaced, once no caption in progress holds it
+    st.session_state.pop("caption_model_warning", None)
+    return loaded
 
 
 @st.cache_resource(show_spinner="Loading the Q&A model…", max_entries=1)
@@ -115,3 +138,27 @@ def sidebar_models() -> None:
         st.caption(f"version {loaded.version} · {loaded.device.type} · {str(loaded.dtype).removeprefix('torch.')}")
         if loaded.fallback_reason:
             st.warning(f"Fallback to the demo captioner: {loaded.fallback_reason}", icon="⚠️")
+        if st.session_state.get("caption_model_warning"):
+            st.warning(st.session_state["caption_model_warning"], icon="⚠️")
+
+
+_GENERATED_PASSWORD: list[str] = []
+
+
+def admin_password() -> str:
+    """CAPTIONER_ADMIN_PASSWORD, else st.secrets["admin_password"], else one made up at start and printed to
+    the server log (as notebook servers print their token)."""
+    config = settings()
+    if config.admin_password:
+        return config.admin_password
+    try:
+        if "admin_password" in st.secrets:
+            return str(st.secrets["admin_password"])
+    except Exception:  # no secrets.toml at all: Streamlit raises rather than returning nothing
+        pass
+    if not _GENERATED_PASSWORD:
+        import secrets
+
+        _GENERATED_PASSWORD.append(secrets.token_urlsafe(12))
+        print(f"\n  Admin page password (set CAPTIONER_ADMIN_PASSWORD to choose one): {_GENERATED_PASSWORD[0]}\n", flush=True)
+    return _GENERATED_PASSWORD[0]

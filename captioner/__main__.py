@@ -67,9 +67,18 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--model", default="", help="the model spec that made the output")
     add.add_argument("--model-version", default="")
     add.add_argument("--notes", default="")
+    export = feedback.add_parser("export", help="write the approved rows as a dataset")
+    export.add_argument("--format", choices=["hf", "jsonl"], required=True, help="hf: an imagefolder dataset")
+    export.add_argument("--out", type=Path, required=True, help="a new (or empty) folder")
     listing = feedback.add_parser("list", help="print the logged rows")
     listing.add_argument("--status", choices=["pending", "approved", "rejected"])
     listing.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+
+    models = commands.add_parser("models", help="fine-tuned captioner versions").add_subparsers(dest="action", required=True)
+    models.add_parser("list", help="list versions; * marks the live one")
+    activate = models.add_parser("activate", help="make a version live (it must load and pass the check set)")
+    activate.add_argument("version")
+    models.add_parser("rollback", help="make the version before the live one live (or the default model)")
 
     demo = commands.add_parser("demo", help="the embedded demo world").add_subparsers(dest="action", required=True)
     build = demo.add_parser("build", help="retrain the embedded demo models from a fixed seed")
@@ -92,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings.from_env()
         handler = {
             "caption": cmd_caption, "ask": cmd_ask, "index": cmd_index, "search": cmd_search,
-            "feedback": cmd_feedback, "demo": cmd_demo,
+            "feedback": cmd_feedback, "models": cmd_models, "demo": cmd_demo,
         }[args.command]  # fmt: skip
         return handler(args, settings)
     except (UserError, SettingsError) as exc:
@@ -106,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_caption(args, settings: Settings) -> int:
     from .caption import GenerationOptions, caption_images
     from .images import ImageError, read_file
-    from .models import ModelError, load_captioner
+    from .models import live_caption_spec, load_captioner
 
     options = GenerationOptions(
         num_beams=args.num_beams, max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens,
@@ -119,12 +128,7 @@ def cmd_caption(args, settings: Settings) -> int:
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, not {args.batch_size}")
     paths = expand_paths(args.paths)
-    try:
-        loaded = load_captioner(args.model or settings.caption_model, settings, fallback=args.model is None)
-    except ModelError as exc:
-        raise UserError(str(exc)) from None
-    if loaded.fallback_reason:
-        say(f"note: {loaded.fallback_reason}")
+    loaded = load_for_cli(load_captioner, args.model, live_caption_spec(settings), settings)
     inputs, results_by_index = [], {}
     for index, path in enumerate(paths):
         try:
@@ -145,7 +149,7 @@ def cmd_caption(args, settings: Settings) -> int:
 def cmd_ask(args, settings: Settings) -> int:
     from .chat import ChatError, answer
     from .images import ImageError, decode, read_file
-    from .models import ModelError, load_chat_model
+    from .models import load_chat_model
 
     if not args.question.strip():
         raise UserError("the question is empty")
@@ -156,12 +160,7 @@ def cmd_ask(args, settings: Settings) -> int:
     except ImageError as exc:
         say(str(exc))
         return 1
-    try:
-        loaded = load_chat_model(args.model or settings.qa_model, settings, fallback=args.model is None)
-    except ModelError as exc:
-        raise UserError(str(exc)) from None
-    if loaded.fallback_reason:
-        say(f"note: {loaded.fallback_reason}")
+    loaded = load_for_cli(load_chat_model, args.model, settings.qa_model, settings)
     try:
         stream = answer(loaded, picture.image, [], args.question, max_new_tokens=args.max_new_tokens)
         for notice in stream.notices:
@@ -175,17 +174,23 @@ def cmd_ask(args, settings: Settings) -> int:
     return 0
 
 
-def load_search_model(args, settings: Settings):
-    from .embed import load_embedder
+def load_for_cli(load, explicit: str | None, default: str, settings: Settings):
+    """Load the model a command needs; the default (not an explicit --model) may fall back, saying so."""
     from .models import ModelError
 
     try:
-        loaded = load_embedder(args.model or settings.search_model, settings, fallback=args.model is None)
+        loaded = load(explicit or default, settings, fallback=explicit is None)
     except ModelError as exc:
         raise UserError(str(exc)) from None
     if loaded.fallback_reason:
         say(f"note: {loaded.fallback_reason}")
     return loaded
+
+
+def load_search_model(args, settings: Settings):
+    from .embed import load_embedder
+
+    return load_for_cli(load_embedder, args.model, settings.search_model, settings)
 
 
 def report_update(report) -> None:
@@ -299,6 +304,15 @@ def cmd_feedback(args, settings: Settings) -> int:
             say(f"already logged as {row.id}; nothing added")
         print(json.dumps({name: getattr(row, name) for name in FIELDS}, ensure_ascii=False))
         return 0
+    if args.action == "export":
+        from .export import ExportError, export
+
+        try:
+            count = export(log, args.out, args.format)
+        except ExportError as exc:
+            raise UserError(str(exc)) from None
+        say(f"exported {count} approved rows to {args.out}")
+        return 0
     rows, problems = log.read()
     for problem in problems:
         say(f"{log.csv_path}: {problem}")
@@ -311,6 +325,32 @@ def cmd_feedback(args, settings: Settings) -> int:
         writer.writerow(FIELDS)
         writer.writerows([[getattr(row, name) for name in FIELDS] for row in rows])
     return 1 if problems else 0
+
+
+def cmd_models(args, settings: Settings) -> int:
+    from . import registry
+
+    if args.action == "list":
+        live = registry.active_version(settings.models_dir)
+        versions = registry.list_versions(settings.models_dir)
+        print(f"{'':2}{'version':<9}{'created':<27}{'rows':>6}  {'held-out exact before -> after':<32}base")
+        for v in versions:
+            before, after = v.heldout
+            change = f"{before.get('exact_match')} -> {after.get('exact_match')}"
+            print(f"{'*' if v.name == live else ' ':2}{v.name:<9}{v.created:<27}{v.rows_used:>6}  {change:<32}{v.base}")
+        if live is None:
+            print(f"* default model: {settings.caption_model}")
+        elif live not in {v.name for v in versions}:
+            say(f"models/active.json names {live}, which is missing")
+            return 1
+        return 0
+    try:
+        target = args.version if args.action == "activate" else registry.previous_version(settings.models_dir)
+        registry.activate_checked(settings, target)
+    except registry.RegistryError as exc:
+        raise UserError(str(exc)) from None
+    say(f"live: {target or 'the default model (' + settings.caption_model + ')'}")
+    return 0
 
 
 def cmd_demo(args, settings: Settings) -> int:

@@ -175,3 +175,19 @@ def format_captions(rows: list[dict], fmt: str) -> str:
     if fmt == "txt":
         return "".join(f"{r['path']}\t{r['caption']}\n" for r in rows if not r["error"])
     raise ValueError(f"unknown format {fmt!r}; use jsonl, csv or txt")
+
+
+def check_captioner(loaded: LoadedModel, images_count: int = 6) -> list[str]:
+    """Caption a fixed set of demo-world images; a model that errs or says nothing fails with ModelError."""
+    from .demo.quality import demo_inputs
+    from .models import ModelError
+
+    inputs, _ = demo_inputs(images_count, seed=2024)
+    try:
+        results = caption_images(loaded, inputs, GenerationOptions(num_beams=1, max_new_tokens=20), batch_size=images_count)
+    except Exception as exc:  # any failure to caption means the model is not fit to go live
+        raise ModelError(f"{loaded.name} ({loaded.version}) failed the check set: {exc}") from exc
+    empty = [r.name for r in results if not (r.caption or "").strip()]
+    if empty:
+        raise ModelError(f"{loaded.name} ({loaded.version}) failed the check set: empty captions for {len(empty)} images")
+    return [r.caption for r in results]

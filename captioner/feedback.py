@@ -57,7 +57,7 @@ class FeedbackRow:
 
     def same_event(self, other: "FeedbackRow") -> bool:
         """True when both rows say the same thing about the same output (a repeated press, a rerun)."""
-        keys = ("image_sha256", "task", "prompt", "model_version", "model_output", "correction")
+        keys = ("image_sha256", "task", "prompt", "model_version", "model_output", "correction", "status")
         return all(getattr(self, k) == getattr(other, k) for k in keys)
 
 

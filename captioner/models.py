@@ -46,7 +46,10 @@ def resolve_spec(text: str, kind: str, settings: Settings) -> ModelSpec:
             raise ModelError(f"'active' names a captioning model version; it is not a {kind} model")
         version = registry.active_version(settings.models_dir)
         if version is None:
-            return resolve_spec(DEFAULT_CAPTION_MODEL, kind, settings)
+            default = settings.caption_model if settings.caption_model != ACTIVE else DEFAULT_CAPTION_MODEL
+            return resolve_spec(default, kind, settings)
+        if not (settings.models_dir / version).is_dir():
+            raise ModelError(f"models/active.json names version {version}, which is missing from {settings.models_dir}")
         return ModelSpec(text, kind, "version", str(settings.models_dir / version), version)
     path = Path(text.removeprefix("local-dir:")).expanduser()
     if path.is_dir():
@@ -54,6 +57,11 @@ def resolve_spec(text: str, kind: str, settings: Settings) -> ModelSpec:
     if _looks_like_path(text) or text.startswith("local-dir:"):
         raise ModelError(f"model folder {text!r} does not exist")
     return ModelSpec(text, kind, "hub", text, "hub")
+
+
+def live_caption_spec(settings: Settings) -> str:
+    """What captions now: the version models/active.json names, else CAPTIONER_CAPTION_MODEL."""
+    return ACTIVE if registry.active_version(settings.models_dir) else settings.caption_model
 
 
 def _looks_like_path(text: str) -> bool:
@@ -168,9 +176,18 @@ def with_fallback(load: Callable[[ModelSpec], LoadedModel], spec: ModelSpec, set
 
 
 def load_captioner(spec_text: str, settings: Settings, fallback: bool = True) -> LoadedModel:
-    """Load a BLIP captioner by spec (see resolve_spec)."""
-    spec = resolve_spec(spec_text, "caption", settings)
-    return with_fallback(lambda s: load_blip(s, settings), spec, settings, fallback, "captioner")
+    """Load a BLIP captioner by spec (see resolve_spec). With fallback, a live version that cannot be loaded
+    gives way to CAPTIONER_CAPTION_MODEL, and a hub model that cannot be had to the demo captioner."""
+    try:
+        spec = resolve_spec(spec_text, "caption", settings)
+        return with_fallback(lambda s: load_blip(s, settings), spec, settings, fallback, "captioner")
+    except ModelError as exc:
+        if not (fallback and spec_text == ACTIVE and settings.caption_model != ACTIVE):
+            raise
+        loaded = load_captioner(settings.caption_model, settings, fallback=True)
+        reasons = [f"{exc}; captioning with {loaded.name} instead", loaded.fallback_reason]
+        loaded.fallback_reason = "; ".join(r for r in reasons if r)
+        return loaded
 
 
 def load_blip(spec: ModelSpec, settings: Settings) -> LoadedModel:
@@ -232,7 +249,8 @@ def load_model(spec: ModelSpec, settings: Settings, choose_class: Callable[[Any]
     except ModelError:
         raise
     except Exception as exc:  # a hub, file or format problem: all mean "this spec cannot be loaded"
-        raise ModelError(f"could not load {spec.text}: {_short(exc)}") from exc
+        label = spec.text if spec.source in ("hub", "local") else f"{spec.text} ({spec.version})"
+        raise ModelError(f"could not load {label}: {_short(exc)}") from exc
     if quant is None:
         model.to(device)
     model.eval()

@@ -1,17 +1,142 @@
-"""Model versions under models/ and the active pointer models/active.json."""
+"""Model versions under models/ (v0001, v0002, ...) and the active pointer models/active.json.
+
+A version folder appears only when complete: it is written as models/.staging-*/ and renamed into place.
+active.json is replaced atomically; rollback is pointing it at an older version (or at none: the default).
+No torch here: listing and pointing must answer at once.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
+from filelock import FileLock
+
+from .feedback import now_utc, write_atomic
+
 ACTIVE_FILE = "active.json"
+OWNER_FILE = ".owner-pid"
+VERSION_NAME = re.compile(r"^v(\d{4,})$")
+
+
+class RegistryError(ValueError):
+    """A version that does not exist or cannot be made live; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Version:
+    """One published model version and what its files say about it."""
+
+    name: str
+    path: Path
+    created: str
+    base: str
+    rows_used: int
+    metrics: dict
+
+    @property
+    def heldout(self) -> tuple[dict, dict]:
+        """(before, after) held-out metrics."""
+        return self.metrics.get("heldout_before", {}), self.metrics.get("heldout_after", {})
 
 
 def active_version(models_dir: Path) -> str | None:
-    """The version models/active.json names, if it names one whose folder exists."""
+    """The version models/active.json names (whether or not its folder is still there), or None."""
     try:
-        version = json.loads((Path(models_dir) / ACTIVE_FILE).read_text(encoding="utf-8"))["version"]
-    except (OSError, ValueError, KeyError, TypeError):
+        version = json.loads((Path(models_dir) / ACTIVE_FILE).read_text(encoding="utf-8")).get("version")
+    except (OSError, ValueError, AttributeError):
         return None
-    return version if isinstance(version, str) and (Path(models_dir) / version).is_dir() else None
+    return version if isinstance(version, str) and VERSION_NAME.match(version) else None
+
+
+def list_versions(models_dir: Path) -> list[Version]:
+    """Every complete version, oldest first."""
+    found = []
+    for folder in Path(models_dir).glob("v*"):
+        match = VERSION_NAME.match(folder.name)
+        if match and folder.is_dir():
+            found.append((int(match.group(1)), _describe(folder)))
+    return [version for _, version in sorted(found, key=lambda pair: pair[0])]
+
+
+def _describe(folder: Path) -> Version:
+    def read(name: str) -> dict:
+        try:
+            return json.loads((folder / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+
+    metrics, args = read("metrics.json"), read("train_args.json")
+    return Version(folder.name, folder, args.get("created", ""), args.get("base", ""), int(args.get("rows_used", 0)), metrics)
+
+
+def staging_dir(models_dir: Path) -> Path:
+    """A fresh folder to write a version into before it is published."""
+    models_dir = Path(models_dir)
+    models_dir.mkdir(parents=True, exist_ok=True)
+    folder = models_dir / f".staging-{uuid.uuid4().hex[:12]}"
+    folder.mkdir()
+    (folder / OWNER_FILE).write_text(str(os.getpid()))
+    return folder
+
+
+def publish(models_dir: Path, staging: Path) -> str:
+    """Rename a complete staging folder to the next version name; returns that name."""
+    models_dir = Path(models_dir)
+    (staging / OWNER_FILE).unlink(missing_ok=True)
+    with FileLock(str(models_dir / ".registry.lock")):
+        numbers = [int(m.group(1)) for p in models_dir.iterdir() if (m := VERSION_NAME.match(p.name))]
+        name = f"v{max(numbers, default=0) + 1:04d}"
+        staging.rename(models_dir / name)
+    return name
+
+
+def activate(models_dir: Path, version: str | None) -> None:
+    """Point active.json at a version (None: back to the default model), atomically."""
+    models_dir = Path(models_dir)
+    if version is not None and not (models_dir / version / "config.json").is_file():
+        raise RegistryError(f"version {version!r} does not exist in {models_dir} (see `models list`)")
+    models_dir.mkdir(parents=True, exist_ok=True)
+    payload = {"version": version, "activated_at": now_utc()}
+    write_atomic(models_dir / ACTIVE_FILE, (json.dumps(payload, indent=2) + "\n").encode())
+
+
+def previous_version(models_dir: Path) -> str | None:
+    """The version before the live one (None: the default model), for rollback."""
+    names = [v.name for v in list_versions(models_dir)]
+    live = active_version(models_dir)
+    if live not in names:
+        raise RegistryError("no version is live, so there is nothing to roll back")
+    position = names.index(live)
+    return names[position - 1] if position > 0 else None
+
+
+def remove_stale_staging(models_dir: Path) -> None:
+    """Staging folders a killed run left behind (their writer is gone); a running one's stays."""
+    for folder in Path(models_dir).glob(".staging-*"):
+        try:
+            os.kill(int((folder / OWNER_FILE).read_text()), 0)
+            continue
+        except (OSError, ValueError):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def activate_checked(settings, version: str | None) -> None:
+    """Make a version live only if it loads and captions the check set (None: back to the default model)."""
+    if version is not None:
+        from .caption import check_captioner
+        from .models import ModelError, ModelSpec, load_blip
+
+        folder = Path(settings.models_dir) / version
+        if not (folder / "config.json").is_file():
+            raise RegistryError(f"version {version!r} does not exist in {settings.models_dir} (see `models list`)")
+        try:
+            check_captioner(load_blip(ModelSpec(version, "caption", "version", str(folder), version), settings))
+        except ModelError as exc:
+            raise RegistryError(f"{version} cannot go live: {exc}") from None
+    activate(settings.models_dir, version)

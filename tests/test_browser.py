@@ -170,3 +170,37 @@ def test_text_search_over_the_gallery_in_chromium(server, browser):
     page.wait_for_function("[...document.querySelectorAll('[data-testid=stImage] img')].every(i => i.complete)")
     page.screenshot(path=str(ARTIFACTS / "search-page.png"), full_page=True)
     page.close()
+
+
+def test_admin_logs_in_approves_a_row_and_sees_statistics(server, browser):
+    from playwright.sync_api import expect
+
+    url, home = server
+    log_text = (home / "streamlit.log").read_text()
+    assert "Admin page password" in log_text  # made up at start and printed to the server log
+    password = log_text.split("Admin page password (set CAPTIONER_ADMIN_PASSWORD to choose one): ")[1].split()[0]
+    page = browser.new_page(viewport={"width": 1400, "height": 1200})
+    page.set_default_timeout(90_000)
+    page.goto(f"{url}/admin")
+    page.get_by_label("Password", exact=True).fill("not it")
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_text("Wrong password.")).to_be_visible()
+    page.get_by_label("Password", exact=True).fill(password)
+    page.get_by_role("button", name="Log in").click()
+    grid = page.locator('[data-testid="stDataFrame"]').first
+    expect(grid).to_be_visible()
+    pending = len([r for r in FeedbackLog(home / "data").read()[0] if r.status == "pending"])
+    assert pending >= 1
+    box = grid.bounding_box()
+    page.mouse.click(box["x"] + 27, box["y"] + 35 + 18)  # the first row's checkbox (glide grid: 35 px rows)
+    approve = page.get_by_role("button", name="Approve selected (1)")
+    expect(approve).to_be_enabled()
+    approve.click()
+    expect(page.get_by_text("Approved 1 row(s).")).to_be_visible()
+    assert sum(r.status == "approved" for r in FeedbackLog(home / "data").read()[0]) == 1
+    page.get_by_role("tab", name="Statistics").click()
+    expect(page.get_by_text("Correction rate per model version")).to_be_visible()
+    approved_metric = page.locator('[data-testid="stMetric"]').filter(has_text="approved")
+    expect(approved_metric).to_contain_text("1")
+    page.screenshot(path=str(ARTIFACTS / "admin-statistics.png"), full_page=True)
+    page.close()

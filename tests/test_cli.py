@@ -96,15 +96,16 @@ def test_feedback_list_reports_broken_rows_by_line(home, tmp_path):
     assert "feedback.csv: line 3: expected 15 fields, found 2" in done.stderr
 
 
-def test_feedback_commands_do_not_import_torch_and_answer_fast(home):
-    probe = (
-        "import sys, time; t = time.time(); from captioner.__main__ import main; main(['feedback', 'list']); "
-        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules; print(time.time() - t)"
-    )
-    started = time.time()
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT)
-    assert done.returncode == 0, done.stderr
-    assert float(done.stdout.strip()) < 1.0 and time.time() - started < 5
+def test_feedback_and_models_list_do_not_import_torch_and_answer_fast(home):
+    for command in (["feedback", "list"], ["models", "list"]):
+        probe = (
+            f"import sys, time; t = time.time(); from captioner.__main__ import main; main({command!r}); "
+            "assert 'torch' not in sys.modules and 'transformers' not in sys.modules; print(time.time() - t)"
+        )
+        started = time.time()
+        done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT)
+        assert done.returncode == 0, done.stderr
+        assert float(done.stdout.strip().splitlines()[-1]) < 1.0 and time.time() - started < 5
 
 
 def test_demo_images_writes_pictures_and_captions(tmp_path):

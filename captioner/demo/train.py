@@ -119,26 +119,41 @@ def build_captioner(target: Path, recipe: CaptionRecipe, seed: int, log: Callabl
     pixels, input_ids, attention, labels = _training_data(processor, recipe, rng)
     log(f"demo captioner: {len(pixels)} training images ready in {time.time() - started:.0f}s")
     model = BlipForConditionalGeneration(caption_config(recipe, processor.tokenizer))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.01)
+
+    def step_loss(generator):
+        index = torch.randint(0, len(pixels), (recipe.batch_size,), generator=generator)
+        return model(
+            pixel_values=pixels[index].float(), input_ids=input_ids[index],
+            attention_mask=attention[index], labels=labels[index],
+        ).loss  # fmt: skip
+
+    fit(model, recipe, seed, step_loss, "demo captioner", started, log)
+    record = {"seed": seed, "recipe": asdict(recipe), "train_seconds": round(time.time() - started, 1)}
+    save = save_pretrained(model.half(), processor)
+    return publish(save, target, "caption", _evaluate_captioner(recipe, seed, log), record, log)
+
+
+def fit(model, recipe, seed: int, step_loss: Callable, name: str, started: float, log: Callable,
+        weight_decay: float = 0.01, after_step: Callable | None = None) -> None:  # fmt: skip
+    """The demo models' training loop: AdamW, warmup then cosine decay, clipped gradients, a log line every
+    200 steps. step_loss(generator) draws a batch and returns its loss."""
+    import torch
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, recipe.warmup, recipe.steps))
     generator = torch.Generator().manual_seed(seed)
     model.train()
     for step in range(recipe.steps):
-        index = torch.randint(0, len(pixels), (recipe.batch_size,), generator=generator)
-        loss = model(
-            pixel_values=pixels[index].float(), input_ids=input_ids[index],
-            attention_mask=attention[index], labels=labels[index],
-        ).loss  # fmt: skip
+        loss = step_loss(generator)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
+        if after_step:
+            after_step()
         if step % 200 == 0 or step == recipe.steps - 1:
-            log(f"demo captioner: step {step + 1}/{recipe.steps} loss {loss.item():.4f} ({time.time() - started:.0f}s)")
-    record = {"seed": seed, "recipe": asdict(recipe), "train_seconds": round(time.time() - started, 1)}
-    save = save_pretrained(model.half(), processor)
-    return publish(save, target, "caption", _evaluate_captioner(recipe, seed, log), record, log)
+            log(f"{name}: step {step + 1}/{recipe.steps} loss {loss.item():.4f} ({time.time() - started:.0f}s)")
 
 
 def warmup_cosine(step: int, warmup: int, total: int) -> float:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import TOKENIZER_DIR
-from .train import publish, warmup_cosine
+from .train import fit, publish
 from .world import ALL_COLORS, COLORS, EXTRA_SHAPES, SHAPES, sample
 
 MEAN, STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
@@ -81,12 +81,9 @@ def build_clip_model(target: Path, recipe: ClipRecipe, seed: int, log: Callable 
     started = time.time()
     pool, texts = _training_data(preprocess, tokenizer, recipe, rng)
     log(f"demo CLIP: {pool.shape[0] * pool.shape[1]} training images ready in {time.time() - started:.0f}s")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.05)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, recipe.warmup, recipe.steps))
-    generator = torch.Generator().manual_seed(seed)
     n_classes, core = len(texts), [i for i, (c, s) in enumerate(classes()) if c in COLORS and s in SHAPES]
-    model.train()
-    for step in range(recipe.steps):
+
+    def step_loss(generator):
         others = [i for i in torch.randperm(n_classes, generator=generator).tolist() if i not in core]
         chosen = torch.tensor(core + others[: recipe.batch_size - len(core)])
         picks = torch.randint(0, pool.shape[1], (len(chosen),), generator=generator)
@@ -94,17 +91,14 @@ def build_clip_model(target: Path, recipe: ClipRecipe, seed: int, log: Callable 
         image = model.encode_image(pool[chosen, picks].float(), normalize=True)
         text = model.encode_text(texts[chosen, template], normalize=True)
         logits = model.logit_scale.exp() * image @ text.T
-        target_ids = torch.arange(len(chosen))
-        loss = (torch.nn.functional.cross_entropy(logits, target_ids) + torch.nn.functional.cross_entropy(logits.T, target_ids)) / 2
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
+        target = torch.arange(len(chosen))
+        return (torch.nn.functional.cross_entropy(logits, target) + torch.nn.functional.cross_entropy(logits.T, target)) / 2
+
+    def clamp_temperature():
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
-        if step % 200 == 0 or step == recipe.steps - 1:
-            log(f"demo CLIP: step {step + 1}/{recipe.steps} loss {loss.item():.4f} ({time.time() - started:.0f}s)")
+
+    fit(model, recipe, seed, step_loss, "demo CLIP", started, log, weight_decay=0.05, after_step=clamp_temperature)
     record = {"seed": seed, "recipe": asdict(recipe), "train_seconds": round(time.time() - started, 1)}
 
     def save(folder: Path) -> Path:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from .train import (
-    CaptionRecipe, caption_batch_tensors, caption_config, processor_for, publish, save_pretrained, warmup_cosine,
+    CaptionRecipe, caption_batch_tensors, caption_config, fit, processor_for, publish, save_pretrained,
 )  # fmt: skip
 from .world import ALL_COLORS, COLORS, EXTRA_SHAPES, SHAPES, paraphrase, questions, sample
 
@@ -71,23 +71,15 @@ def build_qa_model(target: Path, captioner_dir: Path, recipe: QARecipe, seed: in
     log(f"demo Q&A: {len(pixels)} training questions ready in {time.time() - started:.0f}s")
     model = BlipForQuestionAnswering(caption_config(caption_recipe, processor.tokenizer))
     _start_from_captioner(model, BlipForConditionalGeneration.from_pretrained(captioner_dir, dtype=torch.float32))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, recipe.warmup, recipe.steps))
-    generator = torch.Generator().manual_seed(seed)
-    model.train()
-    for step in range(recipe.steps):
+
+    def step_loss(generator):
         i = torch.randint(0, len(pixels), (recipe.batch_size,), generator=generator)
-        loss = model(
+        return model(
             pixel_values=pixels[i].float(), input_ids=q_ids[i], attention_mask=q_mask[i],
             decoder_input_ids=a_ids[i], decoder_attention_mask=a_mask[i], labels=labels[i],
         ).loss  # fmt: skip
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        if step % 200 == 0 or step == recipe.steps - 1:
-            log(f"demo Q&A: step {step + 1}/{recipe.steps} loss {loss.item():.4f} ({time.time() - started:.0f}s)")
+
+    fit(model, recipe, seed, step_loss, "demo Q&A", started, log)
     record = {"seed": seed, "recipe": asdict(recipe), "train_seconds": round(time.time() - started, 1)}
     return publish(save_pretrained(model.half(), processor), target, "qa", _evaluate(recipe, seed, log), record, log)
 

@@ -1,0 +1,102 @@
+"""Retraining as a background job: `python -m finetune` in a subprocess, followed through its progress file.
+
+Each run has a folder models/.runs/<id>/ with job.json (pid, arguments), log.txt (its output) and
+progress.jsonl (steps as JSON lines, then a final record with the outcome), so any session, or a
+restarted app, can show it and cancel it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from .settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+_CHILDREN: dict[str, subprocess.Popen] = {}  # reaped by whoever polls; the app's own runs
+
+
+@dataclass(frozen=True)
+class Run:
+    """One retraining job as its files tell it."""
+
+    id: str
+    folder: Path
+    pid: int
+    started: float
+    args: list[str]
+
+    @property
+    def progress(self) -> list[dict]:
+        try:
+            lines = (self.folder / "progress.jsonl").read_text(encoding="utf-8").splitlines()
+        except OSError:
+            return []
+        return [json.loads(line) for line in lines if line.strip().startswith("{")]
+
+    @property
+    def outcome(self) -> dict | None:
+        """The final record (status: published, refused, failed, cancelled), once the run has ended."""
+        final = [record for record in self.progress if record.get("phase") == "done"]
+        return final[-1] if final else None
+
+    @property
+    def running(self) -> bool:
+        child = _CHILDREN.get(self.id)
+        if child is not None:
+            return child.poll() is None
+        try:
+            os.kill(self.pid, 0)
+        except OSError:
+            return False
+        return self.outcome is None
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join((self.folder / "log.txt").read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def runs_dir(settings: Settings) -> Path:
+    return settings.models_dir / ".runs"
+
+
+def start(settings: Settings, options: list[str]) -> Run:
+    """Start `python -m finetune` for this CAPTIONER_HOME with extra command-line options."""
+    if (current := latest(settings)) and current.running:
+        raise RuntimeError(f"a retrain is already running (started {time.ctime(current.started)})")
+    run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    folder = runs_dir(settings) / run_id
+    folder.mkdir(parents=True)
+    args = [sys.executable, "-m", "finetune", "--home", str(settings.home), "--progress-file", str(folder / "progress.jsonl"), *options]
+    with open(folder / "log.txt", "w", encoding="utf-8") as log:
+        child = subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+    _CHILDREN[run_id] = child
+    (folder / "job.json").write_text(json.dumps({"pid": child.pid, "started": time.time(), "args": args}))
+    return _read(folder)
+
+
+def latest(settings: Settings) -> Run | None:
+    """The most recent run, if any."""
+    folders = sorted(p for p in runs_dir(settings).glob("*") if (p / "job.json").is_file())
+    return _read(folders[-1]) if folders else None
+
+
+def _read(folder: Path) -> Run:
+    job = json.loads((folder / "job.json").read_text())
+    return Run(folder.name, folder, job["pid"], job["started"], job["args"])
+
+
+def cancel(run: Run) -> None:
+    """Ask the run to stop (SIGTERM: it cleans up and publishes nothing)."""
+    if run.running:
+        os.kill(run.pid, signal.SIGTERM)

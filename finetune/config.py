@@ -1,0 +1,81 @@
+"""The training run's settings: one dataclass, parsed from the command line (trl-style: config -> main(cfg))."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+
+
+def option(default, help: str):
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class FinetuneConfig:
+    """Everything a fine-tuning run needs; the defaults are the recipe the demo-world learning test passes with."""
+
+    min_rows: int = option(20, "refuse to train on fewer approved caption rows than this")
+    epochs: int = option(0, "passes over the training rows; 0 = enough for about 4,000 samples (3 to 30 passes)")
+    lr: float = option(2e-3, "AdamW learning rate of the LoRA and token parameters")
+    lora_r: int = option(16, "LoRA rank")
+    lora_alpha: int = option(0, "LoRA alpha; 0 = twice the rank")
+    lora_dropout: float = option(0.0, "dropout on the LoRA path (each layer with it keeps another copy of its input)")
+    batch_size: int = option(16, "rows per optimisation step")
+    heldout_fraction: float = option(0.15, "share of images (chosen by their hash) kept out of training to judge the result")
+    seed: int = option(0, "random seed")
+    base: str = option("", "model spec to start from; default: the live model")
+    activate: bool = option(True, "make the new version live when it passes (--no-activate to only publish it)")
+    augment: bool = option(True, "random horizontal flips while training (--no-augment to turn off)")
+    home: str = option("", "CAPTIONER_HOME to read feedback from and publish into; default: the environment's")
+    progress_file: str = option("", "also write progress as JSON lines here (the admin page follows it)")
+
+    @property
+    def alpha(self) -> int:
+        return self.lora_alpha or 2 * self.lora_r
+
+    def epochs_for(self, rows: int) -> int:
+        """Explicit epochs, or enough passes for ~4,000 samples, clamped to 3..30."""
+        return self.epochs or max(3, min(30, -(-4000 // max(rows, 1))))
+
+    def validate(self) -> "FinetuneConfig":
+        problems = []
+        if self.min_rows < 1:
+            problems.append(f"--min-rows must be at least 1, not {self.min_rows}")
+        if self.epochs < 0 or self.batch_size < 1 or self.lora_r < 1:
+            problems.append("--epochs must be 0 or more, --batch-size and --lora-r at least 1")
+        if not 0 < self.lr < 1:
+            problems.append(f"--lr must be between 0 and 1, not {self.lr}")
+        if not 0 <= self.heldout_fraction < 1:
+            problems.append(f"--heldout-fraction must be in [0, 1), not {self.heldout_fraction}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+def parse_args(argv: list[str] | None = None) -> FinetuneConfig:
+    """The command line, generated from FinetuneConfig's fields (a bool that defaults True gets --no-NAME)."""
+    parser = argparse.ArgumentParser(prog="python -m finetune", description=FinetuneConfig.__doc__)
+    for item in fields(FinetuneConfig):
+        flag, help_text = "--" + item.name.replace("_", "-"), item.metadata.get("help", "")
+        default = item.default if item.default is not MISSING else None
+        if item.type in ("bool", bool):
+            negative = "--no-" + item.name.replace("_", "-")
+            parser.add_argument(negative, dest=item.name, action="store_false", help=help_text)
+            parser.set_defaults(**{item.name: default})
+        else:
+            kind = {"int": int, "float": float, "str": str}[str(item.type)]
+            parser.add_argument(flag, type=kind, default=default, help=f"{help_text} (default: {default})")
+    return FinetuneConfig(**vars(parser.parse_args(argv)))
+
+
+def resolve_home(cfg: FinetuneConfig):
+    """The Settings the run works in (cfg.home overrides CAPTIONER_HOME)."""
+    import os
+
+    from captioner.settings import Settings
+
+    env = dict(os.environ)
+    if cfg.home:
+        env["CAPTIONER_HOME"] = str(Path(cfg.home))
+    return Settings.from_env(env)

@@ -1,0 +1,182 @@
+"""The admin page and hot-swapping in AppTest: password, review edits, statistics, export, versions."""
+
+import json
+import shutil
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+import images_zoo as zoo
+from captioner import registry
+from captioner.demo import demo_model_dir
+from captioner.demo.quality import demo_inputs
+from captioner.feedback import FeedbackLog
+from conftest import ROOT
+
+
+def start(switch_to=None) -> AppTest:
+    app = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120)
+    app.run()
+    if switch_to:
+        app.switch_page(switch_to).run()
+    assert not app.exception, app.exception
+    return app
+
+
+@pytest.fixture
+def admin(home, monkeypatch):
+    monkeypatch.setenv("CAPTIONER_ADMIN_PASSWORD", "correct horse")
+    monkeypatch.setenv("CAPTIONER_CAPTION_MODEL", "demo")
+    log = FeedbackLog(home / "data")
+    inputs, samples = demo_inputs(4, seed=5)
+    for item, truth in zip(inputs, samples):
+        log.record(item.data, "png", task="caption", model_output="a blob", correction=truth.caption, model_version="demo-x")
+    log.record(inputs[0].data, "png", task="qa", prompt="what color is the shape?", model_output="red", correction="red")
+    return start("app_pages/admin.py")
+
+
+def login(app, password="correct horse"):
+    app.text_input[0].set_value(password)
+    app.button[0].click().run()
+    assert not app.exception, app.exception
+    return app
+
+
+def click(app, prefix):
+    [b for b in app.button if b.label.startswith(prefix)][0].click().run()
+    assert not app.exception, app.exception
+
+
+def rows(home):
+    found, problems = FeedbackLog(home / "data").read()
+    assert problems == []
+    return found
+
+
+def test_a_wrong_password_gets_no_access_and_no_hint(admin):
+    login(admin, "correct horse!")
+    assert [e.value for e in admin.error] == ["Wrong password."]
+    assert not admin.tabs and not admin.data_editor
+
+
+def test_approve_one_and_bulk_reject_through_the_table(admin, home):
+    login(admin)
+    table = admin.data_editor[0].value
+    assert len(table) == 5 and set(table["status"]) == {"pending"}
+    admin.session_state["review_table"] = {"edited_rows": {0: {"select": True}}, "added_rows": [], "deleted_rows": []}
+    admin.run()
+    click(admin, "Approve selected (1)")
+    approved = [r for r in rows(home) if r.status == "approved"]
+    assert len(approved) == 1 and approved[0].reviewer == "admin" and approved[0].reviewed_at
+    admin.session_state["review_table"] = {"edited_rows": {0: {"select": True}, 1: {"select": True}}, "added_rows": [], "deleted_rows": []}
+    admin.run()
+    click(admin, "Reject selected (2)")
+    assert sorted(r.status for r in rows(home)) == ["approved", "pending", "pending", "rejected", "rejected"]
+
+
+def test_edit_a_correction_and_delete_a_row(admin, home):
+    login(admin)
+    first_id = admin.data_editor[0].value["id"][0]
+    admin.session_state["review_table"] = {"edited_rows": {0: {"correction": "a scarlet circle"}}, "added_rows": [], "deleted_rows": []}
+    admin.run()
+    click(admin, "Save edited corrections (1)")
+    assert {r.id: r.correction for r in rows(home)}[first_id] == "a scarlet circle"
+    admin.session_state["review_table"] = {"edited_rows": {0: {"select": True}}, "added_rows": [], "deleted_rows": []}
+    admin.run()
+    click(admin, "Delete selected (1)")
+    assert first_id not in {r.id for r in rows(home)} and len(rows(home)) == 4
+
+
+def test_statistics_and_filters(admin, home):
+    login(admin)
+    assert [m.value for m in admin.metric] == ["5", "0", "0"]
+    admin.multiselect[1].set_value(["qa"]).run()
+    assert list(admin.data_editor[0].value["task"]) == ["qa"]
+    admin.text_input[1].set_value("blob").run()  # text filter on top of the task filter
+    assert len(admin.data_editor[0].value) == 0
+
+
+def test_export_approved_rows_from_the_page(admin, home):
+    from captioner.review import set_status
+
+    log = FeedbackLog(home / "data")
+    set_status(log, {r.id for r in rows(home)}, "approved", "test")
+    login(admin)
+    admin.radio[0].set_value("hf").run()
+    click(admin, "Export approved rows")
+    assert any("Exported 5 approved rows" in s.value for s in admin.success)
+    exported = next((home / "data" / "exports").glob("*-hf"))
+    from datasets import load_dataset
+
+    dataset = load_dataset("imagefolder", data_dir=str(exported), split="train")
+    assert len(dataset) == 5 and set(dataset["task"]) == {"caption", "qa"}
+
+
+def make_version(home, name):
+    """A published version: here, a copy of the demo captioner's checkpoint."""
+    shutil.copytree(demo_model_dir("caption"), home / "models" / name)
+    (home / "models" / name / "train_args.json").write_text(json.dumps({"created": "2026-11-22", "base": "demo", "rows_used": 3}))
+
+
+def caption_version(app):
+    app.file_uploader[0].set_value(("c.png", zoo.encode(zoo.demo("circle", "red"), "PNG"), "image/png")).run()
+    line = [c.value for c in app.caption if " · version " in c.value][0]
+    return line.split(" · version ")[1]
+
+
+def test_hot_swap_changes_the_next_captions_version_and_a_broken_one_is_refused(home, monkeypatch):
+    monkeypatch.setenv("CAPTIONER_CAPTION_MODEL", "demo")
+    make_version(home, "v0001")
+    make_version(home, "v0002")
+    registry.activate(home / "models", "v0001")
+    app = start()
+    assert caption_version(app) == "v0001"
+    registry.activate(home / "models", "v0002")
+    app.run()
+    assert caption_version(app) == "v0002" and app.text_area[0].value == "a red circle"
+    make_version(home, "v0003")
+    (home / "models" / "v0003" / "model.safetensors").write_bytes(b"not a model")
+    registry.activate(home / "models", "v0003")
+    app.run()
+    warnings = [w.value for w in app.sidebar.warning]
+    assert any("v0003" in w and "Still captioning with active (v0002)" in w for w in warnings), warnings
+    assert caption_version(app) == "v0002"
+
+
+def test_versions_tab_activates_and_rolls_back(admin, home):
+    make_version(home, "v0001")
+    make_version(home, "v0002")
+    login(admin)
+    assert "default model" in [c.value for c in admin.caption if c.value.startswith("Live:")][0]
+    admin.selectbox[0].set_value("v0002").run()
+    click(admin, "Activate v0002")
+    assert registry.active_version(home / "models") == "v0002"
+    click(admin, "Roll back")
+    assert registry.active_version(home / "models") == "v0001"
+
+
+def test_start_a_retrain_from_the_page_and_follow_it_to_the_end(home, monkeypatch, tiny_blip_dir):
+    import time
+
+    from captioner import retrain
+    from captioner.settings import Settings
+    from test_finetune import log_rows
+
+    monkeypatch.setenv("CAPTIONER_ADMIN_PASSWORD", "pw")
+    monkeypatch.setenv("CAPTIONER_CAPTION_MODEL", str(tiny_blip_dir))
+    log_rows(home, n=12)
+    app = login(start("app_pages/admin.py"), "pw")
+    assert "No retrain has run yet." in [i.value for i in app.info]
+    app.number_input[0].set_value(5)
+    app.number_input[1].set_value(2)
+    [b for b in app.button if b.label == "Start retrain"][0].click().run()
+    run = retrain.latest(Settings.from_env())
+    assert run is not None and "--epochs" in run.args
+    deadline = time.time() + 600
+    while run.running and time.time() < deadline:
+        time.sleep(0.5)
+    app.run()
+    outcome = run.outcome
+    shown = [m.value for m in app.success] + [m.value for m in app.error]
+    assert f"Last retrain: {outcome['message']}" in shown
+    assert any("finetune:" in c.value for c in app.code)

@@ -1,0 +1,173 @@
+"""`python -m finetune` on tiny and demo models in a temporary CAPTIONER_HOME: publish, refuse, crash, learn."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from captioner import registry
+from captioner.demo.quality import demo_inputs
+from captioner.feedback import FeedbackLog
+from captioner.models import load_captioner
+from captioner.settings import Settings
+from conftest import ROOT, run_cli
+from finetune import FinetuneConfig, FinetuneError, main
+from finetune.config import parse_args
+
+
+def log_rows(home, n=24, status="approved", seed=3, shapes=("circle", "square", "triangle"), wrong=False):
+    """Approved caption rows for n demo-world images (corrections of a made-up wrong output)."""
+    log = FeedbackLog(home / "data")
+    inputs, samples = demo_inputs(n, seed, shapes=shapes)
+    for item, truth in zip(inputs, samples):
+        log.record(item.data, "png", task="caption", model_output="a thing" if wrong else truth.caption,
+                   correction=truth.caption, status=status, model="demo")  # fmt: skip
+    return log
+
+
+@pytest.fixture
+def tiny_home(home, monkeypatch, tiny_blip_dir):
+    monkeypatch.setenv("CAPTIONER_CAPTION_MODEL", str(tiny_blip_dir))
+    return home
+
+
+def quick(home, **changes):
+    return FinetuneConfig(home=str(home), epochs=2, min_rows=5, heldout_fraction=0.0, **changes)
+
+
+def test_a_version_is_published_with_all_its_files_and_made_live(tiny_home, tiny_blip_dir):
+    log_rows(tiny_home, wrong=True)
+    folder = main(quick(tiny_home))
+    assert folder == tiny_home / "models" / "v0001"
+    names = {p.name for p in folder.iterdir()}
+    assert {"config.json", "model.safetensors", "metrics.json", "train_args.json", "README.md", "adapter"} <= names
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in (folder / "adapter").iterdir()}
+    assert registry.active_version(tiny_home / "models") == "v0001"
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["training"]["steps"] == 4 and len(metrics["check_set"]) == 6
+    args = json.loads((folder / "train_args.json").read_text())
+    assert args["rows_used"] == 24 and args["base"].startswith(str(tiny_blip_dir))
+    from transformers import BlipForConditionalGeneration
+
+    assert BlipForConditionalGeneration.from_pretrained(folder) is not None
+    assert "Held-out split" in (folder / "README.md").read_text()
+    assert not list((tiny_home / "models").glob(".staging-*"))
+
+
+def test_no_activate_publishes_without_going_live(tiny_home):
+    log_rows(tiny_home)
+    main(quick(tiny_home, activate=False))
+    assert registry.active_version(tiny_home / "models") is None
+    assert [v.name for v in registry.list_versions(tiny_home / "models")] == ["v0001"]
+
+
+def test_a_nan_loss_stops_the_run_and_nothing_is_published(tiny_home, tiny_blip_dir, tmp_path):
+    poisoned = tmp_path / "poisoned"
+    loaded = load_captioner(str(tiny_blip_dir), Settings(home=tmp_path))
+    with torch.no_grad():
+        loaded.model.text_decoder.bert.embeddings.LayerNorm.weight.fill_(float("nan"))
+    loaded.model.save_pretrained(poisoned)
+    loaded.processor.save_pretrained(poisoned)
+    log_rows(tiny_home)
+    with pytest.raises(FinetuneError, match="the loss became nan"):
+        main(quick(tiny_home, base=str(poisoned)))
+    assert registry.list_versions(tiny_home / "models") == []
+    assert registry.active_version(tiny_home / "models") is None
+
+
+def test_a_run_that_makes_the_heldout_worse_is_refused(home, monkeypatch):
+    monkeypatch.setenv("CAPTIONER_CAPTION_MODEL", "demo")
+    log_rows(home, n=40)
+    with pytest.raises(FinetuneError, match="worse than the live model"):
+        main(FinetuneConfig(home=str(home), epochs=3, lr=0.5, heldout_fraction=0.3))
+    assert registry.list_versions(home / "models") == [] and registry.active_version(home / "models") is None
+
+
+def test_clear_errors_for_too_few_rows_missing_images_and_broken_rows(tiny_home, capsys):
+    with pytest.raises(FinetuneError, match="only 0 approved caption row"):
+        main(quick(tiny_home))
+    log = log_rows(tiny_home, n=6, status="pending")
+    with pytest.raises(FinetuneError, match="only 0 approved"):
+        main(quick(tiny_home))
+    log_rows(tiny_home, n=6)
+    with open(log.csv_path, "a", encoding="utf-8") as handle:
+        handle.write("a,broken,row\r\n")
+    main(quick(tiny_home))
+    assert "skipping a broken row: feedback.csv line 14" in capsys.readouterr().err
+    first_image = next((tiny_home / "data" / "images").iterdir())
+    first_image.unlink()
+    with pytest.raises(FinetuneError, match="point at images that are missing"):
+        main(quick(tiny_home))
+
+
+def test_cli_options_map_onto_the_config():
+    cfg = parse_args(["--min-rows", "7", "--epochs", "4", "--lr", "0.001", "--lora-r", "8", "--no-activate"])
+    assert (cfg.min_rows, cfg.epochs, cfg.lr, cfg.lora_r, cfg.activate, cfg.alpha) == (7, 4, 0.001, 8, False, 16)
+    assert FinetuneConfig().epochs_for(150) == 27 and FinetuneConfig().epochs_for(10_000) == 3
+
+
+KILLER = """
+import os, signal, sys
+from captioner import registry
+from finetune import FinetuneConfig, main
+
+real_publish = registry.publish
+def publish_and_die(models_dir, staging):
+    os.kill(os.getpid(), signal.SIGKILL)  # killed with the version written but not yet renamed into place
+registry.publish = publish_and_die
+main(FinetuneConfig(home=sys.argv[1], epochs=1, min_rows=5, heldout_fraction=0.0))
+"""
+
+
+def test_sigkill_while_publishing_leaves_the_live_model_valid(tiny_home):
+    log_rows(tiny_home)
+    main(quick(tiny_home))
+    assert registry.active_version(tiny_home / "models") == "v0001"
+    log_rows(tiny_home, n=8, seed=9)
+    done = subprocess.run([sys.executable, "-c", KILLER, str(tiny_home)], cwd=ROOT, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    assert done.returncode == -signal.SIGKILL
+    assert registry.active_version(tiny_home / "models") == "v0001"
+    assert [v.name for v in registry.list_versions(tiny_home / "models")] == ["v0001"]
+    assert load_captioner("active", Settings.from_env()).version == "v0001"
+    assert list((tiny_home / "models").glob(".staging-*"))  # the half-written run is left aside...
+    main(quick(tiny_home))
+    assert not list((tiny_home / "models").glob(".staging-*"))  # ...and swept by the next one
+    assert registry.active_version(tiny_home / "models") == "v0002"
+
+
+def test_models_cli_lists_activates_and_rolls_back(tiny_home):
+    log_rows(tiny_home)
+    main(quick(tiny_home))
+    main(quick(tiny_home, seed=1))
+    listed = run_cli("models", "list").stdout
+    assert "* v0002" in listed and "  v0001" in listed
+    assert run_cli("models", "rollback").returncode == 0
+    assert registry.active_version(tiny_home / "models") == "v0001"
+    assert run_cli("models", "rollback").returncode == 0
+    assert registry.active_version(tiny_home / "models") is None
+    assert "* default model" in run_cli("models", "list").stdout
+    done = run_cli("models", "activate", "v0009")
+    assert done.returncode == 2 and "does not exist" in done.stderr
+    (tiny_home / "models" / "v0002" / "model.safetensors").write_bytes(b"corrupt")
+    done = run_cli("models", "activate", "v0002")
+    assert done.returncode == 2 and "cannot go live" in done.stderr
+
+
+def test_the_demo_captioner_learns_stars_from_corrections(tmp_path):
+    """The product's promise on the demo world: ~100 star corrections + ~50 confirmations, default settings."""
+    done = subprocess.run([sys.executable, "bench/learning_loop.py", "--eval", "150"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=900)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = {line[:26].strip(): line[26:].split() for line in done.stdout.splitlines() if "%" in line}
+    before, after, back = rows["demo captioner (before)"], rows["after python -m finetune"], rows["after models rollback"]
+    percent = lambda text: float(text.rstrip("%"))  # noqa: E731
+    assert percent(after[0]) >= 60, done.stdout
+    assert percent(after[1]) >= 80 and percent(before[1]) - percent(after[1]) <= 10, done.stdout
+    assert back == before, done.stdout
+    seconds = int(done.stdout.split("retrain took ")[1].split("s")[0])
+    assert seconds <= 600, done.stdout

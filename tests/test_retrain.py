@@ -1,0 +1,95 @@
+"""Retraining as a background job (what the admin page drives), and exporting approved rows."""
+
+import json
+import time
+
+import pytest
+
+from captioner import registry, retrain
+from captioner.feedback import FeedbackLog
+from captioner.settings import Settings
+from conftest import run_cli
+from test_finetune import log_rows
+
+
+def wait(run, timeout=600):
+    deadline = time.time() + timeout
+    while run.running and time.time() < deadline:
+        time.sleep(0.5)
+    assert not run.running, "the retrain did not finish in time"
+    return run.outcome
+
+
+@pytest.fixture
+def tiny_home(home, monkeypatch, tiny_blip_dir):
+    monkeypatch.setenv("CAPTIONER_CAPTION_MODEL", str(tiny_blip_dir))
+    log_rows(home, n=12)
+    return home
+
+
+def test_a_retrain_runs_in_the_background_reports_progress_and_publishes(tiny_home):
+    settings = Settings.from_env()
+    run = retrain.start(settings, ["--epochs", "2", "--min-rows", "5", "--heldout-fraction", "0"])
+    with pytest.raises(RuntimeError, match="already running"):
+        retrain.start(settings, [])
+    outcome = wait(run)
+    assert outcome["status"] == "published" and outcome["version"] == "v0001", run.log_tail()
+    steps = [p for p in run.progress if p.get("phase") == "train"]
+    assert steps and steps[-1]["step"] == steps[-1]["steps"] == 2
+    assert "published models/v0001" in run.log_tail()
+    assert retrain.latest(settings).id == run.id and registry.active_version(settings.models_dir) == "v0001"
+
+
+def test_cancel_stops_the_run_and_publishes_nothing(tiny_home):
+    settings = Settings.from_env()
+    run = retrain.start(settings, ["--epochs", "500", "--min-rows", "5", "--heldout-fraction", "0"])
+    deadline = time.time() + 300
+    while not [p for p in run.progress if p.get("phase") == "train"] and time.time() < deadline:
+        time.sleep(0.2)
+    retrain.cancel(run)
+    outcome = wait(run, timeout=120)
+    assert outcome["status"] == "cancelled"
+    assert registry.list_versions(settings.models_dir) == [] and registry.active_version(settings.models_dir) is None
+
+
+def test_a_refused_or_failed_run_says_why(home, monkeypatch, tiny_blip_dir):
+    monkeypatch.setenv("CAPTIONER_CAPTION_MODEL", str(tiny_blip_dir))
+    run = retrain.start(Settings.from_env(), [])
+    outcome = wait(run)
+    assert outcome["status"] == "failed" and "only 0 approved caption row" in outcome["message"]
+
+
+def test_export_cli_writes_jsonl_and_an_imagefolder_dataset(home, tmp_path):
+    done = run_cli("feedback", "export", "--format", "jsonl", "--out", tmp_path / "nothing")
+    assert done.returncode == 2 and "no approved rows" in done.stderr
+    log_rows(home, n=3)
+    FeedbackLog(home / "data").record(b"\x89PNG fake", "png", task="qa", prompt="what?", model_output="x", correction="y")
+    done = run_cli("feedback", "export", "--format", "jsonl", "--out", tmp_path / "jsonl")
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in (tmp_path / "jsonl" / "approved.jsonl").read_text().splitlines()]
+    assert len(lines) == 3 and all((tmp_path / "jsonl" / line["image"]).is_file() for line in lines)
+    done = run_cli("feedback", "export", "--format", "hf", "--out", tmp_path / "hf")
+    assert done.returncode == 0, done.stderr
+    from datasets import load_dataset
+
+    dataset = load_dataset("imagefolder", data_dir=str(tmp_path / "hf"), split="train")
+    assert sorted(dataset["text"]) == sorted(line["correction"] for line in lines)
+    assert dataset[0]["image"].size[0] >= 64
+    again = run_cli("feedback", "export", "--format", "hf", "--out", tmp_path / "hf")
+    assert again.returncode == 2 and "already exists" in again.stderr
+
+
+def test_cli_captions_with_the_default_when_the_live_version_is_corrupt(home, monkeypatch, tmp_path, tiny_blip_dir):
+    import shutil
+
+    from images_zoo import demo, encode
+
+    monkeypatch.setenv("CAPTIONER_CAPTION_MODEL", "demo")
+    shutil.copytree(tiny_blip_dir, home / "models" / "v0001")
+    (home / "models" / "v0001" / "model.safetensors").write_bytes(b"broken")
+    registry.activate(home / "models", "v0001")
+    picture = tmp_path / "p.png"
+    picture.write_bytes(encode(demo("square", "blue"), "PNG"))
+    done = run_cli("caption", picture)
+    assert done.returncode == 0 and json.loads(done.stdout)["caption"] == "a blue square"
+    assert "could not load active (v0001)" in done.stderr and "captioning with demo instead" in done.stderr
