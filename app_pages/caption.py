@@ -39,7 +39,9 @@ except ValueError as exc:
     st.error(f"Generation settings: {exc}")
     st.stop()
 
-uploaded = [ImageInput(f.name, f.getvalue()) for f in uploads or []]
+known = state.get("uploads", {})  # the same objects every rerun: each file is read and hashed once
+state.uploads = {f.file_id: known.get(f.file_id) or ImageInput(f.name, f.getvalue()) for f in uploads or []}
+uploaded = list(state.uploads.values())
 inputs = list({(item.name, item.sha256): item for item in uploaded + state.samples}.values())  # each image once
 if not inputs:
     st.info("Upload images, or make a few demo samples, to get captions.")

@@ -30,7 +30,7 @@ class CaptionRecipe:
     max_positions: int = 32
     samples: int = 40_000
     core_fraction: float = 0.5  # half the images from the core world the quality bar is measured on
-    steps: int = 2000
+    steps: int = 1600
     batch_size: int = 64
     lr: float = 1e-3
     warmup: int = 100

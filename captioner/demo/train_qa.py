@@ -21,7 +21,7 @@ class QARecipe:
     samples: int = 32_000
     core_fraction: float = 0.5
     paraphrase_fraction: float = 0.25
-    steps: int = 1200
+    steps: int = 1000
     batch_size: int = 64
     lr: float = 5e-4
     warmup: int = 50
