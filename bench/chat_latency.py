@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from captioner.chat import answer  # noqa: E402
+from captioner.chat import answer, build_inputs  # noqa: E402
 from captioner.demo.world import render  # noqa: E402
 from captioner.models import load_chat_model  # noqa: E402
 from captioner.settings import Settings  # noqa: E402
@@ -38,11 +38,11 @@ def parse_args():
 
 
 def plain_generate(loaded, image, question, max_new_tokens):
-    """The plain transformers way: processor, generate, decode; the text exists only at the end."""
+    """The plain transformers way: the same inputs, generate, decode; the text exists only at the end."""
     import torch
 
     started = time.perf_counter()
-    inputs = loaded.processor(images=image, text=question, return_tensors="pt").to(loaded.device)
+    inputs = build_inputs(loaded, image, [], question, max_new_tokens)[0].to(loaded.device)
     inputs["pixel_values"] = inputs["pixel_values"].to(loaded.dtype)
     with torch.inference_mode():
         out = loaded.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)

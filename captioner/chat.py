@@ -63,6 +63,13 @@ def answer(
 
     sample=True draws the answer (temperature 0.7) instead of taking the likeliest, as Regenerate does.
     """
+    inputs, notices = build_inputs(loaded, image, history, question, max_new_tokens)
+    return AnswerStream(_stream(loaded, inputs, max_new_tokens, sample), loaded.name, loaded.version, notices)
+
+
+def build_inputs(loaded: LoadedModel, image: Image.Image, history: list[Turn], question: str, max_new_tokens: int):
+    """The model inputs for a question in a conversation, as the model's family wants them; and the notices
+    saying what had to be cut to fit."""
     question = (question or "").strip()
     if not question:
         raise ChatError("the question is empty")
@@ -70,8 +77,7 @@ def answer(
         raise ChatError("no image is chosen")
     build = {VQA: _vqa_inputs, BLIP2: _blip2_inputs}.get(loaded.family, _chat_template_inputs)
     notices: list[str] = []
-    inputs = build(loaded, image, history, question, max_new_tokens, notices)
-    return AnswerStream(_stream(loaded, inputs, max_new_tokens, sample), loaded.name, loaded.version, notices)
+    return build(loaded, image, history, question, max_new_tokens, notices), notices
 
 
 
