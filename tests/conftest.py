@@ -117,3 +117,15 @@ def tiny_clip_dir(tmp_path_factory) -> Path:
 
     base = tmp_path_factory.mktemp("tiny-clip")
     return build_open_clip(base / "configs", base / "model")
+
+
+def start_app(page: str | None = None):
+    """The whole app in Streamlit's AppTest, run once (and switched to a page, e.g. app_pages/chat.py)."""
+    from streamlit.testing.v1 import AppTest
+
+    app = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120)
+    app.run()
+    if page:
+        app.switch_page(page).run()
+    assert not app.exception, app.exception
+    return app

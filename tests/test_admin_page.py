@@ -4,23 +4,13 @@ import json
 import shutil
 
 import pytest
-from streamlit.testing.v1 import AppTest
 
 import images_zoo as zoo
 from captioner import registry
 from captioner.demo import demo_model_dir
 from captioner.demo.quality import demo_inputs
 from captioner.feedback import FeedbackLog
-from conftest import ROOT
-
-
-def start(switch_to=None) -> AppTest:
-    app = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120)
-    app.run()
-    if switch_to:
-        app.switch_page(switch_to).run()
-    assert not app.exception, app.exception
-    return app
+from conftest import start_app
 
 
 @pytest.fixture
@@ -32,7 +22,7 @@ def admin(home, monkeypatch):
     for item, truth in zip(inputs, samples):
         log.record(item.data, "png", task="caption", model_output="a blob", correction=truth.caption, model_version="demo-x")
     log.record(inputs[0].data, "png", task="qa", prompt="what color is the shape?", model_output="red", correction="red")
-    return start("app_pages/admin.py")
+    return start_app("app_pages/admin.py")
 
 
 def login(app, password="correct horse"):
@@ -129,7 +119,7 @@ def test_hot_swap_changes_the_next_captions_version_and_a_broken_one_is_refused(
     make_version(home, "v0001")
     make_version(home, "v0002")
     registry.activate(home / "models", "v0001")
-    app = start()
+    app = start_app()
     assert caption_version(app) == "v0001"
     registry.activate(home / "models", "v0002")
     app.run()
@@ -165,7 +155,7 @@ def test_start_a_retrain_from_the_page_and_follow_it_to_the_end(home, monkeypatc
     monkeypatch.setenv("CAPTIONER_ADMIN_PASSWORD", "pw")
     monkeypatch.setenv("CAPTIONER_CAPTION_MODEL", str(tiny_blip_dir))
     log_rows(home, n=12)
-    app = login(start("app_pages/admin.py"), "pw")
+    app = login(start_app("app_pages/admin.py"), "pw")
     assert "No retrain has run yet." in [i.value for i in app.info]
     app.number_input[0].set_value(5)
     app.number_input[1].set_value(2)

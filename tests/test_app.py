@@ -1,18 +1,10 @@
 """The caption page in Streamlit's AppTest: upload, caption, correct, confirm, never a duplicate row."""
 
 import pytest
-from streamlit.testing.v1 import AppTest
 
 import images_zoo as zoo
 from captioner.feedback import FeedbackLog
-from conftest import ROOT
-
-
-def start_app() -> AppTest:
-    app = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120)
-    app.run()
-    assert not app.exception, app.exception
-    return app
+from conftest import start_app
 
 
 @pytest.fixture

@@ -1,22 +1,17 @@
 """The chat page in AppTest: ask, see the answer, a second turn, Regenerate, Clear, corrections, bad input."""
 
 import pytest
-from streamlit.testing.v1 import AppTest
 
 import images_zoo as zoo
 from captioner.feedback import FeedbackLog
-from conftest import ROOT
+from conftest import start_app
 
 
 @pytest.fixture
 def chat(home, monkeypatch, tiny_blip2_dir):
     monkeypatch.setenv("CAPTIONER_QA_MODEL", "demo")
     monkeypatch.setenv("CAPTIONER_CHAT_MODELS", f"./no/such/model,{tiny_blip2_dir}")
-    app = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120)
-    app.run()
-    app.switch_page("app_pages/chat.py").run()
-    assert not app.exception, app.exception
-    return app
+    return start_app("app_pages/chat.py")
 
 
 def ask(app, question):

@@ -1,11 +1,10 @@
 """The search page in AppTest: update the index, query by text, image and gallery image; Find similar."""
 
 import pytest
-from streamlit.testing.v1 import AppTest
 
 import images_zoo as zoo
 from captioner.demo.quality import demo_inputs
-from conftest import ROOT
+from conftest import start_app
 
 
 @pytest.fixture
@@ -24,11 +23,7 @@ def search(home, monkeypatch, gallery):
     monkeypatch.setenv("CAPTIONER_SEARCH_MODEL", "demo")
     monkeypatch.setenv("CAPTIONER_CAPTION_MODEL", "demo")
     monkeypatch.setenv("CAPTIONER_GALLERY", str(gallery))
-    app = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120)
-    app.run()
-    app.switch_page("app_pages/search.py").run()
-    assert not app.exception, app.exception
-    return app
+    return start_app("app_pages/search.py")
 
 
 def click(app, label):
