@@ -58,7 +58,7 @@ def ask(question: str, earlier: list[Turn], sample: bool = False) -> None:
 def save_correction(key: str, turn: Turn, correction: str) -> None:
     """Write the qa row to disk first; only then say it was saved."""
     try:
-        row, created = shared.feedback_log().record(
+        _, created = shared.feedback_log().record(
             source.data, picture.extension, task="qa", prompt=turn.question, model_output=turn.answer,
             correction=correction, model=turn.model, model_version=turn.model_version,
         )  # fmt: skip

@@ -17,10 +17,10 @@ class ExportError(ValueError):
     """An export that cannot be written; the message says why."""
 
 
-def approved_rows(log: FeedbackLog, task: str | None = None) -> list[FeedbackRow]:
-    """Approved rows (optionally of one task), in file order."""
+def approved_rows(log: FeedbackLog) -> list[FeedbackRow]:
+    """Approved rows of every task, in file order."""
     rows, _ = log.read()
-    return [row for row in rows if row.status == "approved" and task in (None, row.task)]
+    return [row for row in rows if row.status == "approved"]
 
 
 def export(log: FeedbackLog, out_dir: Path, fmt: str) -> int:

@@ -249,8 +249,6 @@ def update_index(
     flat_limit: int = FLAT_LIMIT,
 ) -> tuple[GalleryIndex, UpdateReport]:  # fmt: skip
     """Bring the gallery's index up to date: embed new and changed files, drop deleted ones, skip the rest."""
-    from .embed import embed_images
-
     started, gallery = time.time(), Path(gallery).resolve()
     root = index_root(data_dir, gallery, embedder.name)
     root.mkdir(parents=True, exist_ok=True)
@@ -297,7 +295,7 @@ def update_index(
                 report.reused += 1
             else:
                 fresh[sha] = relative
-        vector_of.update(_embed_new(embedder, gallery, fresh, report, on_progress, embed_images))
+        vector_of.update(_embed_new(embedder, gallery, fresh, report, on_progress))
         entries, vectors = _assemble(keep, vector_of, report, embedder)
         fresh_paths = set(to_hash) & {entry.path for entry in entries}
         report.changed = len(fresh_paths & set(old_entries))
@@ -311,7 +309,9 @@ def update_index(
     return index, report
 
 
-def _embed_new(embedder, gallery, fresh: dict[str, str], report, on_progress, embed_images) -> dict[str, np.ndarray]:
+def _embed_new(embedder, gallery, fresh: dict[str, str], report, on_progress) -> dict[str, np.ndarray]:
+    from .embed import embed_images
+
     shas, paths = list(fresh), [gallery / fresh[sha] for sha in fresh]
     started = time.time()
 

@@ -8,7 +8,6 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from captioner import images
 
@@ -101,8 +100,7 @@ def _collate(processor):
     return collate
 
 
-def train(model, processor, dataset, cfg: FinetuneConfig, progress_file: Path | None,
-          should_stop: Callable[[], bool] = lambda: False) -> dict:  # fmt: skip
+def train(model, processor, dataset, cfg: FinetuneConfig, progress_file: Path | None) -> dict:
     """Train in place on a datasets.Dataset of (image_path, caption) rows; returns loss statistics.
     Stops with TrainingError on a NaN/inf loss or CUDA out-of-memory."""
     import torch
@@ -130,8 +128,6 @@ def train(model, processor, dataset, cfg: FinetuneConfig, progress_file: Path | 
     try:
         for epoch in range(1, epochs + 1):
             for pixels, input_ids, attention, labels in loader:
-                if should_stop():
-                    raise TrainingError("cancelled")
                 loss = model(pixel_values=pixels, input_ids=input_ids, attention_mask=attention, labels=labels).loss
                 if not torch.isfinite(loss):
                     raise TrainingError(

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import MODELS_DIR, TOKENIZER_DIR
-from .world import ALL_COLORS, COLORS, EXTRA_SHAPES, SHAPES, sample
+from .world import ALL_COLORS, EXTRA_SHAPES, SHAPES, sample
 
 
 @dataclass(frozen=True)
