@@ -6,6 +6,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 import os
 import tempfile
 import uuid
@@ -18,8 +19,9 @@ from filelock import FileLock
 
 FIELDS = [
     "id", "created_at", "image_sha256", "image_path", "task", "prompt", "model", "model_version",
-    "model_output", "correction", "status", "reviewed_at", "reviewer", "notes", "settings",
+    "model_output", "correction", "status", "reviewed_at", "reviewer", "notes", "settings", "score",
 ]  # fmt: skip
+OPTIONAL_FIELDS = ("score",)  # added later: a log written before them still reads, and is upgraded on the next write
 TASKS = ("caption", "qa")
 STATUSES = ("pending", "approved", "rejected")
 MAX_TEXT_CHARS = 20_000
@@ -50,6 +52,7 @@ class FeedbackRow:
     reviewer: str = ""
     notes: str = ""
     settings: str = ""
+    score: str = ""  # the model's confidence in model_output: mean token log-probability; empty when unknown
 
     @property
     def is_confirmation(self) -> bool:
@@ -115,6 +118,7 @@ class FeedbackLog:
         status: str = "pending",
         settings: dict | None = None,
         notes: str = "",
+        score: float | None = None,
     ) -> tuple[FeedbackRow, bool]:
         """Store the image and log one correction; (row, False) when the same event is already logged."""
         check_text("correction", correction, allow_empty=False)
@@ -124,12 +128,15 @@ class FeedbackLog:
             raise FeedbackError(f"task {task!r} is not one of {', '.join(TASKS)}")
         if status not in ("pending", "approved"):
             raise FeedbackError(f"a new row's status must be pending or approved, not {status!r}")
+        if score is not None and not math.isfinite(score):
+            raise FeedbackError(f"the score must be a finite number, not {score!r}")
         sha, image_path = self.store_image(image_bytes, extension)
         row = FeedbackRow(
             id=str(uuid.uuid4()), created_at=now_utc(), image_sha256=sha, image_path=image_path, task=task,
             prompt=prompt, model=model, model_version=model_version, model_output=model_output,
             correction=correction, status=status, notes=notes,
             settings=json.dumps(settings or {}, sort_keys=True, ensure_ascii=False),
+            score="" if score is None else f"{score:.4f}",
         )  # fmt: skip
         written = self.append([row])
         return (written[0], True) if written else (self._find_same(row), False)
@@ -147,6 +154,8 @@ class FeedbackLog:
                 return []
             self.data_dir.mkdir(parents=True, exist_ok=True)
             created = not self.csv_path.exists() or self.csv_path.stat().st_size == 0
+            if not created and self._header() != FIELDS:
+                self.rewrite(lambda old: old)  # an older log gains the new columns before rows that have them
             payload = format_rows(fresh, header=created)
             if not created and not _ends_with_newline(self.csv_path):
                 payload = "\r\n" + payload  # a torn last line stays its own (reported) record
@@ -174,6 +183,10 @@ class FeedbackLog:
             self.data_dir.mkdir(parents=True, exist_ok=True)
             write_atomic(self.csv_path, out.getvalue().encode("utf-8", errors="surrogateescape"))
             return new_rows
+
+    def _header(self) -> list[str]:
+        with open(self.csv_path, encoding="utf-8", errors="surrogateescape", newline="") as handle:
+            return next(csv.reader([handle.readline().removeprefix("\ufeff")]), [])
 
     def store_image(self, data: bytes, extension: str) -> tuple[str, str]:
         """Store the uploaded bytes once under images/<sha256>.<ext>; returns (sha256, path relative to data/)."""
@@ -255,7 +268,7 @@ def parse_csv(text: str) -> list[FeedbackRow | RowProblem]:
             i = cursor.pos
             continue
         if columns is None:
-            missing = [name for name in FIELDS if name not in record]
+            missing = [name for name in FIELDS if name not in record and name not in OPTIONAL_FIELDS]
             if missing:
                 entries.append(RowProblem(i + 1, f"header is missing columns: {', '.join(missing)}", lines[i]))
                 columns = FIELDS
@@ -275,7 +288,7 @@ def parse_csv(text: str) -> list[FeedbackRow | RowProblem]:
 def _validate(record: list[str], columns: list[str], line: int, raw: str) -> FeedbackRow | RowProblem:
     if len(record) != len(columns):
         return RowProblem(line, f"expected {len(columns)} fields, found {len(record)}", raw)
-    values = dict(zip(columns, record))
+    values = {name: "" for name in OPTIONAL_FIELDS} | dict(zip(columns, record))
     if any("\udc80" <= ch <= "\udcff" for value in record for ch in value):
         return RowProblem(line, "not valid UTF-8", raw)
     if not values["id"]:
@@ -293,6 +306,11 @@ def _validate(record: list[str], columns: list[str], line: int, raw: str) -> Fee
             json.loads(values["settings"])
         except ValueError:
             return RowProblem(line, "settings is not valid JSON", raw)
+    if values["score"]:
+        try:
+            float(values["score"])
+        except ValueError:
+            return RowProblem(line, f"score {values['score']!r} is not a number", raw)
     return FeedbackRow(**{f.name: values[f.name] for f in fields(FeedbackRow)})
 
 

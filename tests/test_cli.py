@@ -93,7 +93,7 @@ def test_feedback_list_reports_broken_rows_by_line(home, tmp_path):
         handle.write("garbage,row\r\n")
     done = run_cli("feedback", "list")
     assert done.returncode == 1 and len(done.stdout.splitlines()) == 1
-    assert "feedback.csv: line 3: expected 15 fields, found 2" in done.stderr
+    assert "feedback.csv: line 3: expected 16 fields, found 2" in done.stderr
 
 
 def test_feedback_and_models_list_do_not_import_torch_and_answer_fast(home):

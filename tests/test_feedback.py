@@ -150,7 +150,7 @@ def test_broken_rows_are_reported_by_line_and_kept_by_a_rewrite(tmp_path):
     rows, problems = log.read()
     assert [row.correction for row in rows] == ["one", "two", "three"]
     assert [(p.line, p.reason.split(" ")[0]) for p in problems] == [(3, "expected"), (5, "status")]
-    assert "line 3: expected 15 fields, found 4" == str(problems[0])
+    assert f"line 3: expected {len(FIELDS)} fields, found 4" == str(problems[0])
 
     log.rewrite(lambda rows: [r.__class__(**{**r.__dict__, "status": "approved"}) for r in rows if r.correction != "two"])
     rows, problems_after = log.read()
@@ -186,3 +186,30 @@ def test_csv_written_is_rfc4180(tmp_path):
     assert raw.count("\r\n") == 2
     assert '"quote "" and, comma"' in raw
     assert list(csv.reader(io.StringIO(raw, newline="")))[1][FIELDS.index("correction")] == 'quote " and, comma'
+
+
+def test_the_model_score_is_kept_with_the_correction(tmp_path):
+    log = FeedbackLog(tmp_path)
+    row, _ = record(log, "a blue star", score=-0.4213567)
+    assert log.read()[0] == [row] and row.score == "-0.4214"
+    with pytest.raises(FeedbackError, match="score"):
+        record(log, "a red star", score=float("nan"))
+
+
+def test_a_log_from_before_the_score_column_reads_and_is_upgraded_on_the_next_write(tmp_path):
+    log = FeedbackLog(tmp_path)
+    old, _ = record(log, "a blue circle")
+    legacy = [name for name in FIELDS if name != "score"]
+    lines = log.csv_path.read_text(encoding="utf-8").splitlines()
+    values = next(csv.reader(lines[1:]))
+    out = io.StringIO(newline="")
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(legacy)
+    writer.writerow(values[: len(legacy)])
+    log.csv_path.write_text(out.getvalue(), encoding="utf-8", newline="")
+    rows, problems = log.read()
+    assert problems == [] and [r.id for r in rows] == [old.id] and rows[0].score == ""
+    new, created = record(log, "a green square", data=b"other", score=-1.5)
+    rows, problems = log.read()
+    assert created and problems == [] and [r.id for r in rows] == [old.id, new.id] and rows[1].score == "-1.5000"
+    assert log.csv_path.read_bytes().startswith((",".join(FIELDS) + "\r\n").encode())
