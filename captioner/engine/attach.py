@@ -1,0 +1,51 @@
+"""One engine per loaded captioner, process-wide: the app's sessions, the CLI and finetune all find it here."""
+
+from __future__ import annotations
+
+import atexit
+import threading
+import weakref
+
+from .engine import CaptionEngine
+
+_ENGINES: dict[int, CaptionEngine] = {}  # id(LoadedModel) -> its engine; an entry goes when the model is collected
+_LOCK = threading.RLock()  # reentrant: a finalizer may run in a thread that holds it
+
+
+def engine_for(loaded) -> CaptionEngine:
+    """The engine of this LoadedModel, started on first use; every caller of the same model shares it."""
+    with _LOCK:
+        engine = _ENGINES.get(id(loaded))
+        if engine is None or engine.closed:
+            if engine is None:
+                weakref.finalize(loaded, _forget, id(loaded))  # the model is gone: its engine drains and stops
+            engine = _ENGINES[id(loaded)] = CaptionEngine(loaded)
+        return engine
+
+
+def retire_engine(loaded, wait: bool = False) -> None:
+    """Hot-swap: the replaced captioner's engine finishes the jobs under way, then stops its thread. A caller
+    that still holds this model afterwards gets a fresh engine for it (its captions still name this model)."""
+    with _LOCK:
+        engine = _ENGINES.pop(id(loaded), None)
+    if engine is not None:
+        engine.close(wait=wait)
+
+
+def shutdown_engines(timeout: float | None = 30) -> None:
+    """Close every engine, letting the jobs under way finish (at interpreter exit, and for tests)."""
+    with _LOCK:
+        engines = list(_ENGINES.values())
+        _ENGINES.clear()
+    for engine in engines:
+        engine.close(wait=True, timeout=timeout)
+
+
+def _forget(key: int) -> None:
+    with _LOCK:
+        engine = _ENGINES.pop(key, None)
+    if engine is not None:
+        engine.close(wait=False)
+
+
+atexit.register(shutdown_engines)

@@ -1,0 +1,43 @@
+"""How big the engine's batches may get: rows, rows x beams (what bounds memory), and the wait for company."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+GPU_MEMORY_SHARE = 0.4  # of the free memory at start: the chat and search models share the GPU
+KV_TOKENS = 64  # text positions a caption's key/value cache is sized for (prompt + new tokens)
+
+
+@dataclass(frozen=True)
+class EngineLimits:
+    """max_batch: images per model call; max_sequences: images x beams per call; wait_ms: the most a lone
+    request waits for others that are still being decoded."""
+
+    max_batch: int = 64
+    max_sequences: int = 192
+    wait_ms: float = 4.0
+
+    def rows_for(self, num_beams: int) -> int:
+        return max(1, min(self.max_batch, self.max_sequences // max(1, num_beams)))
+
+    @classmethod
+    def for_model(cls, model, device, dtype) -> "EngineLimits":
+        """On a GPU, as many sequences as a share of the free memory holds; on the CPU, batches past 64 gain nothing."""
+        if torch.device(device).type != "cuda":
+            return cls()
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        sequences = int(free * GPU_MEMORY_SHARE // sequence_bytes(model.config, dtype))
+        return cls(max_batch=256, max_sequences=max(8, min(4096, sequences)), wait_ms=2.0)
+
+
+def sequence_bytes(config, dtype) -> int:
+    """A rough upper bound of one sequence's memory: its image's activations plus its text key/value caches
+    (self-attention over KV_TOKENS, cross-attention over the image tokens), in every text layer."""
+    vision, text = config.vision_config, config.text_config
+    image_tokens = (vision.image_size // vision.patch_size) ** 2 + 1
+    element = torch.finfo(dtype).bits // 8 if dtype.is_floating_point else 4
+    activations = image_tokens * (vision.hidden_size + vision.intermediate_size) * element * 2
+    caches = text.num_hidden_layers * 2 * (image_tokens + KV_TOKENS) * text.hidden_size * element
+    return activations + caches
