@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import atexit
 import threading
 import weakref
 
-from .engine import CaptionEngine
+from .engine import CaptionEngine, close_all
 
 _ENGINES: dict[int, CaptionEngine] = {}  # id(LoadedModel) -> its engine; an entry goes when the model is collected
 _LOCK = threading.RLock()  # reentrant: a finalizer may run in a thread that holds it
@@ -33,12 +32,10 @@ def retire_engine(loaded, wait: bool = False) -> None:
 
 
 def shutdown_engines(timeout: float | None = 30) -> None:
-    """Close every engine, letting the jobs under way finish (at interpreter exit, and for tests)."""
+    """Close every engine, letting the jobs under way finish, and wait for their threads (tests; exit does it too)."""
     with _LOCK:
-        engines = list(_ENGINES.values())
         _ENGINES.clear()
-    for engine in engines:
-        engine.close(wait=True, timeout=timeout)
+    close_all(timeout)
 
 
 def _forget(key: int) -> None:
@@ -47,5 +44,3 @@ def _forget(key: int) -> None:
     if engine is not None:
         engine.close(wait=False)
 
-
-atexit.register(shutdown_engines)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures
 import threading
 import time
+import weakref
 from collections import deque
 from concurrent.futures import Future
 from typing import Callable, Iterator, Sequence
@@ -18,6 +20,7 @@ from .pixels import CpuImageStage, ImageStage, PreparedImage
 from .result import CaptionResult
 
 HEARTBEAT_S = 0.25
+_RUNNING: "weakref.WeakSet[CaptionEngine]" = weakref.WeakSet()  # engines whose worker may still be running
 
 
 class EngineClosed(RuntimeError):
@@ -47,6 +50,7 @@ class CaptionEngine:
         self._row_cap = self.limits.max_batch  # lowered after an out-of-memory error
         self._worker = threading.Thread(target=self._work, name=f"caption-engine[{self.model_version}]", daemon=True)
         self._worker.start()
+        _RUNNING.add(self)
 
     # --- callers ---------------------------------------------------------------------------------------------
     def caption(self, inputs: Sequence[ImageInput], options: GenerationOptions = GenerationOptions(), **job) -> list[CaptionResult]:
@@ -219,6 +223,15 @@ class _Heartbeat:
                 return future.result(timeout=max(0.0, left))
             except concurrent.futures.TimeoutError:
                 self.check()
+
+
+def close_all(timeout: float | None = 30) -> None:
+    """Close every engine and wait for its worker: at interpreter exit, a worker must not outlive Python."""
+    for engine in list(_RUNNING):
+        engine.close(wait=True, timeout=timeout)
+
+
+atexit.register(close_all)
 
 
 def _out_of_memory(exc: Exception) -> bool:

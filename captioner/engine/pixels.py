@@ -55,7 +55,7 @@ class Preprocess:
     height: int
     width: int
     interpolation: tvF.InterpolationMode
-    mean: torch.Tensor  # [1, 3, 1, 1], rescale folded in (mean / rescale_factor), as transformers fuses them
+    mean: torch.Tensor  # [1, 3, 1, 1], the rescale folded in (mean / rescale_factor), as transformers fuses them
     std: torch.Tensor
 
     @classmethod
@@ -68,9 +68,9 @@ class Preprocess:
         plain = get("do_resize") and get("do_rescale") and get("do_normalize") and not get("do_center_crop") and not get("do_pad")
         if not (plain and height and width and resample in INTERPOLATIONS and get("image_mean") and get("image_std")):
             return None
-        factor = float(get("rescale_factor"))
-        mean = torch.tensor(get("image_mean"), dtype=torch.float32).view(1, 3, 1, 1) / factor
-        std = torch.tensor(get("image_std"), dtype=torch.float32).view(1, 3, 1, 1) / factor
+        scale = 1.0 / float(get("rescale_factor"))
+        mean = torch.tensor(get("image_mean"), dtype=torch.float32).view(1, 3, 1, 1) * scale
+        std = torch.tensor(get("image_std"), dtype=torch.float32).view(1, 3, 1, 1) * scale
         return cls(int(height), int(width), INTERPOLATIONS[resample], mean, std)
 
     def resize(self, image: Image.Image) -> torch.Tensor:
