@@ -165,6 +165,8 @@ def test_the_torch_resize_equals_the_image_processor(tiny_blip_dir):
     from transformers import AutoProcessor
 
     processor = AutoProcessor.from_pretrained(tiny_blip_dir)
+    if type(processor.image_processor).__name__.endswith("Pil"):
+        pytest.skip("this transformers loads the PIL-backed processor: the next test holds it to its tolerance")
     stage = CpuImageStage(processor, "cpu", torch.float32)
     assert stage.preprocess is not None
     prepared = list(stage.prepare(photos(), thumbnails=False))
