@@ -122,7 +122,9 @@ class CaptionEngine:
                     yield pending.popleft().result()
                 beat.check()
             while pending:
-                yield beat.wait(pending.popleft())
+                result = beat.wait(pending[0])  # still in pending while waited on: cancelled if the caller leaves
+                pending.popleft()
+                yield result
         finally:
             prepared.close()
             for future in pending:
