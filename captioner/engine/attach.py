@@ -6,19 +6,21 @@ import threading
 import weakref
 
 from .engine import CaptionEngine, close_all
+from .limits import EngineLimits
 
 _ENGINES: dict[int, CaptionEngine] = {}  # id(LoadedModel) -> its engine; an entry goes when the model is collected
 _LOCK = threading.RLock()  # reentrant: a finalizer may run in a thread that holds it
 
 
-def engine_for(loaded) -> CaptionEngine:
-    """The engine of this LoadedModel, started on first use; every caller of the same model shares it."""
+def engine_for(loaded, limits: EngineLimits | None = None) -> CaptionEngine:
+    """The engine of this LoadedModel, started on first use (with these limits, else the device's defaults);
+    every caller of the same model shares it."""
     with _LOCK:
         engine = _ENGINES.get(id(loaded))
         if engine is None or engine.closed:
             if engine is None:
                 weakref.finalize(loaded, _forget, id(loaded))  # the model is gone: its engine drains and stops
-            engine = _ENGINES[id(loaded)] = CaptionEngine(loaded)
+            engine = _ENGINES[id(loaded)] = CaptionEngine(loaded, limits=limits)
         return engine
 
 

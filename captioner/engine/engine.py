@@ -11,6 +11,8 @@ from collections import deque
 from concurrent.futures import Future
 from typing import Callable, Iterator, Sequence
 
+import torch
+
 from ..images import ImageError, ImageInput
 from ..options import GenerationOptions
 from .batching import Request, RequestQueue
@@ -39,6 +41,8 @@ class CaptionEngine:
     def __init__(self, loaded, *, stage: ImageStage | None = None, limits: EngineLimits | None = None):
         self.model_name, self.model_version = loaded.name, loaded.version
         self.limits = limits or EngineLimits.for_model(loaded.model, loaded.device, loaded.dtype)
+        if self.limits.torch_threads:
+            torch.set_num_threads(self.limits.torch_threads)
         self.stage = stage or CpuImageStage(loaded.processor, loaded.device, loaded.dtype, lookahead=2 * self.limits.max_batch)
         self.step = ModelStep(loaded.model, loaded.processor.tokenizer)
         self.batches_run = 0  # model calls made, and the images in them: for benches and tests
@@ -48,6 +52,7 @@ class CaptionEngine:
         self._jobs = 0
         self._retired = False
         self._row_cap = self.limits.max_batch  # lowered after an out-of-memory error
+        self._call_s = self.limits.wait_ms / 1000  # how long a model call takes lately (moving average)
         self._worker = threading.Thread(target=self._work, name=f"caption-engine[{self.model_version}]", daemon=True)
         self._worker.start()
         _RUNNING.add(self)
@@ -149,7 +154,7 @@ class CaptionEngine:
     # --- the worker -----------------------------------------------------------------------------------------
     def _work(self) -> None:
         try:
-            while (batch := self._queue.take(self._rows_for, self.limits.wait_ms / 1000)) is not None:
+            while (batch := self._queue.take(self._rows_for, self._company_wait())) is not None:
                 try:
                     self._run(batch)
                 except BaseException as exc:  # a bug here must fail this batch, never the worker
@@ -158,6 +163,9 @@ class CaptionEngine:
                             request.future.set_exception(exc)
         finally:
             self.stage.close()
+
+    def _company_wait(self) -> float:
+        return min(self.limits.max_wait_ms / 1000, max(self.limits.wait_ms / 1000, self._call_s))
 
     def _rows_for(self, options: GenerationOptions) -> int:
         return min(self._row_cap, self.limits.rows_for(options.num_beams))
@@ -184,8 +192,10 @@ class CaptionEngine:
             request.future.set_result(result)
 
     def _caption(self, batch: list[Request]) -> list[CaptionResult]:
+        started = time.monotonic()
         pixel_values = self.stage.collate([request.prepared.pixels for request in batch])
         captions, scores = self.step.run(pixel_values, batch[0].options)
+        self._call_s = 0.7 * self._call_s + 0.3 * (time.monotonic() - started)
         self.batches_run += 1
         self.images_run += len(batch)
         return [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -12,24 +13,30 @@ KV_TOKENS = 64  # text positions a caption's key/value cache is sized for (promp
 
 @dataclass(frozen=True)
 class EngineLimits:
-    """max_batch: images per model call; max_sequences: images x beams per call; wait_ms: the most a lone
-    request waits for others that are still being decoded."""
+    """max_batch: images per model call; max_sequences: images x beams per call (what bounds memory).
+    While callers are still decoding requests, a batch waits for them as long as a model call lasts (it would cost
+    a call to run them separately), at least wait_ms and at most max_wait_ms. torch_threads: set process-wide when
+    the engine starts (None: leave torch's setting alone)."""
 
     max_batch: int = 64
     max_sequences: int = 192
-    wait_ms: float = 4.0
+    wait_ms: float = 2.0
+    max_wait_ms: float = 250.0
+    torch_threads: int | None = None
 
     def rows_for(self, num_beams: int) -> int:
         return max(1, min(self.max_batch, self.max_sequences // max(1, num_beams)))
 
     @classmethod
     def for_model(cls, model, device, dtype) -> "EngineLimits":
-        """On a GPU, as many sequences as a share of the free memory holds; on the CPU, batches past 64 gain nothing."""
+        """On a GPU, as many sequences as a share of the free memory holds. On the CPU, batches past 64 gain nothing,
+        and half the cores run the model while the other half decode images: torch's default (every core) would
+        make its threads and the decoding threads fight over the same cores."""
         if torch.device(device).type != "cuda":
-            return cls()
+            return cls(torch_threads=max(1, (os.cpu_count() or 2) // 2))
         free, _ = torch.cuda.mem_get_info(torch.device(device))
         sequences = int(free * GPU_MEMORY_SHARE // sequence_bytes(model.config, dtype))
-        return cls(max_batch=256, max_sequences=max(8, min(4096, sequences)), wait_ms=2.0)
+        return cls(max_batch=256, max_sequences=max(8, min(4096, sequences)), wait_ms=1.0, max_wait_ms=50.0)
 
 
 def sequence_bytes(config, dtype) -> int:

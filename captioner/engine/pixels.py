@@ -7,6 +7,7 @@ model's input [B, 3, H, W] on its device and dtype (stack once, move once). A GP
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -87,12 +88,12 @@ class CpuImageStage:
     """images.decode (draft mode for big JPEGs) in threads, then a torch resize; normalised per batch in collate()."""
 
     def __init__(self, processor, device, dtype, workers: int | None = None, lookahead: int = 64):
-        import os
-
         self.image_processor, self.device, self.dtype = processor.image_processor, torch.device(device), dtype
         self.preprocess = Preprocess.of(self.image_processor)  # None: call the processor itself (unusual configs)
-        self.decode_side = decode_side(self.image_processor)
-        self.workers, self.lookahead = workers or min(8, os.cpu_count() or 2), max(1, lookahead)
+        self.model_side = model_side(self.image_processor)
+        cores = os.cpu_count() or 2
+        spare = cores if self.device.type == "cuda" else cores - torch.get_num_threads()  # cores torch leaves free
+        self.workers, self.lookahead = workers or max(1, min(8, spare)), max(1, lookahead)
         self._pool: ThreadPoolExecutor | None = None
 
     def prepare(self, items: Sequence[ImageInput], thumbnails: bool) -> Iterator[PreparedImage | ImageError]:
@@ -115,7 +116,7 @@ class CpuImageStage:
     def prepare_one(self, item: ImageInput, thumbnails: bool) -> PreparedImage | ImageError:
         """Decode and resize one input; any failure becomes that input's ImageError, returned, not raised."""
         try:
-            decoded = images.decode(item, max_side=self.decode_side)
+            decoded = images.decode(item, max_side=self.decode_side(thumbnails))
             if self.preprocess is not None:
                 pixels = self.preprocess.resize(decoded.image)
             else:
@@ -129,6 +130,11 @@ class CpuImageStage:
             thumbnail = decoded.image.copy()
             thumbnail.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
         return PreparedImage(item, decoded.extension, pixels, thumbnail)
+
+    def decode_side(self, thumbnails: bool) -> int:
+        """Big photos decode (JPEG in draft mode) to twice the model's side: enough detail, far less work; and
+        big enough for the page's thumbnail when one is wanted."""
+        return max(2 * self.model_side, THUMBNAIL_SIDE if thumbnails else 0)
 
     def collate(self, pixels: list[torch.Tensor]) -> torch.Tensor:
         batch = torch.stack(pixels)
@@ -144,8 +150,7 @@ class CpuImageStage:
             self._pool = None
 
 
-def decode_side(image_processor) -> int:
-    """Decode big photos at twice the model's input side at most: enough detail, far less work."""
+def model_side(image_processor) -> int:
+    """The longer side of the model's input, as its image processor resizes to."""
     size = getattr(image_processor, "size", None) or {}
-    side = max(size.get("height") or 0, size.get("width") or 0, size.get("shortest_edge") or 0) or 384
-    return max(512, 2 * side)
+    return max(size.get("height") or 0, size.get("width") or 0, size.get("shortest_edge") or 0) or 384

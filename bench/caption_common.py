@@ -1,0 +1,102 @@
+"""What the caption benches share: the model (a spec, or a config folder with random weights), the JPEG files,
+the plain transformers way, and percentiles."""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from captioner.demo.world import sample  # noqa: E402
+from captioner.engine import EngineLimits, engine_for  # noqa: E402
+from captioner.models import LoadedModel, ModelSpec, load_captioner, resolve_device, resolve_dtype  # noqa: E402
+from captioner.options import GenerationOptions  # noqa: E402
+from captioner.settings import Settings  # noqa: E402
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="demo", help="model spec to load (ignored with --config)")
+    parser.add_argument("--config", type=Path, help="a config folder (e.g. /work/shared/blip-base): that architecture, random weights")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--threads", type=int, help="torch threads for every way (default: the engine's, half the cores)")
+    parser.add_argument("--min-side", type=int, default=480)
+    parser.add_argument("--max-side", type=int, default=1024)
+
+
+def load(args) -> LoadedModel:
+    """The model, with its engine started first: the engine sets torch's threads, and every way then shares them."""
+    loaded = _load(args)
+    limits = EngineLimits.for_model(loaded.model, loaded.device, loaded.dtype)
+    engine_for(loaded, replace(limits, torch_threads=args.threads or limits.torch_threads))
+    return loaded
+
+
+def _load(args) -> LoadedModel:
+    import torch
+
+    settings = Settings(home=Path.cwd(), device=args.device, dtype=args.dtype)
+    if not args.config:
+        return load_captioner(args.model, settings, fallback=False)
+    from transformers import BlipConfig, BlipForConditionalGeneration, BlipProcessor
+
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    torch.manual_seed(0)
+    model = BlipForConditionalGeneration(BlipConfig.from_pretrained(args.config)).to(device, dtype).eval()
+    processor = BlipProcessor.from_pretrained(args.config)
+    return LoadedModel(ModelSpec(str(args.config), "caption", "local", str(args.config), "random"), model, processor, device, dtype)
+
+
+def write_jpegs(folder: Path, n: int, min_side: int, max_side: int) -> list[Path]:
+    rng = random.Random(0)
+    paths = []
+    for i in range(n):
+        path = folder / f"{i:04d}.jpg"
+        sample(rng, min_side=min_side, max_side=max_side).image.save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def plain_generate(loaded: LoadedModel, model, images: list, options: GenerationOptions, dtype=None) -> list[str]:
+    """The usual transformers recipe for a list of PIL images: processor, one generate, batch_decode."""
+    import torch
+
+    inputs = loaded.processor(images=images, return_tensors="pt").to(loaded.device, dtype or loaded.dtype)
+    with torch.inference_mode():
+        out = model.generate(**inputs, num_beams=options.num_beams, max_new_tokens=options.max_new_tokens,
+                             min_new_tokens=options.min_new_tokens, min_length=0)  # fmt: skip
+    return loaded.processor.batch_decode(out, skip_special_tokens=True)
+
+
+def synchronize() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def timed(fn, *args):
+    """(seconds, result) of fn(*args), the GPU's queued work included."""
+    synchronize()
+    started = time.perf_counter()
+    result = fn(*args)
+    synchronize()
+    return time.perf_counter() - started, result
+
+
+def percentile(values: list[float], q: float) -> float:
+    return statistics.quantiles(sorted(values), n=100, method="inclusive")[int(q) - 1] if len(values) > 1 else values[0]
+
+
+def describe(loaded: LoadedModel) -> str:
+    import torch
+
+    return (f"model {loaded.spec.text} ({loaded.version}) on {loaded.device} {str(loaded.dtype).removeprefix('torch.')}, "
+            f"torch threads {torch.get_num_threads()}")  # fmt: skip
