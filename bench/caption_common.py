@@ -15,7 +15,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from captioner.demo.world import sample  # noqa: E402
 from captioner.engine import EngineLimits, engine_for  # noqa: E402
-from captioner.models import LoadedModel, ModelSpec, load_captioner, resolve_device, resolve_dtype  # noqa: E402
+from captioner.models import (  # noqa: E402
+    LoadedModel, ModelSpec, load_captioner, quiet_transformers, resolve_device, resolve_dtype,
+)  # fmt: skip
 from captioner.options import GenerationOptions  # noqa: E402
 from captioner.settings import Settings  # noqa: E402
 
@@ -25,16 +27,21 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="a config folder (e.g. /work/shared/blip-base): that architecture, random weights")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--threads", type=int, help="torch threads for every way (default: the engine's, half the cores)")
+    parser.add_argument("--threads", type=int, help="torch threads running the model, every way alike (default: the "
+                        "engine's: half the cores on the CPU, the other half decode images)")  # fmt: skip
     parser.add_argument("--min-side", type=int, default=480)
     parser.add_argument("--max-side", type=int, default=1024)
 
 
 def load(args) -> LoadedModel:
-    """The model, with its engine started first: the engine sets torch's threads, and every way then shares them."""
+    """The model, with its engine started first; every way runs the model with the same torch threads."""
+    import torch
+
     loaded = _load(args)
     limits = EngineLimits.for_model(loaded.model, loaded.device, loaded.dtype)
-    engine_for(loaded, replace(limits, torch_threads=args.threads or limits.torch_threads))
+    threads = args.threads or limits.torch_threads or torch.get_num_threads()
+    torch.set_num_threads(threads)  # the plain ways run in this thread
+    engine_for(loaded, replace(limits, torch_threads=threads))
     return loaded
 
 
@@ -46,6 +53,7 @@ def _load(args) -> LoadedModel:
         return load_captioner(args.model, settings, fallback=False)
     from transformers import BlipConfig, BlipForConditionalGeneration, BlipProcessor
 
+    quiet_transformers()
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     torch.manual_seed(0)
@@ -69,9 +77,11 @@ def plain_generate(loaded: LoadedModel, model, images: list, options: Generation
     import torch
 
     inputs = loaded.processor(images=images, return_tensors="pt").to(loaded.device, dtype or loaded.dtype)
+    lengths = {"min_new_tokens": options.min_new_tokens, "max_new_tokens": options.max_new_tokens}
+    if getattr(model.generation_config, "min_length", 0):
+        lengths["min_length"] = 0  # the checkpoint's own minimum would override the one asked for
     with torch.inference_mode():
-        out = model.generate(**inputs, num_beams=options.num_beams, max_new_tokens=options.max_new_tokens,
-                             min_new_tokens=options.min_new_tokens, min_length=0)  # fmt: skip
+        out = model.generate(**inputs, num_beams=options.num_beams, **lengths)
     return loaded.processor.batch_decode(out, skip_special_tokens=True)
 
 

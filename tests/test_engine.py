@@ -233,3 +233,22 @@ def _png_of(color) -> bytes:
     import images_zoo as zoo
 
     return zoo.encode(Image.new("RGB", (80, 80), color), "PNG")
+
+
+def test_a_model_replaced_in_place_gets_a_fresh_engine(settings, tiny_blip_dir, world):
+    """finetune merges LoRA and sets loaded.model = merged; the next captions must come from the merged model."""
+    import copy
+
+    inputs, _ = world
+    loaded = load_captioner(str(tiny_blip_dir), settings, fallback=False)
+    first = engine_for(loaded)
+    before = caption_images(loaded, inputs[:4], GREEDY)
+    changed = copy.deepcopy(loaded.model)
+    with torch.no_grad():
+        changed.text_decoder.cls.predictions.bias[:] = 0
+        changed.text_decoder.cls.predictions.bias[5 + 100] = 50.0  # one token wins every step
+    loaded.model = changed
+    after = caption_images(loaded, inputs[:4], GREEDY)
+    assert engine_for(loaded) is not first and first.closed
+    assert [r.caption for r in after] != [r.caption for r in before]
+    assert len({r.caption for r in after}) == 1

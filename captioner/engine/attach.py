@@ -17,9 +17,11 @@ def engine_for(loaded, limits: EngineLimits | None = None) -> CaptionEngine:
     every caller of the same model shares it."""
     with _LOCK:
         engine = _ENGINES.get(id(loaded))
-        if engine is None or engine.closed:
-            if engine is None:
-                weakref.finalize(loaded, _forget, id(loaded))  # the model is gone: its engine drains and stops
+        if engine is None:
+            weakref.finalize(loaded, _forget, id(loaded))  # the model is gone: its engine drains and stops
+        elif not engine.serves(loaded):  # its model was replaced in place (finetune merges LoRA into it)
+            engine.close(wait=False)
+        if engine is None or engine.closed or not engine.serves(loaded):
             engine = _ENGINES[id(loaded)] = CaptionEngine(loaded, limits=limits)
         return engine
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
+import os
 import threading
 import time
 import weakref
@@ -41,10 +42,12 @@ class CaptionEngine:
     def __init__(self, loaded, *, stage: ImageStage | None = None, limits: EngineLimits | None = None):
         self.model_name, self.model_version = loaded.name, loaded.version
         self.limits = limits or EngineLimits.for_model(loaded.model, loaded.device, loaded.dtype)
-        if self.limits.torch_threads:
-            torch.set_num_threads(self.limits.torch_threads)
-        self.stage = stage or CpuImageStage(loaded.processor, loaded.device, loaded.dtype, lookahead=2 * self.limits.max_batch)
+        self.stage = stage or CpuImageStage(
+            loaded.processor, loaded.device, loaded.dtype, workers=_decode_workers(loaded.device, self.limits),
+            lookahead=2 * self.limits.max_batch,
+        )  # fmt: skip
         self.step = ModelStep(loaded.model, loaded.processor.tokenizer)
+        self._processor = loaded.processor
         self.batches_run = 0  # model calls made, and the images in them: for benches and tests
         self.images_run = 0
         self._queue = RequestQueue()
@@ -94,6 +97,13 @@ class CaptionEngine:
         if wait and threading.current_thread() is not self._worker:
             self._worker.join(timeout)
         return not self._worker.is_alive()
+
+    def serves(self, loaded) -> bool:
+        """Whether this engine runs exactly this LoadedModel's current model, processor, name and version."""
+        return (
+            self.step.model is loaded.model and self._processor is loaded.processor
+            and (self.model_name, self.model_version) == (loaded.name, loaded.version)
+        )  # fmt: skip
 
     @property
     def closed(self) -> bool:
@@ -153,6 +163,8 @@ class CaptionEngine:
 
     # --- the worker -----------------------------------------------------------------------------------------
     def _work(self) -> None:
+        if self.limits.torch_threads:
+            torch.set_num_threads(self.limits.torch_threads)  # this thread's own: torch's setting is per thread
         try:
             while (batch := self._queue.take(self._rows_for, self._company_wait())) is not None:
                 try:
@@ -244,6 +256,14 @@ def close_all(timeout: float | None = 30) -> None:
 
 
 atexit.register(close_all)
+
+
+def _decode_workers(device, limits: EngineLimits) -> int:
+    """Decoding threads: on the CPU, the cores the model's threads leave; beside a GPU, up to 8."""
+    cores = os.cpu_count() or 2
+    if torch.device(device).type == "cuda":
+        return min(8, cores)
+    return max(1, min(8, cores - (limits.torch_threads or torch.get_num_threads())))
 
 
 def _out_of_memory(exc: Exception) -> bool:

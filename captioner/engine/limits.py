@@ -15,8 +15,8 @@ KV_TOKENS = 64  # text positions a caption's key/value cache is sized for (promp
 class EngineLimits:
     """max_batch: images per model call; max_sequences: images x beams per call (what bounds memory).
     While callers are still decoding requests, a batch waits for them as long as a model call lasts (it would cost
-    a call to run them separately), at least wait_ms and at most max_wait_ms. torch_threads: set process-wide when
-    the engine starts (None: leave torch's setting alone)."""
+    a call to run them separately), at least wait_ms and at most max_wait_ms. torch_threads: the worker thread's
+    own torch threads (None: torch's default); torch keeps this setting per thread, so nothing else changes."""
 
     max_batch: int = 64
     max_sequences: int = 192

@@ -91,9 +91,7 @@ class CpuImageStage:
         self.image_processor, self.device, self.dtype = processor.image_processor, torch.device(device), dtype
         self.preprocess = Preprocess.of(self.image_processor)  # None: call the processor itself (unusual configs)
         self.model_side = model_side(self.image_processor)
-        cores = os.cpu_count() or 2
-        spare = cores if self.device.type == "cuda" else cores - torch.get_num_threads()  # cores torch leaves free
-        self.workers, self.lookahead = workers or max(1, min(8, spare)), max(1, lookahead)
+        self.workers, self.lookahead = workers or min(8, os.cpu_count() or 2), max(1, lookahead)
         self._pool: ThreadPoolExecutor | None = None
 
     def prepare(self, items: Sequence[ImageInput], thumbnails: bool) -> Iterator[PreparedImage | ImageError]:
@@ -101,7 +99,8 @@ class CpuImageStage:
             yield self.prepare_one(items[0], thumbnails)
             return
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="decode")
+            # one torch thread each: the decoding threads share the cores among themselves, not within a resize
+            self._pool = ThreadPoolExecutor(self.workers, "decode", initializer=torch.set_num_threads, initargs=(1,))
         queued = iter(items)
         window = deque(self._pool.submit(self.prepare_one, item, thumbnails) for item in islice(queued, self.lookahead))
         try:
