@@ -252,3 +252,23 @@ def test_a_model_replaced_in_place_gets_a_fresh_engine(settings, tiny_blip_dir, 
     assert engine_for(loaded) is not first and first.closed
     assert [r.caption for r in after] != [r.caption for r in before]
     assert len({r.caption for r in after}) == 1
+
+
+def test_the_engine_sets_torch_threads_for_its_own_threads_only(demo, world):
+    """The worker and decoding threads run on their share of the cores; sessions and training keep torch's count."""
+
+    def fresh_thread_count():
+        seen = []
+        probe = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+        probe.start()
+        probe.join()
+        return seen[0]
+
+    before, here = fresh_thread_count(), torch.get_num_threads()
+    engine = CaptionEngine(demo, limits=EngineLimits(torch_threads=1))
+    seen, original = [], engine.step.run
+    engine.step.run = lambda pixels, options: seen.append(torch.get_num_threads()) or original(pixels, options)
+    with engine:
+        engine.caption(world[0][:4], GREEDY)
+    assert seen and set(seen) == {1}
+    assert (fresh_thread_count(), torch.get_num_threads()) == (before, here)

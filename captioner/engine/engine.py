@@ -17,7 +17,7 @@ import torch
 from ..images import ImageError, ImageInput
 from ..options import GenerationOptions
 from .batching import Request, RequestQueue
-from .limits import EngineLimits
+from .limits import EngineLimits, use_torch_threads
 from .model_step import ModelStep
 from .pixels import CpuImageStage, ImageStage, PreparedImage
 from .result import CaptionResult
@@ -164,7 +164,7 @@ class CaptionEngine:
     # --- the worker -----------------------------------------------------------------------------------------
     def _work(self) -> None:
         if self.limits.torch_threads:
-            torch.set_num_threads(self.limits.torch_threads)  # this thread's own: torch's setting is per thread
+            use_torch_threads(self.limits.torch_threads)
         try:
             while (batch := self._queue.take(self._rows_for, self._company_wait())) is not None:
                 try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +17,7 @@ class EngineLimits:
     """max_batch: images per model call; max_sequences: images x beams per call (what bounds memory).
     While callers are still decoding requests, a batch waits for them as long as a model call lasts (it would cost
     a call to run them separately), at least wait_ms and at most max_wait_ms. torch_threads: the worker thread's
-    own torch threads (None: torch's default); torch keeps this setting per thread, so nothing else changes."""
+    own torch threads (None: torch's default); no other thread's count changes (see use_torch_threads)."""
 
     max_batch: int = 64
     max_sequences: int = 192
@@ -37,6 +38,22 @@ class EngineLimits:
         free, _ = torch.cuda.mem_get_info(torch.device(device))
         sequences = int(free * GPU_MEMORY_SHARE // sequence_bytes(model.config, dtype))
         return cls(max_batch=256, max_sequences=max(8, min(4096, sequences)), wait_ms=1.0, max_wait_ms=50.0)
+
+
+def use_torch_threads(count: int) -> None:
+    """Run the calling thread's torch work on count threads, and on no other thread's behalf.
+
+    torch.set_num_threads also sets the default that every thread adopts at its first parallel operation; a
+    thread that has started keeps its own count. So: start this thread (with the default), set its own count,
+    then put the default back from a helper thread. Streamlit sessions and finetune's training keep theirs.
+    """
+    default = torch.get_num_threads()  # also starts this thread's own setting, from the default
+    if default == count:
+        return
+    torch.set_num_threads(count)
+    restore = threading.Thread(target=torch.set_num_threads, args=(default,), name="torch-threads-default")
+    restore.start()
+    restore.join()
 
 
 def sequence_bytes(config, dtype) -> int:

@@ -21,6 +21,7 @@ from torchvision.transforms.v2 import functional as tvF
 
 from .. import images
 from ..images import ImageError, ImageInput
+from .limits import use_torch_threads
 
 THUMBNAIL_SIDE = 384
 # PIL resample codes as image processors store them -> the torchvision mode transformers itself uses for them.
@@ -100,7 +101,7 @@ class CpuImageStage:
             return
         if self._pool is None:
             # one torch thread each: the decoding threads share the cores among themselves, not within a resize
-            self._pool = ThreadPoolExecutor(self.workers, "decode", initializer=torch.set_num_threads, initargs=(1,))
+            self._pool = ThreadPoolExecutor(self.workers, "decode", initializer=use_torch_threads, initargs=(1,))
         queued = iter(items)
         window = deque(self._pool.submit(self.prepare_one, item, thumbnails) for item in islice(queued, self.lookahead))
         try:
