@@ -141,7 +141,8 @@ def test_bad_generation_settings_are_named():
 def test_thumbnails_are_small_and_exports_keep_order(tiny):
     big = ImageInput("big.png", zoo.encode(zoo.demo(side=900), "PNG"))
     results = caption_images(tiny, [big, ImageInput("bad.gif", b"GIF89a-broken")], GREEDY, thumbnails=True)
-    assert max(results[0].thumbnail.size) <= THUMBNAIL_SIDE
+    assert max(results[0].thumbnail.size) == THUMBNAIL_SIDE  # a 32 px model's image, shown at a useful size
+    assert results[0].caption == caption_images(tiny, [big], GREEDY)[0].caption  # as the CLI captions it
     rows = [{"path": r.name, "caption": r.caption, "score": r.score, "error": r.error} for r in results]
     jsonl = format_captions(rows, "jsonl").splitlines()
     assert [line.split('"')[3] for line in jsonl] == ["big.png", "bad.gif"] and '"error"' in jsonl[1]
@@ -171,7 +172,7 @@ def test_the_torch_resize_equals_the_image_processor(tiny_blip_dir):
     assert stage.preprocess is not None
     prepared = list(stage.prepare(photos(), thumbnails=False))
     ours = stage.collate([p.pixels for p in prepared])
-    pictures_ = [images.decode(item, max_side=stage.decode_side(False)).image for item in photos()]
+    pictures_ = [images.decode(item, max_side=stage.decode_side).image for item in photos()]
     theirs = processor.image_processor(images=pictures_, return_tensors="pt")["pixel_values"]
     assert ours.shape == theirs.shape
     assert (ours - theirs).abs().max() <= 1e-5
@@ -202,7 +203,7 @@ def test_the_torch_resize_is_within_one_level_of_the_pil_image_processor(tiny_bl
     stage = CpuImageStage(processor, "cpu", torch.float32)
     ours = stage.collate([p.pixels for p in stage.prepare(photos(), thumbnails=False)])
     reference = pil_processor(**processor.image_processor.to_dict())
-    theirs = reference(images=[images.decode(i, max_side=stage.decode_side(False)).image for i in photos()], return_tensors="pt")
+    theirs = reference(images=[images.decode(i, max_side=stage.decode_side).image for i in photos()], return_tensors="pt")
     one_level = 1 / 255 / min(reference.image_std)
     difference = (ours - theirs["pixel_values"]).abs()
     # PIL's and torchvision's bicubic differ by a level or two on a few edge pixels, up to 5 where an axis is upscaled

@@ -8,6 +8,7 @@ model's input [B, 3, H, W] on its device and dtype (stack once, move once). A GP
 from __future__ import annotations
 
 import os
+import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -91,7 +92,9 @@ class CpuImageStage:
     def __init__(self, processor, device, dtype, workers: int | None = None, lookahead: int = 64):
         self.image_processor, self.device, self.dtype = processor.image_processor, torch.device(device), dtype
         self.preprocess = Preprocess.of(self.image_processor)  # None: call the processor itself (unusual configs)
-        self.model_side = model_side(self.image_processor)
+        # big photos decode (JPEGs in draft mode) to twice the model's side: enough detail, far less work
+        self.decode_side = 2 * model_side(self.image_processor)
+        self._pool_lock = threading.Lock()
         self.workers, self.lookahead = workers or min(8, os.cpu_count() or 2), max(1, lookahead)
         self._pool: ThreadPoolExecutor | None = None
 
@@ -99,15 +102,17 @@ class CpuImageStage:
         if len(items) == 1:  # a single upload decodes in the caller's own thread: no hand-off
             yield self.prepare_one(items[0], thumbnails)
             return
-        if self._pool is None:
-            # one torch thread each: the decoding threads share the cores among themselves, not within a resize
-            self._pool = ThreadPoolExecutor(self.workers, "decode", initializer=use_torch_threads, initargs=(1,))
+        with self._pool_lock:
+            if self._pool is None:
+                # one torch thread each: the decoding threads share the cores among themselves, not within a resize
+                self._pool = ThreadPoolExecutor(self.workers, "decode", initializer=use_torch_threads, initargs=(1,))
+            pool = self._pool
         queued = iter(items)
-        window = deque(self._pool.submit(self.prepare_one, item, thumbnails) for item in islice(queued, self.lookahead))
+        window = deque(pool.submit(self.prepare_one, item, thumbnails) for item in islice(queued, self.lookahead))
         try:
             while window:
                 done = window.popleft().result()
-                window.extend(self._pool.submit(self.prepare_one, item, thumbnails) for item in islice(queued, 1))
+                window.extend(pool.submit(self.prepare_one, item, thumbnails) for item in islice(queued, 1))
                 yield done
         finally:
             for pending in window:
@@ -116,25 +121,24 @@ class CpuImageStage:
     def prepare_one(self, item: ImageInput, thumbnails: bool) -> PreparedImage | ImageError:
         """Decode and resize one input; any failure becomes that input's ImageError, returned, not raised."""
         try:
-            decoded = images.decode(item, max_side=self.decode_side(thumbnails))
+            decoded = images.decode(item, max_side=self.decode_side)
             if self.preprocess is not None:
                 pixels = self.preprocess.resize(decoded.image)
             else:
                 pixels = self.image_processor(images=decoded.image, return_tensors="pt")["pixel_values"][0]
+            thumbnail = self._thumbnail(item, decoded.image) if thumbnails else None
         except ImageError as exc:
             return exc
         except Exception as exc:  # a decoder bug on one odd file must fail that file only
             return ImageError(item.name, f"cannot be decoded ({type(exc).__name__}: {exc})")
-        thumbnail = None
-        if thumbnails:
-            thumbnail = decoded.image.copy()
-            thumbnail.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
         return PreparedImage(item, decoded.extension, pixels, thumbnail)
 
-    def decode_side(self, thumbnails: bool) -> int:
-        """Big photos decode (JPEG in draft mode) to twice the model's side: enough detail, far less work; and
-        big enough for the page's thumbnail when one is wanted."""
-        return max(2 * self.model_side, THUMBNAIL_SIDE if thumbnails else 0)
+    def _thumbnail(self, item: ImageInput, decoded: Image.Image) -> Image.Image:
+        # a small model's decode is too small to show: decode again rather than caption other pixels than the CLI
+        picture = decoded if self.decode_side >= THUMBNAIL_SIDE else images.decode(item, max_side=THUMBNAIL_SIDE).image
+        thumbnail = picture.copy()
+        thumbnail.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+        return thumbnail
 
     def collate(self, pixels: list[torch.Tensor]) -> torch.Tensor:
         batch = torch.stack(pixels)
