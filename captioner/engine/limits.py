@@ -30,13 +30,16 @@ class EngineLimits:
 
     @classmethod
     def for_model(cls, model, device, dtype) -> "EngineLimits":
-        """On a GPU, as many sequences as a share of the free memory holds. On the CPU, batches past 64 gain nothing,
+        """On a GPU, as many sequences as a share of the free memory holds. On the CPU, batches of up to 64 images,
         and half the cores run the model while the other half decode images: torch's default (every core) would
         make its threads and the decoding threads fight over the same cores."""
         if torch.device(device).type != "cuda":
             return cls(torch_threads=max(1, (os.cpu_count() or 2) // 2))
         free, _ = torch.cuda.mem_get_info(torch.device(device))
-        sequences = int(free * GPU_MEMORY_SHARE // sequence_bytes(model.config, dtype))
+        try:
+            sequences = int(free * GPU_MEMORY_SHARE // sequence_bytes(model.config, dtype))
+        except (AttributeError, TypeError, ZeroDivisionError):  # a config without BLIP's fields: a cautious budget
+            sequences = 256
         return cls(max_batch=256, max_sequences=max(8, min(4096, sequences)), wait_ms=1.0, max_wait_ms=50.0)
 
 
