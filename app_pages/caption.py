@@ -86,8 +86,9 @@ for result in results:
     with st.container(border=True):
         picture, text = st.columns([1, 2])
         picture.image(result.thumbnail, caption=result.name)
-        confidence = "" if result.score is None else f" · confidence {result.score:.2f} (mean token log-prob; 0 is sure)"
-        text.caption(f"{result.model} · version {result.model_version}{confidence}")
+        text.caption(f"{result.model} · version {result.model_version}")
+        if result.score is not None:
+            text.caption(f"confidence {result.score:.2f} (mean token log-probability; 0 is certain)")
         edited = text.text_area("Caption", value=result.caption, key=f"edit-{key}")
         save, confirm, similar = text.columns(3)
         if save.button("Save correction", key=f"save-{key}", type="primary"):
