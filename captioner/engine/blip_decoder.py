@@ -45,6 +45,7 @@ class BlipDecoder:
         dtype = next(model.parameters()).dtype
         bucketed = device.type == "cuda" if bucketed is None else bucketed
         self.loop = DecodeLoop(self.text, device, dtype, bucketed=bucketed, cuda_graphs=cuda_graphs, memory_limit=graph_memory_limit)
+        self._plans: dict[GenerationOptions, DecodePlan] = {}
 
     @property
     def stats(self) -> dict:
@@ -57,7 +58,17 @@ class BlipDecoder:
         return unsupported_reason(model, options)
 
     def plan(self, options: GenerationOptions) -> DecodePlan:
-        """The prompt ids and lengths BLIP's generate would use for these options."""
+        """The prompt ids and lengths BLIP's generate would use for these options (worked out once per options)."""
+        if self.model.training:
+            raise ValueError("the fast BLIP decoder cannot serve this request: the model is in training mode")
+        plan = self._plans.get(options)
+        if plan is None:
+            if len(self._plans) >= 64:
+                self._plans.clear()
+            plan = self._plans[options] = self._make_plan(options)
+        return plan
+
+    def _make_plan(self, options: GenerationOptions) -> DecodePlan:
         reason = self.unsupported(self.model, options)
         if reason:
             raise ValueError(f"the fast BLIP decoder cannot serve this request: {reason}")
