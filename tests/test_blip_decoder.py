@@ -217,3 +217,6 @@ def test_bf16_on_cuda_agrees_with_generate_and_graphs_match_eager(tmp_path):
     assert eager.stats["graph_replays"] == 0 and eager.stats["eager_steps"] > 0
     odd = graphs.decode(pixels[:5], Options(num_beams=3))  # a batch padded up to its bucket
     assert [d.sequence for d in odd] == [d.sequence for d in graphs.decode(pixels[:8], Options(num_beams=3))[:5]]
+    bounded = BlipDecoder(loaded.model, tokenizer, graph_memory_limit=1)  # no room to pin buffers or graphs
+    assert [d.sequence for d in bounded.decode(pixels[:8], Options(num_beams=3))] == [d.sequence for d in graphs.decode(pixels[:8], Options(num_beams=3))]
+    assert bounded.stats["graph_captures"] == 0 and bounded.stats["eager_fallbacks"] > 0
