@@ -77,6 +77,7 @@ class DecodeLoop:
         self.memory_limit = memory_limit or 0
         self.arenas: dict[tuple, tuple] = {}  # (beams, length, image tokens) -> (capacity, kv, image_kv)
         self.slots: dict[tuple, Slot] = {}
+        self.check_every = CHECK_EVERY_CUDA if self.device.type == "cuda" else 1  # steps between stop-flag reads
         self.lock = threading.Lock()
         self.stats = {"graph_captures": 0, "graph_replays": 0, "eager_steps": 0, "eager_fallbacks": 0}
 
@@ -107,7 +108,6 @@ class DecodeLoop:
         if rows > logits.shape[0]:  # bucket padding rows: their choices are ignored and never stop the batch
             logits = torch.cat((logits, logits.new_zeros(rows - logits.shape[0], logits.shape[1])))
         slot.search(logits)
-        check_every = CHECK_EVERY_CUDA if self.device.type == "cuda" else 1
         cur, steps = prompt_len + 1, 1
         while steps < plan.max_len - prompt_len:
             if cur - 1 >= self.text.max_positions:  # the next step needs a position embedding the model lacks
@@ -117,7 +117,7 @@ class DecodeLoop:
                         f"this model has {self.text.max_positions}"
                     )
                 break
-            if steps % check_every == 0 and bool(slot.state.done):
+            if steps % self.check_every == 0 and bool(slot.state.done):
                 break
             if slot.graph is not None:
                 slot.graph.replay()
@@ -147,6 +147,8 @@ class DecodeLoop:
             if self.cuda_graphs and self._fits(self._graph_estimate(images * plan.rules.beams, length)):
                 slot.capture(plan)
                 self.stats["graph_captures"] += 1
+            elif self.cuda_graphs:
+                self.stats["eager_fallbacks"] += 1
             self.slots[key] = slot
         return slot
 

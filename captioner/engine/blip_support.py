@@ -12,7 +12,7 @@ HONOURED = {"num_beams", "max_new_tokens", "min_new_tokens", "repetition_penalty
 # always-passed max/min_new_tokens override, and knobs that only act when sampling or with an assistant model.
 NEUTRAL = {
     "max_length", "min_length", "bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id",
-    "use_cache", "cache_implementation", "cache_config", "max_cache_len", "output_attentions", "output_hidden_states",
+    "use_cache", "cache_config", "max_cache_len", "output_attentions", "output_hidden_states",
     "output_scores", "output_logits", "return_dict_in_generate", "transformers_version", "compile_config",
     "disable_compile", "temperature", "top_k", "top_p", "min_p", "top_h", "typical_p", "epsilon_cutoff", "eta_cutoff",
     "is_assistant", "num_assistant_tokens", "num_assistant_tokens_schedule", "assistant_confidence_threshold",
