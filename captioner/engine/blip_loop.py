@@ -49,7 +49,8 @@ class Slot:
                 self.step()
         torch.cuda.current_stream(self.kv.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread_local: the engine's other threads (image decoding on the GPU) may keep working during a capture
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             self.step()
         self.graph = graph
         self.graph_bytes = max(0, torch.cuda.memory_reserved(self.kv.device) - before)
@@ -144,7 +145,7 @@ class DecodeLoop:
                 return self._fresh_slot(valid, image_tokens, needed, plan)
             _, kv, image_kv = arena
             slot = Slot(self.text, kv[:, : images * plan.rules.beams], image_kv[:, :images], images, plan.rules.beams, length, plan.rules)
-            if self.cuda_graphs and self._fits(self._graph_estimate(images * plan.rules.beams, length)):
+            if self.cuda_graphs and self._fits(self._graph_estimate(slot)):
                 slot.capture(plan)
                 self.stats["graph_captures"] += 1
             elif self.cuda_graphs:
@@ -183,10 +184,13 @@ class DecodeLoop:
         self.arenas[key] = arena
         return arena
 
-    def _graph_estimate(self, rows: int, length: int) -> int:
-        """A generous guess of a captured step's private memory: a few [rows, vocab] float32 tensors, cache copies."""
+    def _graph_estimate(self, slot: Slot) -> int:
+        """A generous guess of a captured step's private memory: several [rows, vocab] float32 tensors, the
+        reordered copy of the cache (beam search) and the sequences gathered per candidate."""
+        rows = slot.images * slot.beams
         vocab = self.text.head.decoder.weight.shape[0]
-        return rows * vocab * 4 * 8 + rows * length * 8 * 16
+        cache_copy = slot.kv.numel() * slot.kv.element_size() if slot.beams > 1 else 0
+        return rows * vocab * 4 * 8 + cache_copy + rows * slot.length * 8 * 16
 
     def _fits(self, extra: int) -> bool:
         """Whether `extra` more pinned bytes stay within the memory limit and leave the GPU room to work."""
