@@ -122,6 +122,12 @@ def test_bucketed_buffers_as_on_a_gpu_give_the_same_tokens(tiny, demo):
             assert_same_as_generate(loaded, pixels[:3], options, decoder)  # 3 images padded to 4
             assert_same_as_generate(loaded, pixels, options, decoder)  # 6 padded to 8: the buffers grow
         assert decoder.stats["eager_steps"] > 0 and decoder.stats["graph_replays"] == 0
+        # a CUDA graph replays into fixed addresses: steps must update the state in place, never rebind it
+        slot = next(iter(decoder.loop.slots.values()))
+        before = {name: t.data_ptr() for name, t in vars(slot.state).items() if isinstance(t, torch.Tensor)}
+        with torch.inference_mode():
+            slot.step()
+        assert {name: t.data_ptr() for name, t in vars(slot.state).items() if isinstance(t, torch.Tensor)} == before
 
 
 def test_captions_are_what_caption_py_writes(demo):
