@@ -5,7 +5,8 @@
 
 Both ways get the same preprocessed pixels already on the device and generate exactly --tokens new tokens
 (min = max new tokens), greedy and 3 beams; generate is called as captioner/caption.py calls it, at batch 1 and 32 (and 256 on CUDA). The decoder's first call per
-shape (CUDA graph capture) is warm-up and not timed. "same" counts images whose tokens equal generate's.
+shape (CUDA graph capture) is warm-up and not timed. "same" counts images whose tokens equal generate's: all of
+them in fp32; in bf16 near-ties may flip, and random weights (--config) make near-flat logits full of them.
 """
 
 from __future__ import annotations

@@ -39,7 +39,9 @@ def effective_config(model, options: GenerationOptions):
     """The GenerationConfig BLIP's text decoder generates with: its own config, then generate's arguments."""
     text = model.config.text_config
     config = copy.deepcopy(model.text_decoder.generation_config)
-    config.update(**generate_kwargs(model, options), eos_token_id=text.sep_token_id, pad_token_id=text.pad_token_id)
+    # setattr, not update(): update() validates and would log advice about flags on every request
+    for key, value in dict(generate_kwargs(model, options), eos_token_id=text.sep_token_id, pad_token_id=text.pad_token_id).items():
+        setattr(config, key, value)
     return config
 
 
