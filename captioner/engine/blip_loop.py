@@ -71,6 +71,8 @@ class DecodeLoop:
 
     def __init__(self, text: TextDecoder, device, dtype, *, bucketed: bool, cuda_graphs: bool, memory_limit: int | None):
         self.text, self.device, self.dtype = text, torch.device(device), dtype
+        if self.device.type == "cuda" and self.device.index is None:  # torch.cuda's memory calls want an index
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.bucketed = bucketed
         self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
         if memory_limit is None and self.device.type == "cuda":
