@@ -4,7 +4,8 @@
     python bench/decoder_speed.py --config ../shared/blip-base --device cuda   # real BLIP size, random weights
 
 Both ways get the same preprocessed pixels already on the device and generate exactly --tokens new tokens
-(min = max new tokens), greedy and 3 beams; generate is called as captioner/caption.py calls it, at batch 1 and 32 (and 256 on CUDA). The decoder's first call per
+(min = max new tokens), greedy and 3 beams, at batch 1 and 32 (and 256 on CUDA); generate is called as
+captioner/caption.py calls it. The decoder's first call per
 shape (CUDA graph capture) is warm-up and not timed. "same" counts images whose tokens equal generate's: all of
 them in fp32; in bf16 near-ties may flip, and random weights (--config) make near-flat logits full of them.
 """
@@ -35,7 +36,8 @@ def parse_args():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (this machine is shared)")
-    parser.add_argument("--tokens", type=int, default=20, help="new tokens per caption, both ways")
+    parser.add_argument("--tokens", type=int, default=20, help="max new tokens per caption, both ways")
+    parser.add_argument("--min-tokens", type=int, help="min new tokens (default: --tokens, a forced length)")
     parser.add_argument("--batches", type=int, nargs="*", help="batch sizes (default 1 32, and 256 on CUDA)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per cell; the median is shown")
     return parser.parse_args()
@@ -73,12 +75,14 @@ def main() -> None:
     batches = args.batches or ([1, 32, 256] if loaded.device.type == "cuda" else [1, 32])
     pixels = pixels_for(loaded, max(batches))
     decoder = BlipDecoder(model, tokenizer)
+    minimum = args.tokens if args.min_tokens is None else args.min_tokens
     print(f"model {loaded.spec.text} ({loaded.version}) on {loaded.device} {loaded.dtype}, torch threads "
-          f"{torch.get_num_threads()}; {args.tokens} new tokens forced; median of {args.repeats}")  # fmt: skip
-    print(f"{'batch':>5} {'beams':>5} {'generate ms':>12} {'fast ms':>9} {'speed-up':>9} {'generate img/s':>15} {'fast img/s':>11} {'same':>7}")
+          f"{torch.get_num_threads()}; {minimum}-{args.tokens} new tokens; median of {args.repeats}")  # fmt: skip
+    print(f"{'batch':>5} {'beams':>5} {'generate ms':>12} {'fast ms':>9} {'speed-up':>9} "
+          f"{'generate img/s':>15} {'fast img/s':>11} {'same':>7}")  # fmt: skip
     for batch in batches:
         for beams in (1, 3):
-            options = GenerationOptions(num_beams=beams, max_new_tokens=args.tokens, min_new_tokens=args.tokens)
+            options = GenerationOptions(num_beams=beams, max_new_tokens=args.tokens, min_new_tokens=minimum)
             chunk = pixels[:batch]
             reason = BlipDecoder.unsupported(model, options)
             if reason:

@@ -31,9 +31,13 @@ def demo(tmp_path_factory):
     """The embedded demo captioner and six preprocessed demo-world images of mixed sizes, shapes and colours."""
     torch.set_num_threads(1)
     loaded = load_captioner("demo", Settings(home=tmp_path_factory.mktemp("home")), fallback=False)
-    inputs, _ = demo_inputs(6, seed=7)
-    pixels = torch.cat([loaded.processor.image_processor(images=decode(i).image, return_tensors="pt")["pixel_values"] for i in inputs])
-    return loaded, pixels
+    return loaded, demo_pixels(loaded, 6, seed=7)
+
+
+def demo_pixels(loaded, n: int, seed: int):
+    """n fresh demo-world images through the checkpoint's image processor, as the caption page prepares them."""
+    inputs, _ = demo_inputs(n, seed=seed)
+    return loaded.processor.image_processor(images=[decode(i).image for i in inputs], return_tensors="pt")["pixel_values"]
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +93,9 @@ def test_tiny_model_makes_varied_sequences_that_end_every_way(tiny):
         assert max(map(len, sequences)) >= 10
 
 
-@pytest.mark.parametrize("length_penalty, early_stopping", [(2.0, False), (0.0, True), (2.0, "never"), (-1.0, "never"), (0.5, True)])
+@pytest.mark.parametrize(
+    "length_penalty, early_stopping", [(2.0, False), (0.0, True), (2.0, "never"), (-1.0, "never"), (0.5, True)]
+)
 def test_checkpoint_length_penalty_and_early_stopping(tiny, length_penalty, early_stopping):
     loaded, pixels = tiny
     model = loaded.model
@@ -154,7 +160,8 @@ def test_uses_the_checkpoints_own_weights(demo):
     loaded, _ = demo
     decoder = BlipDecoder(loaded.model, loaded.processor.tokenizer)
     assert decoder.text.layers[0] is loaded.model.text_decoder.bert.encoder.layer[0]
-    assert decoder.text.head.decoder.weight.data_ptr() == loaded.model.text_decoder.bert.embeddings.word_embeddings.weight.data_ptr()
+    words = loaded.model.text_decoder.bert.embeddings.word_embeddings.weight
+    assert decoder.text.head.decoder.weight.data_ptr() == words.data_ptr()
 
 
 def test_unsupported_names_what_the_fast_path_does_not_cover(demo, tiny_blip_dir):
@@ -206,9 +213,11 @@ def test_bf16_on_cuda_agrees_with_generate_and_graphs_match_eager(tmp_path):
     """On a GPU in bf16, near-ties may flip: captions must still agree with generate's on >= 99% of fresh images."""
     loaded = load_captioner("demo", Settings(home=tmp_path, device="cuda", dtype="bfloat16"), fallback=False)
     tokenizer = loaded.processor.tokenizer
-    inputs, _ = demo_inputs(448, seed=20_261)
-    pixels = torch.cat([loaded.processor.image_processor(images=decode(i).image, return_tensors="pt")["pixel_values"] for i in inputs])
-    pixels = pixels.to("cuda", torch.bfloat16)
+    pixels = demo_pixels(loaded, 448, seed=20_261).to("cuda", torch.bfloat16)
+
+    def caption(decoded):
+        return tokenizer.decode(decoded.sequence, skip_special_tokens=True)
+
     graphs = BlipDecoder(loaded.model, tokenizer)
     eager = BlipDecoder(loaded.model, tokenizer, cuda_graphs=False)
     for options in (Options(num_beams=3, max_new_tokens=30), Options(num_beams=1, max_new_tokens=20)):
@@ -217,8 +226,7 @@ def test_bf16_on_cuda_agrees_with_generate_and_graphs_match_eager(tmp_path):
             chunk = pixels[start : start + 64]
             expected = generate_decoded(loaded.model, tokenizer, chunk, options)
             fast = graphs.decode(chunk, options)
-            same += sum(tokenizer.decode(a.sequence, skip_special_tokens=True) == tokenizer.decode(b.sequence, skip_special_tokens=True)
-                        for a, b in zip(expected, fast))  # fmt: skip
+            same += sum(caption(a) == caption(b) for a, b in zip(expected, fast))
             assert [d.sequence for d in eager.decode(chunk, options)] == [d.sequence for d in fast]
         assert same >= 0.99 * len(pixels), f"{same} of {len(pixels)} captions agree ({options})"
     assert graphs.stats["graph_captures"] > 0 and graphs.stats["graph_replays"] > 0
@@ -226,5 +234,6 @@ def test_bf16_on_cuda_agrees_with_generate_and_graphs_match_eager(tmp_path):
     odd = graphs.decode(pixels[:5], Options(num_beams=3))  # a batch padded up to its bucket
     assert [d.sequence for d in odd] == [d.sequence for d in graphs.decode(pixels[:8], Options(num_beams=3))[:5]]
     bounded = BlipDecoder(loaded.model, tokenizer, graph_memory_limit=1)  # no room to pin buffers or graphs
-    assert [d.sequence for d in bounded.decode(pixels[:8], Options(num_beams=3))] == [d.sequence for d in graphs.decode(pixels[:8], Options(num_beams=3))]
+    expected = [d.sequence for d in graphs.decode(pixels[:8], Options(num_beams=3))]
+    assert [d.sequence for d in bounded.decode(pixels[:8], Options(num_beams=3))] == expected
     assert bounded.stats["graph_captures"] == 0 and bounded.stats["eager_fallbacks"] > 0

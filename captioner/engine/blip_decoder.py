@@ -44,7 +44,9 @@ class BlipDecoder:
         device = next(model.parameters()).device
         dtype = next(model.parameters()).dtype
         bucketed = device.type == "cuda" if bucketed is None else bucketed
-        self.loop = DecodeLoop(self.text, device, dtype, bucketed=bucketed, cuda_graphs=cuda_graphs, memory_limit=graph_memory_limit)
+        self.loop = DecodeLoop(
+            self.text, device, dtype, bucketed=bucketed, cuda_graphs=cuda_graphs, memory_limit=graph_memory_limit
+        )
         self._plans: dict[GenerationOptions, DecodePlan] = {}
 
     @property
@@ -76,7 +78,8 @@ class BlipDecoder:
         prompt = prompt_ids(self.model, self.tokenizer, options)
         config = effective_config(self.model, options)
         length_penalty, early_stopping = search_settings(config)
-        rules = SearchRules(options.num_beams, text.sep_token_id, text.pad_token_id, float(options.repetition_penalty) != 1.0, early_stopping)
+        penalised = float(options.repetition_penalty) != 1.0
+        rules = SearchRules(options.num_beams, text.sep_token_id, text.pad_token_id, penalised, early_stopping)
         return DecodePlan(
             tuple(prompt), len(prompt) + options.max_new_tokens, len(prompt) + options.min_new_tokens,
             float(options.repetition_penalty), length_penalty, rules,

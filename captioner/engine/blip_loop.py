@@ -93,7 +93,8 @@ class DecodeLoop:
         """Decode every image [B, S, D] with this plan; a batch over the largest bucket goes through in chunks."""
         largest = IMAGE_BUCKETS[-1]
         if self.bucketed and image_embeds.shape[0] > largest:
-            return [out for start in range(0, image_embeds.shape[0], largest) for out in self.run(image_embeds[start : start + largest], plan)]
+            chunks = [image_embeds[start : start + largest] for start in range(0, image_embeds.shape[0], largest)]
+            return [out for chunk in chunks for out in self.run(chunk, plan)]
         with self.lock:
             return self._run(image_embeds, plan)
 
@@ -146,7 +147,8 @@ class DecodeLoop:
                 self.stats["eager_fallbacks"] += 1
                 return self._fresh_slot(valid, image_tokens, needed, plan)
             _, kv, image_kv = arena
-            slot = Slot(self.text, kv[:, : images * plan.rules.beams], image_kv[:, :images], images, plan.rules.beams, length, plan.rules)
+            beams = plan.rules.beams
+            slot = Slot(self.text, kv[:, : images * beams], image_kv[:, :images], images, beams, length, plan.rules)
             if self.cuda_graphs and self._fits(self._graph_estimate(slot)):
                 slot.capture(plan)
                 self.stats["graph_captures"] += 1

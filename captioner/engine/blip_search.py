@@ -107,7 +107,8 @@ class BeamState:
     """What beam search carries between steps: running beams and the kept finished hypotheses, per image."""
 
     def __init__(self, images: int, beams: int, length: int, device):
-        long, real, flag = dict(dtype=torch.long, device=device), dict(dtype=torch.float32, device=device), dict(dtype=torch.bool, device=device)
+        long, real = dict(dtype=torch.long, device=device), dict(dtype=torch.float32, device=device)
+        flag = dict(dtype=torch.bool, device=device)
         self.cur, self.max_len, self.min_len, self.prompt_len = (torch.zeros(1, **long) for _ in range(4))
         self.penalty = torch.ones((), **real)
         self.finish_norm = torch.ones(length + 1, **real)  # (cur + 1 - P) ** length_penalty, by cur
@@ -130,8 +131,9 @@ class BeamState:
         """Reset for a new batch, as `_beam_search` initialises: beam 0 live, the others at -1e9, nothing finished."""
         valid, prompt_len = prompt.shape
         max_len, length_penalty = plan.max_len, plan.length_penalty
-        for tensor, value in ((self.cur, prompt_len), (self.max_len, max_len), (self.min_len, plan.min_len), (self.prompt_len, prompt_len)):
+        for tensor, value in ((self.cur, prompt_len), (self.max_len, max_len), (self.min_len, plan.min_len)):
             tensor.fill_(value)
+        self.prompt_len.fill_(prompt_len)
         self.penalty.fill_(plan.penalty)
         length = self.finish_norm.shape[0] - 1
         # Python float powers, rounded to float32 as transformers' tensor / float does.
@@ -208,7 +210,8 @@ def beam_step(state: BeamState, logits: torch.Tensor, rules: SearchRules) -> Non
     best = torch.topk(merged, beams)[1]
     frozen = state.done  # transformers stops here; later steps (graph replays) must not change the result
     new_len = (state.cur + 1 - state.prompt_len).expand(images, 2 * beams)
-    for kept, candidates in ((state.fin_seqs, top_seqs), (state.fin_raw, top_raw), (state.fin_len, new_len), (state.fin_done, just_finished)):
+    pairs = (state.fin_seqs, top_seqs), (state.fin_raw, top_raw), (state.fin_len, new_len), (state.fin_done, just_finished)
+    for kept, candidates in pairs:
         kept.copy_(torch.where(frozen, kept, _along(torch.cat((kept, candidates), dim=1), best)))
     state.fin_scores.copy_(torch.where(frozen, state.fin_scores, _along(merged, best)))
 

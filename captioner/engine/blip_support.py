@@ -40,7 +40,8 @@ def effective_config(model, options: GenerationOptions):
     text = model.config.text_config
     config = copy.deepcopy(model.text_decoder.generation_config)
     # setattr, not update(): update() validates and would log advice about flags on every request
-    for key, value in dict(generate_kwargs(model, options), eos_token_id=text.sep_token_id, pad_token_id=text.pad_token_id).items():
+    passed = dict(generate_kwargs(model, options), eos_token_id=text.sep_token_id, pad_token_id=text.pad_token_id)
+    for key, value in passed.items():
         setattr(config, key, value)
     return config
 

@@ -31,9 +31,10 @@ def encode_images(vision, pixel_values: torch.Tensor) -> torch.Tensor:
 class TextDecoder:
     """BlipTextLMHeadModel's decoder as prefill + one-token steps over a preallocated self-attention cache.
 
-    The cache holds keys and values as kv[2 * layer + (0 | 1)] of shape [rows, heads, length, head_dim]; the
-    cross-attention keys and values are computed once per image (image_kv[2 * layer + (0 | 1)] of shape [images, heads, S, head_dim])
-    and every beam of an image reads them: its beams ride along the query axis, so nothing is repeated per beam.
+    The self-attention cache holds keys and values as kv[2 * layer + (0 | 1)], each [rows, heads, length, head_dim].
+    Cross-attention keys and values are computed once per image, image_kv[2 * layer + (0 | 1)] of shape
+    [images, heads, S, head_dim], and every beam of an image reads them: its beams ride along the query axis, so
+    nothing is repeated per beam.
     """
 
     def __init__(self, text_decoder):
@@ -107,7 +108,8 @@ class TextDecoder:
 
     def _embed(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         embeddings = self.embeddings
-        hidden = F.embedding(tokens, embeddings.word_embeddings.weight) + F.embedding(positions, embeddings.position_embeddings.weight)
+        words = F.embedding(tokens, embeddings.word_embeddings.weight)
+        hidden = words + F.embedding(positions, embeddings.position_embeddings.weight)
         return _norm(hidden, embeddings.LayerNorm)
 
     def _after_self(self, layer, mixed, hidden):
