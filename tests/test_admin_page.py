@@ -37,6 +37,13 @@ def click(app, prefix):
     assert not app.exception, app.exception
 
 
+def edit(app, changes):
+    """Seed the review table's edits ({position: {column: value}}) as a browser would, then rerun."""
+    app.session_state[app.data_editor[0].key] = {"edited_rows": changes, "added_rows": [], "deleted_rows": []}
+    app.run()
+    assert not app.exception, app.exception
+
+
 def rows(home):
     found, problems = FeedbackLog(home / "data").read()
     assert problems == []
@@ -53,13 +60,11 @@ def test_approve_one_and_bulk_reject_through_the_table(admin, home):
     login(admin)
     table = admin.data_editor[0].value
     assert len(table) == 5 and set(table["status"]) == {"pending"}
-    admin.session_state["review_table"] = {"edited_rows": {0: {"select": True}}, "added_rows": [], "deleted_rows": []}
-    admin.run()
+    edit(admin, {0: {"select": True}})
     click(admin, "Approve selected (1)")
     approved = [r for r in rows(home) if r.status == "approved"]
     assert len(approved) == 1 and approved[0].reviewer == "admin" and approved[0].reviewed_at
-    admin.session_state["review_table"] = {"edited_rows": {0: {"select": True}, 1: {"select": True}}, "added_rows": [], "deleted_rows": []}
-    admin.run()
+    edit(admin, {0: {"select": True}, 1: {"select": True}})
     click(admin, "Reject selected (2)")
     assert sorted(r.status for r in rows(home)) == ["approved", "pending", "pending", "rejected", "rejected"]
 
@@ -67,12 +72,10 @@ def test_approve_one_and_bulk_reject_through_the_table(admin, home):
 def test_edit_a_correction_and_delete_a_row(admin, home):
     login(admin)
     first_id = admin.data_editor[0].value["id"][0]
-    admin.session_state["review_table"] = {"edited_rows": {0: {"correction": "a scarlet circle"}}, "added_rows": [], "deleted_rows": []}
-    admin.run()
+    edit(admin, {0: {"correction": "a scarlet circle"}})
     click(admin, "Save edited corrections (1)")
     assert {r.id: r.correction for r in rows(home)}[first_id] == "a scarlet circle"
-    admin.session_state["review_table"] = {"edited_rows": {0: {"select": True}}, "added_rows": [], "deleted_rows": []}
-    admin.run()
+    edit(admin, {0: {"select": True}})
     click(admin, "Delete selected (1)")
     assert first_id not in {r.id for r in rows(home)} and len(rows(home)) == 4
 
@@ -138,7 +141,7 @@ def test_versions_tab_activates_and_rolls_back(admin, home):
     make_version(home, "v0002")
     login(admin)
     assert "default model" in [c.value for c in admin.caption if c.value.startswith("Live:")][0]
-    admin.selectbox[0].set_value("v0002").run()
+    [s for s in admin.selectbox if s.label == "Version"][0].set_value("v0002").run()
     click(admin, "Activate v0002")
     assert registry.active_version(home / "models") == "v0002"
     click(admin, "Roll back")

@@ -152,7 +152,7 @@ def test_broken_rows_are_reported_by_line_and_kept_by_a_rewrite(tmp_path):
     assert [(p.line, p.reason.split(" ")[0]) for p in problems] == [(3, "expected"), (5, "status")]
     assert f"line 3: expected {len(FIELDS)} fields, found 4" == str(problems[0])
 
-    log.rewrite(lambda rows: [r.__class__(**{**r.__dict__, "status": "approved"}) for r in rows if r.correction != "two"])
+    log.rewrite(lambda rows: [r._replace(status="approved") for r in rows if r.correction != "two"])
     rows, problems_after = log.read()
     assert [(row.correction, row.status) for row in rows] == [("one", "approved"), ("three", "approved")]
     assert [p.raw for p in problems_after] == [p.raw for p in problems]

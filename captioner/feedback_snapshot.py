@@ -1,0 +1,149 @@
+"""The parsed log, kept per CSV file in this process and brought up to date by parsing only what was appended.
+
+A snapshot is valid for one state of the file (device, inode, size, mtime, last bytes). When the file grew and the
+bytes it had are unchanged, only the new tail is parsed (from the end of the last complete row, so a torn record
+is parsed again with what follows it); any other change (an atomic rewrite, a hand edit) means a full parse.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from itertools import accumulate
+from pathlib import Path
+
+from .feedback_csv import Entry, FeedbackRow, Parsed, RowProblem, has_undecodable, parse_lines, split_lines
+from .feedback_keys import TAIL, CsvState
+
+BOM = b"\xef\xbb\xbf"
+
+
+@dataclass
+class Snapshot:
+    """Every entry of the CSV in file order, with the byte range and line count each came from."""
+
+    state: CsvState | None
+    data: bytes
+    entries: list[Entry] = field(default_factory=list)
+    spans: list[tuple[int, int, int, int]] = field(default_factory=list)  # byte start, end; line index start, end
+    columns: list[str] | None = None
+    header_end: tuple[int, int] = (0, 0)  # byte offset and line index after the header
+    _split: tuple | None = None
+
+    @property
+    def rows(self) -> list[FeedbackRow]:
+        return self._parts()[0]
+
+    @property
+    def problems(self) -> list[RowProblem]:
+        return self._parts()[1]
+
+    @property
+    def token(self) -> tuple:
+        """Changes whenever the content does: a key for anything computed from this snapshot."""
+        return (self.state, len(self.entries))
+
+    def _parts(self) -> tuple[list[FeedbackRow], list[RowProblem]]:
+        if self._split is None:
+            rows = [e for e in self.entries if isinstance(e, FeedbackRow)]
+            self._split = (rows, [e for e in self.entries if isinstance(e, RowProblem)])
+        return self._split
+
+    def raw(self, index: int) -> bytes:
+        """The bytes entry `index` was read from."""
+        start, end, _, _ = self.spans[index]
+        return self.data[start:end]
+
+    def committed(self) -> int:
+        """How many leading entries are final: up to the last row that ends with a line end."""
+        for index in range(len(self.entries) - 1, -1, -1):
+            end = self.spans[index][1]
+            if isinstance(self.entries[index], FeedbackRow) and self.data[end - 1 : end] in (b"\n", b"\r"):
+                return index + 1
+        return 0
+
+    def resume_point(self) -> tuple[int, int]:
+        """(byte offset, line index) a tail parse starts from: the end of the committed entries."""
+        keep = self.committed()
+        return self.spans[keep - 1][1::2] if keep else self.header_end
+
+
+def parse_bytes(data: bytes, state: CsvState | None) -> Snapshot:
+    """A snapshot of the whole file's bytes."""
+    base = len(BOM) if data.startswith(BOM) else 0
+    snapshot = Snapshot(state, data, header_end=(base, 0))
+    _add_parsed(snapshot, base, 0, None, set())
+    return snapshot
+
+
+def extended(previous: Snapshot, data_tail: bytes, state: CsvState) -> Snapshot:
+    """previous plus the bytes the file holds after previous's resume point (data_tail)."""
+    keep = previous.committed()
+    from_byte, from_line = previous.resume_point()
+    snapshot = Snapshot(state, previous.data[:from_byte] + data_tail, previous.entries[:keep], previous.spans[:keep])
+    snapshot.columns, snapshot.header_end = previous.columns, previous.header_end
+    seen_ids = {entry.id for entry in snapshot.entries if isinstance(entry, FeedbackRow)}
+    _add_parsed(snapshot, from_byte, from_line, previous.columns, seen_ids)
+    return snapshot
+
+
+def _add_parsed(snapshot: Snapshot, start: int, first_index: int, columns: list[str] | None, seen_ids: set[str]) -> None:
+    text = snapshot.data[start:].decode("utf-8", errors="surrogateescape")
+    lines = split_lines(text)
+    parsed: Parsed = parse_lines(lines, columns, first_index + 1, has_undecodable(text), seen_ids)
+    sizes = (len(line) for line in lines) if text.isascii() else (len(line.encode("utf-8", "surrogateescape")) for line in lines)
+    offsets = list(accumulate(sizes, initial=start))
+    snapshot.entries.extend(parsed.entries)
+    snapshot.spans.extend((offsets[s], offsets[e], first_index + s, first_index + e) for s, e in zip(parsed.starts, parsed.ends))
+    if columns is None and parsed.columns is not None:
+        snapshot.columns = parsed.columns
+        snapshot.header_end = (offsets[parsed.header_end], first_index + parsed.header_end)
+
+
+class SnapshotCache:
+    """The latest snapshot per CSV path, shared by every FeedbackLog of this process (callers hold the log's lock)."""
+
+    def __init__(self):
+        self._by_path: dict[str, Snapshot] = {}
+        self._guard = threading.Lock()
+
+    def current(self, path: Path) -> Snapshot:
+        """The file as it is now, parsing as little as possible."""
+        state = CsvState.of(path)
+        with self._guard:
+            previous = self._by_path.get(str(path))
+        if state is None:
+            return Snapshot(None, b"")
+        if previous is not None and previous.state == state:
+            return previous
+        snapshot = self._refresh(path, previous, state)
+        self.put(path, snapshot)
+        return snapshot
+
+    def put(self, path: Path, snapshot: Snapshot) -> None:
+        with self._guard:
+            self._by_path[str(path)] = snapshot
+
+    @staticmethod
+    def _refresh(path: Path, previous: Snapshot | None, state: CsvState) -> Snapshot:
+        with open(path, "rb") as handle:
+            if previous is not None and previous.state is not None and previous.columns is not None:
+                old = previous.state
+                if (old.dev, old.ino) == (state.dev, state.ino) and state.size > old.size:
+                    check_from = max(0, old.size - TAIL)
+                    handle.seek(check_from)
+                    if handle.read(old.size - check_from) == previous.data[check_from : old.size]:
+                        start = previous.resume_point()[0]
+                        handle.seek(start)
+                        return extended(previous, handle.read(state.size - start), state)
+                handle.seek(0)
+            return parse_bytes(handle.read(state.size), state)
+
+
+def rows_after(path: Path, from_byte: int, columns: list[str] | None) -> list[tuple[FeedbackRow, int]]:
+    """The valid rows of the file from from_byte on (a record boundary), with the byte offset of each."""
+    with open(path, "rb") as handle:
+        handle.seek(from_byte)
+        tail = Snapshot(None, handle.read())
+    _add_parsed(tail, 0, 0, columns, set())
+    return [(e, span[0] + from_byte) for e, span in zip(tail.entries, tail.spans) if isinstance(e, FeedbackRow)]
