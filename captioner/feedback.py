@@ -27,6 +27,7 @@ from .feedback_csv import (
     format_rows, parse_csv, validate_record,
 )  # fmt: skip
 from .feedback_keys import CsvState, EventKeys, event_key
+from .feedback_rewrite import Rewrite
 from .feedback_snapshot import Snapshot, SnapshotCache, rows_after
 from .files import append_durably, fsync_dir, now_utc, remove_stale_temps, write_atomic
 
@@ -198,28 +199,33 @@ class FeedbackLog:
         """Under the lock: write transform(rows) through a temp file and os.replace; entries at `drop` go."""
         remove_stale_temps(self.data_dir, f".{self.csv_path.name}.*.tmp")
         remove_stale_temps(self.images_dir, ".*.tmp", STALE_IMAGE_TEMP_S)
-        old = _SNAPSHOTS.current(self.csv_path) if self.csv_path.exists() else Snapshot(None, b"")
+        state = CsvState.of(self.csv_path)
+        old = _SNAPSHOTS.current(self.csv_path) if state is not None else Snapshot(None, b"")
         new_rows = transform(list(old.rows))
         by_id = {row.id: row for row in new_rows}
         if len(by_id) != len(new_rows):
             raise FeedbackError("an edit would leave two rows with the same id; nothing was written")
-        built = _Builder()
-        built.add(None, format_lines([], header=True)[0].encode())
-        dropped, canonical = set(drop), old.columns == FIELDS
+        canonical = old.columns == FIELDS
+        keys = self._synced_keys(state)
+        built = Rewrite(old, keys.key_by_offset() if canonical and state is not None else {})
+        dropped = set(drop)
         for index, entry in enumerate(old.entries):
             if index in dropped:
                 continue
             if isinstance(entry, RowProblem):
-                built.add(entry, old.raw(index))
-            elif (row := by_id.pop(entry.id, None)) is not None:
-                built.add(row, old.raw(index) if canonical and row == entry else _formatted(row))
+                built.keep(index)
+            elif (row := by_id.pop(entry.id, None)) is not None and canonical and row == entry:
+                built.keep(index)
+            elif row is not None:
+                built.add(row, _formatted(row))
         for row in by_id.values():  # rows the transform added
             built.add(row, _formatted(row))
+        payload = built.payload()
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.csv_path, built.payload())
+        write_atomic(self.csv_path, payload)
         state = CsvState.of(self.csv_path)
-        _SNAPSHOTS.put(self.csv_path, built.snapshot(state))
-        self._keys().rebuild(built.pairs, state)
+        _SNAPSHOTS.put(self.csv_path, built.snapshot(payload, state))
+        keys.rebuild(built.pairs, state)
         return new_rows
 
     # --- the event-key index -----------------------------------------------------------------------
@@ -309,41 +315,6 @@ def _encodes(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
-
-
-class _Builder:
-    """The bytes of a rewritten CSV and, as it is built, the snapshot and index entries that describe it."""
-
-    def __init__(self):
-        self.parts: list[bytes] = []
-        self.size = 0
-        self.line = 0
-        self.snapshot_parts: tuple[list, list] = ([], [])
-        self.pairs: list[tuple[int, int]] = []
-        self.header_end = (0, 0)
-
-    def add(self, entry: FeedbackRow | RowProblem | None, raw: bytes) -> None:
-        if not raw.endswith((b"\n", b"\r")):
-            raw += b"\r\n"
-        lines = raw.count(b"\n") + raw.count(b"\r") - raw.count(b"\r\n")  # as csv counts lines: \r, \n or \r\n
-        if entry is None:
-            self.header_end = (len(raw), lines)
-        else:
-            if isinstance(entry, RowProblem):
-                entry = RowProblem(self.line + 1, entry.reason, entry.raw, self.line + lines)
-            else:
-                self.pairs.append((event_key(entry.event_text()), self.size))
-            self.snapshot_parts[0].append(entry)
-            self.snapshot_parts[1].append((self.size, self.size + len(raw), self.line, self.line + lines))
-        self.parts.append(raw)
-        self.size += len(raw)
-        self.line += lines
-
-    def payload(self) -> bytes:
-        return b"".join(self.parts)
-
-    def snapshot(self, state: CsvState | None) -> Snapshot:
-        return Snapshot(state, self.payload(), *self.snapshot_parts, columns=FIELDS, header_end=self.header_end)
 
 
 def check_text(name: str, value: str, allow_empty: bool = True) -> None:

@@ -18,10 +18,11 @@ OPTIONAL_FIELDS = ("score",)  # added later: a log written before them still rea
 EVENT_FIELDS = ("image_sha256", "task", "prompt", "model_version", "model_output", "correction", "status")
 TASKS = ("caption", "qa")
 STATUSES = ("pending", "approved", "rejected")
+TASK_NAMES, STATUS_NAMES = {t: t for t in TASKS}, {s: s for s in STATUSES}
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")  # ids become file names in exports
 IMAGE_PATH = re.compile(r"images/[A-Za-z0-9][A-Za-z0-9._-]{0,199}\Z")  # one file directly inside data/images
+_EOL = re.compile(r"\r\n?|\n")
 _UNDECODABLE = re.compile("[\udc80-\udcff]")  # bytes that were not UTF-8, kept by errors="surrogateescape"
-_SHARED = (4, 6, 7, 10, 12, 14)  # task, model, model_version, status, reviewer, settings: few distinct values
 csv.field_size_limit(16 * 1024 * 1024)
 
 
@@ -98,117 +99,96 @@ class _Collector:
         self.write = parts.append
 
 
-def split_lines(text: str) -> list[str]:
-    """Lines as the csv module sees them (\\r, \\n or \\r\\n end a line), line ends kept."""
-    return list(io.StringIO(text, newline=""))
-
-
 def has_undecodable(text: str) -> bool:
     """True when text holds bytes that were not UTF-8 (decoded with errors="surrogateescape")."""
     return _UNDECODABLE.search(text) is not None
 
 
-class _Cursor:
-    """An iterator over lines from a position, so a parse can restart at any line."""
-
-    __slots__ = ("lines", "pos")
-
-    def __init__(self, lines: list[str], pos: int):
-        self.lines, self.pos = lines, pos
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> str:
-        pos = self.pos
-        if pos >= len(self.lines):
-            raise StopIteration
-        self.pos = pos + 1
-        return self.lines[pos]
-
-
 @dataclass
 class Parsed:
-    """Entries of a run of lines, where each starts (line index), and the column order the header gave."""
+    """Entries in file order; for each, its character range and line range in the text; the header's columns."""
 
     entries: list[Entry]
-    starts: list[int]
-    ends: list[int]
+    spans: list[tuple[int, int, int, int]]  # char start, char end, line index start, line index end
     columns: list[str] | None
-    header_end: int = 0  # line index after the header
+    header_end: tuple[int, int] = (0, 0)  # char offset and line index after the header
 
 
 def parse_csv(text: str) -> list[Entry]:
     """Parse the log's text into rows and problems; never raises on bad content."""
-    return parse_lines(split_lines(text.removeprefix("\ufeff")), check_utf8=has_undecodable(text)).entries
+    return parse_text(text.removeprefix("\ufeff"), check_utf8=has_undecodable(text)).entries
 
 
-def parse_lines(
-    lines: list[str], columns: list[str] | None = None, first_line: int = 1, check_utf8: bool = True,
+def parse_text(
+    text: str, columns: list[str] | None = None, first_line: int = 1, check_utf8: bool = True,
     seen_ids: set[str] | None = None,
 ) -> Parsed:
-    """Parse lines (the first is line number first_line); columns None: a header comes first.
+    """Parse text whose first line is line number first_line; columns None: a header comes first.
 
     check_utf8 False: the caller knows the text has no undecodable bytes (has_undecodable), so rows skip that check.
-    An id already in seen_ids (the rows before these lines) or earlier in these lines makes its row a problem:
-    admin actions address rows by id.
-    A record that fails and spans several lines is reported by its first line and parsing resumes on the next
-    line, so one torn or hand-broken quote cannot swallow the rows after it; consecutive bad lines make one problem.
+    An id already in seen_ids (the rows before this text) or earlier in it makes its row a problem: admin actions
+    address rows by id. A record that fails and spans several lines is reported by its first line and parsing
+    resumes on the next line, so one torn or hand-broken quote cannot swallow the rows after it; consecutive bad
+    lines make one problem.
     """
-    out = Parsed([], [], [], columns)
-    cursor = _Cursor(lines, 0)
+    out = Parsed([], [], columns)
+    source = io.StringIO(text, newline="")
+    reader = csv.reader(source)
     seen = set() if seen_ids is None else seen_ids
-    reader = csv.reader(cursor)
     shared: dict[str, str] = {}
     valid_settings: set[str] = {"", "{}"}
+    pos, line_base = 0, 0  # line index = line_base + reader.line_num (rebased whenever the parse jumps back)
     while True:
-        begin = cursor.pos
+        begin, begin_line = pos, line_base + reader.line_num
         try:
             record = next(reader)
+            reason = None
         except StopIteration:
             break
         except csv.Error as exc:
-            cursor.pos = begin + 1
-            _add_problem(out, begin, begin + 1, f"does not parse as CSV ({exc})", lines, first_line)
+            record, reason = None, f"does not parse as CSV ({exc})"
+        end, end_line = source.tell(), line_base + reader.line_num
+        if reason is None and record in ([], [""]):
+            pos = end
             continue
-        if record in ([], [""]):
-            continue
-        if out.columns is None:
+        if reason is None and out.columns is None:
             missing = [name for name in FIELDS if name not in record and name not in OPTIONAL_FIELDS]
             if missing:
-                _add_problem(out, begin, cursor.pos, f"header is missing columns: {', '.join(missing)}", lines, first_line)
-                out.columns = FIELDS
-            else:
-                out.columns = record
-            out.header_end = cursor.pos
+                _add_problem(out, text, begin, end, begin_line, end_line, f"header is missing columns: {', '.join(missing)}", first_line)
+            out.columns = FIELDS if missing else record
+            out.header_end = (end, end_line)
+            pos = end
             continue
-        entry = _validate(record, out.columns, shared, valid_settings, check_utf8)
-        if not isinstance(entry, str):
-            if entry.id in seen:
-                entry = f"id {entry.id} is already used by an earlier row"
+        if reason is None:
+            entry = _validate(record, out.columns, shared, valid_settings, check_utf8)
+            if isinstance(entry, str):
+                reason = entry
+            elif entry.id in seen:
+                reason = f"id {entry.id} is already used by an earlier row"
             else:
                 seen.add(entry.id)
-        if isinstance(entry, str):
-            end = begin + 1  # resume on the next line: a stray quote must not swallow the rows after it
-            cursor.pos = end
-            _add_problem(out, begin, end, entry, lines, first_line)
-        else:
-            out.entries.append(entry)
-            out.starts.append(begin)
-            out.ends.append(cursor.pos)
+                out.entries.append(entry)
+                out.spans.append((begin, end, begin_line, end_line))
+                pos = end
+                continue
+        if end_line - begin_line != 1:  # resume on the line after the record's first: a stray quote swallows nothing
+            eol = _EOL.search(text, begin)
+            end, end_line = (eol.end() if eol else len(text)), begin_line + 1
+            source.seek(end)
+            line_base = end_line - reader.line_num
+        _add_problem(out, text, begin, end, begin_line, end_line, reason, first_line)
+        pos = end
     return out
 
 
-def _add_problem(out: Parsed, begin: int, end: int, reason: str, lines: list[str], first_line: int) -> None:
-    raw = "".join(lines[begin:end])
+def _add_problem(out: Parsed, text: str, begin: int, end: int, line: int, end_line: int, reason: str, first: int) -> None:
     last = out.entries[-1] if out.entries else None
-    if isinstance(last, RowProblem) and out.ends[-1] == begin:  # continues the bad run just before it
-        merged = RowProblem(last.line, last.reason, last.raw + raw, first_line + end - 1)
-        out.entries[-1], out.ends[-1] = merged, end
+    if isinstance(last, RowProblem) and out.spans[-1][1] == begin:  # continues the bad run just before it
+        out.entries[-1] = RowProblem(last.line, last.reason, last.raw + text[begin:end], first + end_line - 1)
+        out.spans[-1] = (out.spans[-1][0], end, out.spans[-1][2], end_line)
         return
-    out.entries.append(RowProblem(first_line + begin, reason, raw, first_line + end - 1))
-    out.starts.append(begin)
-    out.ends.append(end)
+    out.entries.append(RowProblem(first + line, reason, text[begin:end], first + end_line - 1))
+    out.spans.append((begin, end, line, end_line))
 
 
 def validate_record(record: list[str], columns: list[str]) -> FeedbackRow | str:
@@ -217,37 +197,39 @@ def validate_record(record: list[str], columns: list[str]) -> FeedbackRow | str:
 
 
 def _validate(record: list[str], columns: list[str], shared: dict, valid_settings: set, check_utf8: bool) -> FeedbackRow | str:
+    """The row, or the reason it is not one (the hot loop of reading the log: keep it lean)."""
     if len(record) != len(columns):
         return f"expected {len(columns)} fields, found {len(record)}"
     if columns is not FIELDS and columns != FIELDS:
         values = {name: "" for name in OPTIONAL_FIELDS} | dict(zip(columns, record))
         record = [values[name] for name in FIELDS]
-    for i in _SHARED:
-        record[i] = shared.setdefault(record[i], record[i])
-    row = FeedbackRow._make(record)
+    row_id, created_at, _, image_path, task, _, model, version, _, _, status, _, reviewer, _, settings, score = record
     if check_utf8 and any(_UNDECODABLE.search(value) for value in record):
         return "not valid UTF-8"
-    if not SAFE_NAME.match(row.id):
-        return f"id {row.id[:80]!r} is not a safe file name (letters, digits, . _ -)"
-    if row.task not in TASKS:
-        return f"task {row.task[:80]!r} is not one of {', '.join(TASKS)}"
-    if row.status not in STATUSES:
-        return f"status {row.status[:80]!r} is not one of {', '.join(STATUSES)}"
-    if not IMAGE_PATH.match(row.image_path):
-        return f"image_path {row.image_path[:120]!r} is not images/<file name>"
+    if task not in TASKS:
+        return f"task {task[:80]!r} is not one of {', '.join(TASKS)}"
+    if status not in STATUSES:
+        return f"status {status[:80]!r} is not one of {', '.join(STATUSES)}"
+    if not SAFE_NAME.match(row_id):
+        return f"id {row_id[:80]!r} is not a safe file name (letters, digits, . _ -)"
+    if not IMAGE_PATH.match(image_path):
+        return f"image_path {image_path[:120]!r} is not images/<file name>"
     try:
-        datetime.fromisoformat(row.created_at)
+        datetime.fromisoformat(created_at)
     except ValueError:
-        return f"created_at {row.created_at[:80]!r} is not an ISO 8601 time"
-    if row.settings not in valid_settings:
+        return f"created_at {created_at[:80]!r} is not an ISO 8601 time"
+    if settings not in valid_settings:
         try:
-            json.loads(row.settings)
+            json.loads(settings)
         except ValueError:
             return "settings is not valid JSON"
-        valid_settings.add(row.settings)
-    if row.score:
+        valid_settings.add(settings)
+    if score:
         try:
-            float(row.score)
+            float(score)
         except ValueError:
-            return f"score {row.score[:80]!r} is not a number"
-    return row
+            return f"score {score[:80]!r} is not a number"
+    record[4], record[10] = TASK_NAMES[task], STATUS_NAMES[status]  # few distinct values: share one string each
+    record[6], record[7] = shared.setdefault(model, model), shared.setdefault(version, version)
+    record[12], record[14] = shared.setdefault(reviewer, reviewer), shared.setdefault(settings, settings)
+    return FeedbackRow._make(record)

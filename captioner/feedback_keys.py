@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+import sys
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,6 +103,13 @@ class EventKeys:
         for key, offset in ENTRY.iter_unpack(self.entries):
             table.setdefault(key, []).append(offset)
         return lambda key: table.get(key, [])
+
+    def key_by_offset(self) -> dict[int, int]:
+        """CSV offset -> event key, for every entry (a rewrite reuses the keys of rows it copies unchanged)."""
+        flat = array("Q", bytes(self.entries))
+        if sys.byteorder != "little":
+            flat.byteswap()
+        return dict(zip(flat[1::2], flat[0::2]))
 
     def offsets(self, key: int) -> list[int]:
         """CSV offsets of the rows whose event has this key."""

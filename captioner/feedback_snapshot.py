@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from itertools import accumulate
 from pathlib import Path
 
-from .feedback_csv import Entry, FeedbackRow, Parsed, RowProblem, has_undecodable, parse_lines, split_lines
+from .feedback_csv import Entry, FeedbackRow, Parsed, RowProblem, parse_text
 from .feedback_keys import TAIL, CsvState
 
 BOM = b"\xef\xbb\xbf"
@@ -88,16 +88,35 @@ def extended(previous: Snapshot, data_tail: bytes, state: CsvState) -> Snapshot:
 
 
 def _add_parsed(snapshot: Snapshot, start: int, first_index: int, columns: list[str] | None, seen_ids: set[str]) -> None:
-    text = snapshot.data[start:].decode("utf-8", errors="surrogateescape")
-    lines = split_lines(text)
-    parsed: Parsed = parse_lines(lines, columns, first_index + 1, has_undecodable(text), seen_ids)
-    sizes = (len(line) for line in lines) if text.isascii() else (len(line.encode("utf-8", "surrogateescape")) for line in lines)
-    offsets = list(accumulate(sizes, initial=start))
+    """Parse snapshot.data from byte `start` (line index first_index) and add what it holds."""
+    raw = snapshot.data[start:]
+    try:
+        text, undecodable = raw.decode("utf-8"), False
+    except UnicodeDecodeError:
+        text, undecodable = raw.decode("utf-8", errors="surrogateescape"), True
+    parsed: Parsed = parse_text(text, columns, first_index + 1, undecodable, seen_ids)
+    to_byte = _byte_offsets(text, start)
     snapshot.entries.extend(parsed.entries)
-    snapshot.spans.extend((offsets[s], offsets[e], first_index + s, first_index + e) for s, e in zip(parsed.starts, parsed.ends))
+    snapshot.spans.extend((to_byte(a), to_byte(b), first_index + la, first_index + lb) for a, b, la, lb in parsed.spans)
     if columns is None and parsed.columns is not None:
         snapshot.columns = parsed.columns
-        snapshot.header_end = (offsets[parsed.header_end], first_index + parsed.header_end)
+        snapshot.header_end = (to_byte(parsed.header_end[0]), first_index + parsed.header_end[1])
+
+
+def _byte_offsets(text: str, base: int):
+    """A function char offset -> byte offset in the file, for offsets asked in increasing order."""
+    if text.isascii():
+        return lambda char: base + char
+    done = [0, base]  # chars converted so far, and the byte offset they end at
+
+    def to_byte(char: int) -> int:
+        if char < done[0]:
+            return base + len(text[:char].encode("utf-8", "surrogateescape"))
+        done[1] += len(text[done[0] : char].encode("utf-8", "surrogateescape"))
+        done[0] = char
+        return done[1]
+
+    return to_byte
 
 
 class SnapshotCache:
