@@ -12,9 +12,10 @@ GUARD = LoginGuard()  # this module is imported once per server process, so ever
 def client() -> str:
     """The client's address as the server sees it ("local" for a browser on this machine)."""
     try:
-        return st.context.ip_address or "local"
+        address = st.context.ip_address
     except Exception:  # no client context (a script run outside a browser session)
-        return "local"
+        address = None
+    return address if isinstance(address, str) and address else "local"
 
 
 def logged_in(password: str) -> bool:
