@@ -23,30 +23,25 @@ from typing import Callable, Iterable, Iterator
 from filelock import FileLock, Timeout
 
 from .feedback_csv import (
-    FIELDS, IMAGE_PATH, OPTIONAL_FIELDS, SAFE_NAME, STATUSES, TASKS, FeedbackRow, RowProblem, format_lines,
-    format_rows, parse_csv, validate_record,
+    FIELDS, IMAGE_PATH, OPTIONAL_FIELDS, STATUSES, TASKS, FeedbackError, FeedbackRow, RowProblem,
+    check_row, check_text, format_lines, format_rows, formatted, parse_csv, validate_record,
 )  # fmt: skip
 from .feedback_keys import CsvState, EventKeys, event_key
 from .feedback_rewrite import Rewrite
 from .feedback_snapshot import Snapshot, SnapshotCache, rows_after
 from .files import append_durably, fsync_dir, now_utc, remove_stale_temps, write_atomic
 
-__all__ = [
+__all__ = [  # the log's public face; the schema and codec live in feedback_csv, file helpers in files
     "FIELDS", "OPTIONAL_FIELDS", "STATUSES", "TASKS", "FeedbackError", "FeedbackLog", "FeedbackRow", "RowProblem",
     "check_text", "format_rows", "now_utc", "parse_csv",
 ]  # fmt: skip
 
-MAX_TEXT_CHARS = 20_000
 LOCK_TIMEOUT_S = 30
 STALE_IMAGE_TEMP_S = 3600  # an image temp file this old is a killed writer's (images are written outside the lock)
 EXTENSION = re.compile(r"[a-z0-9]{1,8}\Z")
 _SNAPSHOTS = SnapshotCache()
 _KEYS: dict[str, EventKeys] = {}
 _KEYS_GUARD = threading.Lock()
-
-
-class FeedbackError(ValueError):
-    """A correction that cannot be logged, or a log that cannot be written; the message says which and why."""
 
 
 class FeedbackLog:
@@ -217,9 +212,9 @@ class FeedbackLog:
             elif (row := by_id.pop(entry.id, None)) is not None and canonical and row == entry:
                 built.keep(index)
             elif row is not None:
-                built.add(row, _formatted(row))
+                built.add(row, formatted(row))
         for row in by_id.values():  # rows the transform added
-            built.add(row, _formatted(row))
+            built.add(row, formatted(row))
         payload = built.payload()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(self.csv_path, payload)
@@ -307,48 +302,3 @@ class FeedbackLog:
         if not path.is_file():
             raise FeedbackError(f"row {row.id[:40]}: the image {row.image_path[:120]} is missing")
         return path
-
-
-def _encodes(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def check_text(name: str, value: str, allow_empty: bool = True) -> None:
-    """Refuse text a CSV cell cannot carry faithfully, naming the field and the reason."""
-    if not isinstance(value, str):
-        raise FeedbackError(f"the {name} must be text, not {type(value).__name__}")
-    if not allow_empty and not value.strip():
-        raise FeedbackError(f"the {name} is empty")
-    if "\x00" in value:
-        raise FeedbackError(f"the {name} contains a NUL character")
-    if len(value) > MAX_TEXT_CHARS:
-        raise FeedbackError(f"the {name} is {len(value):,} characters, over the {MAX_TEXT_CHARS:,} limit")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise FeedbackError(
-            f"the {name} is not valid text: character {exc.start + 1} ({value[exc.start]!r}) cannot be stored as "
-            "UTF-8 (bytes that are not UTF-8, or half of a surrogate pair)"
-        ) from None
-
-
-def _formatted(row: FeedbackRow) -> bytes:
-    check_row(row)
-    return format_lines([row])[0].encode("utf-8")
-
-
-def check_row(row: FeedbackRow) -> None:
-    """Refuse a row that would not read back as itself (bad text, status, task, id or image path)."""
-    if not isinstance(row, FeedbackRow):
-        raise FeedbackError(f"expected a FeedbackRow, not {type(row).__name__}")
-    joined = "".join(row)
-    if "\x00" in joined or max(map(len, row)) > MAX_TEXT_CHARS or not (joined.isascii() or _encodes(joined)):
-        for name, value in zip(FIELDS, row):
-            check_text(name.replace("_", " "), value)
-    reason = validate_record(list(row), FIELDS)
-    if isinstance(reason, str):
-        raise FeedbackError(f"row {row.id[:40]}: {reason}")

@@ -1,4 +1,5 @@
-"""The feedback log's schema and its CSV text: one row per event, RFC 4180, parsed without ever raising."""
+"""The feedback log's schema and its CSV text: one row per event, RFC 4180, parsed without ever raising; and the
+checks a row passes before it is written."""
 
 from __future__ import annotations
 
@@ -23,7 +24,12 @@ SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")  # ids become file
 IMAGE_PATH = re.compile(r"images/[A-Za-z0-9][A-Za-z0-9._-]{0,199}\Z")  # one file directly inside data/images
 _EOL = re.compile(r"\r\n?|\n")
 _UNDECODABLE = re.compile("[\udc80-\udcff]")  # bytes that were not UTF-8, kept by errors="surrogateescape"
+MAX_TEXT_CHARS = 20_000
 csv.field_size_limit(16 * 1024 * 1024)
+
+
+class FeedbackError(ValueError):
+    """A correction that cannot be logged, or a log that cannot be written; the message says which and why."""
 
 
 class FeedbackRow(NamedTuple):
@@ -233,3 +239,49 @@ def _validate(record: list[str], columns: list[str], shared: dict, valid_setting
     record[6], record[7] = shared.setdefault(model, model), shared.setdefault(version, version)
     record[12], record[14] = shared.setdefault(reviewer, reviewer), shared.setdefault(settings, settings)
     return FeedbackRow._make(record)
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_text(name: str, value: str, allow_empty: bool = True) -> None:
+    """Refuse text a CSV cell cannot carry faithfully, naming the field and the reason."""
+    if not isinstance(value, str):
+        raise FeedbackError(f"the {name} must be text, not {type(value).__name__}")
+    if not allow_empty and not value.strip():
+        raise FeedbackError(f"the {name} is empty")
+    if "\x00" in value:
+        raise FeedbackError(f"the {name} contains a NUL character")
+    if len(value) > MAX_TEXT_CHARS:
+        raise FeedbackError(f"the {name} is {len(value):,} characters, over the {MAX_TEXT_CHARS:,} limit")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise FeedbackError(
+            f"the {name} is not valid text: character {exc.start + 1} ({value[exc.start]!r}) cannot be stored as "
+            "UTF-8 (bytes that are not UTF-8, or half of a surrogate pair)"
+        ) from None
+
+
+def formatted(row: FeedbackRow) -> bytes:
+    """One checked row as the bytes of its CSV record."""
+    check_row(row)
+    return format_lines([row])[0].encode("utf-8")
+
+
+def check_row(row: FeedbackRow) -> None:
+    """Refuse a row that would not read back as itself (bad text, status, task, id or image path)."""
+    if not isinstance(row, FeedbackRow):
+        raise FeedbackError(f"expected a FeedbackRow, not {type(row).__name__}")
+    joined = "".join(row)
+    if "\x00" in joined or max(map(len, row)) > MAX_TEXT_CHARS or not (joined.isascii() or _encodes(joined)):
+        for name, value in zip(FIELDS, row):
+            check_text(name.replace("_", " "), value)
+    reason = validate_record(list(row), FIELDS)
+    if isinstance(reason, str):
+        raise FeedbackError(f"row {row.id[:40]}: {reason}")

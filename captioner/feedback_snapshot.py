@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from itertools import accumulate
 from pathlib import Path
 
 from .feedback_csv import Entry, FeedbackRow, Parsed, RowProblem, parse_text
