@@ -6,13 +6,15 @@ from app_pages import _shared as shared
 from app_pages.admin_tabs import export, login, retrain, review, statistics, versions
 from app_pages.admin_tabs._ui import plain
 from captioner.feedback import FeedbackError
+from captioner.review import warm_up
 
 st.title("Admin")
 config = shared.settings()
+log = shared.feedback_log()
 if not login.logged_in(shared.admin_password()):
+    warm_up(log)  # a large log is read while the password is typed
     st.stop()
 
-log = shared.feedback_log()
 try:
     snapshot = log.snapshot()
 except FeedbackError as exc:  # the log is locked by a writer for too long: say so, no traceback

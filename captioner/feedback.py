@@ -24,10 +24,10 @@ from filelock import FileLock, Timeout
 
 from .feedback_csv import (
     FIELDS, IMAGE_PATH, OPTIONAL_FIELDS, STATUSES, TASKS, FeedbackError, FeedbackRow, RowProblem,
-    check_row, check_text, format_lines, format_rows, formatted, parse_csv, validate_record,
+    check_row, check_text, format_lines, format_rows, parse_csv, validate_record,
 )  # fmt: skip
 from .feedback_keys import CsvState, EventKeys, event_key
-from .feedback_rewrite import Rewrite
+from .feedback_rewrite import Rewrite, plan
 from .feedback_snapshot import Snapshot, SnapshotCache, rows_after
 from .files import append_durably, fsync_dir, now_utc, remove_stale_temps, write_atomic
 
@@ -76,10 +76,11 @@ class FeedbackLog:
         if not self.csv_path.exists():
             return Snapshot(None, b"")
         try:
-            with self.locked():  # a reader never sees half of an append in flight
-                return _SNAPSHOTS.current(self.csv_path)
+            with self.locked():  # a reader never sees half of an append in flight; parsing happens after
+                read = _SNAPSHOTS.read(self.csv_path)
         except PermissionError:  # a read-only data folder: no lock file can be made, and no writer can append
-            return _SNAPSHOTS.current(self.csv_path)
+            read = _SNAPSHOTS.read(self.csv_path)
+        return _SNAPSHOTS.finish(self.csv_path, read)
 
     def read(self) -> tuple[list[FeedbackRow], list[RowProblem]]:
         """All valid rows in file order, and every run of lines that does not parse, with its line numbers."""
@@ -197,24 +198,9 @@ class FeedbackLog:
         state = CsvState.of(self.csv_path)
         old = _SNAPSHOTS.current(self.csv_path) if state is not None else Snapshot(None, b"")
         new_rows = transform(list(old.rows))
-        by_id = {row.id: row for row in new_rows}
-        if len(by_id) != len(new_rows):
-            raise FeedbackError("an edit would leave two rows with the same id; nothing was written")
-        canonical = old.columns == FIELDS
+        edit = plan(old, new_rows, drop)
         keys = self._synced_keys(state)
-        built = Rewrite(old, keys.key_by_offset() if canonical and state is not None else {})
-        dropped = set(drop)
-        for index, entry in enumerate(old.entries):
-            if index in dropped:
-                continue
-            if isinstance(entry, RowProblem):
-                built.keep(index)
-            elif (row := by_id.pop(entry.id, None)) is not None and canonical and row == entry:
-                built.keep(index)
-            elif row is not None:
-                built.add(row, formatted(row))
-        for row in by_id.values():  # rows the transform added
-            built.add(row, formatted(row))
+        built = Rewrite(old, edit, keys.key_by_offset() if state is not None else {})
         payload = built.payload()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(self.csv_path, payload)

@@ -15,6 +15,7 @@ import os
 import struct
 import sys
 from array import array
+from itertools import chain
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,7 +138,10 @@ class EventKeys:
     def rebuild(self, pairs: list[tuple[int, int]], csv: CsvState) -> None:
         """Replace the index with entries for every row of the CSV in this state."""
         self.generation = int.from_bytes(os.urandom(8), "little") or 1
-        self.entries = bytearray(b"".join(ENTRY.pack(key, offset) for key, offset in pairs))
+        flat = array("Q", chain.from_iterable(pairs))
+        if sys.byteorder != "little":
+            flat.byteswap()
+        self.entries = bytearray(flat.tobytes())
         self.count = len(pairs)
         self.covered = csv
         write_atomic(self.path, self._header(csv) + bytes(self.entries))

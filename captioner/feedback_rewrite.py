@@ -1,71 +1,119 @@
-"""Building the bytes of a rewritten log: untouched records are copied as they were (runs of them at once), and
-the new file's snapshot and event keys are worked out on the way, so an edit of 100,000 rows costs one pass."""
+"""Building the bytes of a rewritten log: the records an edit does not touch are copied as they were, in runs,
+and the new file's snapshot and event keys are worked out on the way, so editing one row of 100,000 costs a few
+list operations per row instead of re-parsing or re-formatting the file."""
 
 from __future__ import annotations
 
-from .feedback_csv import FIELDS, FeedbackRow, RowProblem, format_lines
+from bisect import bisect_left
+from dataclasses import dataclass
+
+from .feedback_csv import FIELDS, FeedbackError, FeedbackRow, RowProblem, format_lines, formatted
 from .feedback_keys import CsvState, event_key
 from .feedback_snapshot import Snapshot
 
 LINE_ENDS = (b"\n", b"\r")
 
 
-class Rewrite:
-    """The new CSV: a canonical header, then records appended with keep() (verbatim) or add() (new bytes)."""
+@dataclass
+class Plan:
+    """What an edit does to the old entries: index -> new row (None: the row goes), and rows added at the end."""
 
-    def __init__(self, old: Snapshot, old_keys: dict[int, int]):
-        self.old, self.old_keys = old, old_keys  # old_keys: byte offset in the old file -> the row's event key
+    changes: dict[int, FeedbackRow | None]
+    added: list[FeedbackRow]
+
+
+def plan(old: Snapshot, new_rows: list[FeedbackRow], drop: list[int]) -> Plan:
+    """Compare the rows a transform returned with the old ones (by identity first: most rows come back as they were)."""
+    old_rows, where = old.rows, old.row_indices()
+    changes: dict[int, FeedbackRow | None] = dict.fromkeys(drop)
+    if len(new_rows) == len(old_rows):
+        moved = [i for i, (a, b) in enumerate(zip(old_rows, new_rows)) if a is not b]
+        if all(old_rows[i].id == new_rows[i].id for i in moved):
+            changes.update((where[i], new_rows[i]) for i in moved if new_rows[i] != old_rows[i])
+            return Plan(changes, [])
+    by_id = {row.id: row for row in new_rows}
+    if len(by_id) != len(new_rows):
+        raise FeedbackError("an edit would leave two rows with the same id; nothing was written")
+    for index, row in zip(where, old_rows):
+        new = by_id.pop(row.id, None)
+        if new is None or new != row:
+            changes[index] = new
+    return Plan(changes, list(by_id.values()))
+
+
+class Rewrite:
+    """The new CSV: a canonical header, then the old entries with a plan's changes, then the added rows."""
+
+    def __init__(self, old: Snapshot, edit: Plan, old_keys: dict[int, int]):
+        self.old, self.old_keys = old, old_keys  # old_keys: byte offset in the old file -> that row's event key
         header = format_lines([], header=True)[0].encode()
         self.parts: list[bytes] = [header]
         self.size, self.line = len(header), 1
-        self.header_end = (self.size, self.line)
         self.entries: list[FeedbackRow | RowProblem] = []
         self.spans: list[tuple[int, int, int, int]] = []
         self.pairs: list[tuple[int, int]] = []  # (event key, byte offset) of every row, for the key index
-        self._run: list[int] | None = None  # [start, end) of old bytes still to copy
+        self.problem_indices = [i for i, e in enumerate(old.entries) if isinstance(e, RowProblem)]
+        special = set(edit.changes)
+        if old.columns != FIELDS:  # an older header: every row is written anew in today's columns
+            special.update(old.row_indices())
+        if old.entries and old.data[old.spans[-1][1] - 1 : old.spans[-1][1]] not in LINE_ENDS:
+            special.add(len(old.entries) - 1)  # a last line without its line end gets one
+        start = 0
+        for index in sorted(special) + [len(old.entries)]:
+            self._copy(start, index)
+            if index in edit.changes:
+                if (row := edit.changes[index]) is not None:  # None: the entry goes
+                    self._add(row, formatted(row))
+            elif index < len(old.entries):
+                entry = old.entries[index]
+                self._add(entry, old.raw(index) if isinstance(entry, RowProblem) else formatted(entry))
+            start = index + 1
+        for row in edit.added:
+            self._add(row, formatted(row))
 
-    def keep(self, index: int) -> None:
-        """Copy entry `index` of the old file as it was."""
-        start, end, first, last = self.old.spans[index]
-        if self.old.data[end - 1 : end] not in LINE_ENDS:  # a last line without its line end: give it one
-            self.add(self.old.entries[index], self.old.data[start:end])
+    def _copy(self, first: int, stop: int) -> None:
+        """Copy entries [first, stop) of the old file verbatim, as one run of bytes."""
+        if first >= stop:
             return
-        if self._run is not None and self._run[1] == start:
-            self._run[1] = end
-        else:
-            self._flush()
-            self._run = [start, end]
-        entry = self.old.entries[index]
-        key = self.old_keys.get(start) if isinstance(entry, FeedbackRow) else None
-        self._place(entry, end - start, last - first, key)
+        old = self.old
+        begin, line_begin = old.spans[first][0], old.spans[first][2]
+        end, line_end = old.spans[stop - 1][1], old.spans[stop - 1][3]
+        shift, line_shift = self.size - begin, self.line - line_begin
+        self.parts.append(old.data[begin:end])
+        entries = old.entries[first:stop]
+        if line_shift:  # problems are reported by line: give them their new numbers
+            for i in self.problem_indices[bisect_left(self.problem_indices, first) : bisect_left(self.problem_indices, stop)]:
+                problem = old.entries[i]
+                entries[i - first] = RowProblem(problem.line + line_shift, problem.reason, problem.raw, problem.last_line + line_shift)
+        self.entries.extend(entries)
+        self.spans.extend([(a + shift, b + shift, la + line_shift, lb + line_shift) for a, b, la, lb in old.spans[first:stop]])
+        keys = self.old_keys
+        self.pairs.extend(
+            (keys[span[0]] if span[0] in keys else event_key(entry.event_text()), span[0] + shift)
+            for entry, span in zip(entries, old.spans[first:stop])
+            if isinstance(entry, FeedbackRow)
+        )
+        self.size += end - begin
+        self.line += line_end - line_begin
 
-    def add(self, entry: FeedbackRow | RowProblem, raw: bytes) -> None:
-        """Append new bytes for an entry (a changed or added row, or a record that lacked its line end)."""
-        self._flush()
+    def _add(self, entry: FeedbackRow | RowProblem, raw: bytes) -> None:
         if not raw.endswith(LINE_ENDS):
             raw += b"\r\n"
-        self.parts.append(raw)
-        self._place(entry, len(raw), raw.count(b"\n") + raw.count(b"\r") - raw.count(b"\r\n"), None)
-
-    def _place(self, entry, length: int, lines: int, key: int | None) -> None:
-        if isinstance(entry, RowProblem):  # the same record, at its new line numbers
+        lines = raw.count(b"\n") + raw.count(b"\r") - raw.count(b"\r\n")  # as csv counts lines: \r, \n or \r\n
+        if isinstance(entry, RowProblem):
             entry = RowProblem(self.line + 1, entry.reason, entry.raw, self.line + lines)
         else:
-            self.pairs.append((key if key is not None else event_key(entry.event_text()), self.size))
+            self.pairs.append((event_key(entry.event_text()), self.size))
+        self.parts.append(raw)
         self.entries.append(entry)
-        self.spans.append((self.size, self.size + length, self.line, self.line + lines))
-        self.size += length
+        self.spans.append((self.size, self.size + len(raw), self.line, self.line + lines))
+        self.size += len(raw)
         self.line += lines
 
-    def _flush(self) -> None:
-        if self._run is not None:
-            self.parts.append(self.old.data[self._run[0] : self._run[1]])
-            self._run = None
-
     def payload(self) -> bytes:
-        self._flush()
         return b"".join(self.parts)
 
     def snapshot(self, payload: bytes, state: CsvState | None) -> Snapshot:
         """The new file's snapshot, without parsing it again."""
-        return Snapshot(state, payload, self.entries, self.spans, columns=FIELDS, header_end=self.header_end)
+        header_end = (len(self.parts[0]), 1)
+        return Snapshot(state, payload, self.entries, self.spans, columns=FIELDS, header_end=header_end)

@@ -28,6 +28,7 @@ class Snapshot:
     columns: list[str] | None = None
     header_end: tuple[int, int] = (0, 0)  # byte offset and line index after the header
     _split: tuple | None = None
+    _where: list[int] | None = None
 
     @property
     def rows(self) -> list[FeedbackRow]:
@@ -47,6 +48,12 @@ class Snapshot:
             rows = [e for e in self.entries if isinstance(e, FeedbackRow)]
             self._split = (rows, [e for e in self.entries if isinstance(e, RowProblem)])
         return self._split
+
+    def row_indices(self) -> list[int]:
+        """The index in `entries` of each row, in order (rows[k] is entries[row_indices()[k]])."""
+        if self._where is None:
+            self._where = [i for i, e in enumerate(self.entries) if isinstance(e, FeedbackRow)]
+        return self._where
 
     def raw(self, index: int) -> bytes:
         """The bytes entry `index` was read from."""
@@ -118,32 +125,36 @@ def _byte_offsets(text: str, base: int):
     return to_byte
 
 
+@dataclass(frozen=True)
+class Pending:
+    """What a refresh needs, read under the lock: the file's state and its new bytes (all of them, or the tail
+    after `previous`'s resume point). Parsing it needs no lock."""
+
+    state: CsvState
+    data: bytes
+    previous: Snapshot | None = None
+
+
 class SnapshotCache:
-    """The latest snapshot per CSV path, shared by every FeedbackLog of this process (callers hold the log's lock)."""
+    """The latest snapshot per CSV path, shared by every FeedbackLog of this process."""
 
     def __init__(self):
         self._by_path: dict[str, Snapshot] = {}
         self._guard = threading.Lock()
 
     def current(self, path: Path) -> Snapshot:
-        """The file as it is now, parsing as little as possible."""
+        """The file as it is now, parsing as little as possible (the caller holds the log's lock)."""
+        return self.finish(path, self.read(path))
+
+    def read(self, path: Path) -> Snapshot | Pending:
+        """Under the log's lock: the cached snapshot if the file has not changed, else the bytes to parse."""
         state = CsvState.of(path)
-        with self._guard:
-            previous = self._by_path.get(str(path))
         if state is None:
             return Snapshot(None, b"")
+        with self._guard:
+            previous = self._by_path.get(str(path))
         if previous is not None and previous.state == state:
             return previous
-        snapshot = self._refresh(path, previous, state)
-        self.put(path, snapshot)
-        return snapshot
-
-    def put(self, path: Path, snapshot: Snapshot) -> None:
-        with self._guard:
-            self._by_path[str(path)] = snapshot
-
-    @staticmethod
-    def _refresh(path: Path, previous: Snapshot | None, state: CsvState) -> Snapshot:
         with open(path, "rb") as handle:
             if previous is not None and previous.state is not None and previous.columns is not None:
                 old = previous.state
@@ -153,9 +164,21 @@ class SnapshotCache:
                     if handle.read(old.size - check_from) == previous.data[check_from : old.size]:
                         start = previous.resume_point()[0]
                         handle.seek(start)
-                        return extended(previous, handle.read(state.size - start), state)
+                        return Pending(state, handle.read(state.size - start), previous)
                 handle.seek(0)
-            return parse_bytes(handle.read(state.size), state)
+            return Pending(state, handle.read(state.size))
+
+    def finish(self, path: Path, read: Snapshot | Pending) -> Snapshot:
+        """Parse what read() returned (no lock needed) and keep the result."""
+        if isinstance(read, Snapshot):
+            return read
+        snapshot = parse_bytes(read.data, read.state) if read.previous is None else extended(read.previous, read.data, read.state)
+        self.put(path, snapshot)
+        return snapshot
+
+    def put(self, path: Path, snapshot: Snapshot) -> None:
+        with self._guard:
+            self._by_path[str(path)] = snapshot
 
 
 def rows_after(path: Path, from_byte: int, columns: list[str] | None) -> list[tuple[FeedbackRow, int]]:
