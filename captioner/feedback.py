@@ -142,7 +142,7 @@ class FeedbackLog:
                 self._replace([], lambda old: old)  # an older log gains the new columns before rows that have them
                 state = CsvState.of(self.csv_path)
             keys = self._synced_keys(state)
-            offsets_of = keys.lookup(many=len(rows) > 16)
+            offsets_of = (lambda key: []) if created else keys.lookup(many=len(rows) > 16)  # noqa: E731 - a new log holds nothing
             fresh, keyed, pending = [], [], {}
             for row in rows:
                 key = event_key(row.event_text())

@@ -417,3 +417,11 @@ def test_a_rewrite_keeps_the_mode_the_log_had(tmp_path):
     log.csv_path.chmod(0o600)
     log.rewrite(lambda rows: rows)
     assert log.csv_path.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_log_deleted_by_hand_starts_again_in_the_same_process(tmp_path):
+    log = FeedbackLog(tmp_path)
+    record(log, "one")
+    log.csv_path.unlink()
+    row, created = record(log, "one")
+    assert created and log.read() == ([row], [])
