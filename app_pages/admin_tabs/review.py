@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app_pages.admin_tabs._ui import plain, thumbnail
+from app_pages.admin_tabs._ui import plain, thumbnails
 from captioner.feedback import STATUSES, TASKS, FeedbackError, FeedbackLog, FeedbackRow
 from captioner.feedback_snapshot import Snapshot
 from captioner.review import (
@@ -57,12 +57,13 @@ def _filter_controls(snapshot: Snapshot) -> tuple[Filters, str, int]:
 
 def _table(log: FeedbackLog, rows: list[FeedbackRow], selection: Selection) -> pd.DataFrame:
     """The page's rows as the table shows them: this selection's ticks and typed corrections laid over the log."""
+    images = thumbnails([_image(log, row) for row in rows])
     return pd.DataFrame([{
-        "select": row.id in selection.ids, "image": thumbnail(_image(log, row)), "task": row.task, "prompt": row.prompt,
+        "select": row.id in selection.ids, "image": image, "task": row.task, "prompt": row.prompt,
         "model_output": row.model_output, "correction": selection.edits.get(row.id, row.correction),
         "status": row.status, "score": float(row.score) if row.score else None, "model_version": row.model_version,
         "created_at": row.created_at, "reviewer": row.reviewer, "id": row.id,
-    } for row in rows], columns=COLUMNS)  # fmt: skip
+    } for row, image in zip(rows, images)], columns=COLUMNS)  # fmt: skip
 
 
 def _image(log: FeedbackLog, row: FeedbackRow):
