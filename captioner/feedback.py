@@ -142,7 +142,7 @@ class FeedbackLog:
                 self._replace([], lambda old: old)  # an older log gains the new columns before rows that have them
                 state = CsvState.of(self.csv_path)
             keys = self._synced_keys(state)
-            offsets_of = (lambda key: []) if created else keys.lookup(many=len(rows) > 16)  # noqa: E731 - a new log holds nothing
+            offsets_of = (lambda key: []) if created else keys.lookup()  # noqa: E731 - a new log holds nothing
             fresh, keyed, pending = [], [], {}
             for row in rows:
                 key = event_key(row.event_text())
@@ -234,8 +234,7 @@ class FeedbackLog:
 
     def _logged_as(self, row: FeedbackRow) -> FeedbackRow:
         """The logged row with the same event as row (under the lock, after append refused it)."""
-        keys = self._keys()
-        for at in keys.offsets(event_key(row.event_text())):
+        for at in self._keys().lookup()(event_key(row.event_text())):
             if (old := self._row_at(at)) is not None and row.same_event(old):
                 return old
         return next(old for old in _SNAPSHOTS.current(self.csv_path).rows if row.same_event(old))

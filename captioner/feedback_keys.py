@@ -1,14 +1,15 @@
 """The event-key index beside the log (data/feedback.csv.keys): refusing a repeated event without re-reading the CSV.
 
 One 16-byte entry per row: an 8-byte hash of the fields `same_event` compares and the row's byte offset in the CSV.
+Entries are kept sorted by key, plus a short unsorted tail of the latest appends (merged into the sorted part when
+it grows past TAIL_MAX), so a lookup is a binary search on disk and a scan of the tail: its cost does not grow
+with the log, in a long-running app or a fresh `feedback add` process alike.
 A hit is only a hint: the row at that offset is read back and compared, so a hash collision or a stale index can
 at worst let a duplicate through, never refuse a new event. The header records which CSV it describes (device,
 inode, size, mtime, a digest of the bytes before that size); every use is under the log's lock. When the CSV grew
 by appends the index did not see, only that tail is parsed; when it was replaced or edited, the index is rebuilt.
 The CSV stays the truth: deleting this file costs one full read on the next append.
 """
-
-from __future__ import annotations
 
 import hashlib
 import os
@@ -21,10 +22,11 @@ from pathlib import Path
 
 from .files import write_atomic
 
-MAGIC = b"FBKEYS01"
-HEADER = struct.Struct("<8sQQQQQ16sQ")  # magic, generation, dev, ino, size, mtime_ns, tail digest, count
+MAGIC = b"FBKEYS02"
+HEADER = struct.Struct("<8sQQQQQ16sQQ")  # magic, generation, dev, ino, size, mtime_ns, tail digest, sorted, unsorted
 ENTRY = struct.Struct("<QQ")  # key, offset of the row in the CSV
 TAIL = 4096  # bytes before the covered size whose digest tells an append from an edit
+TAIL_MAX = 4096  # unsorted entries after which the tail is merged into the sorted part
 
 
 def event_key(event_text: str) -> int:
@@ -61,32 +63,28 @@ def tail_digest(handle, size: int) -> bytes:
 
 
 class EventKeys:
-    """The index for one CSV, held in memory between uses by the same process (callers hold the log's lock)."""
+    """The index for one CSV (callers hold the log's lock); nothing but the header is read until a lookup."""
 
     def __init__(self, path: Path, csv_path: Path):
         self.path, self.csv_path = Path(path), Path(csv_path)
         self.generation = 0
-        self.count = 0
+        self.sorted = 0  # entries in the sorted part
+        self.unsorted = 0  # entries in the tail after it
         self.covered: CsvState | None = None
-        self.entries = bytearray()
 
     def sync(self, csv: CsvState) -> str:
-        """Load what is new in the file; "current", "behind" (the CSV grew past `covered.size`) or "stale"."""
+        """Read the header: "current", "behind" (the CSV grew past `covered.size` by appends) or "stale"."""
         try:
             with open(self.path, "rb") as handle:
                 header = handle.read(HEADER.size)
                 if len(header) < HEADER.size:
                     return "stale"
-                magic, generation, dev, ino, size, mtime_ns, tail, count = HEADER.unpack(header)
-                if magic != MAGIC or os.fstat(handle.fileno()).st_size < HEADER.size + count * ENTRY.size:
+                magic, generation, dev, ino, size, mtime_ns, tail, ordered, unordered = HEADER.unpack(header)
+                if magic != MAGIC or os.fstat(handle.fileno()).st_size < HEADER.size + (ordered + unordered) * ENTRY.size:
                     return "stale"
-                if generation != self.generation or count < self.count:
-                    self.entries, self.count = bytearray(), 0
-                want = (count - self.count) * ENTRY.size
-                self.entries += os.pread(handle.fileno(), want, HEADER.size + self.count * ENTRY.size)
         except FileNotFoundError:
             return "stale"
-        self.generation, self.count = generation, count
+        self.generation, self.sorted, self.unsorted = generation, ordered, unordered
         self.covered = CsvState(dev, ino, size, mtime_ns, tail)
         if (dev, ino) != (csv.dev, csv.ino) or csv.size < size:
             return "stale"
@@ -95,56 +93,82 @@ class EventKeys:
         with open(self.csv_path, "rb") as handle:  # grew: only by appends if the bytes before `size` are the same
             return "behind" if tail_digest(handle, size) == tail else "stale"
 
-    def lookup(self, many: bool = False):
-        """A function key -> CSV offsets of the rows with that event key. many: a dict, for a bulk append
-        (one pass to build); else a scan of the entries per key (no setup: one key costs about 1 ms at 100,000 rows)."""
-        if not many:
-            return self.offsets
-        table: dict[int, list[int]] = {}
-        for key, offset in ENTRY.iter_unpack(self.entries):
-            table.setdefault(key, []).append(offset)
-        return lambda key: table.get(key, [])
+    def lookup(self):
+        """A function key -> CSV offsets of the rows with that event key (for one append: the tail is read once)."""
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            tail = os.pread(fd, self.unsorted * ENTRY.size, HEADER.size + self.sorted * ENTRY.size)
+        finally:
+            os.close(fd)
+        in_tail: dict[int, list[int]] = {}
+        for key, offset in ENTRY.iter_unpack(tail):
+            in_tail.setdefault(key, []).append(offset)
+
+        def offsets(key: int) -> list[int]:
+            return self._search(key) + in_tail.get(key, [])
+
+        return offsets
+
+    def _search(self, key: int) -> list[int]:
+        """Offsets of key in the sorted part: a binary search with one small read per step."""
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            def entry(i: int) -> tuple[int, int]:
+                return ENTRY.unpack(os.pread(fd, ENTRY.size, HEADER.size + i * ENTRY.size))
+
+            low, high = 0, self.sorted
+            while low < high:
+                middle = (low + high) // 2
+                if entry(middle)[0] < key:
+                    low = middle + 1
+                else:
+                    high = middle
+            found = []
+            while low < self.sorted and (hit := entry(low))[0] == key:
+                found.append(hit[1])
+                low += 1
+            return found
+        finally:
+            os.close(fd)
 
     def key_by_offset(self) -> dict[int, int]:
         """CSV offset -> event key, for every entry (a rewrite reuses the keys of rows it copies unchanged)."""
-        flat = array("Q", bytes(self.entries))
-        if sys.byteorder != "little":
-            flat.byteswap()
+        flat = self._all()
         return dict(zip(flat[1::2], flat[0::2]))
-
-    def offsets(self, key: int) -> list[int]:
-        """CSV offsets of the rows whose event has this key."""
-        needle, found = key.to_bytes(8, "little"), []
-        at = self.entries.find(needle)
-        while at != -1:
-            if at % ENTRY.size == 0:
-                found.append(ENTRY.unpack_from(self.entries, at)[1])
-            at = self.entries.find(needle, at + 1)
-        return found
 
     def extend(self, pairs: list[tuple[int, int]], csv: CsvState) -> None:
         """Add (key, offset) entries for rows just appended, and say which CSV state they bring the index to."""
+        if self.unsorted + len(pairs) > TAIL_MAX:
+            flat = self._all()
+            self.rebuild(list(zip(flat[0::2], flat[1::2])) + list(pairs), csv)
+            return
         payload = b"".join(ENTRY.pack(key, offset) for key, offset in pairs)
         fd = os.open(self.path, os.O_RDWR)
         try:
-            os.pwrite(fd, payload, HEADER.size + self.count * ENTRY.size)
-            self.entries += payload
-            self.count += len(pairs)
+            os.pwrite(fd, payload, HEADER.size + (self.sorted + self.unsorted) * ENTRY.size)
+            self.unsorted += len(pairs)
             os.pwrite(fd, self._header(csv), 0)  # last: a crash before it leaves the index behind, never ahead
         finally:
             os.close(fd)
         self.covered = csv
 
     def rebuild(self, pairs: list[tuple[int, int]], csv: CsvState) -> None:
-        """Replace the index with entries for every row of the CSV in this state."""
-        self.generation = int.from_bytes(os.urandom(8), "little") or 1
-        flat = array("Q", chain.from_iterable(pairs))
+        """Replace the index with entries for every row of the CSV in this state, sorted by key."""
+        flat = array("Q", chain.from_iterable(sorted(pairs)))
         if sys.byteorder != "little":
             flat.byteswap()
-        self.entries = bytearray(flat.tobytes())
-        self.count = len(pairs)
-        self.covered = csv
-        write_atomic(self.path, self._header(csv) + bytes(self.entries))
+        self.generation = int.from_bytes(os.urandom(8), "little") or 1
+        self.sorted, self.unsorted, self.covered = len(pairs), 0, csv
+        write_atomic(self.path, self._header(csv) + flat.tobytes())
+
+    def _all(self) -> array:
+        """Every entry as a flat array: key, offset, key, offset, ..."""
+        with open(self.path, "rb") as handle:
+            handle.seek(HEADER.size)
+            flat = array("Q", handle.read((self.sorted + self.unsorted) * ENTRY.size))
+        if sys.byteorder != "little":
+            flat.byteswap()
+        return flat
 
     def _header(self, csv: CsvState) -> bytes:
-        return HEADER.pack(MAGIC, self.generation, csv.dev, csv.ino, csv.size, csv.mtime_ns, csv.tail, self.count)
+        return HEADER.pack(MAGIC, self.generation, csv.dev, csv.ino, csv.size, csv.mtime_ns, csv.tail, self.sorted, self.unsorted)

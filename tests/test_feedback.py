@@ -425,3 +425,17 @@ def test_a_log_deleted_by_hand_starts_again_in_the_same_process(tmp_path):
     log.csv_path.unlink()
     row, created = record(log, "one")
     assert created and log.read() == ([row], [])
+
+
+def test_the_key_index_stays_exact_across_merges_of_its_tail(tmp_path, monkeypatch):
+    import captioner.feedback_keys as feedback_keys
+
+    monkeypatch.setattr(feedback_keys, "TAIL_MAX", 3)  # merge the unsorted tail into the sorted part every few appends
+    log = FeedbackLog(tmp_path)
+    logged = [record(log, f"event {i}", data=b"img %d" % (i % 4))[0] for i in range(20)]
+    assert all(record(log, f"event {i}", data=b"img %d" % (i % 4)) == (logged[i], False) for i in range(20))
+    assert log.append([row._replace(id=f"again-{i}") for i, row in enumerate(logged)]) == []
+    with open(log.csv_path, "ab") as handle:  # the same event twice in the file (an older log, a hand edit)
+        handle.write(format_rows([logged[3]._replace(id="hand-copy")]).encode())
+    log.keys_path.unlink()
+    assert record(log, "event 3", data=b"img 3")[1] is False and len(log.read()[0]) == 21
