@@ -2,8 +2,8 @@
 
 One 16-byte entry per row: an 8-byte hash of the fields `same_event` compares and the row's byte offset in the CSV.
 Entries are kept sorted by key, plus a short unsorted tail of the latest appends (merged into the sorted part when
-it grows past TAIL_MAX), so a lookup is a binary search on disk and a scan of the tail: its cost does not grow
-with the log, in a long-running app or a fresh `feedback add` process alike.
+it grows past TAIL_MAX), so a lookup is a binary search plus a look into the tail: reading the entries is a
+memory copy, and nothing is parsed or hashed per logged row, in a long-running app or a fresh `feedback add` alike.
 A hit is only a hint: the row at that offset is read back and compared, so a hash collision or a stale index can
 at worst let a duplicate through, never refuse a new event. The header records which CSV it describes (device,
 inode, size, mtime, a digest of the bytes before that size); every use is under the log's lock. When the CSV grew
@@ -16,8 +16,9 @@ import os
 import struct
 import sys
 from array import array
-from itertools import chain
+from bisect import bisect_left
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 
 from .files import write_atomic
@@ -94,42 +95,24 @@ class EventKeys:
             return "behind" if tail_digest(handle, size) == tail else "stale"
 
     def lookup(self):
-        """A function key -> CSV offsets of the rows with that event key (for one append: the tail is read once)."""
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            tail = os.pread(fd, self.unsorted * ENTRY.size, HEADER.size + self.sorted * ENTRY.size)
-        finally:
-            os.close(fd)
+        """A function key -> CSV offsets of the rows with that event key, for the keys of one append.
+
+        The entries are read once (1.6 MB at 100,000 rows: well under a millisecond); each key is then a binary
+        search of the sorted part and a look into the tail."""
+        flat = self._all()
+        keys = memoryview(flat)[0 : 2 * self.sorted : 2]
         in_tail: dict[int, list[int]] = {}
-        for key, offset in ENTRY.iter_unpack(tail):
-            in_tail.setdefault(key, []).append(offset)
+        for i in range(2 * self.sorted, len(flat), 2):
+            in_tail.setdefault(flat[i], []).append(flat[i + 1])
 
         def offsets(key: int) -> list[int]:
-            return self._search(key) + in_tail.get(key, [])
+            found, at = [], bisect_left(keys, key)
+            while at < self.sorted and keys[at] == key:
+                found.append(flat[2 * at + 1])
+                at += 1
+            return found + in_tail.get(key, [])
 
         return offsets
-
-    def _search(self, key: int) -> list[int]:
-        """Offsets of key in the sorted part: a binary search with one small read per step."""
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            def entry(i: int) -> tuple[int, int]:
-                return ENTRY.unpack(os.pread(fd, ENTRY.size, HEADER.size + i * ENTRY.size))
-
-            low, high = 0, self.sorted
-            while low < high:
-                middle = (low + high) // 2
-                if entry(middle)[0] < key:
-                    low = middle + 1
-                else:
-                    high = middle
-            found = []
-            while low < self.sorted and (hit := entry(low))[0] == key:
-                found.append(hit[1])
-                low += 1
-            return found
-        finally:
-            os.close(fd)
 
     def key_by_offset(self) -> dict[int, int]:
         """CSV offset -> event key, for every entry (a rewrite reuses the keys of rows it copies unchanged)."""
