@@ -28,7 +28,7 @@ from .feedback_csv import (
 )  # fmt: skip
 from .feedback_keys import CsvState, EventKeys, event_key
 from .feedback_rewrite import Rewrite, plan
-from .feedback_snapshot import Snapshot, SnapshotCache, rows_after
+from .feedback_snapshot import Snapshot, SnapshotCache, gc_paused, rows_after
 from .files import append_durably, fsync_dir, now_utc, remove_stale_temps, write_atomic
 
 __all__ = [  # the log's public face; the schema and codec live in feedback_csv, file helpers in files
@@ -175,8 +175,10 @@ class FeedbackLog:
         """Move every broken record into data/feedback-broken.csv (appended, kept) and drop it from the log.
 
         Returns (how many records moved, the kept file). The kept file is written and fsynced first, so a crash
-        in between leaves a record in both places, never in neither.
+        in between leaves a record in both places, never in neither. Temp files of image writes killed mid-way
+        go too.
         """
+        self.remove_stale_image_temps()
         with self.locked():
             snapshot = _SNAPSHOTS.current(self.csv_path) if self.csv_path.exists() else Snapshot(None, b"")
             problems = [(i, e) for i, e in enumerate(snapshot.entries) if isinstance(e, RowProblem)]
@@ -191,22 +193,26 @@ class FeedbackLog:
             self._replace([i for i, _ in problems], lambda rows: rows)
             return len(problems), self.broken_path
 
+    def remove_stale_image_temps(self) -> int:
+        """Delete the temp files of image writes killed mid-way (an hour old: images are written outside the lock)."""
+        return remove_stale_temps(self.images_dir, ".*.tmp", STALE_IMAGE_TEMP_S)
+
     def _replace(self, drop: list[int], transform: Callable[[list[FeedbackRow]], list[FeedbackRow]]) -> list[FeedbackRow]:
         """Under the lock: write transform(rows) through a temp file and os.replace; entries at `drop` go."""
         remove_stale_temps(self.data_dir, f".{self.csv_path.name}.*.tmp")
-        remove_stale_temps(self.images_dir, ".*.tmp", STALE_IMAGE_TEMP_S)
         state = CsvState.of(self.csv_path)
         old = _SNAPSHOTS.current(self.csv_path) if state is not None else Snapshot(None, b"")
         new_rows = transform(list(old.rows))
-        edit = plan(old, new_rows, drop)
         keys = self._synced_keys(state)
-        built = Rewrite(old, edit, keys.key_by_offset() if state is not None else {})
-        payload = built.payload()
+        with gc_paused():
+            built = Rewrite(old, plan(old, new_rows, drop), keys.key_by_offset() if state is not None else {})
+            payload = built.payload()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(self.csv_path, payload)
         state = CsvState.of(self.csv_path)
         _SNAPSHOTS.put(self.csv_path, built.snapshot(payload, state))
-        keys.rebuild(built.pairs, state)
+        with gc_paused():
+            keys.rebuild(built.pairs, state)
         return new_rows
 
     # --- the event-key index -----------------------------------------------------------------------

@@ -7,14 +7,37 @@ is parsed again with what follows it); any other change (an atomic rewrite, a ha
 
 from __future__ import annotations
 
+import gc
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from .feedback_csv import Entry, FeedbackRow, Parsed, RowProblem, parse_text
 from .feedback_keys import TAIL, CsvState
 
 BOM = b"\xef\xbb\xbf"
+_GC = {"pauses": 0, "was_enabled": False}
+_GC_GUARD = threading.Lock()
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a log is parsed or rebuilt: those make 100,000s of tuples that hold no
+    cycles, and the collections they would trigger (each walking every object alive) cost more than the work."""
+    with _GC_GUARD:
+        if _GC["pauses"] == 0:
+            _GC["was_enabled"] = gc.isenabled()
+            gc.disable()
+        _GC["pauses"] += 1
+    try:
+        yield
+    finally:
+        with _GC_GUARD:
+            _GC["pauses"] -= 1
+            if _GC["pauses"] == 0 and _GC["was_enabled"]:
+                gc.enable()
 
 
 @dataclass
@@ -172,7 +195,8 @@ class SnapshotCache:
         """Parse what read() returned (no lock needed) and keep the result."""
         if isinstance(read, Snapshot):
             return read
-        snapshot = parse_bytes(read.data, read.state) if read.previous is None else extended(read.previous, read.data, read.state)
+        with gc_paused():
+            snapshot = parse_bytes(read.data, read.state) if read.previous is None else extended(read.previous, read.data, read.state)
         self.put(path, snapshot)
         return snapshot
 

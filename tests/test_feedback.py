@@ -348,6 +348,12 @@ def test_stale_temp_files_of_killed_rewrites_are_removed_by_the_next_write(tmp_p
         path.write_bytes(b"x" * 1000)
     record(log, "two")
     assert not any(path.exists() for path in stale)
+    image_temps = [log.images_dir / ".abc.png.x1.tmp", log.images_dir / ".def.png.x2.tmp"]
+    for path in image_temps:
+        path.write_bytes(b"half an image")
+    os.utime(image_temps[0], (time.time() - 7200,) * 2)  # a killed write; the other may be a write in progress
+    log.repair()
+    assert [path.exists() for path in image_temps] == [False, True]
 
 
 def test_a_lock_held_too_long_is_one_clear_error_in_the_library_and_the_cli(tmp_path, monkeypatch, capsys, demo_png):
