@@ -186,6 +186,11 @@ def admin(size: int, old, work: Path) -> list[tuple[str, float, float | None]]:
     return [(name, seconds, olds.get(name)) for name, seconds in new.items()]
 
 
+def machine_check() -> float:
+    """Seconds for a fixed pure-Python loop: how busy this machine is while the figures are taken."""
+    return timed(lambda: sum(range(10**7)))
+
+
 def main() -> None:
     args = parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -195,6 +200,7 @@ def main() -> None:
     image.write_bytes(PNG)
     FeedbackLog(work / "warm-up").record(PNG, "png", task="caption", model_output="a", correction="b")  # imports, caches
     try:
+        print(f"machine check: sum(range(10**7)) took {machine_check():.3f} s")
         print(f"feedback log append cost (seconds; median of {args.repeat} records, {args.cli_repeat} CLI calls); "
               f"old = {OLD_COMMIT}" + ("" if old else " (unavailable: no git history)"))  # fmt: skip
         print(f"{'rows':>8}  {'record()':>9} {'old':>9}  {'bulk 1,000':>10} {'old':>9}  {'feedback add':>12} {'old':>9}")
@@ -215,6 +221,7 @@ def main() -> None:
         for name, new, old_seconds in admin(sizes[-1], old, work):
             ratio = f"{old_seconds / new:>7.1f}" if old_seconds else f"{'':>7}"
             print(f"{name:<40} {new:>12.4f} {old_seconds if old_seconds is not None else float('nan'):>9.3f} {ratio}")
+        print(f"machine check: sum(range(10**7)) took {machine_check():.3f} s")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
