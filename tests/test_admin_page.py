@@ -192,8 +192,7 @@ def test_start_a_retrain_from_the_page_and_follow_it_to_the_end(home, monkeypatc
         time.sleep(0.5)
     app.run()
     outcome = run.outcome
-    shown = [m.value for m in app.success] + [m.value for m in app.error]
-    assert f"Last retrain: {outcome['message']}" in shown
+    assert f"Last retrain: {outcome['message']}" in shown(app.success) + shown(app.error)
     assert any("finetune:" in c.value for c in app.code)
 
 
