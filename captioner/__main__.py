@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     export = feedback.add_parser("export", help="write the approved rows as a dataset")
     export.add_argument("--format", choices=["hf", "jsonl"], required=True, help="hf: an imagefolder dataset")
     export.add_argument("--out", type=Path, required=True, help="a new (or empty) folder")
+    feedback.add_parser("repair", help="move broken records of feedback.csv aside into feedback-broken.csv (kept)")
     listing = feedback.add_parser("list", help="print the logged rows")
     listing.add_argument("--status", choices=["pending", "approved", "rejected"])
     listing.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
@@ -288,30 +289,43 @@ def cmd_feedback(args, settings: Settings) -> int:
     from .feedback import FIELDS, FeedbackError, FeedbackLog
 
     log = FeedbackLog(settings.data_dir)
+    try:
+        return feedback_action(args, log, FIELDS)
+    except FeedbackError as exc:  # a bad correction, or the log locked by another writer for too long
+        raise UserError(str(exc)) from None
+
+
+def feedback_action(args, log, fields) -> int:
     if args.action == "add":
         from .images import ImageError, decode, read_file
 
         try:
             decoded = decode(read_file(args.image))
-            row, created = log.record(
-                decoded.source.data, decoded.extension, task=args.task, model_output=args.model_output,
-                correction=args.correction, prompt=args.prompt, model=args.model,
-                model_version=args.model_version, status=args.status, notes=args.notes,
-            )  # fmt: skip
-        except (ImageError, FeedbackError) as exc:
+        except ImageError as exc:
             raise UserError(str(exc)) from None
+        row, created = log.record(
+            decoded.source.data, decoded.extension, task=args.task, model_output=args.model_output,
+            correction=args.correction, prompt=args.prompt, model=args.model,
+            model_version=args.model_version, status=args.status, notes=args.notes,
+        )  # fmt: skip
         if not created:
             say(f"already logged as {row.id}; nothing added")
-        print(json.dumps({name: getattr(row, name) for name in FIELDS}, ensure_ascii=False))
+        print(json.dumps({name: getattr(row, name) for name in fields}, ensure_ascii=False))
         return 0
     if args.action == "export":
         from .export import ExportError, export
 
         try:
-            count = export(log, args.out, args.format)
+            report = export(log, args.out, args.format)
         except ExportError as exc:
             raise UserError(str(exc)) from None
-        say(f"exported {count} approved rows to {args.out}")
+        for reason in report.skipped:
+            say(f"left out: {reason}")
+        say(f"exported {report.count} approved rows to {args.out} ({', '.join(f'{k}: {n}' for k, n in report.by_config.items())})")
+        return 1 if report.skipped else 0
+    if args.action == "repair":
+        moved, kept = log.repair(note="feedback repair")
+        say(f"moved {moved} broken record(s) into {kept}" if moved else f"{log.csv_path}: no broken records")
         return 0
     rows, problems = log.read()
     for problem in problems:
@@ -319,11 +333,11 @@ def cmd_feedback(args, settings: Settings) -> int:
     rows = [row for row in rows if args.status in (None, row.status)]
     if args.format == "jsonl":
         for row in rows:
-            print(json.dumps({name: getattr(row, name) for name in FIELDS}, ensure_ascii=False))
+            print(json.dumps({name: getattr(row, name) for name in fields}, ensure_ascii=False))
     else:
         writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(FIELDS)
-        writer.writerows([[getattr(row, name) for name in FIELDS] for row in rows])
+        writer.writerow(fields)
+        writer.writerows(rows)
     return 1 if problems else 0
 
 
