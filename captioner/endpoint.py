@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import base64
 import io
-from dataclasses import dataclass
-from typing import Any, Iterator
+import threading
+from typing import Iterator
 from urllib.parse import urlparse
 
 from PIL import Image
@@ -20,18 +20,38 @@ class EndpointError(RuntimeError):
     """A server that cannot be used: down, refusing the key, too slow, or without the model; says which."""
 
 
-@dataclass(frozen=True)
 class Endpoint:
-    """A checked connection to one model on one server."""
+    """A checked connection to one model on one server, shared by every session (the client is thread-safe).
 
-    model: str
-    base_url: str
-    timeout: float
-    client: Any  # openai.OpenAI: thread-safe, shared by every session
+    After any failed request the pooled connections are dropped: some servers (transformers serve among
+    them) reset a kept-alive connection after an error, which would turn the next request into a bogus
+    "connection reset".
+    """
+
+    def __init__(self, model: str, base_url: str, api_key: str | None, timeout: float):
+        self.model, self.base_url, self.api_key, self.timeout = model, base_url.rstrip("/"), api_key, timeout
+        self._client = None
+        self._lock = threading.Lock()
 
     @property
     def host(self) -> str:
         return host(self.base_url)
+
+    def client(self):
+        """The openai client, made on first use and after a failure."""
+        import openai
+
+        with self._lock:
+            if self._client is None:
+                self._client = openai.OpenAI(base_url=self.base_url, api_key=self.api_key or "none",
+                                             timeout=self.timeout, max_retries=0)  # fmt: skip
+            return self._client
+
+    def failed(self, exc: Exception) -> EndpointError:
+        """The error to raise for a failed request; fresh connections for the next one."""
+        with self._lock:
+            self._client = None  # requests in flight keep the old client alive until they finish
+        return EndpointError(describe(exc, self))
 
 
 def host(base_url: str | None) -> str:
@@ -41,28 +61,27 @@ def host(base_url: str | None) -> str:
 
 
 def connect(model: str, base_url: str | None, api_key: str | None, timeout: float) -> Endpoint:
-    """A client for model at base_url (default: OpenAI's API), checked now: the server answers, accepts the
+    """A connection to model at base_url (default: OpenAI's API), checked now: the server answers, accepts the
     key and has the model. A server that lists its models is asked for the list; else one 1-token reply."""
     import openai
 
     if not model.strip():
         raise EndpointError("the model name after 'openai:' is empty")
-    base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
-    client = openai.OpenAI(base_url=base_url, api_key=api_key or "none", timeout=timeout, max_retries=0)
-    found = Endpoint(model, base_url, timeout, client)
+    found = Endpoint(model, base_url or DEFAULT_BASE_URL, api_key, timeout)
     try:
-        if model in {entry.id for entry in client.models.list()}:
+        if model in {entry.id for entry in found.client().models.list()}:
             return found
     except openai.APIStatusError as exc:
+        error = found.failed(exc)
         if exc.status_code in (401, 403):
-            raise EndpointError(describe(exc, found)) from None
+            raise error from None
         # no model list here (transformers serve lists only its hub cache): the probe below decides
     except openai.OpenAIError as exc:
-        raise EndpointError(describe(exc, found)) from None
+        raise found.failed(exc) from None
     try:
-        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hi"}], max_completion_tokens=1)
+        found.client().chat.completions.create(model=model, messages=[{"role": "user", "content": "Hi"}], max_completion_tokens=1)
     except openai.OpenAIError as exc:
-        raise EndpointError(describe(exc, found)) from None
+        raise found.failed(exc) from None
     return found
 
 
@@ -74,7 +93,8 @@ def describe(exc: Exception, endpoint: Endpoint) -> str:
     if isinstance(exc, openai.APITimeoutError):
         return f"{where} did not answer within {endpoint.timeout:g} s (CAPTIONER_OPENAI_TIMEOUT)"
     if isinstance(exc, openai.APIConnectionError):
-        return f"{where} cannot be reached: is it running, and is OPENAI_BASE_URL right?"
+        cause = f" ({exc.__cause__})" if exc.__cause__ and str(exc.__cause__) else ""
+        return f"{where} cannot be reached{cause}: is it running, and is OPENAI_BASE_URL right?"
     if isinstance(exc, openai.APIStatusError):
         detail = _server_message(exc)
         if exc.status_code in (401, 403):
@@ -82,7 +102,7 @@ def describe(exc: Exception, endpoint: Endpoint) -> str:
         if exc.status_code == 404:
             return f"{where} has no model {endpoint.model!r} (HTTP 404: {detail})"
         return f"{where} could not answer with model {endpoint.model!r} (HTTP {exc.status_code}: {detail})"
-    return f"{where} failed: {exc}"
+    return f"{where} broke off: {type(exc).__name__}: {exc}"
 
 
 def _server_message(exc) -> str:
@@ -126,20 +146,18 @@ class Reply:
         self.closed = False
 
     def __iter__(self) -> Iterator[str]:
-        import openai
-
         try:
             if self.closed:
                 return
-            self.response = self.endpoint.client.chat.completions.create(
+            self.response = self.endpoint.client().chat.completions.create(
                 model=self.endpoint.model, messages=self.messages, stream=True, **self.options
             )
             for event in self.response:
                 for choice in event.choices:
                     if choice.delta and choice.delta.content:
                         yield choice.delta.content
-        except openai.OpenAIError as exc:
-            raise EndpointError(describe(exc, self.endpoint)) from None
+        except Exception as exc:  # openai's errors, and the HTTP library's own when a stream breaks mid-way
+            raise self.endpoint.failed(exc) from None
         finally:
             self.close()
 
