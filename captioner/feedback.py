@@ -22,7 +22,7 @@ FIELDS = [
     "model_output", "correction", "status", "reviewed_at", "reviewer", "notes", "settings", "score",
 ]  # fmt: skip
 OPTIONAL_FIELDS = ("score",)  # added later: a log written before them still reads, and is upgraded on the next write
-TASKS = ("caption", "qa")
+TASKS = ("caption", "qa", "style")  # style: a corrected styled caption, its style as the prompt
 STATUSES = ("pending", "approved", "rejected")
 MAX_TEXT_CHARS = 20_000
 LOCK_TIMEOUT_S = 30

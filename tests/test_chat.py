@@ -198,3 +198,19 @@ def test_demo_qa_model_answers_fresh_images_exactly(settings):
 def test_batched_answers_need_a_vqa_model(settings, tiny_blip2_dir):
     with pytest.raises(ChatError, match="BLIP VQA"):
         answer_batch(load_chat_model(str(tiny_blip2_dir), settings, fallback=False), [PICTURE], ["what?"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_cuda_the_stream_is_plain_generates_answer_and_leaving_frees_the_model(home, tiny_blip2_dir, tiny_llava_dir):
+    settings = Settings(home=home, device="cuda")
+    for folder in (tiny_blip2_dir, tiny_llava_dir):
+        loaded = load_chat_model(str(folder), settings, fallback=False)
+        assert loaded.device.type == "cuda"
+        assert answer(loaded, PICTURE, HISTORY, "what color is it?", max_new_tokens=24).read() == plain_answer(
+            loaded, HISTORY, "what color is it?", 24
+        )
+        stream = answer(loaded, PICTURE, [], "tell me everything", max_new_tokens=500)
+        next(iter(stream))
+        stream.close()
+        assert_model_free(loaded)

@@ -7,7 +7,11 @@ from PIL import Image
 import images_zoo as zoo
 from captioner import endpoint
 from captioner.chat import ChatError, Turn, answer
-from captioner.models import ModelError, load_chat_model
+from captioner.demo import demo_model_dir
+from captioner.demo.style_quality import keeps_words
+from captioner.models import ModelError, load_chat_model, load_style_model
+from captioner.restyle import restyle, restyle_batch
+from captioner.styles import style_for
 from captioner.settings import Settings
 from chat_servers import closed_port_url, key_refusing_server, silent_server, transformers_serve
 from conftest import run_cli, start_app
@@ -75,6 +79,17 @@ def test_the_chat_page_streams_an_answer_through_the_server(on_server, monkeypat
     assert conversation(app)[0] == ("user", "what color is the shape?")
     assert conversation(app)[1][0] == "assistant" and conversation(app)[1][1].strip()
     assert any(spec in c.value and "127.0.0.1" in c.value for c in app.caption)
+
+
+def test_a_caption_is_restyled_through_the_server(on_server):
+    settings, _ = on_server
+    rewriter = load_style_model(f"openai:{demo_model_dir('style')}", settings, fallback=False)  # served, not in-process
+    stream = restyle(rewriter, "a purple heart", style_for("social"))
+    chunks = list(stream)
+    assert len(chunks) > 3 and keeps_words(stream.text, "purple", "heart"), stream.text
+    for text, (color, shape) in zip(restyle_batch(rewriter, ["a red circle", "a blue star"], style_for("poetic")),
+                                    [("red", "circle"), ("blue", "star")]):  # fmt: skip
+        assert keeps_words(text, color, shape), text
 
 
 def settings_for(monkeypatch, base_url, **extra):
