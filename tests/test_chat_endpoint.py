@@ -16,6 +16,7 @@ from captioner.settings import Settings
 from chat_servers import closed_port_url, key_refusing_server, silent_server, transformers_serve
 from conftest import run_cli, start_app
 from test_chat_page import ask, conversation, with_image
+from torch_threads import one_torch_thread  # noqa: F401 (autouse: one torch thread here)
 
 PICTURE = Image.new("RGB", (60, 40), (220, 30, 30))
 

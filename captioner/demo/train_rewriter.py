@@ -52,7 +52,7 @@ class RewriterRecipe:
     heads: int = 4
     vocab: int = 1024
     samples: int = 20_000
-    steps: int = 600
+    steps: int = 400
     batch_size: int = 64
     lr: float = 2e-3
     warmup: int = 100
