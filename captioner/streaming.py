@@ -93,6 +93,7 @@ class TokenStream:
         self.loaded, self.inputs, self.generate_kwargs = loaded, inputs, generate_kwargs
         self.decoder = IncrementalDecoder(tokenizer)
         self.cancelled = threading.Event()
+        self.started = threading.Event()  # the worker has taken this request up
         self.done = threading.Event()  # set once generate has returned and the model lock is released
         self.submitted = False
         self.failure: BaseException | None = None
@@ -125,15 +126,17 @@ class TokenStream:
             raise self.failure
 
     def close(self) -> None:
-        """Stop generating (at the next token) and return once the model is free for the next request."""
-        self.cancelled.set()
-        if self.submitted:
+        """Stop generating (at the next token) and return once the model is free for the next request; a request
+        still waiting its turn is dropped at once (the worker skips it)."""
+        self.cancelled.set()  # before looking at `started`: run() looks at them the other way round
+        if self.started.is_set():
             self.done.wait()
 
     def run(self) -> None:
         """Called on the worker thread: generate under the model lock, handing token ids to the reader."""
         import torch
 
+        self.started.set()
         try:
             if self.cancelled.is_set():
                 return

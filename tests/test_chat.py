@@ -59,6 +59,24 @@ def test_the_streamed_answer_is_plain_generates_answer(tiny_chat):
         assert streamed and streamed == plain_answer(tiny_chat, history, question, 24)
 
 
+def test_an_answer_left_while_waiting_its_turn_is_dropped_at_once(settings, tiny_blip2_dir):
+    loaded = load_chat_model(str(tiny_blip2_dir), settings, fallback=False)
+    ahead = answer(loaded, PICTURE, [], "tell me everything", max_new_tokens=8)
+    waiting = answer(loaded, PICTURE, [], "and you?", max_new_tokens=8)
+    with loaded.lock:  # the model is busy: the answer ahead holds the worker, the other waits in the queue
+        readers = [threading.Thread(target=stream.read) for stream in (ahead, waiting)]
+        for reader in readers:
+            reader.start()
+            time.sleep(0.2)
+        started = time.time()
+        waiting.close()
+        assert time.time() - started < 0.5  # not held until the answer ahead of it is done
+    for reader in readers:
+        reader.join(timeout=30)
+    assert ahead.text and waiting.text == ""  # the one ahead answered; the one that left never generated
+    assert_model_free(loaded)
+
+
 def test_eight_sessions_at_once_each_get_their_own_answer(settings, tiny_llava_dir):
     from tiny_models import CORPUS
 
