@@ -191,8 +191,9 @@ def endpoint_way(args, loaded, folder):
     from chat_servers import transformers_serve
 
     device = "cpu" if loaded.device.type == "cpu" else str(loaded.device)
+    dtype = str(loaded.dtype).removeprefix("torch.")  # the dtype the in-process ways run in, not the file's
     with transformers_serve(Path(tempfile.mkdtemp()) / "serve.log", threads=args.threads, preload=str(folder),
-                            device=device) as url:  # fmt: skip
+                            device=device, dtype=dtype) as url:  # fmt: skip
         settings = Settings(home=Path.cwd(), openai_base_url=url, openai_timeout=600)
         served = load_chat_model(f"openai:{folder}", settings, fallback=False)
         yield (lambda _, picture, question, max_new_tokens: captioner_streaming(served, picture, question, max_new_tokens)), ""

@@ -23,13 +23,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def transformers_serve(log: Path, threads: int = 1, preload: str | None = None, device: str = "cpu", timeout: float = 180):
+def transformers_serve(log: Path, threads: int = 1, preload: str | None = None, device: str = "cpu", dtype: str = "auto",
+                       timeout: float = 180):  # fmt: skip
     """`transformers serve` on 127.0.0.1 (offline); yields its base URL (".../v1"). With preload, that
     model folder is loaded before the first request (not pinned: requests may still name other models)."""
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
     command = [sys.executable, "-m", "transformers.cli.transformers", "serve", "--host", "127.0.0.1",
-               "--port", str(port), "--device", device, "--log-level", "error"]  # fmt: skip
+               "--port", str(port), "--device", device, "--dtype", dtype, "--log-level", "error"]  # fmt: skip
     with open(log, "w") as out:
         server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
