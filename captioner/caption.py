@@ -126,22 +126,24 @@ def generate_captions(loaded: LoadedModel, pixel_batches: list, options: Generat
 
 
 def format_captions(rows: list[dict], fmt: str) -> str:
-    """Rows of {path, caption, error} as jsonl (one object per input, in order), csv, or txt (captioned only)."""
+    """Rows of {path, caption, error} (+ styled, with a style) as jsonl (one object per input, in order), csv, or
+    txt (captioned only)."""
     import csv
     import io
     import json
 
     if fmt == "jsonl":
         return "".join(
-            json.dumps({"path": r["path"], "caption": r["caption"], **({"error": r["error"]} if r["error"] else {})},
-                       ensure_ascii=False) + "\n"
+            json.dumps({"path": r["path"], "caption": r["caption"], **({"styled": r["styled"]} if "styled" in r else {}),
+                        **({"error": r["error"]} if r["error"] else {})}, ensure_ascii=False) + "\n"
             for r in rows
         )  # fmt: skip
     if fmt == "csv":
         out = io.StringIO(newline="")
         writer = csv.writer(out, lineterminator="\r\n")
-        writer.writerow(["path", "caption", "error"])
-        writer.writerows([[r["path"], r["caption"] or "", r["error"] or ""] for r in rows])
+        styled = any("styled" in r for r in rows)  # the styled column only when a style was asked for
+        writer.writerow(["path", "caption", *(["styled"] if styled else []), "error"])
+        writer.writerows([[r["path"], r["caption"] or "", *([r.get("styled") or ""] if styled else []), r["error"] or ""] for r in rows])
         return out.getvalue()
     if fmt == "txt":
         return "".join(f"{r['path']}\t{r['caption']}\n" for r in rows if not r["error"])

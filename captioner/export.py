@@ -21,7 +21,7 @@ from .feedback_csv import FIELDS, SAFE_NAME
 from .files import discard_folder, publish_folder, staging_folder
 
 FORMATS = ("hf", "jsonl")
-CONFIGS = {"caption": "captions", "qa": "qa"}  # task -> the dataset config (folder) its rows go to
+CONFIGS = {"caption": "captions", "qa": "qa", "style": "styles"}  # task -> the dataset config (folder) its rows go to
 TIMES = ("created_at", "reviewed_at")
 
 

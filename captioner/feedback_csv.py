@@ -17,7 +17,7 @@ FIELDS = [
 ]  # fmt: skip
 OPTIONAL_FIELDS = ("score",)  # added later: a log written before them still reads, and is upgraded on the next write
 EVENT_FIELDS = ("image_sha256", "task", "prompt", "model_version", "model_output", "correction", "status")
-TASKS = ("caption", "qa")
+TASKS = ("caption", "qa", "style")  # style: a corrected styled caption, its style as the prompt
 STATUSES = ("pending", "approved", "rejected")
 TASK_NAMES, STATUS_NAMES = {t: t for t in TASKS}, {s: s for s in STATUSES}
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")  # ids become file names in exports

@@ -152,6 +152,36 @@ def test_ask_about_a_demo_image_in_chromium(server, browser, tmp_path):
     page.close()
 
 
+def test_eight_people_chat_at_once_and_each_gets_their_own_answer(server, browser, tmp_path):
+    """Eight browser sessions ask about eight different images at the same moment on one shared model."""
+    from playwright.sync_api import expect
+
+    url, _ = server
+    kinds = [(shape, color) for shape in ("circle", "square") for color in ("red", "green", "blue", "yellow")]
+    pages = []
+    for shape, color in kinds:
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.set_default_timeout(90_000)
+        page.goto(f"{url}/chat")
+        picture = tmp_path / f"{color}-{shape}.png"
+        picture.write_bytes(zoo.encode(zoo.demo(shape, color, 160), "PNG"))
+        page.locator("input[type=file]").first.set_input_files(str(picture))
+        pages.append(page)
+    questions = [page.get_by_placeholder("Ask about the image") for page in pages]
+    for question, (shape, _) in zip(questions, kinds):
+        question.fill("what color is the shape?" if shape == "circle" else "what shape is it?")
+    for question in questions:  # all eight asked before any answer is read
+        question.press("Enter")
+    for page, (shape, color) in zip(pages, kinds):
+        answer = page.locator('[data-testid="stChatMessage"]').nth(1)
+        expect(answer).to_contain_text(color if shape == "circle" else shape)
+        colors = {c for _, c in kinds}
+        others = colors - {color} if shape == "circle" else colors | {"circle"}  # what a leaked answer would say
+        assert not any(word in answer.inner_text() for word in others)
+    for page in pages:
+        page.close()
+
+
 def test_text_search_over_the_gallery_in_chromium(server, browser):
     from playwright.sync_api import expect
 
