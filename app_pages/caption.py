@@ -10,6 +10,7 @@ from captioner.demo.quality import demo_inputs
 from captioner.feedback import FeedbackError
 from captioner.images import UPLOAD_TYPES, ImageInput
 from app_pages import _shared as shared
+from app_pages import _styles as styles
 
 state = st.session_state
 state.setdefault("samples", [])
@@ -38,6 +39,7 @@ try:
 except ValueError as exc:
     st.error(f"Generation settings: {exc}")
     st.stop()
+style, rewriter = styles.picker()
 
 known = state.get("uploads", {})  # the same objects every rerun: each file is read and hashed once
 state.uploads = {f.file_id: known.get(f.file_id) or ImageInput(f.name, f.getvalue()) for f in uploads or []}
@@ -101,8 +103,12 @@ for result in results:
         if key in state.saved:
             kind, message = state.saved[key]
             (text.success if kind == "success" else text.error)(message)
+        styles.show(result, style, rewriter, text, key)
 
-rows = [{"path": r.name, "caption": r.caption, "score": r.score, "error": r.error} for r in results]
+rows = [
+    {"path": r.name, "caption": r.caption, "score": r.score, "error": r.error, **styles.styled_column(r, style, rewriter)}
+    for r in results
+]
 csv_button, jsonl_button = st.columns(2)
 csv_button.download_button("Download captions (CSV)", format_captions(rows, "csv"), "captions.csv", "text/csv")
 jsonl_button.download_button("Download captions (JSONL)", format_captions(rows, "jsonl"), "captions.jsonl", "application/jsonl")

@@ -17,7 +17,8 @@ st.title("Chat about an image")
 config = shared.settings()
 picked = st.sidebar.selectbox("Q&A model", config.chat_choices, key="chat_model_pick")
 loaded = shared.chat_model(picked)
-st.sidebar.caption(f"Answering: `{loaded.name}` · version {loaded.version} · {loaded.device.type}")
+where = f"server {loaded.version}" if loaded.device is None else f"version {loaded.version} · {loaded.device.type}"
+st.sidebar.caption(f"Answering: `{loaded.name}` · {where}")
 if loaded.fallback_reason:
     st.sidebar.warning(f"Fallback to the demo Q&A model: {loaded.fallback_reason}", icon="⚠️")
 
@@ -44,10 +45,10 @@ def ask(question: str, earlier: list[Turn], sample: bool = False) -> None:
         st.text(question)
     with st.chat_message("assistant"):
         try:
-            stream = answer(loaded, picture.image, earlier, question, sample=sample)
-            for notice in stream.notices:
-                st.info(notice)
-            st.write_stream(stream)
+            with answer(loaded, picture.image, earlier, question, sample=sample) as stream:  # a rerun frees the model
+                for notice in stream.notices:
+                    st.info(notice)
+                st.write_stream(stream)
         except ChatError as exc:
             st.error(str(exc))
             return

@@ -1,11 +1,16 @@
-"""Chat latency: time to first token and tokens/s of this project's streaming path against plain generate.
+"""Chat latency: time to first text and tokens/s of this project's streaming answer beside plain `generate`,
+the stock `TextIteratorStreamer`, and an OpenAI-compatible endpoint (`transformers serve` on this machine).
 
-    python bench/chat_latency.py                      # CPU, the embedded demo Q&A model (one-word answers)
-    python bench/chat_latency.py --tiny blip2         # CPU, the test suite's tiny random BLIP-2 (long answers)
-    python bench/chat_latency.py --model Salesforce/blip2-opt-2.7b --device cuda
+    python bench/chat_latency.py                               # CPU, the embedded demo Q&A model (one-word answers)
+    python bench/chat_latency.py --tiny llava                  # the test suite's tiny LLaVA, endpoint column too
+    python bench/chat_latency.py --random blip2 --size small   # random weights, OPT-125m-sized language model
+    python bench/chat_latency.py --random llava --size small   # the same size as a chat-template model, + endpoint
+    python bench/chat_latency.py --random blip2 --size opt-2.7b --device cuda   # BLIP-2 OPT-2.7b size on a GPU
 
-Both ways run the same loaded model on the same image and question with greedy decoding, so they produce
-the same tokens; plain generate returns nothing until the whole answer is done.
+Every way runs the same loaded model (saved, then loaded through `load_chat_model`) on the same image and
+question, greedy, so they produce the same tokens. Plain generate shows nothing until the whole answer is
+done; "prefill" is plain generate stopped after its first token. Targets (issue 12): streaming reaches
+>= 0.95x plain's tokens/s, and its first text comes no later than prefill plus one token.
 """
 
 from __future__ import annotations
@@ -14,26 +19,35 @@ import argparse
 import statistics
 import sys
 import tempfile
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from captioner.chat import answer, build_inputs  # noqa: E402
+from captioner.chat import VQA, answer, build_inputs  # noqa: E402
 from captioner.demo.world import render  # noqa: E402
 from captioner.models import load_chat_model  # noqa: E402
 from captioner.settings import Settings  # noqa: E402
+from random_models import build_random  # noqa: E402
 
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="demo")
+    parser.add_argument("--model", default="demo", help="a Q&A model spec (ignored with --tiny or --random)")
     parser.add_argument("--tiny", choices=["blip2", "llava"], help="build the test suite's tiny random model instead")
+    parser.add_argument("--random", choices=["blip2", "llava"], help="build a random-weight model of --size")
+    parser.add_argument("--size", choices=["small", "opt-2.7b"], default="small")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads here and in the endpoint server (1: on a busy 2-core machine more threads spin)")
     parser.add_argument("--question", default="what color is the shape?")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--no-endpoint", action="store_true", help="skip the transformers serve column")
     return parser.parse_args()
 
 
@@ -46,52 +60,143 @@ def plain_generate(loaded, image, question, max_new_tokens):
     inputs["pixel_values"] = inputs["pixel_values"].to(loaded.dtype)
     with torch.inference_mode():
         out = loaded.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-    prompt_length = 0 if loaded.family == "BlipForQuestionAnswering" else inputs["input_ids"].shape[1]
+    prompt_length = 0 if loaded.family == VQA else inputs["input_ids"].shape[1]
     text = loaded.processor.tokenizer.decode(out[0][prompt_length:], skip_special_tokens=True)
+    _sync(loaded)
     elapsed = time.perf_counter() - started
-    return elapsed, elapsed, count_tokens(loaded, text), text
+    return elapsed, elapsed, text
 
 
-def streaming(loaded, image, question, max_new_tokens):
+def stock_streamer(loaded, image, question, max_new_tokens):
+    """The transformers docs' way: generate in a new thread, a stock TextIteratorStreamer (text at word ends)."""
+    import torch
+    from transformers import TextIteratorStreamer
+
+    started, first = time.perf_counter(), None
+    inputs = build_inputs(loaded, image, [], question, max_new_tokens)[0].to(loaded.device)
+    inputs["pixel_values"] = inputs["pixel_values"].to(loaded.dtype)
+    streamer = TextIteratorStreamer(loaded.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
+
+    def run():
+        with torch.inference_mode():
+            loaded.model.generate(**inputs, streamer=streamer, max_new_tokens=max_new_tokens, do_sample=False)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    text = ""
+    for piece in streamer:
+        if piece and first is None:
+            first = time.perf_counter() - started
+        text += piece
+    worker.join()
+    elapsed = time.perf_counter() - started
+    return first or elapsed, elapsed, text
+
+
+def captioner_streaming(loaded, image, question, max_new_tokens):
     """This project's way: chat.answer streams text as each token is decoded."""
     started, first = time.perf_counter(), None
     stream = answer(loaded, image, [], question, max_new_tokens=max_new_tokens)
     for _ in stream:
         first = first or time.perf_counter() - started
     elapsed = time.perf_counter() - started
-    return first or elapsed, elapsed, count_tokens(loaded, stream.text), stream.text
+    return first or elapsed, elapsed, stream.text
+
+
+def _sync(loaded) -> None:
+    if loaded.device.type == "cuda":
+        import torch
+
+        torch.cuda.synchronize(loaded.device)
 
 
 def count_tokens(loaded, text: str) -> int:
-    """Answer tokens, counted the same way for both."""
+    """Answer tokens, counted the same way for every way."""
     return len(loaded.processor.tokenizer(text, add_special_tokens=False).input_ids)
 
 
+def measure(ways: dict, loaded, image, args) -> tuple[dict, dict]:
+    """Each way once to warm up, then the ways taken in turn, run after run, so machine noise hits them alike.
+    Returns {way: (median first text s, median total s, tokens, answer)} and {way: [(first, total), ...]}."""
+    for way, max_new_tokens in ways.values():
+        way(loaded, image, args.question, max_new_tokens)
+    runs = {name: [] for name in ways}
+    for _ in range(args.runs):
+        for name, (way, max_new_tokens) in ways.items():
+            runs[name].append(way(loaded, image, args.question, max_new_tokens))
+    rows = {
+        name: (statistics.median(r[0] for r in done), statistics.median(r[1] for r in done), count_tokens(loaded, done[0][2]), done[0][2])
+        for name, done in runs.items()
+    }  # fmt: skip
+    return rows, {name: [(r[0], r[1]) for r in done] for name, done in runs.items()}
+
+
+def paired(runs: dict, way: str, reference: str, pick) -> float:
+    """Median over runs of pick(way's run, reference's run of the same round): neighbours in time share the load."""
+    return statistics.median(pick(mine, theirs) for mine, theirs in zip(runs[way], runs[reference]))
+
+
 def main():
+    import torch
+
     args = parse_args()
-    settings = Settings(home=Path.cwd(), device=args.device)
-    spec = args.model
+    torch.set_num_threads(args.threads)
+    settings = Settings(home=Path.cwd(), device=args.device, dtype=args.dtype)
+    spec, folder = args.model, None
     if args.tiny:
         import tiny_models
 
-        spec = str(getattr(tiny_models, f"build_{args.tiny}")(Path(tempfile.mkdtemp())))
+        folder = getattr(tiny_models, f"build_{args.tiny}")(Path(tempfile.mkdtemp()))
+    elif args.random:
+        folder = build_random(args.random, args.size, Path(tempfile.mkdtemp()))
+    if folder is not None:
+        spec = str(folder)
     loaded = load_chat_model(spec, settings, fallback=False)
     image = render("circle", "red", 256, (40, 40, 200, 200))
-    rows = {}
-    for name, way in (("plain generate", plain_generate), ("captioner streaming", streaming)):
-        way(loaded, image, args.question, args.max_new_tokens)  # warm-up
-        runs = [way(loaded, image, args.question, args.max_new_tokens) for _ in range(args.runs)]
-        ttft = statistics.median(r[0] for r in runs)
-        total = statistics.median(r[1] for r in runs)
-        tokens = runs[0][2]
-        rows[name] = (ttft, total, tokens, runs[0][3])
-    print(f"model {loaded.name} ({loaded.family}, {loaded.version}) on {loaded.device} {loaded.dtype}; "
-          f"median of {args.runs} runs; answer: {rows['plain generate'][3][:60]!r}")  # fmt: skip
-    print(f"{'way':<24}{'first token ms':>16}{'total ms':>12}{'tokens':>8}{'tokens/s':>10}")
+    n = args.max_new_tokens
+    ways = {"plain generate": (plain_generate, n), "stock TextIteratorStreamer": (stock_streamer, n),
+            "captioner streaming": (captioner_streaming, n), "prefill": (plain_generate, 1)}  # fmt: skip
+    with endpoint_way(args, loaded, folder) as (endpoint, note):
+        if endpoint:
+            ways["endpoint (transformers serve)"] = (endpoint, n)
+        rows, runs = measure(ways, loaded, image, args)
+    prefill = rows.pop("prefill")[1]
+    print(f"model {loaded.name} ({loaded.family}, {sum(p.numel() for p in loaded.model.parameters()) / 1e6:.0f}M parameters) "
+          f"on {loaded.device} {loaded.dtype}, {args.threads} CPU thread(s); median of {args.runs} runs, ways in turn; "
+          f"answer: {rows['plain generate'][3][:40]!r}")  # fmt: skip
+    print(f"{'way':<31}{'first text ms':>14}{'total ms':>10}{'tokens':>8}{'tokens/s':>10}{'vs plain':>10}")
     for name, (ttft, total, tokens, _) in rows.items():
-        print(f"{name:<24}{ttft * 1000:>16.1f}{total * 1000:>12.1f}{tokens:>8}{tokens / total:>10.1f}")
-    plain, ours = rows["plain generate"], rows["captioner streaming"]
-    print(f"first text {plain[0] / ours[0]:.1f}x sooner; throughput {ours[2] / ours[1] / (plain[2] / plain[1]):.2f}x of plain")
+        speed = paired(runs, name, "plain generate", lambda mine, plain: plain[1] / mine[1]) * tokens / rows["plain generate"][2]
+        print(f"{name:<31}{ttft * 1000:>14.1f}{total * 1000:>10.1f}{tokens:>8}{tokens / total:>10.1f}{speed:>9.2f}x")
+    if note:
+        print(note)
+    per_token = (rows["plain generate"][1] - prefill) / (max(rows["plain generate"][2], 2) - 1)
+    throughput = paired(runs, "captioner streaming", "plain generate", lambda mine, plain: plain[1] / mine[1])
+    first = paired(runs, "captioner streaming", "prefill", lambda mine, prefill_run: mine[0] - prefill_run[1])
+    print(f"prefill (plain generate, 1 token) {prefill * 1000:.1f} ms; one more token {per_token * 1000:.1f} ms")
+    print(f"captioner streaming: throughput {throughput:.2f}x plain (target >= 0.95); first text {first * 1000:+.1f} ms "
+          f"after the prefill of the same round, one token being {per_token * 1000:.1f} ms (target: at most one token)")
+    print("(vs plain and these two: medians of per-round pairs; columns: medians of each way's runs)")
+
+
+@contextmanager
+def endpoint_way(args, loaded, folder):
+    """`transformers serve` on this machine serving the same model folder, asked through the endpoint backend."""
+    if args.no_endpoint:
+        yield None, ""
+        return
+    if folder is None or loaded.family != "AutoModelForImageTextToText":
+        yield None, "endpoint: skipped (transformers serve needs a chat-template model folder: --tiny llava or --random llava)"
+        return
+    from chat_servers import transformers_serve
+
+    device = "cpu" if loaded.device.type == "cpu" else str(loaded.device)
+    dtype = str(loaded.dtype).removeprefix("torch.")  # the dtype the in-process ways run in, not the file's
+    with transformers_serve(Path(tempfile.mkdtemp()) / "serve.log", threads=args.threads, preload=str(folder),
+                            device=device, dtype=dtype) as url:  # fmt: skip
+        settings = Settings(home=Path.cwd(), openai_base_url=url, openai_timeout=600)
+        served = load_chat_model(f"openai:{folder}", settings, fallback=False)
+        yield (lambda _, picture, question, max_new_tokens: captioner_streaming(served, picture, question, max_new_tokens)), ""
 
 
 if __name__ == "__main__":

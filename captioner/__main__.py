@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from .settings import Settings, SettingsError
+from .styles import DETAILED, STYLES, StyleError, style_for, style_notice
 
 PROG = "captioner"
 
@@ -37,11 +38,15 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("--prompt", default="", help="caption prefix (conditional captioning)")
     cap.add_argument("--format", choices=["jsonl", "csv", "txt"], default="jsonl")
     cap.add_argument("--out", type=Path, help="write here instead of stdout")
+    styling = cap.add_mutually_exclusive_group()
+    styling.add_argument("--style", choices=STYLES, help="also rewrite each caption in a style (output: \"styled\")")
+    styling.add_argument("--style-instruction", metavar="TEXT", help="your own style instruction instead of --style")
+    cap.add_argument("--style-model", help="caption rewriter spec (default: CAPTIONER_STYLE_MODEL; demo works offline)")
 
     ask = commands.add_parser("ask", help="answer a question about an image")
     ask.add_argument("image", type=Path)
     ask.add_argument("question")
-    ask.add_argument("--model", help="Q&A model spec (default: CAPTIONER_QA_MODEL or BLIP VQA base)")
+    ask.add_argument("--model", help="Q&A model spec, or openai:MODEL (default: CAPTIONER_QA_MODEL or BLIP VQA base)")
     ask.add_argument("--max-new-tokens", type=int, default=64)
 
     index = commands.add_parser("index", help="build or update the search index of a gallery folder")
@@ -70,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     export = feedback.add_parser("export", help="write the approved rows as a dataset")
     export.add_argument("--format", choices=["hf", "jsonl"], required=True, help="hf: an imagefolder dataset")
     export.add_argument("--out", type=Path, required=True, help="a new (or empty) folder")
+    feedback.add_parser("repair", help="move broken records of feedback.csv aside into feedback-broken.csv (kept)")
     listing = feedback.add_parser("list", help="print the logged rows")
     listing.add_argument("--status", choices=["pending", "approved", "rejected"])
     listing.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
@@ -127,6 +133,7 @@ def cmd_caption(args, settings: Settings) -> int:
         raise UserError(str(exc)) from None
     if args.batch_size is not None and args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, not {args.batch_size}")
+    style = chosen_style(args)
     paths = expand_paths(args.paths)
     loaded = load_for_cli(load_captioner, args.model, live_caption_spec(settings), settings)
     inputs, results_by_index = [], {}
@@ -142,8 +149,50 @@ def cmd_caption(args, settings: Settings) -> int:
     for row in ordered:
         if row["error"]:
             say(f"{row['path']}: {row['error']}")
+    styled_ok = True
+    if not style.plain:
+        for row in ordered:
+            row["styled"] = None  # every line has the key; a failed image or styling leaves it null
+        captioned = [(results_by_index[index], result) for (index, _), result in zip(inputs, results) if result.ok]
+        styled_ok = add_styled(captioned, style, args, settings)
     write_captions(ordered, args.format, args.out)
-    return 1 if any(row["error"] for row in ordered) else 0
+    return 1 if any(row["error"] for row in ordered) or not styled_ok else 0
+
+
+def chosen_style(args):
+    """The --style / --style-instruction asked for (plain when neither)."""
+    try:
+        style = style_for(args.style, args.style_instruction)
+    except StyleError as exc:
+        raise UserError(str(exc)) from None
+    if args.style_model and style.plain:
+        raise UserError("--style-model rewrites captions in a style: give --style (not plain) or --style-instruction")
+    return style
+
+
+def add_styled(captioned: list[tuple[dict, object]], style, args, settings: Settings) -> bool:
+    """Each captioned (row, result)'s caption in the style, under "styled"; False (said on stderr) if that failed."""
+    from .images import decode
+    from .models import load_chat_model, load_style_model
+    from .restyle import detail_facts, restyle_batch
+
+    rewriter = load_for_cli(load_style_model, args.style_model, settings.style_model, settings)
+    notice = style_notice(rewriter, style)
+    if notice:
+        say(f"note: {notice}")
+    results = [result for _, result in captioned]
+    try:
+        facts = None
+        if style.name == DETAILED:
+            qa = load_for_cli(load_chat_model, None, settings.qa_model, settings)
+            facts = detail_facts(qa, [decode(result.source, max_side=768).image for result in results])
+        styled = restyle_batch(rewriter, [result.caption for result in results], style, facts)
+    except StyleError as exc:
+        say(f"styling failed: {exc}")
+        return False
+    for (row, _), text in zip(captioned, styled):
+        row["styled"] = text
+    return True
 
 
 def cmd_ask(args, settings: Settings) -> int:
@@ -162,12 +211,12 @@ def cmd_ask(args, settings: Settings) -> int:
         return 1
     loaded = load_for_cli(load_chat_model, args.model, settings.qa_model, settings)
     try:
-        stream = answer(loaded, picture.image, [], args.question, max_new_tokens=args.max_new_tokens)
-        for notice in stream.notices:
-            say(f"note: {notice}")
-        for chunk in stream:
-            sys.stdout.write(chunk)
-            sys.stdout.flush()
+        with answer(loaded, picture.image, [], args.question, max_new_tokens=args.max_new_tokens) as stream:
+            for notice in stream.notices:
+                say(f"note: {notice}")
+            for chunk in stream:
+                sys.stdout.write(chunk)
+                sys.stdout.flush()
     except ChatError as exc:
         raise UserError(str(exc)) from None
     sys.stdout.write("\n")
@@ -288,30 +337,43 @@ def cmd_feedback(args, settings: Settings) -> int:
     from .feedback import FIELDS, FeedbackError, FeedbackLog
 
     log = FeedbackLog(settings.data_dir)
+    try:
+        return feedback_action(args, log, FIELDS)
+    except FeedbackError as exc:  # a bad correction, or the log locked by another writer for too long
+        raise UserError(str(exc)) from None
+
+
+def feedback_action(args, log, fields) -> int:
     if args.action == "add":
         from .images import ImageError, decode, read_file
 
         try:
             decoded = decode(read_file(args.image))
-            row, created = log.record(
-                decoded.source.data, decoded.extension, task=args.task, model_output=args.model_output,
-                correction=args.correction, prompt=args.prompt, model=args.model,
-                model_version=args.model_version, status=args.status, notes=args.notes,
-            )  # fmt: skip
-        except (ImageError, FeedbackError) as exc:
+        except ImageError as exc:
             raise UserError(str(exc)) from None
+        row, created = log.record(
+            decoded.source.data, decoded.extension, task=args.task, model_output=args.model_output,
+            correction=args.correction, prompt=args.prompt, model=args.model,
+            model_version=args.model_version, status=args.status, notes=args.notes,
+        )  # fmt: skip
         if not created:
             say(f"already logged as {row.id}; nothing added")
-        print(json.dumps({name: getattr(row, name) for name in FIELDS}, ensure_ascii=False))
+        print(json.dumps({name: getattr(row, name) for name in fields}, ensure_ascii=False))
         return 0
     if args.action == "export":
         from .export import ExportError, export
 
         try:
-            count = export(log, args.out, args.format)
+            report = export(log, args.out, args.format)
         except ExportError as exc:
             raise UserError(str(exc)) from None
-        say(f"exported {count} approved rows to {args.out}")
+        for reason in report.skipped:
+            say(f"left out: {reason}")
+        say(f"exported {report.count} approved rows to {args.out} ({', '.join(f'{k}: {n}' for k, n in report.by_config.items())})")
+        return 1 if report.skipped else 0
+    if args.action == "repair":
+        moved, kept = log.repair(note="feedback repair")
+        say(f"moved {moved} broken record(s) into {kept}" if moved else f"{log.csv_path}: no broken records")
         return 0
     rows, problems = log.read()
     for problem in problems:
@@ -319,11 +381,11 @@ def cmd_feedback(args, settings: Settings) -> int:
     rows = [row for row in rows if args.status in (None, row.status)]
     if args.format == "jsonl":
         for row in rows:
-            print(json.dumps({name: getattr(row, name) for name in FIELDS}, ensure_ascii=False))
+            print(json.dumps({name: getattr(row, name) for name in fields}, ensure_ascii=False))
     else:
         writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(FIELDS)
-        writer.writerows([[getattr(row, name) for name in FIELDS] for row in rows])
+        writer.writerow(fields)
+        writer.writerows(rows)
     return 1 if problems else 0
 
 

@@ -53,23 +53,29 @@ def caption_stream(loaded: LoadedModel, inputs: Sequence[ImageInput], options: G
 
 
 def format_captions(rows: list[dict], fmt: str) -> str:
-    """Rows of {path, caption, score, error} as jsonl (one object per input, in order), csv, or txt (captioned only).
-    The score (mean token log-probability) is rounded to 4 decimals; null/empty when there is no caption."""
+    """Rows of {path, caption, score, error} (+ styled, with a style) as jsonl (one object per input, in order),
+    csv, or txt (captioned only). The score (mean token log-probability) is rounded to 4 decimals; null/empty
+    when there is no caption."""
     import csv
     import io
     import json
 
     if fmt == "jsonl":
         return "".join(
-            json.dumps({"path": r["path"], "caption": r["caption"], "score": _rounded(r.get("score")),
+            json.dumps({"path": r["path"], "caption": r["caption"], **({"styled": r["styled"]} if "styled" in r else {}),
+                        "score": _rounded(r.get("score")),
                         **({"error": r["error"]} if r["error"] else {})}, ensure_ascii=False) + "\n"
             for r in rows
         )  # fmt: skip
     if fmt == "csv":
         out = io.StringIO(newline="")
         writer = csv.writer(out, lineterminator="\r\n")
-        writer.writerow(["path", "caption", "error", "score"])
-        writer.writerows([[r["path"], r["caption"] or "", r["error"] or "", _csv_score(r.get("score"))] for r in rows])
+        styled = any("styled" in r for r in rows)  # the styled column only when a style was asked for
+        writer.writerow(["path", "caption", *(["styled"] if styled else []), "error", "score"])
+        writer.writerows([
+            [r["path"], r["caption"] or "", *([r.get("styled") or ""] if styled else []), r["error"] or "", _csv_score(r.get("score"))]
+            for r in rows
+        ])  # fmt: skip
         return out.getvalue()
     if fmt == "txt":
         return "".join(f"{r['path']}\t{r['caption']}\n" for r in rows if not r["error"])

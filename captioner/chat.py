@@ -1,17 +1,20 @@
-"""Q&A and multi-turn chat about one image: BLIP VQA, BLIP-2, and chat-template vision-language models."""
+"""Q&A and multi-turn chat about one image: BLIP VQA, BLIP-2, chat-template vision-language models, and any
+OpenAI-compatible server (`openai:MODEL`)."""
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 from PIL import Image
 
-from .models import LoadedModel
+from . import endpoint
+from .models import ENDPOINT_FAMILY, LoadedModel
+from .streaming import stream_generate
 
 VQA, BLIP2 = "BlipForQuestionAnswering", "Blip2ForConditionalGeneration"
 MAX_NEW_TOKENS = 64
+ENDPOINT_QUESTION_CHARS = 8000  # a server's context is unknown here: a generous cap, said when applied
 
 
 class ChatError(ValueError):
@@ -31,18 +34,36 @@ class Turn:
 
 @dataclass
 class AnswerStream:
-    """An answer being generated: iterate it for text as it comes; notices say what had to be cut."""
+    """An answer being generated: iterate it for text as it comes; notices say what had to be cut.
+
+    Leaving early (close(), a `with` block, or stopping the iteration) stops the model at its next token
+    and returns once the model is free for the next person.
+    """
 
     chunks: Iterator[str]
     model: str
     model_version: str
     notices: list[str] = field(default_factory=list)
     text: str = ""
+    stop: Callable[[], None] = field(default=lambda: None, repr=False)
 
     def __iter__(self) -> Iterator[str]:
-        for chunk in self.chunks:
-            self.text += chunk
-            yield chunk
+        try:
+            for chunk in self.chunks:
+                self.text += chunk
+                yield chunk
+        finally:  # explicit, not left to garbage collection: a closed generator may keep its frame alive
+            self.close()
+
+    def close(self) -> None:
+        """Stop generating and wait until the model is free."""
+        self.stop()
+
+    def __enter__(self) -> "AnswerStream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def read(self) -> str:
         """Consume the whole stream and return the answer."""
@@ -63,22 +84,55 @@ def answer(
 
     sample=True draws the answer (temperature 0.7) instead of taking the likeliest, as Regenerate does.
     """
+    if loaded.family == ENDPOINT_FAMILY:
+        return _endpoint_answer(loaded, image, history, question, max_new_tokens, sample)
     inputs, notices = build_inputs(loaded, image, history, question, max_new_tokens)
-    return AnswerStream(_stream(loaded, inputs, max_new_tokens, sample), loaded.name, loaded.version, notices)
+    sampling = {"do_sample": True, "temperature": 0.7, "top_p": 0.9} if sample else {"do_sample": False}
+    tokens = stream_generate(loaded, inputs, _tokenizer(loaded), max_new_tokens=max_new_tokens, **sampling)
+    return AnswerStream(_as_chat_errors(tokens, loaded.name), loaded.name, loaded.version, notices, stop=tokens.close)
 
 
-def build_inputs(loaded: LoadedModel, image: Image.Image, history: list[Turn], question: str, max_new_tokens: int):
-    """The model inputs for a question in a conversation, as the model's family wants them; and the notices
-    saying what had to be cut to fit."""
+def _as_chat_errors(chunks, name: str) -> Iterator[str]:
+    try:
+        yield from chunks
+    except endpoint.EndpointError as exc:
+        raise ChatError(str(exc)) from exc
+    except Exception as exc:  # a model failure mid-answer: one message naming the model
+        raise ChatError(f"{name} failed to answer: {exc}") from exc
+
+
+def _endpoint_answer(loaded, image, history, question, max_new_tokens, sample) -> AnswerStream:
+    """The whole conversation as messages, the image as a data URL in the first user turn; the answer streams."""
+    question = _check(image, question)
+    notices = []
+    if len(question) > ENDPOINT_QUESTION_CHARS:
+        notices.append(f"The question was cut to its first {ENDPOINT_QUESTION_CHARS} characters (it had {len(question)}).")
+        question = question[:ENDPOINT_QUESTION_CHARS]
+    messages = endpoint.conversation(image, [(t.question, t.answer) for t in history], question)
+    reply = endpoint.stream_chat(loaded.model, messages, max_new_tokens, temperature=0.7 if sample else 0.0)
+    return AnswerStream(_as_chat_errors(reply, loaded.name), loaded.name, loaded.version, notices, stop=reply.close)
+
+
+def _tokenizer(loaded: LoadedModel):
+    return getattr(loaded.processor, "tokenizer", loaded.processor)
+
+
+def _check(image, question: str) -> str:
     question = (question or "").strip()
     if not question:
         raise ChatError("the question is empty")
     if image is None:
         raise ChatError("no image is chosen")
+    return question
+
+
+def build_inputs(loaded: LoadedModel, image: Image.Image, history: list[Turn], question: str, max_new_tokens: int):
+    """The model inputs for a question in a conversation, as the model's family wants them; and the notices
+    saying what had to be cut to fit."""
+    question = _check(image, question)
     build = {VQA: _vqa_inputs, BLIP2: _blip2_inputs}.get(loaded.family, _chat_template_inputs)
     notices: list[str] = []
     return build(loaded, image, history, question, max_new_tokens, notices), notices
-
 
 
 def _vqa_inputs(loaded, image, history, question, max_new_tokens, notices):
@@ -142,65 +196,6 @@ def _cut_question(tokenizer, question: str, max_tokens: int, notices: list[str])
         return question
     notices.append(f"The question was cut to its first {max_tokens} tokens (it had {len(ids)}): the model reads no more.")
     return tokenizer.decode(ids[: max(1, max_tokens)], skip_special_tokens=True)
-
-
-def _token_streamer(tokenizer):
-    """A TextIteratorStreamer that hands out text after every token, not only at word ends."""
-    from transformers import TextIteratorStreamer
-
-    class TokenStreamer(TextIteratorStreamer):
-        def put(self, value):
-            if self.skip_prompt and self.next_tokens_are_prompt:
-                self.next_tokens_are_prompt = False
-                return
-            self.token_cache.extend((value[0] if value.dim() > 1 else value).tolist())
-            text = self.tokenizer.decode(self.token_cache, **self.decode_kwargs)
-            if len(text) > self.print_len and not text.endswith("\ufffd"):  # never half a UTF-8 character
-                self.on_finalized_text(text[self.print_len :])
-                self.print_len = len(text)
-
-    return TokenStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
-
-
-def _stream(loaded: LoadedModel, inputs, max_new_tokens: int, sample: bool) -> Iterator[str]:
-    """Run generate in a thread and yield text as the streamer decodes it; stop early if abandoned."""
-    import torch
-    from transformers import StoppingCriteria, StoppingCriteriaList
-
-    streamer = _token_streamer(getattr(loaded.processor, "tokenizer", loaded.processor))
-    abandoned, failure = threading.Event(), []
-
-    class StopWhenAbandoned(StoppingCriteria):
-        def __call__(self, input_ids, scores, **kwargs):
-            return torch.full((input_ids.shape[0],), abandoned.is_set(), dtype=torch.bool, device=input_ids.device)
-
-    inputs = inputs.to(loaded.device)
-    if "pixel_values" in inputs:
-        inputs["pixel_values"] = inputs["pixel_values"].to(loaded.dtype)
-
-    def generate():
-        try:
-            with loaded.lock, torch.inference_mode():
-                loaded.model.generate(
-                    **inputs, streamer=streamer, max_new_tokens=max_new_tokens,
-                    **({"do_sample": True, "temperature": 0.7, "top_p": 0.9} if sample else {"do_sample": False}),
-                    stopping_criteria=StoppingCriteriaList([StopWhenAbandoned()]),
-                )  # fmt: skip
-        except Exception as exc:  # reported to the reader below, never lost in the thread
-            failure.append(exc)
-            streamer.end()
-
-    worker = threading.Thread(target=generate, name="chat-generate", daemon=True)
-    worker.start()
-    try:
-        for text in streamer:
-            if text:
-                yield text
-    finally:
-        abandoned.set()
-        worker.join()
-    if failure:
-        raise ChatError(f"{loaded.name} failed to answer: {failure[0]}") from failure[0]
 
 
 def answer_batch(loaded: LoadedModel, images: list[Image.Image], questions: list[str], max_new_tokens: int = 10) -> list[str]:

@@ -1,20 +1,42 @@
-"""Export approved feedback: a Hugging Face `imagefolder` dataset (images + metadata.jsonl) or plain JSONL."""
+"""Export approved feedback: a Hugging Face dataset folder (captions and Q&A apart) or plain JSONL.
+
+Every image is copied from data/images only (a row whose path leads anywhere else, or whose image is missing, is
+reported and left out, never followed); file names come from row ids, which the log only accepts as safe names.
+The export is written into a staging folder and renamed into place when complete.
+"""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-from dataclasses import asdict
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
-from .feedback import FeedbackLog, FeedbackRow
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .feedback import FeedbackError, FeedbackLog, FeedbackRow
+from .feedback_csv import FIELDS, SAFE_NAME
+from .files import discard_folder, publish_folder, staging_folder
 
 FORMATS = ("hf", "jsonl")
+CONFIGS = {"caption": "captions", "qa": "qa", "style": "styles"}  # task -> the dataset config (folder) its rows go to
+TIMES = ("created_at", "reviewed_at")
 
 
 class ExportError(ValueError):
     """An export that cannot be written; the message says why."""
+
+
+@dataclass
+class ExportReport:
+    """What an export wrote, and the approved rows it left out (one line each: the row and the reason)."""
+
+    out_dir: Path
+    count: int = 0
+    by_config: dict[str, int] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
 
 
 def approved_rows(log: FeedbackLog) -> list[FeedbackRow]:
@@ -23,58 +45,96 @@ def approved_rows(log: FeedbackLog) -> list[FeedbackRow]:
     return [row for row in rows if row.status == "approved"]
 
 
-def export(log: FeedbackLog, out_dir: Path, fmt: str) -> int:
-    """Write every approved row to out_dir (which must not exist yet, or be empty); returns the row count.
+def export(log: FeedbackLog, out_dir: Path, fmt: str) -> ExportReport:
+    """Write every approved row to out_dir (which must not exist yet, or be an empty folder).
 
-    hf: out_dir/train/ holds one image file per row and metadata.jsonl (`file_name`, `text` = the correction,
-    and the row's other fields), so `datasets.load_dataset("imagefolder", data_dir=out_dir)` reads it.
-    jsonl: out_dir/approved.jsonl (every field, `image` relative to out_dir) and out_dir/images/, each image once.
+    hf: out_dir/captions/train/ (caption rows) and out_dir/qa/train/ (Q&A rows), each one image file per row and
+    metadata.parquet (`file_name`, `text` = the correction, the row's other fields; times as UTC timestamps,
+    `image_path` inside the export), and a README.md naming both configs: `datasets.load_dataset(out_dir)` gives
+    the captions, `load_dataset(out_dir, "qa")` the Q&A rows, `load_dataset("imagefolder", data_dir=out_dir/"captions")`
+    the captions too.
+    jsonl: out_dir/approved.jsonl (every field of every task, `image` relative to out_dir) and out_dir/images/.
     """
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; use {' or '.join(FORMATS)}")
     out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+    if out_dir.is_symlink() or (out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir()))):
         raise ExportError(f"{out_dir} already exists and is not an empty folder")
     rows = approved_rows(log)
     if not rows:
         raise ExportError("there are no approved rows to export")
-    missing = [row.image_path for row in rows if not (log.data_dir / row.image_path).is_file()]
-    if missing:
-        raise ExportError(f"{len(missing)} approved row(s) point at missing images, e.g. {missing[0]}")
-    staging = out_dir.with_name(f".{out_dir.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    (_write_imagefolder if fmt == "hf" else _write_jsonl)(log, rows, staging)
-    if out_dir.exists():
-        out_dir.rmdir()
-    staging.rename(out_dir)
-    return len(rows)
-
-
-def _place(source: Path, target: Path) -> None:
-    """Hard-link where the file system allows it (the same bytes, no copy), else copy."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+    report = ExportReport(out_dir)
+    sources: list[tuple[FeedbackRow, Path]] = []
+    for row in rows:
+        try:
+            if not SAFE_NAME.match(row.id):
+                raise FeedbackError(f"row id {row.id[:40]!r} is not a safe file name")
+            sources.append((row, log.image_file(row)))
+        except FeedbackError as exc:
+            report.skipped.append(str(exc))
+    if not sources:
+        raise ExportError(f"none of the {len(rows)} approved rows can be exported: {report.skipped[0]}")
+    staging = staging_folder(out_dir)
     try:
-        os.link(source, target)
-    except OSError:
-        shutil.copyfile(source, target)
+        (_write_hf if fmt == "hf" else _write_jsonl)(sources, staging, report)
+        publish_folder(staging, out_dir)
+    except BaseException:
+        discard_folder(staging)
+        raise
+    report.count = len(sources)
+    return report
 
 
-def _write_imagefolder(log: FeedbackLog, rows: list[FeedbackRow], folder: Path) -> None:
-    split = folder / "train"
+def _write_hf(sources: list[tuple[FeedbackRow, Path]], folder: Path, report: ExportReport) -> None:
+    for task, config in CONFIGS.items():
+        mine = [(row, path) for row, path in sources if row.task == task]
+        if not mine:
+            continue
+        split = folder / config / "train"
+        split.mkdir(parents=True)
+        records = []
+        for row, path in mine:
+            name = f"{row.id}{path.suffix.lower()}"  # one file per row: imagefolder keys metadata by file name
+            shutil.copyfile(path, split / name)
+            records.append({"file_name": name, "text": row.correction, **row._asdict(), "image_path": f"{config}/train/{name}"})
+        pq.write_table(_table(records), split / "metadata.parquet")
+        report.by_config[config] = len(mine)
+    (folder / "README.md").write_text(_card(report.by_config), encoding="utf-8")
+
+
+def _table(records: list[dict]) -> pa.Table:
+    """Metadata with typed columns: times as UTC timestamps (time zone kept), the score as a number."""
+    columns = {name: [r[name] for r in records] for name in records[0]}
+    for name in TIMES:
+        columns[name] = pa.array([_utc(value) for value in columns[name]], pa.timestamp("s", tz="UTC"))
+    columns["score"] = pa.array([float(v) if v else None for v in columns["score"]], pa.float64())
+    return pa.table(columns)
+
+
+def _utc(text: str) -> datetime | None:
+    if not text:
+        return None
+    moment = datetime.fromisoformat(text)
+    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
+
+
+def _card(by_config: dict[str, int]) -> str:
+    """A dataset card whose front matter names the configs, so load_dataset(folder[, config]) finds them."""
+    lines = ["---", "configs:"]
+    for position, (config, _) in enumerate(by_config.items()):
+        lines += [f"- config_name: {config}", f"  data_dir: {config}"] + (["  default: true"] if position == 0 else [])
+    lines += ["---", "", "# Approved feedback", "", "Exported from the image captioning studio's feedback log.", ""]
+    lines += [f"- `{config}`: {count} rows (`text` is the approved correction)" for config, count in by_config.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _write_jsonl(sources: list[tuple[FeedbackRow, Path]], folder: Path, report: ExportReport) -> None:
     lines = []
-    for row in rows:
-        name = f"{row.id}{Path(row.image_path).suffix}"  # one file per row: imagefolder keys metadata by file
-        _place(log.data_dir / row.image_path, split / name)
-        lines.append(json.dumps({"file_name": name, "text": row.correction, **asdict(row)}, ensure_ascii=False))
-    (split / "metadata.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
-def _write_jsonl(log: FeedbackLog, rows: list[FeedbackRow], folder: Path) -> None:
-    lines = []
-    for row in rows:
-        target = folder / row.image_path
+    for row, path in sources:
+        target = folder / row.image_path  # images/<file>: the log only accepts that shape
         if not target.exists():
-            _place(log.data_dir / row.image_path, target)
-        lines.append(json.dumps({**asdict(row), "image": row.image_path}, ensure_ascii=False))
-    folder.mkdir(parents=True, exist_ok=True)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+        lines.append(json.dumps({**{name: getattr(row, name) for name in FIELDS}, "image": row.image_path}, ensure_ascii=False))
     (folder / "approved.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    report.by_config["all"] = len(sources)

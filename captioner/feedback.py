@@ -1,4 +1,9 @@
-"""The feedback log: data/feedback.csv (one row per correction or confirmation) and its stored images."""
+"""The feedback log: data/feedback.csv (one row per correction or confirmation) and its stored images.
+
+Every write holds data/feedback.csv.lock. An append is one fsynced write of whole rows; whether an event is
+already logged is answered by the event-key index (feedback_keys), so an append costs the same at any log size.
+An edit replaces the file atomically. Reads are parsed once per process and then only for what was appended.
+"""
 
 from __future__ import annotations
 
@@ -8,77 +13,35 @@ import io
 import json
 import math
 import os
-import tempfile
+import re
+import threading
 import uuid
-from dataclasses import asdict, dataclass, fields
-from datetime import datetime, timezone
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
-FIELDS = [
-    "id", "created_at", "image_sha256", "image_path", "task", "prompt", "model", "model_version",
-    "model_output", "correction", "status", "reviewed_at", "reviewer", "notes", "settings", "score",
+from .feedback_csv import (
+    FIELDS, IMAGE_PATH, OPTIONAL_FIELDS, STATUSES, TASKS, FeedbackError, FeedbackRow, RowProblem,
+    check_row, check_text, format_lines, format_rows, parse_csv, validate_record,
+)  # fmt: skip
+from .feedback_keys import CsvState, EventKeys, event_key
+from .feedback_rewrite import Rewrite, plan
+from .feedback_snapshot import Snapshot, SnapshotCache, gc_paused, rows_after
+from .files import append_durably, fsync_dir, now_utc, remove_stale_temps, write_atomic
+
+__all__ = [  # the log's public face; the schema and codec live in feedback_csv, file helpers in files
+    "FIELDS", "OPTIONAL_FIELDS", "STATUSES", "TASKS", "FeedbackError", "FeedbackLog", "FeedbackRow", "RowProblem",
+    "check_text", "format_rows", "now_utc", "parse_csv",
 ]  # fmt: skip
-OPTIONAL_FIELDS = ("score",)  # added later: a log written before them still reads, and is upgraded on the next write
-TASKS = ("caption", "qa")
-STATUSES = ("pending", "approved", "rejected")
-MAX_TEXT_CHARS = 20_000
+
 LOCK_TIMEOUT_S = 30
-csv.field_size_limit(16 * 1024 * 1024)
-
-
-class FeedbackError(ValueError):
-    """A correction that cannot be logged, or a log that cannot be written; the message says which and why."""
-
-
-@dataclass(frozen=True)
-class FeedbackRow:
-    """One logged event, every field as the text stored in the CSV."""
-
-    id: str
-    created_at: str
-    image_sha256: str
-    image_path: str
-    task: str
-    prompt: str
-    model: str
-    model_version: str
-    model_output: str
-    correction: str
-    status: str
-    reviewed_at: str = ""
-    reviewer: str = ""
-    notes: str = ""
-    settings: str = ""
-    score: str = ""  # the model's confidence in model_output: mean token log-probability; empty when unknown
-
-    @property
-    def is_confirmation(self) -> bool:
-        return self.correction == self.model_output
-
-    def same_event(self, other: "FeedbackRow") -> bool:
-        """True when both rows say the same thing about the same output (a repeated press, a rerun)."""
-        keys = ("image_sha256", "task", "prompt", "model_version", "model_output", "correction", "status")
-        return all(getattr(self, k) == getattr(other, k) for k in keys)
-
-
-@dataclass(frozen=True)
-class RowProblem:
-    """A record of the CSV that does not parse or validate, kept verbatim and reported by line."""
-
-    line: int
-    reason: str
-    raw: str = ""
-
-    def __str__(self) -> str:
-        return f"line {self.line}: {self.reason}"
-
-
-def now_utc() -> str:
-    """The current time as ISO 8601 UTC, to the second."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+STALE_IMAGE_TEMP_S = 3600  # an image temp file this old is a killed writer's (images are written outside the lock)
+EXTENSION = re.compile(r"[a-z0-9]{1,8}\Z")
+_SNAPSHOTS = SnapshotCache()
+_KEYS: dict[str, EventKeys] = {}
+_KEYS_GUARD = threading.Lock()
 
 
 class FeedbackLog:
@@ -87,21 +50,42 @@ class FeedbackLog:
     def __init__(self, data_dir: str | os.PathLike):
         self.data_dir = Path(data_dir)
         self.csv_path = self.data_dir / "feedback.csv"
+        self.keys_path = self.data_dir / "feedback.csv.keys"
+        self.broken_path = self.data_dir / "feedback-broken.csv"
         self.images_dir = self.data_dir / "images"
         self._lock = FileLock(str(self.csv_path) + ".lock", timeout=LOCK_TIMEOUT_S)
 
-    # --- reading -------------------------------------------------------------------------------
-    def read(self) -> tuple[list[FeedbackRow], list[RowProblem]]:
-        """All valid rows in file order, and every record that does not parse, with its line number."""
-        entries = self._read_entries()
-        return [e for e in entries if isinstance(e, FeedbackRow)], [e for e in entries if isinstance(e, RowProblem)]
-
-    def _read_entries(self) -> list[FeedbackRow | RowProblem]:
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the log's lock; waiting longer than LOCK_TIMEOUT_S is one clear FeedbackError."""
         try:
-            data = self.csv_path.read_bytes()
-        except FileNotFoundError:
-            return []
-        return parse_csv(data.decode("utf-8", errors="surrogateescape"))
+            self._lock.acquire()
+        except Timeout:
+            raise FeedbackError(
+                f"the feedback log is busy: another writer held {self._lock.lock_file} for over {LOCK_TIMEOUT_S} s; "
+                "nothing was written, try again"
+            ) from None
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    # --- reading -------------------------------------------------------------------------------
+    def snapshot(self) -> Snapshot:
+        """The log as it is now (parsed once per process, then only what was appended)."""
+        if not self.csv_path.exists():
+            return Snapshot(None, b"")
+        try:
+            with self.locked():  # a reader never sees half of an append in flight; parsing happens after
+                read = _SNAPSHOTS.read(self.csv_path)
+        except PermissionError:  # a read-only data folder: no lock file can be made, and no writer can append
+            read = _SNAPSHOTS.read(self.csv_path)
+        return _SNAPSHOTS.finish(self.csv_path, read)
+
+    def read(self) -> tuple[list[FeedbackRow], list[RowProblem]]:
+        """All valid rows in file order, and every run of lines that does not parse, with its line numbers."""
+        snapshot = self.snapshot()
+        return list(snapshot.rows), list(snapshot.problems)
 
     # --- writing -------------------------------------------------------------------------------
     def record(
@@ -122,7 +106,8 @@ class FeedbackLog:
     ) -> tuple[FeedbackRow, bool]:
         """Store the image and log one correction; (row, False) when the same event is already logged."""
         check_text("correction", correction, allow_empty=False)
-        for name, value in (("prompt", prompt), ("model output", model_output), ("notes", notes)):
+        for name, value in (("prompt", prompt), ("model output", model_output), ("notes", notes), ("model", model),
+                            ("model version", model_version)):  # fmt: skip
             check_text(name, value)
         if task not in TASKS:
             raise FeedbackError(f"task {task!r} is not one of {', '.join(TASKS)}")
@@ -130,231 +115,181 @@ class FeedbackLog:
             raise FeedbackError(f"a new row's status must be pending or approved, not {status!r}")
         if score is not None and not math.isfinite(score):
             raise FeedbackError(f"the score must be a finite number, not {score!r}")
+        settings_text = json.dumps(settings or {}, sort_keys=True, ensure_ascii=False)
+        check_text("settings", settings_text)
         sha, image_path = self.store_image(image_bytes, extension)
         row = FeedbackRow(
             id=str(uuid.uuid4()), created_at=now_utc(), image_sha256=sha, image_path=image_path, task=task,
             prompt=prompt, model=model, model_version=model_version, model_output=model_output,
-            correction=correction, status=status, notes=notes,
-            settings=json.dumps(settings or {}, sort_keys=True, ensure_ascii=False),
+            correction=correction, status=status, notes=notes, settings=settings_text,
             score="" if score is None else f"{score:.4f}",
         )  # fmt: skip
-        written = self.append([row])
-        return (written[0], True) if written else (self._find_same(row), False)
+        with self.locked():
+            written = self.append([row])
+            return (written[0], True) if written else (self._logged_as(row), False)
 
     def append(self, rows: Iterable[FeedbackRow]) -> list[FeedbackRow]:
-        """Append whole rows in one fsynced write under the lock; rows already logged are skipped."""
+        """Append whole rows in one fsynced write under the lock; rows whose event is already logged are skipped."""
         rows = list(rows)
-        with self._lock:
-            existing = [e for e in self._read_entries() if isinstance(e, FeedbackRow)]
-            fresh: list[FeedbackRow] = []
+        for row in rows:
+            check_row(row)
+        with self.locked():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            remove_stale_temps(self.data_dir, f".{self.csv_path.name}.*.tmp")  # a killed rewrite's; we hold the lock
+            state = CsvState.of(self.csv_path)
+            created = state is None or state.size == 0
+            if not created and self._header() != FIELDS:
+                self._replace([], lambda old: old)  # an older log gains the new columns before rows that have them
+                state = CsvState.of(self.csv_path)
+            keys = self._synced_keys(state)
+            offsets_of = (lambda key: []) if created else keys.lookup()  # noqa: E731 - a new log holds nothing
+            fresh, keyed, pending = [], [], {}
             for row in rows:
-                if not any(row.same_event(old) for old in existing + fresh):
-                    fresh.append(row)
+                key = event_key(row.event_text())
+                if any(row.same_event(other) for other in pending.get(key, [])) or self._logged(offsets_of(key), row):
+                    continue
+                fresh.append(row)
+                keyed.append(key)
+                pending.setdefault(key, []).append(row)
             if not fresh:
                 return []
-            self.data_dir.mkdir(parents=True, exist_ok=True)
-            created = not self.csv_path.exists() or self.csv_path.stat().st_size == 0
-            if not created and self._header() != FIELDS:
-                self.rewrite(lambda old: old)  # an older log gains the new columns before rows that have them
-            payload = format_rows(fresh, header=created)
-            if not created and not _ends_with_newline(self.csv_path):
-                payload = "\r\n" + payload  # a torn last line stays its own (reported) record
-            _append_durably(self.csv_path, payload.encode("utf-8", errors="surrogateescape"))
+            header = format_lines([], header=True)[0].encode() if created else b""
+            lines = [line.encode("utf-8") for line in format_lines(fresh)]
+            prefix = b"\r\n" if not created and not self._ends_with_line_end() else b""  # a torn last line stays its own
+            offset = append_durably(self.csv_path, prefix + header + b"".join(lines)) + len(prefix) + len(header)
             if created:
-                _fsync_dir(self.data_dir)
+                fsync_dir(self.data_dir)
+            pairs = []
+            for key, line in zip(keyed, lines):
+                pairs.append((key, offset))
+                offset += len(line)
+            (keys.rebuild if created else keys.extend)(pairs, CsvState.of(self.csv_path))
         return fresh
 
     def rewrite(self, transform: Callable[[list[FeedbackRow]], list[FeedbackRow]]) -> list[FeedbackRow]:
         """Replace the CSV atomically with transform(rows); broken records stay verbatim where they were."""
-        with self._lock:
-            entries = self._read_entries()
-            old_rows = [e for e in entries if isinstance(e, FeedbackRow)]
-            new_rows = transform(list(old_rows))
-            by_id = {row.id: row for row in new_rows}
-            out = io.StringIO(newline="")
-            out.write(format_rows([], header=True))
-            for entry in entries:
-                if isinstance(entry, RowProblem):
-                    out.write(entry.raw if entry.raw.endswith(("\n", "\r")) else entry.raw + "\r\n")
-                elif entry.id in by_id:
-                    out.write(format_rows([by_id.pop(entry.id)]))
-            kept = {row.id for row in old_rows}
-            out.write(format_rows([row for row in new_rows if row.id not in kept]))
-            self.data_dir.mkdir(parents=True, exist_ok=True)
-            write_atomic(self.csv_path, out.getvalue().encode("utf-8", errors="surrogateescape"))
-            return new_rows
+        with self.locked():
+            return self._replace([], transform)
+
+    def repair(self, note: str = "") -> tuple[int, Path | None]:
+        """Move every broken record into data/feedback-broken.csv (appended, kept) and drop it from the log.
+
+        Returns (how many records moved, the kept file). The kept file is written and fsynced first, so a crash
+        in between leaves a record in both places, never in neither. Temp files of image writes killed mid-way
+        go too.
+        """
+        self.remove_stale_image_temps()
+        with self.locked():
+            snapshot = _SNAPSHOTS.current(self.csv_path) if self.csv_path.exists() else Snapshot(None, b"")
+            problems = [(i, e) for i, e in enumerate(snapshot.entries) if isinstance(e, RowProblem)]
+            if not problems:
+                return 0, None
+            kept = io.BytesIO()
+            for index, problem in problems:
+                raw = snapshot.raw(index)
+                header = f"# moved aside at {now_utc()}{' by ' + note if note else ''}: {problem}\n"
+                kept.write(header.encode("utf-8", "backslashreplace") + raw + (b"" if raw.endswith((b"\n", b"\r")) else b"\r\n"))
+            append_durably(self.broken_path, kept.getvalue())
+            self._replace([i for i, _ in problems], lambda rows: rows)
+            return len(problems), self.broken_path
+
+    def remove_stale_image_temps(self) -> int:
+        """Delete the temp files of image writes killed mid-way (an hour old: images are written outside the lock)."""
+        return remove_stale_temps(self.images_dir, ".*.tmp", STALE_IMAGE_TEMP_S)
+
+    def _replace(self, drop: list[int], transform: Callable[[list[FeedbackRow]], list[FeedbackRow]]) -> list[FeedbackRow]:
+        """Under the lock: write transform(rows) through a temp file and os.replace; entries at `drop` go."""
+        remove_stale_temps(self.data_dir, f".{self.csv_path.name}.*.tmp")
+        state = CsvState.of(self.csv_path)
+        old = _SNAPSHOTS.current(self.csv_path) if state is not None else Snapshot(None, b"")
+        new_rows = transform(list(old.rows))
+        keys = self._synced_keys(state)
+        with gc_paused():
+            built = Rewrite(old, plan(old, new_rows, drop), keys.key_by_offset() if state is not None else {})
+            payload = built.payload()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.csv_path, payload)
+        state = CsvState.of(self.csv_path)
+        _SNAPSHOTS.put(self.csv_path, built.snapshot(payload, state))
+        with gc_paused():
+            keys.rebuild(built.pairs, state)
+        return new_rows
+
+    # --- the event-key index -----------------------------------------------------------------------
+    def _keys(self) -> EventKeys:
+        with _KEYS_GUARD:
+            return _KEYS.setdefault(str(self.keys_path), EventKeys(self.keys_path, self.csv_path))
+
+    def _synced_keys(self, state: CsvState | None) -> EventKeys:
+        """The index, brought up to the CSV's state (under the lock): a tail parse, or a rebuild when it must."""
+        keys = self._keys()
+        if state is None or state.size == 0:
+            return keys
+        status = keys.sync(state)
+        if status == "behind":
+            pairs = [(event_key(r.event_text()), at) for r, at in rows_after(self.csv_path, keys.covered.size, self._header())]
+            keys.extend(pairs, state)
+        elif status == "stale":
+            snapshot = _SNAPSHOTS.current(self.csv_path)
+            rows = [(e, span[0]) for e, span in zip(snapshot.entries, snapshot.spans) if isinstance(e, FeedbackRow)]
+            keys.rebuild([(event_key(r.event_text()), at) for r, at in rows], state)
+        return keys
+
+    def _logged(self, offsets: list[int], row: FeedbackRow) -> bool:
+        return any((old := self._row_at(at)) is not None and row.same_event(old) for at in offsets)
+
+    def _logged_as(self, row: FeedbackRow) -> FeedbackRow:
+        """The logged row with the same event as row (under the lock, after append refused it)."""
+        for at in self._keys().lookup()(event_key(row.event_text())):
+            if (old := self._row_at(at)) is not None and row.same_event(old):
+                return old
+        return next(old for old in _SNAPSHOTS.current(self.csv_path).rows if row.same_event(old))
+
+    def _row_at(self, offset: int) -> FeedbackRow | None:
+        """The row whose record starts at this byte offset (None if what is there is not one)."""
+        with open(self.csv_path, "rb") as handle:
+            handle.seek(offset)
+            text = io.TextIOWrapper(handle, encoding="utf-8", errors="surrogateescape", newline="")
+            try:
+                record = next(csv.reader(text))
+            except (StopIteration, csv.Error):
+                return None
+        row = validate_record(record, self._header())
+        return row if isinstance(row, FeedbackRow) else None
 
     def _header(self) -> list[str]:
         with open(self.csv_path, encoding="utf-8", errors="surrogateescape", newline="") as handle:
             return next(csv.reader([handle.readline().removeprefix("\ufeff")]), [])
 
+    def _ends_with_line_end(self) -> bool:
+        with open(self.csv_path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            return size == 0 or os.pread(handle.fileno(), 1, size - 1) in (b"\n", b"\r")
+
+    # --- images --------------------------------------------------------------------------------
     def store_image(self, data: bytes, extension: str) -> tuple[str, str]:
         """Store the uploaded bytes once under images/<sha256>.<ext>; returns (sha256, path relative to data/)."""
         if not data:
             raise FeedbackError("the image is empty (0 bytes)")
+        extension = extension.lower().lstrip(".")
+        if not EXTENSION.match(extension):
+            raise FeedbackError(f"the image extension {extension[:20]!r} is not a plain file extension")
         sha = hashlib.sha256(data).hexdigest()
-        relative = f"images/{sha}.{extension.lower().lstrip('.')}"
+        relative = f"images/{sha}.{extension}"
         target = self.data_dir / relative
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(target, data)
         return sha, relative
 
-    def _find_same(self, row: FeedbackRow) -> FeedbackRow:
-        return next(old for old in self.read()[0] if row.same_event(old))
-
-
-def check_text(name: str, value: str, allow_empty: bool = True) -> None:
-    """Refuse text a CSV cell cannot carry faithfully, naming the field and the reason."""
-    if not isinstance(value, str):
-        raise FeedbackError(f"the {name} must be text, not {type(value).__name__}")
-    if not allow_empty and not value.strip():
-        raise FeedbackError(f"the {name} is empty")
-    if "\x00" in value:
-        raise FeedbackError(f"the {name} contains a NUL character")
-    if len(value) > MAX_TEXT_CHARS:
-        raise FeedbackError(f"the {name} is {len(value):,} characters, over the {MAX_TEXT_CHARS:,} limit")
-
-
-def format_rows(rows: list[FeedbackRow], header: bool = False) -> str:
-    """RFC 4180 text for rows (CRLF line ends, quotes only where needed)."""
-    out = io.StringIO(newline="")
-    writer = csv.writer(out, lineterminator="\r\n")
-    if header:
-        writer.writerow(FIELDS)
-    for row in rows:
-        record = asdict(row)
-        writer.writerow([record[name] for name in FIELDS])
-    return out.getvalue()
-
-
-class _Lines:
-    """An iterator over a list of lines from a position, so a parse can restart at any line."""
-
-    def __init__(self, lines: list[str], pos: int):
-        self.lines, self.pos = lines, pos
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> str:
-        if self.pos >= len(self.lines):
-            raise StopIteration
-        self.pos += 1
-        return self.lines[self.pos - 1]
-
-
-def parse_csv(text: str) -> list[FeedbackRow | RowProblem]:
-    """Parse the log's text into rows and problems; never raises on bad content.
-
-    A record that fails and spans several lines is reported by its first line only and parsing resumes on
-    the next line, so one torn or hand-broken quote cannot swallow the rows after it.
-    """
-    lines = list(io.StringIO(text.removeprefix("\ufeff"), newline=""))
-    entries: list[FeedbackRow | RowProblem] = []
-    columns: list[str] | None = None
-    i = 0
-    while i < len(lines):
-        cursor = _Lines(lines, i)
-        try:
-            record = next(csv.reader(cursor))
-        except StopIteration:
-            break
-        except csv.Error as exc:
-            entries.append(RowProblem(i + 1, f"does not parse as CSV ({exc})", lines[i]))
-            i += 1
-            continue
-        if record in ([], [""]):
-            i = cursor.pos
-            continue
-        if columns is None:
-            missing = [name for name in FIELDS if name not in record and name not in OPTIONAL_FIELDS]
-            if missing:
-                entries.append(RowProblem(i + 1, f"header is missing columns: {', '.join(missing)}", lines[i]))
-                columns = FIELDS
-            else:
-                columns = record
-            i = cursor.pos
-            continue
-        entry = _validate(record, columns, i + 1, "".join(lines[i : cursor.pos]))
-        if isinstance(entry, RowProblem) and cursor.pos - i > 1:
-            entry = RowProblem(i + 1, entry.reason, lines[i])
-            cursor.pos = i + 1
-        entries.append(entry)
-        i = cursor.pos
-    return entries
-
-
-def _validate(record: list[str], columns: list[str], line: int, raw: str) -> FeedbackRow | RowProblem:
-    if len(record) != len(columns):
-        return RowProblem(line, f"expected {len(columns)} fields, found {len(record)}", raw)
-    values = {name: "" for name in OPTIONAL_FIELDS} | dict(zip(columns, record))
-    if any("\udc80" <= ch <= "\udcff" for value in record for ch in value):
-        return RowProblem(line, "not valid UTF-8", raw)
-    if not values["id"]:
-        return RowProblem(line, "id is empty", raw)
-    if values["task"] not in TASKS:
-        return RowProblem(line, f"task {values['task']!r} is not one of {', '.join(TASKS)}", raw)
-    if values["status"] not in STATUSES:
-        return RowProblem(line, f"status {values['status']!r} is not one of {', '.join(STATUSES)}", raw)
-    try:
-        datetime.fromisoformat(values["created_at"])
-    except ValueError:
-        return RowProblem(line, f"created_at {values['created_at']!r} is not an ISO 8601 time", raw)
-    if values["settings"]:
-        try:
-            json.loads(values["settings"])
-        except ValueError:
-            return RowProblem(line, "settings is not valid JSON", raw)
-    if values["score"]:
-        try:
-            float(values["score"])
-        except ValueError:
-            return RowProblem(line, f"score {values['score']!r} is not a number", raw)
-    return FeedbackRow(**{f.name: values[f.name] for f in fields(FeedbackRow)})
-
-
-def _ends_with_newline(path: Path) -> bool:
-    with open(path, "rb") as handle:
-        handle.seek(-1, os.SEEK_END)
-        return handle.read(1) in (b"\n", b"\r")
-
-
-def _append_durably(path: Path, payload: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        view = memoryview(payload)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, payload: bytes) -> None:
-    """Write a file through a temp file in the same folder, fsync, os.replace: readers see old or new, never half."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return  # some platforms cannot open a folder; the file itself is already fsynced
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
+    def image_file(self, row: FeedbackRow) -> Path:
+        """The stored image of a row, checked to be a file inside data/images; FeedbackError says why not."""
+        if not IMAGE_PATH.match(row.image_path):
+            raise FeedbackError(f"row {row.id[:40]}: image_path {row.image_path[:120]!r} is not images/<file name>")
+        root = self.images_dir.resolve()
+        path = (self.data_dir / row.image_path).resolve()
+        if not path.is_relative_to(root):
+            raise FeedbackError(f"row {row.id[:40]}: {row.image_path[:120]} leads outside {self.images_dir} (a link?)")
+        if not path.is_file():
+            raise FeedbackError(f"row {row.id[:40]}: the image {row.image_path[:120]} is missing")
+        return path

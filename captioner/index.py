@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 from filelock import FileLock
 
-from .feedback import now_utc, write_atomic
+from .files import now_utc, write_atomic
 from .images import MAX_FILE_BYTES, UPLOAD_TYPES
 
 FORMAT = 1

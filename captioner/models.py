@@ -10,11 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import registry
+from . import endpoint, registry
 from .demo import demo_model_dir
 from .settings import DEFAULT_CAPTION_MODEL, Settings
 
 DEMO, ACTIVE = "demo", "active"
+ENDPOINT_FAMILY = "openai"  # LoadedModel.family of a model served by an OpenAI-compatible server
 HUB_HOST = "huggingface.co"
 
 
@@ -27,9 +28,9 @@ class ModelSpec:
     """A model spec resolved to where its files are and which version they are."""
 
     text: str  # as the user wrote it
-    kind: str  # caption | qa | search
-    source: str  # hub | local | demo | version
-    location: str  # hub id, or an absolute folder
+    kind: str  # caption | qa | search | style
+    source: str  # hub | local | demo | version | endpoint
+    location: str  # hub id, an absolute folder, or the model name on the server
     version: str
 
 
@@ -38,6 +39,11 @@ def resolve_spec(text: str, kind: str, settings: Settings) -> ModelSpec:
     text = (text or "").strip()
     if not text:
         raise ModelError(f"empty {kind} model spec")
+    if text.startswith(endpoint.PREFIX):
+        if kind not in ("qa", "style"):
+            raise ModelError(f"{text}: an OpenAI-compatible server can chat and rewrite captions, not serve {kind}")
+        name = text.removeprefix(endpoint.PREFIX).strip()
+        return ModelSpec(text, kind, "endpoint", name, endpoint.host(settings.openai_base_url))
     if text == DEMO:
         folder = demo_model_dir(kind)
         return ModelSpec(text, kind, "demo", str(folder), _demo_version(folder))
@@ -209,8 +215,41 @@ def load_chat_model(spec_text: str, settings: Settings, fallback: bool = True) -
     return with_fallback(lambda s: load_chat_model_at(s, settings), spec, settings, fallback, "Q&A model")
 
 
+def load_endpoint(spec: ModelSpec, settings: Settings) -> LoadedModel:
+    """A model on an OpenAI-compatible server (OPENAI_BASE_URL, OPENAI_API_KEY), checked before it is used."""
+    try:
+        server = endpoint.connect(spec.location, settings.openai_base_url, settings.openai_api_key, settings.openai_timeout)
+    except endpoint.EndpointError as exc:
+        raise ModelError(f"{spec.text}: {exc}") from None
+    return LoadedModel(spec, server, None, None, None, family=ENDPOINT_FAMILY)
+
+
+def load_style_model(spec_text: str, settings: Settings, fallback: bool = True) -> LoadedModel:
+    """Load the caption rewriter by spec: a chat model on a server (openai:MODEL), a local transformers chat
+    model (hub id or folder), or demo; with fallback, a hub model that cannot be had gives way to demo."""
+    spec = resolve_spec(spec_text, "style", settings)
+
+    def load(spec: ModelSpec) -> LoadedModel:
+        if spec.source == "endpoint":
+            return load_endpoint(spec, settings)
+
+        def choose(config) -> str:
+            if getattr(config, "is_encoder_decoder", False) or hasattr(config, "vision_config"):
+                raise ModelError(f"{spec.text} is a {config.model_type!r} model; the rewriter needs a text chat model")
+            return "AutoModelForCausalLM"
+
+        loaded = load_model(spec, settings, choose)
+        if not getattr(loaded.processor, "chat_template", None):
+            raise ModelError(f"{spec.text} has no chat template, so it cannot follow a style instruction")
+        return loaded
+
+    return with_fallback(load, spec, settings, fallback, "caption rewriter")
+
+
 def load_chat_model_at(spec: ModelSpec, settings: Settings) -> LoadedModel:
-    """The chat backend a checkpoint's config calls for, loaded with its processor."""
+    """The chat backend a checkpoint's config (or an openai: spec) calls for, loaded with its processor."""
+    if spec.source == "endpoint":
+        return load_endpoint(spec, settings)
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES as IMAGE_TEXT_TO_TEXT
 
     def choose(config) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from .feedback import now_utc, write_atomic
+from .files import now_utc, publish_folder, write_atomic
 
 ACTIVE_FILE = "active.json"
 OWNER_FILE = ".owner-pid"
@@ -92,7 +92,7 @@ def publish(models_dir: Path, staging: Path) -> str:
     with FileLock(str(models_dir / ".registry.lock")):
         numbers = [int(m.group(1)) for p in models_dir.iterdir() if (m := VERSION_NAME.match(p.name))]
         name = f"v{max(numbers, default=0) + 1:04d}"
-        staging.rename(models_dir / name)
+        publish_folder(staging, models_dir / name)
     return name
 
 

@@ -1,12 +1,30 @@
-"""Reviewing the feedback log: filters, statistics, and edits (each one atomic rewrite under the log's lock)."""
+"""Reviewing the feedback log: filter, sort and page the rows, statistics, the admin's selection, and edits by id.
+
+Filtering and sorting work on the log's cached snapshot and are remembered per snapshot, so paging through
+100,000 rows costs the slice of one page. Every edit is one atomic rewrite under the log's lock and touches
+exactly the ids it is given.
+"""
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
-from dataclasses import dataclass, replace
-from datetime import date
+import hashlib
+import threading
+from collections import Counter, OrderedDict, defaultdict
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from operator import attrgetter
 
-from .feedback import STATUSES, FeedbackError, FeedbackLog, FeedbackRow, check_text, now_utc
+from .feedback import STATUSES, FeedbackError, FeedbackLog, FeedbackRow, check_text
+from .feedback_snapshot import Snapshot
+from .files import now_utc
+
+SORTS = {
+    "newest": "Newest first",
+    "oldest": "Oldest first",
+    "least_confident": "Least confident first",
+    "most_confident": "Most confident first",
+}
+PAGE_SIZES = (25, 50, 100)
 
 
 @dataclass(frozen=True)
@@ -21,46 +39,189 @@ class Filters:
     text: str = ""
 
     def keep(self, row: FeedbackRow) -> bool:
-        day = row.created_at[:10]
-        needle = self.text.strip().lower()
-        return (
-            (not self.statuses or row.status in self.statuses)
-            and (not self.tasks or row.task in self.tasks)
-            and (not self.versions or row.model_version in self.versions)
-            and (self.since is None or day >= self.since.isoformat())
-            and (self.until is None or day <= self.until.isoformat())
-            and (not needle or any(needle in field.lower() for field in (row.correction, row.model_output, row.prompt, row.notes)))
-        )
+        return bool(self.select([row]))
+
+    def select(self, rows: list[FeedbackRow]) -> list[FeedbackRow]:
+        """The rows that pass, in order (one pass per active filter: the cheap ones first)."""
+        if self.statuses:
+            rows = [r for r in rows if r.status in self.statuses]
+        if self.tasks:
+            rows = [r for r in rows if r.task in self.tasks]
+        if self.versions:
+            rows = [r for r in rows if r.model_version in self.versions]
+        if self.since is not None:
+            rows = [r for r in rows if r.created_at[:10] >= self.since.isoformat()]
+        if self.until is not None:
+            rows = [r for r in rows if r.created_at[:10] <= self.until.isoformat()]
+        if needle := self.text.strip().lower():
+            rows = [r for r in rows if needle in f"{r.correction}\n{r.model_output}\n{r.prompt}\n{r.notes}".lower()]
+        return rows
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of the rows that match a query."""
+
+    rows: list[FeedbackRow]
+    number: int  # 1-based, clamped to the pages there are
+    pages: int
+    matching: int
+    total: int
+
+
+class _Memo:
+    """A few results per snapshot (filtered orders, statistics), dropped when the log changes."""
+
+    def __init__(self, size: int = 16):
+        self.size, self.items, self.guard = size, OrderedDict(), threading.Lock()
+
+    def get(self, key, compute):
+        with self.guard:
+            if key in self.items:
+                self.items.move_to_end(key)
+                return self.items[key]
+        value = compute()
+        with self.guard:
+            self.items[key] = value
+            while len(self.items) > self.size:
+                self.items.popitem(last=False)
+        return value
+
+
+_MEMO = _Memo()
+
+
+def matching_rows(snapshot: Snapshot, filters: Filters, sort: str = "newest") -> list[FeedbackRow]:
+    """The rows that pass the filters, in the chosen order (remembered for this snapshot)."""
+    if sort not in SORTS:
+        raise ValueError(f"unknown sort {sort!r}; use one of {', '.join(SORTS)}")
+    return _MEMO.get(("rows", snapshot.token, filters, sort), lambda: _sorted(filters.select(snapshot.rows), sort))
+
+
+def page_of(snapshot: Snapshot, filters: Filters, sort: str, number: int, size: int) -> Page:
+    """Page `number` (1-based; clamped) of the matching rows, `size` rows a page."""
+    rows = matching_rows(snapshot, filters, sort)
+    pages = max(1, -(-len(rows) // size))
+    number = min(max(1, number), pages)
+    return Page(rows[(number - 1) * size : number * size], number, pages, len(rows), len(snapshot.rows))
+
+
+_WARMING: set[str] = set()
+_WARMING_GUARD = threading.Lock()
+
+
+def warm_up(log: FeedbackLog) -> None:
+    """Start reading the log in a background thread (one per log at a time): the first read of a large log
+    takes a second or more, which can pass while the admin types the password."""
+    key = str(log.csv_path)
+    with _WARMING_GUARD:
+        if key in _WARMING:
+            return
+        _WARMING.add(key)
+
+    def read() -> None:
+        try:
+            log.snapshot()
+        except FeedbackError:
+            pass  # the page reads again and shows the reason
+        finally:
+            with _WARMING_GUARD:
+                _WARMING.discard(key)
+
+    threading.Thread(target=read, name="feedback-warm-up", daemon=True).start()
+
+
+def model_versions(snapshot: Snapshot) -> list[str]:
+    """Every model version the log mentions, sorted."""
+    return _MEMO.get(("versions", snapshot.token), lambda: sorted({row.model_version for row in snapshot.rows}))
+
+
+def _sorted(rows: list[FeedbackRow], sort: str) -> list[FeedbackRow]:
+    if sort in ("newest", "oldest"):  # by the moment, whatever offset a row was written with; file order breaks ties
+        if all(row.created_at.endswith("+00:00") and len(row.created_at) == 25 for row in rows):
+            ordered = sorted(rows, key=attrgetter("created_at"))  # one format, one offset: the text sorts as time
+        else:
+            ordered = [rows[i] for i in sorted(range(len(rows)), key=lambda i: _moment(rows[i].created_at))]
+        return ordered[::-1] if sort == "newest" else ordered
+    scored = [row for row in rows if row.score]
+    scored.sort(key=lambda row: float(row.score), reverse=sort == "most_confident")
+    return scored + [row for row in rows if not row.score]  # rows without a score (older ones) come last
+
+
+def _moment(text: str) -> float:
+    moment = datetime.fromisoformat(text)
+    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
 
 
 def statistics(rows: list[FeedbackRow]) -> dict:
     """Rows by status, correction rate per model version (share not confirmations), rows per day and status."""
-    by_version: dict[str, list[FeedbackRow]] = defaultdict(list)
+    by_version: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     per_day: dict[str, Counter] = defaultdict(Counter)
+    by_status = Counter()
     for row in rows:
-        by_version[row.model_version or "(unknown)"].append(row)
+        counts = by_version[row.model_version or "(unknown)"]
+        counts[0] += 1
+        counts[1] += row.correction != row.model_output
         per_day[row.created_at[:10]][row.status] += 1
+        by_status[row.status] += 1
     return {
-        "by_status": {status: sum(row.status == status for row in rows) for status in STATUSES},
-        "correction_rate": {
-            version: round(sum(not r.is_confirmation for r in group) / len(group), 4) for version, group in sorted(by_version.items())
-        },
-        "rows_per_version": {version: len(group) for version, group in sorted(by_version.items())},
+        "by_status": {status: by_status[status] for status in STATUSES},
+        "correction_rate": {version: round(c / n, 4) for version, (n, c) in sorted(by_version.items())},
+        "rows_per_version": {version: n for version, (n, _) in sorted(by_version.items())},
         "per_day": {day: dict(counts) for day, counts in sorted(per_day.items())},
     }
+
+
+def snapshot_statistics(snapshot: Snapshot) -> dict:
+    """statistics() of a snapshot's rows (remembered for this snapshot)."""
+    return _MEMO.get(("stats", snapshot.token), lambda: statistics(snapshot.rows))
+
+
+@dataclass
+class Selection:
+    """The rows an admin ticked and the corrections they typed, by id, across pages, filters and reruns.
+
+    A table shows one page; its widget key (table_key) names exactly the ids it shows and the selection's
+    generation, so ticks and edits made on one table can never land on another row. Any change the admin did
+    not make in the table (an action, Clear) starts a new generation: the next table starts from this state.
+    """
+
+    ids: set[str] = field(default_factory=set)
+    edits: dict[str, str] = field(default_factory=dict)
+    generation: int = 0
+
+    def table_key(self, rows: list[FeedbackRow]) -> str:
+        digest = hashlib.blake2b("\n".join(row.id for row in rows).encode(), digest_size=8).hexdigest()
+        return f"review-{self.generation}-{digest}"
+
+    def take(self, rows: list[FeedbackRow], ticked: list[bool], corrections: list[str]) -> None:
+        """Fold what the table returned for these rows (same order) into the selection and the pending edits."""
+        for row, tick, text in zip(rows, ticked, corrections, strict=True):
+            (self.ids.add if tick else self.ids.discard)(row.id)
+            if text != row.correction:
+                self.edits[row.id] = text
+            else:
+                self.edits.pop(row.id, None)
+
+    def reset(self) -> None:
+        """Nothing selected, nothing edited, and a fresh table."""
+        self.ids.clear()
+        self.edits.clear()
+        self.generation += 1
 
 
 def set_status(log: FeedbackLog, ids: set[str], status: str, reviewer: str) -> int:
     """Approve or reject (or reopen) rows by id; returns how many changed."""
     if status not in STATUSES:
         raise FeedbackError(f"status {status!r} is not one of {', '.join(STATUSES)}")
-    changed = []
+    check_text("reviewer name", reviewer)
+    ids, changed, moment = set(ids), [], now_utc()
 
     def transform(rows):
         out = []
         for row in rows:
             if row.id in ids and row.status != status:
-                row = replace(row, status=status, reviewed_at=now_utc(), reviewer=reviewer)
+                row = row._replace(status=status, reviewed_at=moment, reviewer=reviewer)
                 changed.append(row.id)
             out.append(row)
         return out
@@ -73,13 +234,14 @@ def edit_corrections(log: FeedbackLog, corrections: dict[str, str], reviewer: st
     """Replace the correction text of rows by id; returns how many changed."""
     for text in corrections.values():
         check_text("correction", text, allow_empty=False)
-    changed = []
+    check_text("reviewer name", reviewer)
+    changed, moment = [], now_utc()
 
     def transform(rows):
         out = []
         for row in rows:
             if row.id in corrections and corrections[row.id] != row.correction:
-                row = replace(row, correction=corrections[row.id], reviewed_at=now_utc(), reviewer=reviewer)
+                row = row._replace(correction=corrections[row.id], reviewed_at=moment, reviewer=reviewer)
                 changed.append(row.id)
             out.append(row)
         return out
@@ -90,6 +252,13 @@ def edit_corrections(log: FeedbackLog, corrections: dict[str, str], reviewer: st
 
 def delete_rows(log: FeedbackLog, ids: set[str]) -> int:
     """Remove rows by id (their stored images stay: other rows may share them); returns how many went."""
-    before = []
-    log.rewrite(lambda rows: before.extend(rows) or [row for row in rows if row.id not in ids])
-    return sum(row.id in ids for row in before)
+    ids, gone = set(ids), []
+
+    def transform(rows):
+        kept = []
+        for row in rows:
+            (gone.append(row.id) if row.id in ids else kept.append(row))
+        return kept
+
+    log.rewrite(transform)
+    return len(gone)

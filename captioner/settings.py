@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
@@ -11,6 +11,7 @@ DEFAULT_CAPTION_MODEL = "Salesforce/blip-image-captioning-base"
 DEFAULT_QA_MODEL = "Salesforce/blip-vqa-base"
 DEFAULT_SEARCH_MODEL = "ViT-B-32/laion2b_s34b_b79k"
 DEFAULT_CHAT_MODELS = (DEFAULT_QA_MODEL, "Salesforce/blip2-opt-2.7b", "HuggingFaceTB/SmolVLM-256M-Instruct", "demo")
+DEFAULT_STYLE_MODEL = "HuggingFaceTB/SmolLM2-360M-Instruct"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 QUANTIZATIONS = ("none", "8bit", "4bit")
@@ -34,8 +35,14 @@ class Settings:
     dtype: str = "auto"
     quantize: str = "none"
     admin_password: str | None = None
+    style_model: str = DEFAULT_STYLE_MODEL
+    openai_base_url: str | None = None  # OPENAI_BASE_URL: the server `openai:MODEL` specs talk to
+    openai_api_key: str | None = field(default=None, repr=False)  # OPENAI_API_KEY: never printed
+    openai_timeout: float = 60.0
 
     def __post_init__(self):
+        if not self.openai_timeout > 0:
+            raise SettingsError(f"CAPTIONER_OPENAI_TIMEOUT={self.openai_timeout!r} must be a number of seconds above 0")
         _check("CAPTIONER_DEVICE", self.device, DEVICES, allow_index=True)
         _check("CAPTIONER_DTYPE", self.dtype, DTYPES)
         _check("CAPTIONER_QUANTIZE", self.quantize, QUANTIZATIONS)
@@ -63,6 +70,10 @@ class Settings:
             dtype=get("DTYPE", "auto").lower(),
             quantize=get("QUANTIZE", "none").lower(),
             admin_password=env.get("CAPTIONER_ADMIN_PASSWORD") or None,
+            style_model=get("STYLE_MODEL", DEFAULT_STYLE_MODEL),
+            openai_base_url=env.get("OPENAI_BASE_URL", "").strip() or None,
+            openai_api_key=env.get("OPENAI_API_KEY", "").strip() or None,
+            openai_timeout=_seconds("CAPTIONER_OPENAI_TIMEOUT", get("OPENAI_TIMEOUT", "60")),
         )
 
     @property
@@ -81,6 +92,13 @@ class Settings:
     @property
     def models_dir(self) -> Path:
         return self.home / "models"
+
+
+def _seconds(name: str, value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise SettingsError(f"{name}={value!r} is not a number of seconds") from None
 
 
 def _check(name: str, value: str, allowed: tuple[str, ...], allow_index: bool = False) -> None:

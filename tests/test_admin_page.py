@@ -1,6 +1,7 @@
 """The admin page and hot-swapping in AppTest: password, review edits, statistics, export, versions."""
 
 import json
+import re
 import shutil
 
 import pytest
@@ -11,6 +12,15 @@ from captioner.demo import demo_model_dir
 from captioner.demo.quality import demo_inputs
 from captioner.feedback import FeedbackLog
 from conftest import start_app
+
+
+@pytest.fixture(autouse=True)
+def fresh_login_brake(monkeypatch):
+    """Each test starts with no failed logins on record (the guard lives as long as the server process)."""
+    from app_pages.admin_tabs import login as login_tab
+    from captioner.login import LoginGuard
+
+    monkeypatch.setattr(login_tab, "GUARD", LoginGuard())
 
 
 @pytest.fixture
@@ -37,6 +47,18 @@ def click(app, prefix):
     assert not app.exception, app.exception
 
 
+def edit(app, changes):
+    """Seed the review table's edits ({position: {column: value}}) as a browser would, then rerun."""
+    app.session_state[app.data_editor[0].key] = {"edited_rows": changes, "added_rows": [], "deleted_rows": []}
+    app.run()
+    assert not app.exception, app.exception
+
+
+def shown(elements):
+    """What the user reads in these Markdown elements (backslash escapes removed)."""
+    return [re.sub(r"\\(.)", r"\1", element.value) for element in elements]
+
+
 def rows(home):
     found, problems = FeedbackLog(home / "data").read()
     assert problems == []
@@ -53,13 +75,11 @@ def test_approve_one_and_bulk_reject_through_the_table(admin, home):
     login(admin)
     table = admin.data_editor[0].value
     assert len(table) == 5 and set(table["status"]) == {"pending"}
-    admin.session_state["review_table"] = {"edited_rows": {0: {"select": True}}, "added_rows": [], "deleted_rows": []}
-    admin.run()
+    edit(admin, {0: {"select": True}})
     click(admin, "Approve selected (1)")
     approved = [r for r in rows(home) if r.status == "approved"]
     assert len(approved) == 1 and approved[0].reviewer == "admin" and approved[0].reviewed_at
-    admin.session_state["review_table"] = {"edited_rows": {0: {"select": True}, 1: {"select": True}}, "added_rows": [], "deleted_rows": []}
-    admin.run()
+    edit(admin, {0: {"select": True}, 1: {"select": True}})
     click(admin, "Reject selected (2)")
     assert sorted(r.status for r in rows(home)) == ["approved", "pending", "pending", "rejected", "rejected"]
 
@@ -67,12 +87,10 @@ def test_approve_one_and_bulk_reject_through_the_table(admin, home):
 def test_edit_a_correction_and_delete_a_row(admin, home):
     login(admin)
     first_id = admin.data_editor[0].value["id"][0]
-    admin.session_state["review_table"] = {"edited_rows": {0: {"correction": "a scarlet circle"}}, "added_rows": [], "deleted_rows": []}
-    admin.run()
+    edit(admin, {0: {"correction": "a scarlet circle"}})
     click(admin, "Save edited corrections (1)")
     assert {r.id: r.correction for r in rows(home)}[first_id] == "a scarlet circle"
-    admin.session_state["review_table"] = {"edited_rows": {0: {"select": True}}, "added_rows": [], "deleted_rows": []}
-    admin.run()
+    edit(admin, {0: {"select": True}})
     click(admin, "Delete selected (1)")
     assert first_id not in {r.id for r in rows(home)} and len(rows(home)) == 4
 
@@ -86,20 +104,27 @@ def test_statistics_and_filters(admin, home):
     assert len(admin.data_editor[0].value) == 0
 
 
-def test_export_approved_rows_from_the_page(admin, home):
+def test_export_approved_rows_from_the_page(admin, home, tmp_path):
     from captioner.review import set_status
 
     log = FeedbackLog(home / "data")
+    good = rows(home)
+    (home / "outside.png").write_bytes((home / "data" / good[0].image_path).read_bytes())
+    (log.images_dir / "link.png").symlink_to(home / "outside.png")
+    log.append([good[0]._replace(id="leads-outside", image_path="images/link.png", correction="**bold** [x](https:evil.example)")])
     set_status(log, {r.id for r in rows(home)}, "approved", "test")
     login(admin)
     admin.radio[0].set_value("hf").run()
     click(admin, "Export approved rows")
     assert any("Exported 5 approved rows" in s.value for s in admin.success)
+    assert [w.value for w in admin.warning] == ["1 approved row(s) were left out:"]
+    assert any("leads-outside" in c.value and "outside" in c.value for c in admin.code)
     exported = next((home / "data" / "exports").glob("*-hf"))
     from datasets import load_dataset
 
-    dataset = load_dataset("imagefolder", data_dir=str(exported), split="train")
-    assert len(dataset) == 5 and set(dataset["task"]) == {"caption", "qa"}
+    captions = load_dataset(str(exported), split="train", cache_dir=str(tmp_path / "cache"))
+    assert len(captions) == 4 and set(captions["task"]) == {"caption"}
+    assert load_dataset(str(exported), "qa", split="train", cache_dir=str(tmp_path / "cache"))["text"] == ["red"]
 
 
 def make_version(home, name):
@@ -138,7 +163,7 @@ def test_versions_tab_activates_and_rolls_back(admin, home):
     make_version(home, "v0002")
     login(admin)
     assert "default model" in [c.value for c in admin.caption if c.value.startswith("Live:")][0]
-    admin.selectbox[0].set_value("v0002").run()
+    [s for s in admin.selectbox if s.label == "Version"][0].set_value("v0002").run()
     click(admin, "Activate v0002")
     assert registry.active_version(home / "models") == "v0002"
     click(admin, "Roll back")
@@ -167,6 +192,104 @@ def test_start_a_retrain_from_the_page_and_follow_it_to_the_end(home, monkeypatc
         time.sleep(0.5)
     app.run()
     outcome = run.outcome
-    shown = [m.value for m in app.success] + [m.value for m in app.error]
-    assert f"Last retrain: {outcome['message']}" in shown
+    assert f"Last retrain: {outcome['message']}" in shown(app.success) + shown(app.error)
     assert any("finetune:" in c.value for c in app.code)
+
+
+@pytest.fixture
+def many(home, monkeypatch, demo_png):
+    """A log of 60 pending rows: more than one page (25 a page by default), scores falling row by row."""
+    monkeypatch.setenv("CAPTIONER_ADMIN_PASSWORD", "correct horse")
+    monkeypatch.setenv("CAPTIONER_CAPTION_MODEL", "demo")
+    log = FeedbackLog(home / "data")
+    first, _ = log.record(demo_png(), "png", task="caption", model_output="a blob", correction="row 00", score=0.0)
+    log.append([first._replace(id=f"row-{i:02d}", correction=f"row {i:02d}", score=f"{-i / 10:.4f}",
+                               created_at=f"2026-01-01T00:00:{i:02d}+00:00") for i in range(1, 60)])  # fmt: skip
+    return login(start_app("app_pages/admin.py"))
+
+
+def shown_ids(app):
+    return list(app.data_editor[0].value["id"])
+
+
+def button(app, prefix):
+    return [b for b in app.button if b.label.startswith(prefix)][0]
+
+
+def test_an_action_touches_the_ticked_row_only_and_leaves_nothing_ticked(many, home):
+    before = shown_ids(many)
+    assert len(before) == 25 and "60 matching" in [c.value for c in many.caption if "matching" in c.value][0]
+    edit(many, {1: {"select": True}})
+    click(many, "Approve selected (1)")
+    approved = [r.id for r in rows(home) if r.status == "approved"]
+    assert approved == [before[1]]
+    after = shown_ids(many)
+    assert after[1] != before[1] and not any(many.data_editor[0].value["select"])
+    assert button(many, "Approve selected").label == "Approve selected (0)" and button(many, "Approve selected").disabled
+    many.run()  # a rerun must not bring the tick back onto the row now in its place
+    assert button(many, "Approve selected").disabled and [r.id for r in rows(home) if r.status == "approved"] == approved
+
+
+def test_ticks_on_several_pages_add_up_by_id(many, home):
+    page_one = shown_ids(many)
+    edit(many, {0: {"select": True}})
+    click(many, "Next page")
+    page_two = shown_ids(many)
+    assert not set(page_one) & set(page_two)
+    edit(many, {2: {"select": True}})
+    assert "2 selected (1 not on this page)" in [c.value for c in many.caption if "selected" in c.value][0]
+    click(many, "Reject selected (2)")
+    assert sorted(r.id for r in rows(home) if r.status == "rejected") == sorted([page_one[0], page_two[2]])
+
+
+def test_every_row_is_reachable_and_the_least_confident_come_first(many, home):
+    seen = []
+    for _ in range(3):
+        seen += shown_ids(many)
+        if not button(many, "Next page").disabled:
+            click(many, "Next page")
+    assert sorted(seen) == sorted(r.id for r in rows(home)) and len(seen) == 60
+    [s for s in many.selectbox if s.label == "Order"][0].set_value("least_confident").run()
+    scores = list(many.data_editor[0].value["score"])
+    assert scores == sorted(scores) and scores[0] == -5.9
+    assert "page 1 of 3" in [c.value for c in many.caption if "matching" in c.value][0]  # a new order starts on page 1
+
+
+def test_broken_records_are_shown_as_plain_text_and_can_be_moved_aside(admin, home):
+    log = FeedbackLog(home / "data")
+    with open(log.csv_path, "ab") as handle:
+        handle.write("**BOLD** [click](https:evil.example),x\r\n".encode())
+    login(admin)
+    assert [w.value for w in admin.warning] == ["feedback.csv has 1 broken record(s), left as they are: no action touches them."]
+    assert any("line 7: expected 16 fields, found 2" in c.value for c in admin.code)
+    click(admin, "Move the broken records aside")
+    assert not admin.warning and any("Moved 1 broken record(s)" in text for text in shown(admin.success))
+    assert (home / "data" / "feedback-broken.csv").read_bytes().endswith(b"**BOLD** [click](https:evil.example),x\r\n")
+    assert rows(home) and FeedbackLog(home / "data").read()[1] == []
+
+
+def test_a_note_built_from_data_is_escaped_not_rendered():
+    from app_pages.admin_tabs._ui import plain
+
+    assert plain("**BOLD** [click](https:evil.example) `x` <b>") == (
+        "\\*\\*BOLD\\*\\* \\[click\\]\\(https\\:evil\\.example\\) \\`x\\` \\<b\\>"
+    )
+
+
+def test_repeated_wrong_passwords_are_braked_even_for_the_right_one(admin):
+    for _ in range(3):
+        login(admin, "wrong")
+    assert "Wait 2 s" in admin.error[0].value
+    login(admin)  # the right password, too soon: not even checked
+    assert "not checked" in admin.error[0].value and not admin.tabs
+
+
+def test_a_log_locked_too_long_is_one_message_on_the_page(admin, home, monkeypatch):
+    from filelock import FileLock
+
+    import captioner.feedback as feedback
+
+    monkeypatch.setattr(feedback, "LOCK_TIMEOUT_S", 0.2)
+    with FileLock(str(home / "data" / "feedback.csv.lock"), thread_local=False):
+        login(admin)
+    assert len(admin.error) == 1 and "the feedback log is busy" in admin.error[0].value and not admin.exception

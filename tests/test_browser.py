@@ -152,6 +152,36 @@ def test_ask_about_a_demo_image_in_chromium(server, browser, tmp_path):
     page.close()
 
 
+def test_eight_people_chat_at_once_and_each_gets_their_own_answer(server, browser, tmp_path):
+    """Eight browser sessions ask about eight different images at the same moment on one shared model."""
+    from playwright.sync_api import expect
+
+    url, _ = server
+    kinds = [(shape, color) for shape in ("circle", "square") for color in ("red", "green", "blue", "yellow")]
+    pages = []
+    for shape, color in kinds:
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.set_default_timeout(90_000)
+        page.goto(f"{url}/chat")
+        picture = tmp_path / f"{color}-{shape}.png"
+        picture.write_bytes(zoo.encode(zoo.demo(shape, color, 160), "PNG"))
+        page.locator("input[type=file]").first.set_input_files(str(picture))
+        pages.append(page)
+    questions = [page.get_by_placeholder("Ask about the image") for page in pages]
+    for question, (shape, _) in zip(questions, kinds):
+        question.fill("what color is the shape?" if shape == "circle" else "what shape is it?")
+    for question in questions:  # all eight asked before any answer is read
+        question.press("Enter")
+    for page, (shape, color) in zip(pages, kinds):
+        answer = page.locator('[data-testid="stChatMessage"]').nth(1)
+        expect(answer).to_contain_text(color if shape == "circle" else shape)
+        colors = {c for _, c in kinds}
+        others = colors - {color} if shape == "circle" else colors | {"circle"}  # what a leaked answer would say
+        assert not any(word in answer.inner_text() for word in others)
+    for page in pages:
+        page.close()
+
+
 def test_text_search_over_the_gallery_in_chromium(server, browser):
     from playwright.sync_api import expect
 
@@ -174,32 +204,82 @@ def test_text_search_over_the_gallery_in_chromium(server, browser):
     page.close()
 
 
-def test_admin_logs_in_approves_a_row_and_sees_statistics(server, browser):
+def add_rows(home, n):
+    """n more pending rows (one stored image), older than anything logged by the other tests."""
+    log = FeedbackLog(home / "data")
+    first, _ = log.record(zoo.encode(zoo.demo("circle", "red", 96), "PNG"), "png", task="caption", model_output="a blob",
+                          correction="row 000", score=-0.1)  # fmt: skip
+    log.append([first._replace(id=f"row-{i:03d}", correction=f"row {i:03d}", created_at=f"2026-01-01T00:{i // 60:02d}:{i % 60:02d}+00:00")
+                for i in range(1, n)])  # fmt: skip
+
+
+def pending_order(home):
+    """The pending rows in the order the review table shows them by default (newest first)."""
+    from captioner.review import Filters, matching_rows
+
+    return [row.id for row in matching_rows(FeedbackLog(home / "data").snapshot(), Filters(statuses=("pending",)), "newest")]
+
+
+def tick(page, grid, row):
+    box = grid.bounding_box()
+    page.mouse.click(box["x"] + 27, box["y"] + 35 + 35 * row + 18)  # row's checkbox (glide grid: 35 px rows)
+
+
+def test_admin_reviews_a_log_bigger_than_a_page_by_id_in_chromium(server, browser):
     from playwright.sync_api import expect
 
     url, home = server
+    add_rows(home, 300)
+    page = browser.new_page(viewport={"width": 1400, "height": 1400})
+    page.set_default_timeout(90_000)
+    received = []
+    page.on("websocket", lambda ws: ws.on("framereceived", lambda frame: received.append(len(frame))))
+    page.goto(f"{url}/admin")
+    expect(page.get_by_label("Password", exact=True)).to_be_visible()
     log_text = (home / "streamlit.log").read_text()
     assert "Admin page password" in log_text  # made up at start and printed to the server log
     password = log_text.split("Admin page password (set CAPTIONER_ADMIN_PASSWORD to choose one): ")[1].split()[0]
-    page = browser.new_page(viewport={"width": 1400, "height": 1200})
-    page.set_default_timeout(90_000)
-    page.goto(f"{url}/admin")
     page.get_by_label("Password", exact=True).fill("not it")
     page.get_by_role("button", name="Log in").click()
     expect(page.get_by_text("Wrong password.")).to_be_visible()
+    assert "admin login from local failed" in (home / "streamlit.log").read_text()
+    before_login = sum(received)
     page.get_by_label("Password", exact=True).fill(password)
     page.get_by_role("button", name="Log in").click()
     grid = page.locator('[data-testid="stDataFrame"]').first
     expect(grid).to_be_visible()
-    pending = len([r for r in FeedbackLog(home / "data").read()[0] if r.status == "pending"])
-    assert pending >= 1
-    box = grid.bounding_box()
-    page.mouse.click(box["x"] + 27, box["y"] + 35 + 18)  # the first row's checkbox (glide grid: 35 px rows)
+    pages = -(-len(pending_order(home)) // 25)  # 300 rows, plus those the other tests logged
+    expect(page.get_by_text(f"page 1 of {pages}")).to_be_visible()
+    table_bytes = sum(received) - before_login
+    print(f"websocket bytes from login to the first page of rows: {table_bytes:,}")
+    assert table_bytes < 400_000, table_bytes  # one page of rows and thumbnails, not the log
+
+    order = pending_order(home)
+    tick(page, grid, 1)
     approve = page.get_by_role("button", name="Approve selected (1)")
     expect(approve).to_be_enabled()
     approve.click()
     expect(page.get_by_text("Approved 1 row(s).")).to_be_visible()
-    assert sum(r.status == "approved" for r in FeedbackLog(home / "data").read()[0]) == 1
+    rows = FeedbackLog(home / "data").read()[0]
+    assert [r.id for r in rows if r.status == "approved"] == [order[1]]
+    expect(page.get_by_role("button", name="Approve selected (0)")).to_be_disabled()  # nothing stays ticked
+
+    order = pending_order(home)
+    pages = -(-len(order) // 25)
+    page.get_by_role("button", name="Next page →").click()
+    expect(page.get_by_text(f"page 2 of {pages}")).to_be_visible()
+    tick(page, grid, 0)
+    expect(page.get_by_role("button", name="Reject selected (1)")).to_be_enabled()
+    page.get_by_role("button", name="← Previous page").click()
+    expect(page.get_by_text(f"page 1 of {pages}")).to_be_visible()
+    tick(page, grid, 2)
+    expect(page.get_by_text("2 selected (1 not on this page)")).to_be_visible()
+    page.get_by_role("button", name="Reject selected (2)").click()
+    expect(page.get_by_text("Rejected 2 row(s).")).to_be_visible()
+    rows = FeedbackLog(home / "data").read()[0]
+    assert sorted(r.id for r in rows if r.status == "rejected") == sorted([order[25], order[2]])
+    page.screenshot(path=str(ARTIFACTS / "admin-review.png"), full_page=True)
+
     page.get_by_role("tab", name="Statistics").click()
     expect(page.get_by_text("Correction rate per model version")).to_be_visible()
     approved_metric = page.locator('[data-testid="stMetric"]').filter(has_text="approved")

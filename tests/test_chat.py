@@ -1,11 +1,13 @@
 """Q&A backends on tiny models loaded from disk: streaming, history, cutting, errors; and the demo Q&A model."""
 
+import threading
 import time
 
 import pytest
+import torch
 from PIL import Image
 
-from captioner.chat import ChatError, Turn, answer, answer_batch
+from captioner.chat import VQA, ChatError, Turn, answer, answer_batch, build_inputs
 from captioner.demo.quality import qa_accuracy
 from captioner.models import ModelError, load_chat_model
 from captioner.settings import Settings
@@ -39,6 +41,69 @@ def test_each_backend_loads_and_streams_token_by_token(tiny_chat):
     chunks = list(stream)
     assert len(chunks) > 1 and "".join(chunks) == stream.text and stream.notices == []
     assert stream.model == tiny_chat.name and stream.model_version == tiny_chat.version
+
+
+def plain_answer(loaded, history, question, max_new_tokens):
+    """The plain transformers way: the same inputs, generate, decode the new tokens."""
+    inputs = build_inputs(loaded, PICTURE, history, question, max_new_tokens)[0].to(loaded.device)
+    inputs["pixel_values"] = inputs["pixel_values"].to(loaded.dtype)
+    with torch.inference_mode():
+        out = loaded.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    start = 0 if loaded.family == VQA else inputs["input_ids"].shape[1]
+    return loaded.processor.tokenizer.decode(out[0][start:], skip_special_tokens=True).strip()
+
+
+def test_the_streamed_answer_is_plain_generates_answer(tiny_chat):
+    for history, question in [([], "what color is it?"), (HISTORY, "and the shape?")]:
+        streamed = answer(tiny_chat, PICTURE, history, question, max_new_tokens=24).read()
+        assert streamed and streamed == plain_answer(tiny_chat, history, question, 24)
+
+
+def test_an_answer_left_while_waiting_its_turn_is_dropped_at_once(settings, tiny_blip2_dir):
+    loaded = load_chat_model(str(tiny_blip2_dir), settings, fallback=False)
+    ahead = answer(loaded, PICTURE, [], "tell me everything", max_new_tokens=8)
+    waiting = answer(loaded, PICTURE, [], "and you?", max_new_tokens=8)
+    with loaded.lock:  # the model is busy: the answer ahead holds the worker, the other waits in the queue
+        readers = [threading.Thread(target=stream.read) for stream in (ahead, waiting)]
+        for reader in readers:
+            reader.start()
+            time.sleep(0.2)
+        started = time.time()
+        waiting.close()
+        assert time.time() - started < 0.5  # not held until the answer ahead of it is done
+    for reader in readers:
+        reader.join(timeout=30)
+    assert ahead.text and waiting.text == ""  # the one ahead answered; the one that left never generated
+    assert_model_free(loaded)
+
+
+def test_eight_sessions_at_once_each_get_their_own_answer(settings, tiny_llava_dir):
+    from tiny_models import CORPUS
+
+    loaded = load_chat_model(str(tiny_llava_dir), settings, fallback=False)
+    asks = []
+    for i in range(8):
+        history = [Turn(CORPUS[(i + j) % len(CORPUS)], CORPUS[(3 * i + j) % len(CORPUS)]) for j in range(i % 3)]
+        asks.append((Image.new("RGB", (60, 40), (30 * i, 30, 200)), history, CORPUS[i]))
+    alone = [answer(loaded, *ask, max_new_tokens=16).read() for ask in asks]
+    assert len(set(alone)) == 8  # eight different answers: any leak or mix-up would show
+    together, chunk_counts, start = [None] * 8, [0] * 8, threading.Barrier(8)
+
+    def session(i):
+        start.wait()
+        stream = answer(loaded, *asks[i], max_new_tokens=16)
+        for _ in stream:
+            chunk_counts[i] += 1
+        together[i] = stream.text.strip()
+
+    threads = [threading.Thread(target=session, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert together == alone
+    assert all(count > 1 for count in chunk_counts)  # each streamed, not handed over at the end
+    assert_model_free(loaded)
 
 
 def test_blip_vqa_answers_from_the_question_alone(settings, tiny_vqa_dir, monkeypatch):
@@ -90,6 +155,11 @@ def test_bad_questions_and_missing_images_are_clear_errors(tiny_chat):
         answer(tiny_chat, None, [], "what?")
 
 
+def assert_model_free(loaded):
+    assert loaded.lock.acquire(blocking=False), "the model lock is still held"
+    loaded.lock.release()
+
+
 def test_an_abandoned_answer_stops_and_frees_the_model(settings, tiny_blip2_dir):
     loaded = load_chat_model(str(tiny_blip2_dir), settings, fallback=False)
     stream = iter(answer(loaded, PICTURE, [], "tell me everything", max_new_tokens=500))
@@ -97,8 +167,29 @@ def test_an_abandoned_answer_stops_and_frees_the_model(settings, tiny_blip2_dir)
     started = time.time()
     stream.close()
     assert time.time() - started < 5
-    assert loaded.lock.acquire(blocking=False)
-    loaded.lock.release()
+    assert_model_free(loaded)
+
+
+def test_the_model_is_freed_however_the_reader_leaves(settings, tiny_blip2_dir):
+    """Freed at once whether the answer is closed, left by a with block, or its iterator closed while the
+    answer object itself is still referenced (where Python 3.12's generator close kept the model busy)."""
+    loaded = load_chat_model(str(tiny_blip2_dir), settings, fallback=False)
+    held = answer(loaded, PICTURE, [], "tell me everything", max_new_tokens=500)
+    chunks = iter(held)
+    next(chunks)
+    chunks.close()
+    assert_model_free(loaded)
+    assert 0 < len(loaded.processor.tokenizer(held.text).input_ids) < 400  # stopped early, not run out
+
+    with answer(loaded, PICTURE, [], "tell me everything", max_new_tokens=500) as stream:
+        next(iter(stream))
+    assert_model_free(loaded)
+
+    stream = answer(loaded, PICTURE, [], "tell me everything", max_new_tokens=500)
+    next(iter(stream))
+    stream.close()
+    assert_model_free(loaded)
+    assert answer(loaded, PICTURE, [], "what color is it?", max_new_tokens=4).read()  # and it answers again
 
 
 def test_models_that_cannot_chat_are_refused_clearly(settings, tiny_blip_dir, home, monkeypatch):
@@ -125,3 +216,19 @@ def test_demo_qa_model_answers_fresh_images_exactly(settings):
 def test_batched_answers_need_a_vqa_model(settings, tiny_blip2_dir):
     with pytest.raises(ChatError, match="BLIP VQA"):
         answer_batch(load_chat_model(str(tiny_blip2_dir), settings, fallback=False), [PICTURE], ["what?"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_cuda_the_stream_is_plain_generates_answer_and_leaving_frees_the_model(home, tiny_blip2_dir, tiny_llava_dir):
+    settings = Settings(home=home, device="cuda")
+    for folder in (tiny_blip2_dir, tiny_llava_dir):
+        loaded = load_chat_model(str(folder), settings, fallback=False)
+        assert loaded.device.type == "cuda"
+        assert answer(loaded, PICTURE, HISTORY, "what color is it?", max_new_tokens=24).read() == plain_answer(
+            loaded, HISTORY, "what color is it?", 24
+        )
+        stream = answer(loaded, PICTURE, [], "tell me everything", max_new_tokens=500)
+        next(iter(stream))
+        stream.close()
+        assert_model_free(loaded)

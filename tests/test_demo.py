@@ -87,3 +87,4 @@ def test_full_demo_build_meets_the_bar_within_15_minutes(tmp_path):
     assert metrics["caption"]["exact_caption_accuracy"] >= 0.95
     assert metrics["qa"]["exact_answer_accuracy"] >= 0.95
     assert metrics["search"]["red_circle_text_precision_at_5"] >= 0.9
+    assert metrics["style"]["kept_words_accuracy"] >= 0.95

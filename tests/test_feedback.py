@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from captioner.feedback import FIELDS, FeedbackError, FeedbackLog, parse_csv
+from captioner.feedback import FIELDS, FeedbackError, FeedbackLog, format_rows, parse_csv
 from conftest import ROOT
 
 HOSTILE = [
@@ -152,7 +152,7 @@ def test_broken_rows_are_reported_by_line_and_kept_by_a_rewrite(tmp_path):
     assert [(p.line, p.reason.split(" ")[0]) for p in problems] == [(3, "expected"), (5, "status")]
     assert f"line 3: expected {len(FIELDS)} fields, found 4" == str(problems[0])
 
-    log.rewrite(lambda rows: [r.__class__(**{**r.__dict__, "status": "approved"}) for r in rows if r.correction != "two"])
+    log.rewrite(lambda rows: [r._replace(status="approved") for r in rows if r.correction != "two"])
     rows, problems_after = log.read()
     assert [(row.correction, row.status) for row in rows] == [("one", "approved"), ("three", "approved")]
     assert [p.raw for p in problems_after] == [p.raw for p in problems]
@@ -213,3 +213,235 @@ def test_a_log_from_before_the_score_column_reads_and_is_upgraded_on_the_next_wr
     rows, problems = log.read()
     assert created and problems == [] and [r.id for r in rows] == [old.id, new.id] and rows[1].score == "-1.5000"
     assert log.csv_path.read_bytes().startswith((",".join(FIELDS) + "\r\n").encode())
+
+
+# --- text that cannot be stored --------------------------------------------------------------------------------
+@pytest.mark.parametrize("text", ["bad \udcff byte", "lone \ud800 surrogate"])
+def test_text_that_is_not_utf8_is_refused_with_one_message_and_nothing_is_written(tmp_path, text):
+    log = FeedbackLog(tmp_path)
+    with pytest.raises(FeedbackError, match=r"the correction is not valid text: character \d+ .* UTF-8"):
+        record(log, text)
+    with pytest.raises(FeedbackError, match="the notes is not valid text"):
+        record(log, "fine", notes=text)
+    with pytest.raises(FeedbackError, match="not valid text"):
+        log.append([record(log, "ok")[0]._replace(id="other", correction=text)])
+    log.csv_path.read_bytes().decode("utf-8")  # still strictly valid UTF-8
+    assert [r.correction for r in log.read()[0]] == ["ok"]
+
+
+def test_the_cli_refuses_undecodable_bytes_in_an_argument(tmp_path, demo_png):
+    from conftest import run_cli
+
+    picture = tmp_path / "p.png"
+    picture.write_bytes(demo_png())
+    done = run_cli("feedback", "add", picture, "--correction", os.fsdecode(b"bad \xff"), env={"CAPTIONER_HOME": str(tmp_path)})
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "the correction is not valid text" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "data" / "feedback.csv").exists()
+
+
+# --- duplicates without re-reading the log ------------------------------------------------------------------------
+def test_duplicates_are_refused_through_the_key_index_and_after_it_is_lost_or_stale(tmp_path):
+    log = FeedbackLog(tmp_path)
+    first, _ = record(log, "a green square")
+    assert log.keys_path.exists()
+    log.keys_path.unlink()  # lost: rebuilt from the CSV
+    again, created = record(log, "a green square")
+    assert not created and again == first
+    with open(log.csv_path, "ab") as handle:  # appended by another tool: only the tail is read to catch up
+        handle.write(format_rows([first._replace(id="by-hand", correction="a hand-added row")]).encode())
+    _, created = record(log, "a hand-added row")
+    assert not created
+    log.rewrite(lambda rows: [r._replace(status="approved") if r.id == first.id else r for r in rows])
+    _, created = record(log, "a green square")  # the approved event differs from a new pending one
+    assert created and len(log.read()[0]) == 3
+
+
+def test_a_bulk_append_skips_events_already_logged_and_repeats_within_itself(tmp_path):
+    log = FeedbackLog(tmp_path)
+    first, _ = record(log, "one")
+    second = first._replace(id="second-id", correction="two")
+    written = log.append([first._replace(id="copy-of-first"), second, second._replace(id="copy-of-second")] + [
+        first._replace(id=f"bulk-{i}", correction=f"bulk {i}") for i in range(40)
+    ])  # fmt: skip
+    assert [r.id for r in written] == ["second-id"] + [f"bulk-{i}" for i in range(40)]
+    assert len(log.read()[0]) == 42
+
+
+DUPLICATOR = """
+import sys
+from captioner.feedback import FeedbackLog
+log = FeedbackLog(sys.argv[1])
+for i in range(40):
+    log.record(b"shared image", "png", task="caption", model_output="a circle", correction=f"event {i}")
+"""
+
+
+def test_eight_processes_logging_the_same_events_log_each_once(tmp_path):
+    workers = [spawn(DUPLICATOR, tmp_path) for _ in range(8)]
+    assert all(worker.wait(timeout=300) == 0 for worker in workers)
+    rows, problems = FeedbackLog(tmp_path).read()
+    assert problems == [] and sorted(r.correction for r in rows) == sorted(f"event {i}" for i in range(40))
+
+
+# --- reading: cached, incremental, equal to a full parse -------------------------------------------------------
+def test_reads_after_appends_and_edits_equal_a_fresh_parse(tmp_path):
+    log = FeedbackLog(tmp_path)
+    for i, text in enumerate(HOSTILE[:6]):
+        record(log, text, data=b"i%d" % i)
+        assert log.read() == (parse_fresh(log), [])
+    with open(log.csv_path, "ab") as handle:
+        handle.write(b"broken,row\r\n")
+    record(log, "after the broken row")
+    log.rewrite(lambda rows: [r._replace(status="rejected") for r in rows[:2]] + rows[2:])
+    record(log, "after the rewrite")
+    rows, problems = log.read()
+    assert rows == parse_fresh(log) and problems == parse_fresh(log, problems=True)
+    lines = io.StringIO(log.csv_path.read_bytes().decode(), newline="").readlines()
+    assert [lines[p.line - 1] for p in problems] == ["broken,row\r\n"]
+
+
+def parse_fresh(log, problems=False):
+    return [e for e in parse_csv(log.csv_path.read_bytes().decode()) if hasattr(e, "line") == problems]
+
+
+def test_a_second_row_with_an_id_already_used_is_reported_not_acted_on(tmp_path):
+    log = FeedbackLog(tmp_path)
+    row, _ = record(log, "original")
+    with open(log.csv_path, "ab") as handle:
+        handle.write(format_rows([row._replace(correction="pasted copy")]).encode())
+    rows, problems = log.read()
+    assert [r.correction for r in rows] == ["original"]
+    assert len(problems) == 1 and "already used" in problems[0].reason
+
+
+# --- leftovers, torn records, repair ------------------------------------------------------------------------------
+def test_a_torn_bulk_append_is_one_problem_and_repair_moves_it_aside_verbatim(tmp_path):
+    log = FeedbackLog(tmp_path)
+    record(log, "before")
+    bulk = format_rows([record(log, f"x{i}")[0]._replace(id=f"torn-{i}", correction=HOSTILE[1] * 3) for i in range(3)])
+    torn = bulk[: bulk.index("fourth", bulk.index("torn-1"))].encode()  # killed inside torn-1's multi-line field
+    with open(log.csv_path, "ab") as handle:
+        handle.write(torn)
+    record(log, "after")
+    rows, problems = log.read()
+    assert len(problems) == 1, [str(p) for p in problems]
+    assert problems[0].last_line > problems[0].line  # "lines N-M"
+    assert [r.correction for r in rows][:1] == ["before"] and rows[-1].correction == "after"
+    moved, kept = log.repair(note="test")
+    assert moved == 1 and kept == log.broken_path
+    assert torn[torn.index(b"torn-1") :] in kept.read_bytes()  # the torn record, kept as it was
+    assert "torn-0" in [r.id for r in rows]  # the bulk append's complete records before the tear are rows
+    after, problems = log.read()
+    assert problems == [] and after == rows
+    assert log.repair() == (0, None)
+    import pandas as pd
+
+    assert len(pd.read_csv(log.csv_path, keep_default_na=False, dtype=str)) == len(rows)
+
+
+def test_stale_temp_files_of_killed_rewrites_are_removed_by_the_next_write(tmp_path):
+    log = FeedbackLog(tmp_path)
+    record(log, "one")
+    stale = [tmp_path / ".feedback.csv.abc123.tmp", tmp_path / ".feedback.csv.keys.def456.tmp"]
+    for path in stale:
+        path.write_bytes(b"x" * 1000)
+    record(log, "two")
+    assert not any(path.exists() for path in stale)
+    image_temps = [log.images_dir / ".abc.png.x1.tmp", log.images_dir / ".def.png.x2.tmp"]
+    for path in image_temps:
+        path.write_bytes(b"half an image")
+    os.utime(image_temps[0], (time.time() - 7200,) * 2)  # a killed write; the other may be a write in progress
+    log.repair()
+    assert [path.exists() for path in image_temps] == [False, True]
+
+
+def test_a_lock_held_too_long_is_one_clear_error_in_the_library_and_the_cli(tmp_path, monkeypatch, capsys, demo_png):
+    from filelock import FileLock
+
+    import captioner.feedback as feedback
+    from captioner.__main__ import main
+
+    monkeypatch.setattr(feedback, "LOCK_TIMEOUT_S", 0.2)
+    monkeypatch.setenv("CAPTIONER_HOME", str(tmp_path))
+    log = FeedbackLog(tmp_path / "data")
+    record(log, "first")
+    picture = tmp_path / "p.png"
+    picture.write_bytes(demo_png())
+    holder = FileLock(str(log.csv_path) + ".lock", thread_local=False)
+    with holder:
+        thread_result = []
+        import threading
+
+        worker = threading.Thread(target=lambda: thread_result.append(catch(lambda: record(FeedbackLog(tmp_path / "data"), "x"))))
+        worker.start()
+        worker.join()
+        assert "the feedback log is busy" in str(thread_result[0]) and "try again" in str(thread_result[0])
+        assert main(["feedback", "add", str(picture), "--correction", "blocked"]) == 2
+    err = capsys.readouterr().err
+    assert "the feedback log is busy" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def catch(action):
+    try:
+        action()
+    except Exception as exc:  # noqa: BLE001 - the test inspects what was raised
+        return exc
+    return None
+
+
+# --- one file-mode policy -----------------------------------------------------------------------------------------
+MODES = """
+import os, sys
+from pathlib import Path
+from captioner.feedback import FeedbackLog
+from captioner.export import export
+from captioner.review import set_status
+home = Path(sys.argv[1])
+log = FeedbackLog(home)
+row, _ = log.record(b"\\x89PNG fake", "png", task="caption", model_output="a", correction="b")
+set_status(log, {row.id}, "approved", "t")
+export(log, home / "out", "jsonl")
+log.record(b"other", "png", task="caption", model_output="a", correction="c")
+"""
+
+
+def test_every_file_the_log_writes_gets_the_umask_mode(tmp_path):
+    done = subprocess.run([sys.executable, "-c", MODES, str(tmp_path)], cwd=ROOT, preexec_fn=lambda: os.umask(0o027),
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert {p.name for p in files} >= {"feedback.csv", "feedback.csv.keys", "feedback.csv.lock", "approved.jsonl"}
+    assert {p.relative_to(tmp_path).as_posix(): oct(p.stat().st_mode & 0o777) for p in files} == {
+        p.relative_to(tmp_path).as_posix(): "0o640" for p in files
+    }
+
+
+def test_a_rewrite_keeps_the_mode_the_log_had(tmp_path):
+    log = FeedbackLog(tmp_path)
+    record(log, "one")
+    log.csv_path.chmod(0o600)
+    log.rewrite(lambda rows: rows)
+    assert log.csv_path.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_log_deleted_by_hand_starts_again_in_the_same_process(tmp_path):
+    log = FeedbackLog(tmp_path)
+    record(log, "one")
+    log.csv_path.unlink()
+    row, created = record(log, "one")
+    assert created and log.read() == ([row], [])
+
+
+def test_the_key_index_stays_exact_across_merges_of_its_tail(tmp_path, monkeypatch):
+    import captioner.feedback_keys as feedback_keys
+
+    monkeypatch.setattr(feedback_keys, "TAIL_MAX", 3)  # merge the unsorted tail into the sorted part every few appends
+    log = FeedbackLog(tmp_path)
+    logged = [record(log, f"event {i}", data=b"img %d" % (i % 4))[0] for i in range(20)]
+    assert all(record(log, f"event {i}", data=b"img %d" % (i % 4)) == (logged[i], False) for i in range(20))
+    assert log.append([row._replace(id=f"again-{i}") for i, row in enumerate(logged)]) == []
+    with open(log.csv_path, "ab") as handle:  # the same event twice in the file (an older log, a hand edit)
+        handle.write(format_rows([logged[3]._replace(id="hand-copy")]).encode())
+    log.keys_path.unlink()
+    assert record(log, "event 3", data=b"img 3")[1] is False and len(log.read()[0]) == 21

@@ -7,7 +7,7 @@ import logging
 import torch
 
 from ..options import GenerationOptions
-from .hf_generate import BlipDecoder, Decoded, generate_decoded  # STAND-IN until branch `decoder`: `.blip_decoder`
+from .blip_decoder import BlipDecoder, Decoded, generate_decoded
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,8 @@ class ModelStep:
 
     def _decode(self, pixel_values: torch.Tensor, options: GenerationOptions) -> list[Decoded]:
         reason = self._fast_broken or BlipDecoder.unsupported(self.model, options)
+        if reason is None and self.model.training:  # finetune may hand over a model still in training mode
+            reason = "the model is in training mode"
         if reason is None and self._fast is None:
             try:
                 self._fast = BlipDecoder(self.model, self.tokenizer, cuda_graphs=self.cuda_graphs)

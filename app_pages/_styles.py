@@ -1,0 +1,119 @@
+"""Caption styles on the caption page: the style picker, and each image's styled caption streamed in beside
+its plain one, with its own correction (logged as task `style`, never as BLIP training data)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import streamlit as st
+
+from captioner.caption import CaptionResult
+from captioner.feedback import FeedbackError
+from captioner.images import ImageError, decode
+from captioner.models import LoadedModel, ModelError, cache_key, load_style_model, resolve_spec
+from captioner.settings import Settings
+from captioner.restyle import detail_facts, restyle
+from captioner.styles import CUSTOM, DETAILED, PLAIN, STYLES, Style, StyleError, style_for, style_notice
+from app_pages import _shared as shared
+
+state = st.session_state
+
+
+@st.cache_resource(show_spinner="Loading the caption rewriter…", max_entries=1)
+def _shared_rewriter(spec_text: str, _settings: Settings, key: tuple) -> LoadedModel:
+    return load_style_model(spec_text, _settings)
+
+
+def picker() -> tuple[Style, LoadedModel | None]:
+    """The style picker; and the rewriter when a style other than plain is picked (None if it cannot load)."""
+    name = st.selectbox("Caption style", [*STYLES, CUSTOM], key="caption_style",
+                        help="plain: the captioner's own caption; the others rewrite it with a chat model")  # fmt: skip
+    instruction = None
+    if name == CUSTOM:
+        instruction = st.text_input("Your style instruction", key="caption_style_instruction",
+                                    placeholder="Rewrite the caption as a haiku.")  # fmt: skip
+        if not instruction.strip():
+            st.info("Type a style instruction to restyle the captions.")
+            return style_for(PLAIN), None
+    try:
+        style = style_for(None if name == CUSTOM else name, instruction)
+    except StyleError as exc:
+        st.error(f"Caption style: {exc}")
+        return style_for(PLAIN), None
+    if style.plain:
+        return style, None
+    config = shared.settings()
+    try:
+        rewriter = _shared_rewriter(config.style_model, config, cache_key(resolve_spec(config.style_model, "style", config), config))
+    except ModelError as exc:
+        st.error(f"The caption rewriter cannot be loaded, so captions stay plain: {exc}")
+        return style, None
+    st.caption(f"Rewriting with `{rewriter.name}` · version {rewriter.version}")
+    if rewriter.fallback_reason:
+        st.warning(f"Fallback to the demo rewriter: {rewriter.fallback_reason}", icon="⚠️")
+    notice = style_notice(rewriter, style)
+    if notice:
+        st.info(notice)
+    return style, rewriter
+
+
+def show(result: CaptionResult, style: Style, rewriter: LoadedModel | None, column, key: str) -> None:
+    """The result's caption in the style: streamed as plain text the first time, then editable and correctable."""
+    if style.plain or rewriter is None or not result.caption:
+        return
+    done = state.setdefault("styled", {})
+    found = (result.source.sha256, result.caption, style, rewriter.name, rewriter.version)
+    styled_key = f"{key}-{hashlib.sha1(repr(found[2:]).encode()).hexdigest()[:10]}"
+    if found not in done:
+        slot = column.empty()
+        try:
+            with restyle(rewriter, result.caption, style, _facts(result, style)) as stream:
+                for _ in stream:
+                    slot.text(stream.text)  # as text: a hashtag must not turn into a heading
+        except StyleError as exc:
+            slot.error(f"{style.label} caption: {exc}")
+            return
+        done[found] = stream.text.strip()
+        slot.empty()
+    edited = column.text_area(f"Caption, {style.label}", value=done[found], key=f"styled-{styled_key}")
+    if column.button("Save styled correction", key=f"save-styled-{styled_key}"):
+        _log(result, style, rewriter, done[found], edited, styled_key)
+    if styled_key in state.get("styled_saved", {}):
+        kind, message = state.styled_saved[styled_key]
+        (column.success if kind == "success" else column.error)(message)
+
+
+def styled_column(result: CaptionResult, style: Style, rewriter: LoadedModel | None) -> dict:
+    """{"styled": text} for the downloads once this result's styled caption exists; else nothing."""
+    if style.plain or rewriter is None or not result.ok:
+        return {}
+    return {"styled": state.get("styled", {}).get((result.source.sha256, result.caption, style, rewriter.name, rewriter.version))}
+
+
+def _facts(result: CaptionResult, style: Style) -> list[tuple[str, str]]:
+    """For `detailed`: a few answers about the image from the live Q&A model (none if it cannot load)."""
+    if style.name != DETAILED:
+        return []
+    config = shared.settings()
+    spec = state.get("chat_model_live") or config.qa_model
+    try:
+        qa = shared._shared_chat_model(spec, config, cache_key(resolve_spec(spec, "qa", config), config))
+        return detail_facts(qa, [decode(result.source, max_side=768).image])[0]
+    except (ModelError, ImageError, StyleError) as exc:
+        st.warning(f"The detailed caption goes without the Q&A model's answers: {exc}")
+        return []
+
+
+def _log(result: CaptionResult, style: Style, rewriter: LoadedModel, styled: str, correction: str, key: str) -> None:
+    """Write the style row to disk first; only then say it was saved."""
+    saved = state.setdefault("styled_saved", {})
+    try:
+        _, created = shared.feedback_log().record(
+            result.source.data, result.extension, task="style", prompt=style.label, model_output=styled,
+            correction=correction, model=rewriter.name, model_version=rewriter.version,
+            settings={"caption": result.caption, "caption_model": result.model, "instruction": style.instruction},
+        )  # fmt: skip
+    except (FeedbackError, OSError) as exc:
+        saved[key] = ("error", f"Not saved: {exc}")
+        return
+    saved[key] = ("success", "Styled correction saved." if created else "Already saved; nothing added.")

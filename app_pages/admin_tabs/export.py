@@ -1,0 +1,35 @@
+"""Export tab: approved rows as a Hugging Face dataset folder or JSONL, with a zip to download."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import streamlit as st
+
+from app_pages.admin_tabs._ui import plain
+from captioner.export import ExportError, export
+from captioner.feedback import FeedbackError, FeedbackLog
+
+
+def render(log: FeedbackLog, data_dir: Path) -> None:
+    state = st.session_state
+    fmt = st.radio("Format", ["hf", "jsonl"], horizontal=True,
+                   format_func={"hf": "Hugging Face dataset (captions and Q&A apart)", "jsonl": "JSONL"}.get)  # fmt: skip
+    if st.button("Export approved rows"):
+        target = data_dir / "exports" / f"{time.strftime('%Y%m%d-%H%M%S')}-{fmt}"
+        try:
+            report = export(log, target, fmt)
+            archive = shutil.make_archive(str(target), "zip", target)
+            state.export_done = (report.count, report.by_config, report.skipped, str(target), archive)
+        except (ExportError, FeedbackError) as exc:
+            st.error(plain(str(exc)))
+    if state.get("export_done"):
+        count, by_config, skipped, target, archive = state.export_done
+        parts = ", ".join(f"{config}: {n}" for config, n in by_config.items())
+        st.success(plain(f"Exported {count} approved rows to {target} ({parts})"))
+        if skipped:
+            st.warning(f"{len(skipped)} approved row(s) were left out:")
+            st.code("\n".join(skipped), language=None, wrap_lines=True)
+        st.download_button("Download the export (zip)", Path(archive).read_bytes(), Path(archive).name, "application/zip")

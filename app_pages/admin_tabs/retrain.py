@@ -1,0 +1,53 @@
+"""Retrain tab: start `python -m finetune` in the background and follow its progress and log."""
+
+from __future__ import annotations
+
+import time
+
+import streamlit as st
+
+from app_pages.admin_tabs._ui import plain
+from captioner import retrain
+from captioner.settings import Settings
+
+
+def render(config: Settings) -> None:
+    run = retrain.latest(config)
+    running = run is not None and run.running
+    with st.form("retrain"):
+        left, right = st.columns(2)
+        min_rows = left.number_input("Minimum approved rows", 1, 100_000, 20)
+        epochs = right.number_input("Epochs (0: automatic)", 0, 1000, 0)
+        lr = left.number_input("Learning rate", 1e-6, 0.5, 2e-3, format="%.5f")
+        lora_r = right.number_input("LoRA rank", 1, 256, 16)
+        activate = st.checkbox("Make it live if it passes", value=True)
+        start = st.form_submit_button("Start retrain", disabled=running)
+    if start:
+        options = ["--min-rows", str(min_rows), "--epochs", str(epochs), "--lr", str(lr), "--lora-r", str(lora_r)]
+        try:
+            retrain.start(config, options + ([] if activate else ["--no-activate"]))
+        except RuntimeError as exc:
+            st.error(plain(str(exc)))
+
+    @st.fragment(run_every=2)
+    def follow() -> None:
+        current = retrain.latest(config)
+        if current is None:
+            st.info("No retrain has run yet.")
+            return
+        steps = [p for p in current.progress if p.get("phase") == "train"]
+        outcome = current.outcome
+        if steps:
+            last = steps[-1]
+            st.progress(last["step"] / last["steps"], f"step {last['step']} of {last['steps']} · loss {last['loss']:.4f}")
+        if outcome:
+            (st.success if outcome["status"] == "published" else st.error)(plain(f"Last retrain: {outcome['message']}"))
+        elif current.running:
+            st.info(f"Retrain running since {time.strftime('%H:%M:%S', time.localtime(current.started))}…")
+            if st.button("Cancel the retrain"):
+                retrain.cancel(current)
+        else:
+            st.error("The last retrain ended without a result; see its log.")
+        st.code(current.log_tail() or "(no output yet)", language=None)
+
+    follow()

@@ -1,0 +1,110 @@
+"""Review tab: filter, sort and page the log; tick rows (kept by id) and approve, reject, delete or edit them."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from app_pages.admin_tabs._ui import plain, thumbnails
+from captioner.feedback import STATUSES, TASKS, FeedbackError, FeedbackLog, FeedbackRow
+from captioner.feedback_snapshot import Snapshot
+from captioner.review import (
+    PAGE_SIZES, SORTS, Filters, Selection, delete_rows, edit_corrections, model_versions, page_of, set_status,
+)  # fmt: skip
+
+COLUMNS = ["select", "image", "task", "prompt", "model_output", "correction", "status", "score", "model_version",
+           "created_at", "reviewer", "id"]  # fmt: skip
+
+
+def render(log: FeedbackLog, snapshot: Snapshot) -> None:
+    state = st.session_state
+    selection: Selection = state.setdefault("review_selection", Selection())
+    reviewer = st.text_input("Your name (recorded as reviewer)", value="admin")
+    filters, sort, size = _filter_controls(snapshot)
+    if state.get("review_query") != (filters, sort, size):  # another question: start again on its first page
+        state.review_query, state.review_page = (filters, sort, size), 1
+    page = page_of(snapshot, filters, sort, state.get("review_page", 1), size)
+    state.review_page = page.number
+    first = (page.number - 1) * size + 1
+    st.caption(
+        f"Rows {first if page.rows else 0}–{first + len(page.rows) - 1 if page.rows else 0} of {page.matching} "
+        f"matching ({page.total} in the log) · page {page.number} of {page.pages}"
+    )
+    table = _table(log, page.rows, selection)
+    edited = st.data_editor(
+        table, hide_index=True, key=selection.table_key(page.rows), width="stretch",
+        disabled=[c for c in COLUMNS if c not in ("select", "correction")],
+        column_config={"select": st.column_config.CheckboxColumn("✓"), "image": st.column_config.ImageColumn("image"),
+                       "score": st.column_config.NumberColumn("score", format="%.3f")},
+    )  # fmt: skip
+    selection.take(page.rows, [bool(v) for v in edited["select"]], ["" if v is None else str(v) for v in edited["correction"]])
+    _pager(page.number, page.pages)
+    _actions(log, selection, {row.id for row in page.rows}, reviewer)
+
+
+def _filter_controls(snapshot: Snapshot) -> tuple[Filters, str, int]:
+    left, middle, right = st.columns(3)
+    statuses = left.multiselect("Status", STATUSES, default=["pending"])
+    tasks = middle.multiselect("Task", TASKS)
+    versions = right.multiselect("Model version", model_versions(snapshot))
+    text, period, order, size = st.columns([3, 3, 2, 1])
+    needle = text.text_input("Text contains")
+    since, until = ([*period.date_input("Created between", value=(), format="YYYY-MM-DD")] + [None, None])[:2]
+    sort = order.selectbox("Order", list(SORTS), format_func=SORTS.get)
+    page_size = size.selectbox("Rows a page", PAGE_SIZES)
+    return Filters(tuple(statuses), tuple(tasks), tuple(versions), since, until, needle), sort, page_size
+
+
+def _table(log: FeedbackLog, rows: list[FeedbackRow], selection: Selection) -> pd.DataFrame:
+    """The page's rows as the table shows them: this selection's ticks and typed corrections laid over the log."""
+    images = thumbnails([_image(log, row) for row in rows])
+    return pd.DataFrame([{
+        "select": row.id in selection.ids, "image": image, "task": row.task, "prompt": row.prompt,
+        "model_output": row.model_output, "correction": selection.edits.get(row.id, row.correction),
+        "status": row.status, "score": float(row.score) if row.score else None, "model_version": row.model_version,
+        "created_at": row.created_at, "reviewer": row.reviewer, "id": row.id,
+    } for row, image in zip(rows, images)], columns=COLUMNS)  # fmt: skip
+
+
+def _image(log: FeedbackLog, row: FeedbackRow):
+    try:
+        return log.image_file(row)
+    except FeedbackError:
+        return None  # the row's image is missing or its path is refused: no thumbnail, the row still shows
+
+
+def _pager(number: int, pages: int) -> None:
+    def go(to: int) -> None:
+        st.session_state.review_page = to
+
+    back, where, forward = st.columns([1, 2, 1])
+    back.button("← Previous page", disabled=number <= 1, on_click=go, args=(number - 1,))
+    where.number_input("Page", 1, pages, key="review_page", label_visibility="collapsed")
+    forward.button("Next page →", disabled=number >= pages, on_click=go, args=(number + 1,))
+
+
+def _actions(log: FeedbackLog, selection: Selection, on_page: set[str], reviewer: str) -> None:
+    state = st.session_state
+    chosen, edits = set(selection.ids), dict(selection.edits)
+    hidden = len(chosen - on_page)
+    st.caption(f"{len(chosen)} selected" + (f" ({hidden} not on this page)" if hidden else "") + f" · {len(edits)} correction(s) edited")
+    approve, reject, delete, save, clear = st.columns(5)
+    actions = {
+        approve: (f"Approve selected ({len(chosen)})", not chosen, lambda: f"Approved {set_status(log, chosen, 'approved', reviewer)} row(s)."),
+        reject: (f"Reject selected ({len(chosen)})", not chosen, lambda: f"Rejected {set_status(log, chosen, 'rejected', reviewer)} row(s)."),
+        delete: (f"Delete selected ({len(chosen)})", not chosen, lambda: f"Deleted {delete_rows(log, chosen)} row(s)."),
+        save: (f"Save edited corrections ({len(edits)})", not edits,
+               lambda: f"Saved {edit_corrections(log, edits, reviewer)} correction(s)."),
+        clear: ("Clear selection", not chosen and not edits, lambda: None),
+    }  # fmt: skip
+    for column, (label, disabled, act) in actions.items():
+        if column.button(label, disabled=disabled):
+            try:
+                state.admin_note = act()  # on disk (atomic rewrite under the lock) before the page says so
+                selection.reset()  # after an action nothing stays ticked, on any page
+            except FeedbackError as exc:
+                state.admin_note = f"Not saved: {exc}"
+            st.rerun()
+    if state.get("admin_note"):
+        note = state.pop("admin_note")
+        (st.error if note.startswith("Not saved") else st.success)(plain(note))

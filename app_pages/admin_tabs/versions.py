@@ -1,0 +1,40 @@
+"""Versions tab: every fine-tuned version with its held-out scores; activate one or roll back."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from app_pages.admin_tabs._ui import plain
+from captioner import registry
+from captioner.settings import Settings
+
+
+def render(config: Settings) -> None:
+    state = st.session_state
+    live = registry.active_version(config.models_dir)
+    found = registry.list_versions(config.models_dir)
+    st.caption(f"Live: {live or 'the default model (' + config.caption_model + ')'}")
+    if not found:
+        st.info("No fine-tuned versions yet: retrain from approved corrections.")
+        return
+    st.dataframe(pd.DataFrame([{
+        "version": v.name, "live": "●" if v.name == live else "", "created": v.created, "base": v.base,
+        "rows used": v.rows_used, "exact before": v.heldout[0].get("exact_match"), "exact after": v.heldout[1].get("exact_match"),
+        "CIDEr before": v.heldout[0].get("cider"), "CIDEr after": v.heldout[1].get("cider"),
+    } for v in found]), hide_index=True)  # fmt: skip
+    pick = st.selectbox("Version", [v.name for v in found][::-1])
+    make_live, back = st.columns(2)
+    target = pick if make_live.button(f"Activate {pick}") else None
+    if live and back.button("Roll back"):
+        target = registry.previous_version(config.models_dir) or "default"
+    if target:
+        try:
+            registry.activate_checked(config, None if target == "default" else target)
+            state.version_note = f"{target if target != 'default' else 'The default model'} is live; every session's next caption uses it."
+        except registry.RegistryError as exc:
+            state.version_note = f"Not changed: {exc}"
+        st.rerun()
+    if state.get("version_note"):
+        note = state.pop("version_note")
+        (st.error if note.startswith("Not changed") else st.success)(plain(note))

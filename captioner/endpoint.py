@@ -1,0 +1,177 @@
+"""Any OpenAI-compatible `/v1/chat/completions` server (vLLM, `transformers serve`, TGI, Ollama, hosted APIs),
+through the official `openai` client: connect and check once, then stream answers."""
+
+from __future__ import annotations
+
+import base64
+import io
+import threading
+from typing import Iterator
+from urllib.parse import urlparse
+
+from PIL import Image
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+PREFIX = "openai:"
+IMAGE_SIDE = 768  # the longest side sent to a server: plenty for a vision-language model, a small request
+
+
+class EndpointError(RuntimeError):
+    """A server that cannot be used: down, refusing the key, too slow, or without the model; says which."""
+
+
+class Endpoint:
+    """A checked connection to one model on one server, shared by every session (the client is thread-safe).
+
+    After any failed request the pooled connections are dropped: some servers (transformers serve among
+    them) reset a kept-alive connection after an error, which would turn the next request into a bogus
+    "connection reset".
+    """
+
+    def __init__(self, model: str, base_url: str, api_key: str | None, timeout: float):
+        self.model, self.base_url, self.api_key, self.timeout = model, base_url.rstrip("/"), api_key, timeout
+        self._client = None
+        self._lock = threading.Lock()
+
+    @property
+    def host(self) -> str:
+        return host(self.base_url)
+
+    def client(self):
+        """The openai client, made on first use and after a failure."""
+        import openai
+
+        with self._lock:
+            if self._client is None:
+                self._client = openai.OpenAI(base_url=self.base_url, api_key=self.api_key or "none",
+                                             timeout=self.timeout, max_retries=0)  # fmt: skip
+            return self._client
+
+    def failed(self, exc: Exception) -> EndpointError:
+        """The error to raise for a failed request; fresh connections for the next one."""
+        with self._lock:
+            self._client = None  # requests in flight keep the old client alive until they finish
+        return EndpointError(describe(exc, self))
+
+
+def host(base_url: str | None) -> str:
+    """host:port of a server URL (OpenAI's API when none is given): what a reply's model version names."""
+    base_url = base_url or DEFAULT_BASE_URL
+    return urlparse(base_url).netloc or base_url
+
+
+def connect(model: str, base_url: str | None, api_key: str | None, timeout: float) -> Endpoint:
+    """A connection to model at base_url (default: OpenAI's API), checked now: the server answers, accepts the
+    key and has the model. A server that lists its models is asked for the list; else one 1-token reply."""
+    import openai
+
+    if not model.strip():
+        raise EndpointError("the model name after 'openai:' is empty")
+    found = Endpoint(model, base_url or DEFAULT_BASE_URL, api_key, timeout)
+    try:
+        if model in {entry.id for entry in found.client().models.list()}:
+            return found
+    except openai.APIStatusError as exc:
+        error = found.failed(exc)
+        if exc.status_code in (401, 403):
+            raise error from None
+        # no model list here (transformers serve lists only its hub cache): the probe below decides
+    except openai.OpenAIError as exc:
+        raise found.failed(exc) from None
+    try:
+        found.client().chat.completions.create(model=model, messages=[{"role": "user", "content": "Hi"}], max_completion_tokens=1)
+    except openai.OpenAIError as exc:
+        raise found.failed(exc) from None
+    return found
+
+
+def describe(exc: Exception, endpoint: Endpoint) -> str:
+    """One plain sentence for what went wrong talking to the server."""
+    import openai
+
+    where = f"the chat server at {endpoint.base_url}"
+    if isinstance(exc, openai.APITimeoutError):
+        return f"{where} did not answer within {endpoint.timeout:g} s (CAPTIONER_OPENAI_TIMEOUT)"
+    if isinstance(exc, openai.APIConnectionError):
+        cause = f" ({exc.__cause__})" if exc.__cause__ and str(exc.__cause__) else ""
+        return f"{where} cannot be reached{cause}: is it running, and is OPENAI_BASE_URL right?"
+    if isinstance(exc, openai.APIStatusError):
+        detail = _server_message(exc)
+        if exc.status_code in (401, 403):
+            return f"{where} refused the API key (HTTP {exc.status_code}: {detail}); set OPENAI_API_KEY"
+        if exc.status_code == 404:
+            return f"{where} has no model {endpoint.model!r} (HTTP 404: {detail})"
+        return f"{where} could not answer with model {endpoint.model!r} (HTTP {exc.status_code}: {detail})"
+    return f"{where} broke off: {type(exc).__name__}: {exc}"
+
+
+def _server_message(exc) -> str:
+    body = exc.body if isinstance(exc.body, dict) else {}
+    error = body.get("error", body)
+    message = error.get("message") if isinstance(error, dict) else error
+    return str(message or body.get("detail") or exc.message or "no detail").strip().splitlines()[0][:300]
+
+
+def data_url(image: Image.Image) -> str:
+    """The image as a JPEG data URL, its longest side at most IMAGE_SIDE."""
+    image = image.convert("RGB")
+    if max(image.size) > IMAGE_SIDE:
+        image = image.copy()
+        image.thumbnail((IMAGE_SIDE, IMAGE_SIDE))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=90)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def conversation(image: Image.Image, turns: list[tuple[str, str]], question: str) -> list[dict]:
+    """The chat so far as OpenAI messages; the image goes with the first question."""
+    questions = [q for q, _ in turns] + [question]
+    answers = [a for _, a in turns]
+    messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(image)}},
+                                             {"type": "text", "text": questions[0]}]}]  # fmt: skip
+    for said, asked in zip(answers, questions[1:]):
+        messages += [{"role": "assistant", "content": said}, {"role": "user", "content": asked}]
+    return messages
+
+
+class Reply:
+    """A streamed reply: iterate for text; close() ends the request (the server stops generating)."""
+
+    def __init__(self, endpoint: Endpoint, messages: list[dict], max_tokens: int, temperature: float):
+        self.endpoint, self.messages = endpoint, messages
+        self.options = {"max_completion_tokens": max_tokens, "temperature": temperature}
+        if temperature > 0:
+            self.options["top_p"] = 0.9
+        self.response = None
+        self.closed = False
+
+    def __iter__(self) -> Iterator[str]:
+        try:
+            if self.closed:
+                return
+            self.response = self.endpoint.client().chat.completions.create(
+                model=self.endpoint.model, messages=self.messages, stream=True, **self.options
+            )
+            for event in self.response:
+                for choice in event.choices:
+                    if choice.delta and choice.delta.content:
+                        yield choice.delta.content
+        except Exception as exc:  # openai's errors, and the HTTP library's own when a stream breaks mid-way
+            raise self.endpoint.failed(exc) from None
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.closed = True
+        if self.response is not None:
+            self.response.close()
+
+
+def stream_chat(endpoint: Endpoint, messages: list[dict], max_tokens: int, temperature: float = 0.0) -> Reply:
+    """Ask the server for a streamed reply to the messages; nothing is sent until it is iterated."""
+    return Reply(endpoint, messages, max_tokens, temperature)
+
+
+def stream_text(endpoint: Endpoint, system: str, user: str, max_tokens: int, temperature: float = 0.0) -> Reply:
+    """A streamed reply to one instruction (system) and one text (user): the caption rewriter's request."""
+    return Reply(endpoint, [{"role": "system", "content": system}, {"role": "user", "content": user}], max_tokens, temperature)

@@ -1,0 +1,88 @@
+"""Rewriting captions in a style: the captioner's caption (and, for `detailed`, a few answers from the Q&A
+model) sent to a chat model on an OpenAI-compatible server, a local transformers chat model, or the demo one."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+from PIL import Image
+
+from . import endpoint
+from .chat import VQA, AnswerStream, ChatError, answer, answer_batch
+from .models import ENDPOINT_FAMILY, LoadedModel
+from .streaming import stream_generate
+from .styles import DEMO_DETAIL_QUESTIONS, DETAIL_QUESTIONS, Style, StyleError, rewrite_messages
+
+MAX_STYLED_TOKENS = 96
+
+
+def restyle(rewriter: LoadedModel, caption: str, style: Style, facts: list[tuple[str, str]] = ()) -> AnswerStream:
+    """The caption in a style, streamed as the rewriter writes it (plain: the caption itself)."""
+    if style.plain:
+        return AnswerStream(iter([caption]), "", "")
+    messages = rewrite_messages(caption, style, facts)
+    if rewriter.family == ENDPOINT_FAMILY:
+        system, user = messages[0]["content"], messages[1]["content"]
+        reply = endpoint.stream_text(rewriter.model, system, user, MAX_STYLED_TOKENS)
+        return AnswerStream(_styled(reply), rewriter.name, rewriter.version, stop=reply.close)
+    tokenizer = rewriter.processor
+    inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True, return_tensors="pt")
+    tokens = stream_generate(rewriter, inputs, tokenizer, max_new_tokens=MAX_STYLED_TOKENS, do_sample=False)
+    return AnswerStream(_styled(tokens), rewriter.name, rewriter.version, stop=tokens.close)
+
+
+def _styled(chunks):
+    try:
+        yield from chunks
+    except endpoint.EndpointError as exc:
+        raise StyleError(str(exc)) from exc
+    except Exception as exc:  # a model failure mid-way: one message, the plain caption still stands
+        raise StyleError(f"the caption rewriter failed: {exc}") from exc
+
+
+def restyle_batch(rewriter: LoadedModel, captions: list[str], style: Style, facts: list[list] | None = None) -> list[str]:
+    """Many captions in one style: a local model rewrites them in batches of 32, a server 8 at a time."""
+    facts = facts or [[] for _ in captions]
+    if style.plain:
+        return list(captions)
+    if rewriter.family == ENDPOINT_FAMILY:
+        with ThreadPoolExecutor(8) as pool:
+            return list(pool.map(lambda pair: restyle(rewriter, pair[0], style, pair[1]).read(), zip(captions, facts)))
+    requests = [rewrite_messages(caption, style, known) for caption, known in zip(captions, facts)]
+    return [text for start in range(0, len(requests), 32) for text in _generate_batch(rewriter, requests[start : start + 32])]
+
+
+def _generate_batch(rewriter: LoadedModel, conversations: list[list[dict]]) -> list[str]:
+    """Greedy replies to several conversations in one generate call, prompts padded on the left."""
+    import torch
+
+    tokenizer = rewriter.processor
+    prompts = [
+        tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+        for messages in conversations
+    ]
+    width = max(len(p) for p in prompts)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    input_ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], device=rewriter.device)
+    attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=rewriter.device)
+    with rewriter.lock, torch.inference_mode():
+        out = rewriter.model.generate(input_ids=input_ids, attention_mask=attention, max_new_tokens=MAX_STYLED_TOKENS,
+                                      do_sample=False, pad_token_id=pad)  # fmt: skip
+    return [text.strip() for text in tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)]
+
+
+def detail_questions(qa: LoadedModel) -> tuple[str, ...]:
+    """The questions `detailed` asks: the demo Q&A model knows only its world's questions."""
+    return DEMO_DETAIL_QUESTIONS if qa.spec.source == "demo" else DETAIL_QUESTIONS
+
+
+def detail_facts(qa: LoadedModel, images: list[Image.Image]) -> list[list[tuple[str, str]]]:
+    """A few answers about each image from the Q&A model (batched for BLIP VQA), for the `detailed` style."""
+    questions = detail_questions(qa)
+    try:
+        if qa.family == VQA:
+            said = answer_batch(qa, [image for image in images for _ in questions], list(questions) * len(images))
+            return [list(zip(questions, said[i * len(questions) : (i + 1) * len(questions)])) for i in range(len(images))]
+        return [[(q, answer(qa, image, [], q, max_new_tokens=24).read()) for q in questions] for image in images]
+    except ChatError as exc:
+        raise StyleError(f"the Q&A model could not answer: {exc}") from exc

@@ -1,0 +1,111 @@
+"""Real servers for the OpenAI-compatible chat backend: `transformers serve` on a free local port, and the
+three ways a server fails (a closed port, one that never answers, one that refuses every key)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def transformers_serve(log: Path, threads: int = 1, preload: str | None = None, device: str = "cpu", dtype: str = "auto",
+                       timeout: float = 180):  # fmt: skip
+    """`transformers serve` on 127.0.0.1 (offline); yields its base URL (".../v1"). With preload, that
+    model folder is loaded before the first request (not pinned: requests may still name other models)."""
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
+    command = [sys.executable, "-m", "transformers.cli.transformers", "serve", "--host", "127.0.0.1",
+               "--port", str(port), "--device", device, "--dtype", dtype, "--log-level", "error"]  # fmt: skip
+    with open(log, "w") as out:
+        server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        _wait_healthy(f"http://127.0.0.1:{port}", server, log, timeout)
+        if preload:
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/load_model", json.dumps({"model": preload}).encode(),
+                                             {"Content-Type": "application/json"})  # fmt: skip
+            with urllib.request.urlopen(request, timeout=timeout) as events:
+                events.read()  # server-sent progress until the model is ready
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def _wait_healthy(url: str, server: subprocess.Popen, log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"transformers serve exited with {server.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise RuntimeError(f"transformers serve did not come up in {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+def closed_port_url() -> str:
+    """A base URL nothing listens on: a server that is down."""
+    return f"http://127.0.0.1:{free_port()}/v1"
+
+
+@contextmanager
+def silent_server():
+    """A server that accepts connections and never answers: every request times out."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
+
+
+class _RefuseKey(BaseHTTPRequestHandler):
+    """Answers every request as OpenAI's API answers a wrong key (transformers serve has no keys to check)."""
+
+    body = json.dumps({"error": {"message": "Incorrect API key provided: wrong-key.", "type": "invalid_request_error",
+                                 "param": None, "code": "invalid_api_key"}}).encode()  # fmt: skip
+
+    def _refuse(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(401)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    do_GET = do_POST = _refuse
+
+    def log_message(self, *args):
+        pass
+
+
+@contextmanager
+def key_refusing_server():
+    """A real HTTP server on a free port answering 401 with OpenAI's error body."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _RefuseKey)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -1,0 +1,144 @@
+"""The OpenAI-compatible chat backend against a real `transformers serve` (the tiny LLaVA as its model), and
+the ways a server fails: down, refusing the key, never answering, lacking the model."""
+
+import pytest
+from PIL import Image
+
+import images_zoo as zoo
+from captioner import endpoint
+from captioner.chat import ChatError, Turn, answer
+from captioner.demo import demo_model_dir
+from captioner.demo.style_quality import keeps_words
+from captioner.models import ModelError, load_chat_model, load_style_model
+from captioner.restyle import restyle, restyle_batch
+from captioner.styles import style_for
+from captioner.settings import Settings
+from chat_servers import closed_port_url, key_refusing_server, silent_server, transformers_serve
+from conftest import run_cli, start_app
+from test_chat_page import ask, conversation, with_image
+from torch_threads import one_torch_thread  # noqa: F401 (autouse: one torch thread here)
+
+PICTURE = Image.new("RGB", (60, 40), (220, 30, 30))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_llava_dir):
+    """One server for the module: starting one costs seconds, so every test here shares it."""
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    with transformers_serve(log, preload=str(tiny_llava_dir)) as base_url:
+        yield base_url
+
+
+@pytest.fixture
+def on_server(server, monkeypatch, home, tiny_llava_dir):
+    """Settings pointing at the server, and the spec of the tiny LLaVA served there."""
+    monkeypatch.setenv("OPENAI_BASE_URL", server)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    return Settings.from_env(), f"openai:{tiny_llava_dir}"
+
+
+def test_the_conversation_goes_as_messages_with_the_image_as_a_data_url():
+    messages = endpoint.conversation(PICTURE, [("what is it?", "a dog"), ("where?", "on grass")], "what color?")
+    assert [m["role"] for m in messages] == ["user", "assistant", "user", "assistant", "user"]
+    image, text = messages[0]["content"]
+    assert image["image_url"]["url"].startswith("data:image/jpeg;base64,") and text["text"] == "what is it?"
+    assert [m["content"] for m in messages[1:]] == ["a dog", "where?", "on grass", "what color?"]
+
+
+def test_an_answer_streams_from_the_server_and_can_be_left_early(on_server):
+    settings, spec = on_server
+    loaded = load_chat_model(spec, settings, fallback=False)
+    assert loaded.family == "openai" and loaded.version == settings.openai_base_url.split("/")[2]
+    stream = answer(loaded, PICTURE, [Turn("what is it?", "a red circle")], "is it round?", max_new_tokens=12)
+    chunks = list(stream)
+    assert len(chunks) > 1 and stream.text == "".join(chunks) and stream.text.strip()
+    before = answer(loaded, PICTURE, [], "and now?", max_new_tokens=6).read()
+    early = answer(loaded, PICTURE, [], "tell me everything", max_new_tokens=200)
+    next(iter(early))
+    early.close()  # the request ends; the server goes on serving
+    assert answer(loaded, PICTURE, [], "and now?", max_new_tokens=6).read() == before
+
+
+def test_ask_streams_an_answer_through_the_server(on_server, tmp_path):
+    settings, spec = on_server
+    image = tmp_path / "pic.png"
+    image.write_bytes(zoo.encode(zoo.demo("circle", "red"), "PNG"))
+    done = run_cli("ask", image, "what color is the shape?", "--model", spec, "--max-new-tokens", "8",
+                   env={"OPENAI_BASE_URL": settings.openai_base_url})  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() and "Traceback" not in done.stderr
+
+
+def test_the_chat_page_streams_an_answer_through_the_server(on_server, monkeypatch):
+    settings, spec = on_server
+    monkeypatch.setenv("CAPTIONER_QA_MODEL", "demo")
+    monkeypatch.setenv("CAPTIONER_CHAT_MODELS", spec)
+    app = start_app("app_pages/chat.py")
+    assert spec in app.sidebar.selectbox[0].options
+    with_image(app)
+    app.sidebar.selectbox[0].set_value(spec).run()
+    ask(app, "what color is the shape?")
+    assert conversation(app)[0] == ("user", "what color is the shape?")
+    assert conversation(app)[1][0] == "assistant" and conversation(app)[1][1].strip()
+    assert any(spec in c.value and "127.0.0.1" in c.value for c in app.caption)
+
+
+def test_a_caption_is_restyled_through_the_server(on_server):
+    settings, _ = on_server
+    rewriter = load_style_model(f"openai:{demo_model_dir('style')}", settings, fallback=False)  # served, not in-process
+    stream = restyle(rewriter, "a purple heart", style_for("social"))
+    chunks = list(stream)
+    assert len(chunks) > 3 and keeps_words(stream.text, "purple", "heart"), stream.text
+    for text, (color, shape) in zip(restyle_batch(rewriter, ["a red circle", "a blue star"], style_for("poetic")),
+                                    [("red", "circle"), ("blue", "star")]):  # fmt: skip
+        assert keeps_words(text, color, shape), text
+
+
+def settings_for(monkeypatch, base_url, **extra):
+    monkeypatch.setenv("OPENAI_BASE_URL", base_url)
+    for name, value in extra.items():
+        monkeypatch.setenv(name, value)
+    return Settings.from_env()
+
+
+def test_a_server_that_is_down_is_one_clear_error(home, monkeypatch):
+    settings = settings_for(monkeypatch, closed_port_url())
+    with pytest.raises(ModelError, match=r"openai:some-model: the chat server at .* cannot be reached"):
+        load_chat_model("openai:some-model", settings)
+
+
+def test_a_refused_key_is_one_clear_error(home, monkeypatch):
+    with key_refusing_server() as url:
+        settings = settings_for(monkeypatch, url, OPENAI_API_KEY="wrong-key")
+        with pytest.raises(ModelError, match=r"refused the API key \(HTTP 401: Incorrect API key provided"):
+            load_chat_model("openai:gpt-4o-mini", settings)
+
+
+def test_a_server_that_never_answers_times_out_with_one_clear_error(home, monkeypatch):
+    with silent_server() as url:
+        settings = settings_for(monkeypatch, url, CAPTIONER_OPENAI_TIMEOUT="0.5")
+        with pytest.raises(ModelError, match=r"did not answer within 0.5 s"):
+            load_chat_model("openai:some-model", settings)
+
+
+def test_a_model_the_server_lacks_is_one_clear_error(on_server):
+    settings, _ = on_server
+    with pytest.raises(ModelError, match=r"could not answer with model 'no/such-model' \(HTTP 500"):
+        load_chat_model("openai:no/such-model", settings)
+
+
+def test_an_error_while_answering_is_a_chat_error_and_the_page_keeps_the_previous_model(on_server, monkeypatch):
+    settings, spec = on_server
+    loaded = load_chat_model(spec, settings, fallback=False)
+    server = endpoint.Endpoint("no/such-model", loaded.model.base_url, None, 30)  # not checked: fails at answer time
+    gone = type(loaded)(loaded.spec, server, None, None, None, family="openai")
+    with pytest.raises(ChatError, match="could not answer with model 'no/such-model'"):
+        answer(gone, PICTURE, [], "what is it?").read()
+    monkeypatch.setenv("CAPTIONER_QA_MODEL", "demo")
+    monkeypatch.setenv("CAPTIONER_CHAT_MODELS", "openai:no/such-model")
+    app = start_app("app_pages/chat.py")
+    with_image(app)
+    app.sidebar.selectbox[0].set_value("openai:no/such-model").run()
+    assert any("cannot be loaded, so demo keeps answering" in e.value and "no/such-model" in e.value for e in app.error)
+    ask(app, "what color is the shape?")
+    assert conversation(app)[-1] == ("assistant", "red")

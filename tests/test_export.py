@@ -1,0 +1,108 @@
+"""Exports other tools read: the Hugging Face dataset folder, JSONL, and a log that tries to lead the export astray."""
+
+import json
+import os
+from datetime import timezone
+
+import pytest
+
+from captioner.export import ExportError, export
+from captioner.feedback import FeedbackLog
+from captioner.review import set_status
+
+
+@pytest.fixture
+def log(tmp_path, demo_png):
+    log = FeedbackLog(tmp_path / "data")
+    for i, (shape, color) in enumerate([("circle", "red"), ("square", "blue"), ("triangle", "green")]):
+        log.record(demo_png(shape, color), "png", task="caption", model_output="a blob", correction=f"a {color} {shape}",
+                   score=-0.5 - i)  # fmt: skip
+    log.record(demo_png("circle", "red"), "png", task="qa", prompt="what color is the shape?", model_output="blue", correction="red")
+    set_status(log, {r.id for r in log.read()[0]}, "approved", "tester")
+    return log
+
+
+def test_hf_export_keeps_qa_apart_times_in_utc_and_paths_inside_the_export(log, tmp_path):
+    from datasets import load_dataset
+
+    out = tmp_path / "export"
+    report = export(log, out, "hf")
+    assert report.count == 4 and report.by_config == {"captions": 3, "qa": 1} and report.skipped == []
+    cache = str(tmp_path / "hf-cache")  # datasets' own cache can serve an older export of the same folder name
+    captions = load_dataset(str(out), split="train", cache_dir=cache)  # the card's default config: captions only
+    assert sorted(captions["text"]) == ["a blue square", "a green triangle", "a red circle"]
+    assert set(captions["task"]) == {"caption"}
+    created = captions[0]["created_at"]
+    assert created.tzinfo is not None and created.utcoffset().total_seconds() == 0
+    assert captions[0]["reviewed_at"].tzinfo == timezone.utc or captions[0]["reviewed_at"].utcoffset().total_seconds() == 0
+    assert sorted(captions["score"]) == [-2.5, -1.5, -0.5]
+    for path in captions["image_path"]:
+        assert (out / path).is_file() and (out / path).resolve().is_relative_to(out.resolve())
+    qa = load_dataset(str(out), "qa", split="train", cache_dir=cache)
+    assert qa["text"] == ["red"] and qa["prompt"] == ["what color is the shape?"]
+    only_captions = load_dataset("imagefolder", data_dir=str(out / "captions"), split="train", cache_dir=cache)
+    assert len(only_captions) == 3 and only_captions[0]["image"].size == (128, 128)
+
+
+def test_jsonl_export_lists_every_field_with_images_inside_it(log, tmp_path):
+    out = tmp_path / "export"
+    report = export(log, out, "jsonl")
+    lines = [json.loads(line) for line in (out / "approved.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert report.count == 4 and len(lines) == 4
+    assert all((out / line["image"]).is_file() and line["image_path"] == line["image"] for line in lines)
+    assert len(list((out / "images").iterdir())) == 3  # the red circle is stored once for its two rows
+
+
+def test_an_export_copies_so_editing_it_cannot_change_the_stored_images(log, tmp_path):
+    out = tmp_path / "export"
+    export(log, out, "hf")
+    exported = next((out / "captions" / "train").glob("*.png"))
+    row = next(r for r in log.read()[0] if exported.stem == r.id)
+    exported.write_bytes(b"edited")
+    assert (log.data_dir / row.image_path).read_bytes() != b"edited"
+
+
+def test_rows_that_lead_outside_data_images_are_reported_and_never_followed(log, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for export")
+    rows, _ = log.read()
+    outside = log.images_dir / "link.png"
+    os.symlink(secret, outside)
+    hostile = [
+        rows[0]._replace(id="via-link", image_path="images/link.png", correction="x1"),
+        rows[1]._replace(id="missing", image_path="images/none.png", correction="x2"),
+    ]
+    log.append(hostile)
+    with open(log.csv_path, "ab") as handle:  # hand edits the log refuses to read as rows
+        handle.write(b"../../escape,2026-01-01T00:00:00+00:00,ab,images/a.png,caption,,,,a,b,approved,,,,,\r\n")
+        handle.write(b"ok-id,2026-01-01T00:00:00+00:00,ab,../../../etc/passwd,caption,,,,a,b,approved,,,,,\r\n")
+    out = tmp_path / "exports" / "one"
+    report = export(log, out, "hf")
+    assert report.count == 4 and len(report.skipped) == 2
+    assert any("via-link" in reason and "outside" in reason for reason in report.skipped)
+    assert any("missing" in reason and "missing" in reason for reason in report.skipped)
+    assert not any("not for export" in p.read_text(errors="ignore") for p in out.rglob("*") if p.is_file())
+    assert sorted(p.name for p in (tmp_path / "exports").iterdir()) == ["one"]  # nothing written beside it
+    problems = log.read()[1]  # two bad lines in a row: one problem, both kept verbatim
+    assert len(problems) == 1 and problems[0].reason.startswith("id '../../escape'") and "etc/passwd" in problems[0].raw
+
+
+def test_an_export_into_a_folder_in_use_is_refused(log, tmp_path):
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "keep.txt").write_text("mine")
+    with pytest.raises(ExportError, match="not an empty folder"):
+        export(log, busy, "hf")
+    assert [p.name for p in busy.iterdir()] == ["keep.txt"]
+
+
+def test_the_readme_recipe_reads_the_log_with_pandas_keeping_empty_fields_and_words_as_text(tmp_path):
+    import pandas as pd
+
+    log = FeedbackLog(tmp_path)
+    log.record(b"img", "png", task="caption", model_output="NA", correction="null", notes="nan")
+    log.record(b"img2", "png", task="caption", model_output="", correction="N/A", prompt="")
+    frame = pd.read_csv(log.csv_path, dtype=str, keep_default_na=False)  # the README's recipe
+    assert frame["correction"].tolist() == ["null", "N/A"] and frame["notes"].tolist() == ["nan", ""]
+    assert frame["model_output"].tolist() == ["NA", ""] and frame["score"].tolist() == ["", ""]
+    assert not frame.isna().any().any()
