@@ -27,21 +27,23 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="a config folder (e.g. /work/shared/blip-base): that architecture, random weights")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--threads", type=int, help="torch threads running the model, every way alike (default: the "
-                        "engine's: half the cores on the CPU, the other half decode images)")  # fmt: skip
+    parser.add_argument("--threads", type=int, help="torch's threads (default: torch's, one per core); the engine runs "
+                        "on half of them while images decode beside it")  # fmt: skip
     parser.add_argument("--min-side", type=int, default=480)
     parser.add_argument("--max-side", type=int, default=1024)
 
 
 def load(args) -> LoadedModel:
-    """The model, with its engine started first; every way runs the model with the same torch threads."""
+    """The model, with its engine started: the plain ways run on torch's default threads (--threads sets it), the
+    engine on its own policy (fewer while images decode beside the model)."""
     import torch
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     loaded = _load(args)
     limits = EngineLimits.for_model(loaded.model, loaded.device, loaded.dtype)
-    threads = args.threads or limits.torch_threads or torch.get_num_threads()
-    torch.set_num_threads(threads)  # the plain ways run in this thread
-    engine_for(loaded, replace(limits, torch_threads=threads))
+    beside = limits.threads_beside_decoding and min(limits.threads_beside_decoding, torch.get_num_threads())
+    engine_for(loaded, replace(limits, threads_beside_decoding=beside))
     return loaded
 
 

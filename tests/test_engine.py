@@ -254,8 +254,9 @@ def test_a_model_replaced_in_place_gets_a_fresh_engine(settings, tiny_blip_dir, 
     assert len({r.caption for r in after}) == 1
 
 
-def test_the_engine_sets_torch_threads_for_its_own_threads_only(demo, world):
-    """The worker and decoding threads run on their share of the cores; sessions and training keep torch's count."""
+def test_the_worker_leaves_cores_to_decoding_and_no_other_thread_changes_count(demo, world):
+    """While images decode beside it the worker runs on its share; alone, on torch's default; sessions and
+    training keep their count."""
 
     def fresh_thread_count():
         seen = []
@@ -264,11 +265,13 @@ def test_the_engine_sets_torch_threads_for_its_own_threads_only(demo, world):
         probe.join()
         return seen[0]
 
-    before, here = fresh_thread_count(), torch.get_num_threads()
-    engine = CaptionEngine(demo, limits=EngineLimits(torch_threads=1))
-    seen, original = [], engine.step.run
-    engine.step.run = lambda pixels, options: seen.append(torch.get_num_threads()) or original(pixels, options)
+    default, here = fresh_thread_count(), torch.get_num_threads()
+    engine = CaptionEngine(demo, limits=EngineLimits(max_batch=1, threads_beside_decoding=1))
+    seen, run, prepare = [], engine.step.run, engine.stage.prepare_one
+    engine.step.run = lambda pixels, options: seen.append(torch.get_num_threads()) or run(pixels, options)
+    engine.stage.prepare_one = lambda item, thumbnails: time.sleep(0.15) or prepare(item, thumbnails)  # slow decoding
+    engine.stage.workers = 1
     with engine:
         engine.caption(world[0][:4], GREEDY)
-    assert seen and set(seen) == {1}
-    assert (fresh_thread_count(), torch.get_num_threads()) == (before, here)
+    assert seen[0] == 1 and seen[-1] == default, seen
+    assert (fresh_thread_count(), torch.get_num_threads()) == (default, here)

@@ -69,5 +69,5 @@ def test_bf16_demo_on_cuda_is_right_on_fresh_images():
 def test_limits_on_cuda_follow_the_free_memory(cuda_demo):
     limits = EngineLimits.for_model(cuda_demo.model, cuda_demo.device, torch.bfloat16)
     free, _ = torch.cuda.mem_get_info()
-    assert 8 <= limits.max_sequences <= 4096 and limits.torch_threads is None
+    assert 8 <= limits.max_sequences <= 4096 and limits.threads_beside_decoding is None
     assert limits.max_sequences * sequence_bytes(cuda_demo.model.config, torch.bfloat16) <= free

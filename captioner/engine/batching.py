@@ -55,6 +55,10 @@ class RequestQueue:
             self._closed = True
             self._changed.notify_all()
 
+    def expecting(self) -> bool:
+        """Whether callers are still decoding requests they announced."""
+        return self._expected > 0
+
     def pending(self) -> int:
         with self._changed:
             return sum(len(group) for group in self._groups.values())

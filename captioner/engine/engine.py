@@ -17,10 +17,11 @@ import torch
 from ..images import ImageError, ImageInput
 from ..options import GenerationOptions
 from .batching import Request, RequestQueue
-from .limits import EngineLimits, use_torch_threads
+from .limits import EngineLimits
 from .model_step import ModelStep
 from .pixels import CpuImageStage, ImageStage, PreparedImage
 from .result import CaptionResult
+from .threads import WorkerThreads
 
 HEARTBEAT_S = 0.25
 _RUNNING: "weakref.WeakSet[CaptionEngine]" = weakref.WeakSet()  # engines whose worker may still be running
@@ -56,6 +57,7 @@ class CaptionEngine:
         self._retired = False
         self._row_cap = self.limits.max_batch  # lowered after an out-of-memory error
         self._call_s = self.limits.wait_ms / 1000  # how long a model call takes lately (moving average)
+        self._threads = WorkerThreads(self.limits.threads_beside_decoding)
         self._worker = threading.Thread(target=self._work, name=f"caption-engine[{self.model_version}]", daemon=True)
         self._worker.start()
         _RUNNING.add(self)
@@ -163,8 +165,6 @@ class CaptionEngine:
 
     # --- the worker -----------------------------------------------------------------------------------------
     def _work(self) -> None:
-        if self.limits.torch_threads:
-            use_torch_threads(self.limits.torch_threads)
         try:
             while (batch := self._queue.take(self._rows_for, self._company_wait())) is not None:
                 try:
@@ -205,6 +205,7 @@ class CaptionEngine:
 
     def _caption(self, batch: list[Request]) -> list[CaptionResult]:
         started = time.monotonic()
+        self._threads.choose(decoding=self._queue.expecting())
         pixel_values = self.stage.collate([request.prepared.pixels for request in batch])
         captions, scores = self.step.run(pixel_values, batch[0].options)
         self._call_s = 0.7 * self._call_s + 0.3 * (time.monotonic() - started)
@@ -263,7 +264,7 @@ def _decode_workers(device, limits: EngineLimits) -> int:
     cores = os.cpu_count() or 2
     if torch.device(device).type == "cuda":
         return min(8, cores)
-    return max(1, min(8, cores - (limits.torch_threads or torch.get_num_threads())))
+    return max(1, min(8, cores - (limits.threads_beside_decoding or torch.get_num_threads())))
 
 
 def _out_of_memory(exc: Exception) -> bool:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import threading
 from dataclasses import dataclass
 
 import torch
@@ -16,14 +15,14 @@ KV_TOKENS = 64  # text positions a caption's key/value cache is sized for (promp
 class EngineLimits:
     """max_batch: images per model call; max_sequences: images x beams per call (what bounds memory).
     While callers are still decoding requests, a batch waits for them as long as a model call lasts (it would cost
-    a call to run them separately), at least wait_ms and at most max_wait_ms. torch_threads: the worker thread's
-    own torch threads (None: torch's default); no other thread's count changes (see use_torch_threads)."""
+    a call to run them separately), at least wait_ms and at most max_wait_ms. threads_beside_decoding: the
+    worker's torch threads while callers decode images (None: torch's default always; see threads.py)."""
 
     max_batch: int = 64
     max_sequences: int = 192
     wait_ms: float = 2.0
     max_wait_ms: float = 250.0
-    torch_threads: int | None = None
+    threads_beside_decoding: int | None = None
 
     def rows_for(self, num_beams: int) -> int:
         return max(1, min(self.max_batch, self.max_sequences // max(1, num_beams)))
@@ -31,32 +30,16 @@ class EngineLimits:
     @classmethod
     def for_model(cls, model, device, dtype) -> "EngineLimits":
         """On a GPU, as many sequences as a share of the free memory holds. On the CPU, batches of up to 64 images,
-        and half the cores run the model while the other half decode images: torch's default (every core) would
-        make its threads and the decoding threads fight over the same cores."""
+        and while images decode beside the model it runs on half the cores: on every core, its threads and the
+        decoding threads would fight over the same cores (spinning torch threads then cost up to 10x)."""
         if torch.device(device).type != "cuda":
-            return cls(torch_threads=max(1, (os.cpu_count() or 2) // 2))
+            return cls(threads_beside_decoding=max(1, (os.cpu_count() or 2) // 2))
         free, _ = torch.cuda.mem_get_info(torch.device(device))
         try:
             sequences = int(free * GPU_MEMORY_SHARE // sequence_bytes(model.config, dtype))
         except (AttributeError, TypeError, ZeroDivisionError):  # a config without BLIP's fields: a cautious budget
             sequences = 256
         return cls(max_batch=256, max_sequences=max(8, min(4096, sequences)), wait_ms=1.0, max_wait_ms=50.0)
-
-
-def use_torch_threads(count: int) -> None:
-    """Run the calling thread's torch work on count threads, and on no other thread's behalf.
-
-    torch.set_num_threads also sets the default that every thread adopts at its first parallel operation; a
-    thread that has started keeps its own count. So: start this thread (with the default), set its own count,
-    then put the default back from a helper thread. Streamlit sessions and finetune's training keep theirs.
-    """
-    default = torch.get_num_threads()  # also starts this thread's own setting, from the default
-    if default == count:
-        return
-    torch.set_num_threads(count)
-    restore = threading.Thread(target=torch.set_num_threads, args=(default,), name="torch-threads-default")
-    restore.start()
-    restore.join()
 
 
 def sequence_bytes(config, dtype) -> int:

@@ -22,7 +22,7 @@ from torchvision.transforms.v2 import functional as tvF
 
 from .. import images
 from ..images import ImageError, ImageInput
-from .limits import use_torch_threads
+from .threads import use_torch_threads
 
 THUMBNAIL_SIDE = 384
 # PIL resample codes as image processors store them -> the torchvision mode transformers itself uses for them.
