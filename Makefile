@@ -18,6 +18,7 @@ test-all: $(VENV)/.requirements-dev chromium
 
 bench: $(VENV)/.requirements
 	$(BIN)/python bench/caption_throughput.py
+	$(BIN)/python bench/caption_latency.py
 	$(BIN)/python bench/chat_latency.py
 	$(BIN)/python bench/index_throughput.py
 	$(BIN)/python bench/search_latency.py

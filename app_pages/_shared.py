@@ -6,6 +6,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from captioner.engine import engine_for, retire_engine
 from captioner.feedback import FeedbackLog
 from captioner.models import (
     ACTIVE, LoadedModel, ModelError, cache_key, free_memory, live_caption_spec, load_captioner, load_chat_model,
@@ -34,6 +35,7 @@ def _shared_captioner(spec_text: str, _settings: Settings, key: tuple) -> Loaded
 
     loaded = load_captioner(spec_text, _settings, fallback=spec_text != ACTIVE)
     check_captioner(loaded)
+    engine_for(loaded)  # its one caption engine, shared by every session, is running before anyone asks
     return loaded
 
 
@@ -55,8 +57,10 @@ def caption_model() -> LoadedModel:
             st.stop()
         st.session_state["caption_model_warning"] = f"{exc}. Still captioning with {previous.name} ({previous.version})."
         return previous
-    if _LAST_GOOD.get("caption") is not loaded:
+    if (replaced := _LAST_GOOD.get("caption")) is not loaded:
         _LAST_GOOD["caption"] = loaded
+        if replaced is not None:
+            retire_engine(replaced)  # captions under way finish on the old version; new ones go to this one
         free_memory()  # the version this one replaced, once no caption in progress holds it
     st.session_state.pop("caption_model_warning", None)
     return loaded

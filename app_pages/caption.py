@@ -71,7 +71,7 @@ def log_feedback(result: CaptionResult, correction: str, key: str) -> None:
         row, created = shared.feedback_log().record(
             result.source.data, result.extension, task="caption", model_output=result.caption,
             correction=correction, prompt=options.prompt, model=result.model,
-            model_version=result.model_version, settings=options.as_dict(),
+            model_version=result.model_version, settings=options.as_dict(), score=result.score,
         )  # fmt: skip
     except (FeedbackError, OSError) as exc:
         state.saved[key] = ("error", f"Not saved: {exc}")
@@ -89,6 +89,8 @@ for result in results:
         picture, text = st.columns([1, 2])
         picture.image(result.thumbnail, caption=result.name)
         text.caption(f"{result.model} · version {result.model_version}")
+        if result.score is not None:
+            text.caption(f"confidence {result.score:.2f} (mean token log-probability; 0 is certain)")
         edited = text.text_area("Caption", value=result.caption, key=f"edit-{key}")
         save, confirm, similar = text.columns(3)
         if save.button("Save correction", key=f"save-{key}", type="primary"):
@@ -103,7 +105,10 @@ for result in results:
             (text.success if kind == "success" else text.error)(message)
         styles.show(result, style, rewriter, text, key)
 
-rows = [{"path": r.name, "caption": r.caption, "error": r.error, **styles.styled_column(r, style, rewriter)} for r in results]
+rows = [
+    {"path": r.name, "caption": r.caption, "score": r.score, "error": r.error, **styles.styled_column(r, style, rewriter)}
+    for r in results
+]
 csv_button, jsonl_button = st.columns(2)
 csv_button.download_button("Download captions (CSV)", format_captions(rows, "csv"), "captions.csv", "text/csv")
 jsonl_button.download_button("Download captions (JSONL)", format_captions(rows, "jsonl"), "captions.jsonl", "application/jsonl")

@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     cap = commands.add_parser("caption", help="caption image files (folders are searched for images)")
     cap.add_argument("paths", nargs="+", metavar="PATH")
     cap.add_argument("--model", help="model spec (default: CAPTIONER_CAPTION_MODEL or the BLIP base model)")
-    cap.add_argument("--batch-size", type=int, default=16)
+    cap.add_argument("--batch-size", type=int, help="most images per model call (default: the engine's memory budget)")
     cap.add_argument("--max-new-tokens", type=int, default=30)
     cap.add_argument("--min-new-tokens", type=int, default=0)
     cap.add_argument("--num-beams", type=int, default=3)
@@ -131,7 +131,7 @@ def cmd_caption(args, settings: Settings) -> int:
         options.validate()
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, not {args.batch_size}")
     style = chosen_style(args)
     paths = expand_paths(args.paths)
@@ -141,10 +141,10 @@ def cmd_caption(args, settings: Settings) -> int:
         try:
             inputs.append((index, read_file(path)))
         except ImageError as exc:
-            results_by_index[index] = {"path": str(path), "caption": None, "error": exc.reason}
+            results_by_index[index] = {"path": str(path), "caption": None, "score": None, "error": exc.reason}
     results = caption_images(loaded, [item for _, item in inputs], options, batch_size=args.batch_size)
     for (index, _), result in zip(inputs, results):
-        results_by_index[index] = {"path": str(paths[index]), "caption": result.caption, "error": result.error}
+        results_by_index[index] = {"path": str(paths[index]), "caption": result.caption, "score": result.score, "error": result.error}
     ordered = [results_by_index[i] for i in range(len(paths))]
     for row in ordered:
         if row["error"]:

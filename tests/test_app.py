@@ -44,6 +44,21 @@ def test_upload_caption_edit_and_save_a_correction(app, home):
     assert "Correction saved" in app.success[0].value
 
 
+def test_the_page_captions_through_the_shared_engine_and_keeps_the_score(app, home):
+    from captioner.engine import attach
+
+    upload(app, ("circle.png", zoo.encode(zoo.demo("circle", "green"), "PNG")))
+    engines = [e for e in attach._ENGINES.values() if e.model_name == "demo" and not e.closed]
+    assert len(engines) == 1 and engines[0].images_run >= 1, "the page did not caption through the demo's engine"
+    shown = next(c.value for c in app.caption if "confidence" in c.value)
+    score = float(shown.split("confidence ")[1].split(" ")[0])
+    assert -5 < score <= 0
+    button(app, "Looks right").click()
+    app.run()
+    saved = rows(home)
+    assert len(saved) == 1 and saved[0].score and abs(float(saved[0].score) - score) <= 0.005
+
+
 def test_looks_right_logs_a_confirmation(app, home):
     upload(app, ("square.png", zoo.encode(zoo.demo("square", "green"), "PNG")))
     button(app, "Looks right").click()

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from captioner.caption import generate_captions
 from captioner.demo.quality import demo_inputs
 from captioner.engine.blip_decoder import BlipDecoder, generate_decoded
+from captioner.engine.model_step import ModelStep
 from captioner.images import decode
 from captioner.models import load_captioner
 from captioner.options import GenerationOptions as Options
@@ -141,7 +141,10 @@ def test_captions_are_what_caption_py_writes(demo):
     options = CASES["prompt prefix"]
     decoded = BlipDecoder(loaded.model, loaded.processor.tokenizer).decode(pixels, options)
     captions = [loaded.processor.tokenizer.decode(d.sequence, skip_special_tokens=True).strip() for d in decoded]
-    assert captions == generate_captions(loaded, [pixels[i : i + 1] for i in range(len(pixels))], options)
+    tokenizer = loaded.processor.tokenizer
+    one_by_one = [generate_decoded(loaded.model, tokenizer, pixels[i : i + 1], options)[0] for i in range(len(pixels))]
+    assert captions == [tokenizer.decode(d.sequence, skip_special_tokens=True).strip() for d in one_by_one]
+    assert captions == ModelStep(loaded.model, tokenizer).run(pixels, options)[0]  # what the caption engine writes
     assert all(c.startswith("a picture of ") for c in captions)
 
 

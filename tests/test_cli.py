@@ -28,6 +28,8 @@ def test_caption_jsonl_in_input_order_with_bad_inputs_reported(home, tmp_path):
     lines = [json.loads(line) for line in done.stdout.splitlines()]
     assert [line["path"] for line in lines] == [str(good1), str(bad), str(missing), str(good2)]
     assert [line["caption"] for line in lines] == ["a red circle", None, None, "a green square"]
+    assert [line["score"] is None for line in lines] == [False, True, True, False]
+    assert all(-5 < line["score"] <= 0 and round(line["score"], 4) == line["score"] for line in (lines[0], lines[3]))
     assert lines[1]["error"].startswith("not an image") and lines[2]["error"] == "no such file"
     errors = done.stderr.strip().splitlines()
     assert errors == [f"captioner: {bad}: {lines[1]['error']}", f"captioner: {missing}: no such file"]

@@ -1,0 +1,137 @@
+"""Caption latency through the engine beside plain generate; then 32 users at once against one at a time.
+
+    python bench/caption_latency.py                                              # CPU, the demo captioner
+    python bench/caption_latency.py --config /work/shared/blip-base --device cuda  # BLIP base size, random weights
+
+Every caption here is one upload (JPEG bytes, 480-1024 px) captioned as the caption page does it:
+caption_images(loaded, [upload], options). Plain generate is the usual recipe on the same bytes: PIL open,
+processor, generate, decode. At most --tokens new tokens (exactly that many with --force-tokens).
+1. One caption, p50/p90 over --samples uploads, greedy and 3 beams; the two ways alternate upload by upload.
+2. --users threads start together, each with its own upload, against the same uploads one at a time; each way
+   runs --rounds times (alternating) and its best round counts. The last line gives the ratio of captions/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from caption_common import add_model_arguments, describe, load, percentile, plain_generate, synchronize, write_jpegs
+
+from captioner.caption import caption_images
+from captioner.engine import engine_for
+from captioner.images import ImageInput, read_file
+from captioner.options import GenerationOptions
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_arguments(parser)
+    parser.add_argument("--samples", type=int, default=32, help="uploads timed one by one in part 1")
+    parser.add_argument("--users", type=int, default=32)
+    parser.add_argument("--tokens", type=int, default=20, help="max new tokens")
+    parser.add_argument("--force-tokens", action="store_true", help="min new tokens = max (random weights never stop early anyway)")
+    parser.add_argument("--users-beams", type=int, default=1, help="beams in part 2")
+    parser.add_argument("--rounds", type=int, default=3)
+    return parser.parse_args()
+
+
+def engine_caption(loaded, upload: ImageInput, options: GenerationOptions) -> str:
+    result = caption_images(loaded, [upload], options)[0]
+    assert result.ok, result.error
+    return result.caption
+
+
+def plain_caption(loaded, upload: ImageInput, options: GenerationOptions) -> str:
+    from PIL import Image
+
+    return plain_generate(loaded, loaded.model, [Image.open(io.BytesIO(upload.data)).convert("RGB")], options)[0]
+
+
+def seconds_of(fn, *args) -> float:
+    synchronize()
+    started = time.perf_counter()
+    fn(*args)
+    synchronize()
+    return time.perf_counter() - started
+
+
+def one_caption(loaded, uploads, options) -> dict[str, list[float]]:
+    waits = {"plain generate": [], "engine": []}
+    for upload in uploads:
+        waits["plain generate"].append(seconds_of(plain_caption, loaded, upload, options))
+        waits["engine"].append(seconds_of(engine_caption, loaded, upload, options))
+    return waits
+
+
+def one_at_a_time(loaded, uploads, options) -> tuple[float, list[float]]:
+    started = time.perf_counter()
+    waits = [seconds_of(engine_caption, loaded, upload, options) for upload in uploads]
+    return time.perf_counter() - started, waits
+
+
+def all_at_once(loaded, uploads, options) -> tuple[float, list[float]]:
+    """Each user's wait runs from the moment all start together to its own caption."""
+    go, waits, ends = threading.Barrier(len(uploads) + 1), [0.0] * len(uploads), [0.0] * len(uploads)
+    started = [0.0]
+
+    def user(i):
+        go.wait()
+        engine_caption(loaded, uploads[i], options)
+        ends[i] = time.perf_counter()
+
+    threads = [threading.Thread(target=user, args=(i,)) for i in range(len(uploads))]
+    for thread in threads:
+        thread.start()
+    started[0] = time.perf_counter()
+    go.wait()
+    for thread in threads:
+        thread.join()
+    waits = [end - started[0] for end in ends]
+    return max(waits), waits
+
+
+def ms(values: list[float], q: float) -> str:
+    return f"{percentile(values, q) * 1000:>9.1f}"
+
+
+def main() -> None:
+    args = parse_args()
+    loaded = load(args)
+    count = max(args.samples, args.users)
+    with tempfile.TemporaryDirectory() as folder:
+        uploads = [read_file(path) for path in write_jpegs(Path(folder), count, args.min_side, args.max_side)]
+    forced = args.tokens if args.force_tokens else 0
+    print(f"{describe(loaded)}; uploads: JPEG files of {args.min_side}-{args.max_side} px; "
+          f"at most {args.tokens} new tokens{' (forced)' if forced else ''}")  # fmt: skip
+    print(f"\none caption, {args.samples} uploads{'':<21}{'p50 ms':>9}{'p90 ms':>9}{'p50 speed-up':>14}")
+    for beams in (1, 3):
+        options = GenerationOptions(num_beams=beams, max_new_tokens=args.tokens, min_new_tokens=forced).validate()
+        one_caption(loaded, uploads[:3], options)  # warm-up
+        waits = one_caption(loaded, uploads[: args.samples], options)
+        plain_p50 = percentile(waits["plain generate"], 50)
+        for way, values in waits.items():
+            label = f"  {way}, {'greedy' if beams == 1 else f'{beams} beams'}"
+            print(f"{label:<50}{ms(values, 50)}{ms(values, 90)}{plain_p50 / percentile(values, 50):>13.1f}x")
+
+    options = GenerationOptions(num_beams=args.users_beams, max_new_tokens=args.tokens, min_new_tokens=forced).validate()
+    users = uploads[: args.users]
+    sequential, together = (float("inf"), []), (float("inf"), [])
+    for _ in range(args.rounds):
+        sequential = min(sequential, one_at_a_time(loaded, users, options))
+        together = min(together, all_at_once(loaded, users, options))
+    print(f"\n{args.users} users, {args.users_beams} beam(s), best of {args.rounds} rounds"
+          f"{'':<12}{'seconds':>9}{'capt/s':>9}{'p50 wait':>10}{'p95 wait':>10}")  # fmt: skip
+    for way, (seconds, waits) in (("one at a time", sequential), (f"{args.users} at once (threads)", together)):
+        print(f"  {way:<48}{seconds:>9.2f}{len(users) / seconds:>9.1f}{ms(waits, 50)} ms{ms(waits, 95)} ms")
+    engine = engine_for(loaded)
+    print(f"engine model step: {engine.step.last_path}; {engine.batches_run} batches for {engine.images_run} images in all")
+    print(f"{args.users} concurrent users: {sequential[0] / together[0]:.1f}x the captions/s of one at a time")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""The engine's CUDA paths: pinned uint8 batches normalised on the GPU, memory-sized limits, the demo on CUDA."""
+
+import pytest
+import torch
+
+from captioner.caption import GenerationOptions, caption_images
+from captioner.demo.quality import demo_inputs
+from captioner.engine import EngineLimits, engine_for, shutdown_engines
+from captioner.engine.limits import sequence_bytes
+from captioner.engine.pixels import CpuImageStage
+from captioner.models import load_captioner
+from captioner.settings import Settings
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+GREEDY = GenerationOptions(num_beams=1, max_new_tokens=12)
+
+
+@pytest.fixture(scope="module")
+def cuda_demo():
+    loaded = load_captioner("demo", Settings(home=".", device="cuda", dtype="float32"), fallback=False)
+    yield loaded
+    shutdown_engines()
+
+
+def test_the_gpu_collate_equals_the_cpu_one(cuda_demo):
+    inputs, _ = demo_inputs(8, seed=5)
+    on_gpu = CpuImageStage(cuda_demo.processor, "cuda", torch.float32)
+    on_cpu = CpuImageStage(cuda_demo.processor, "cpu", torch.float32)
+    pixels = [p.pixels for p in on_cpu.prepare(inputs, thumbnails=False)]
+    gpu_batch, cpu_batch = on_gpu.collate(pixels), on_cpu.collate(pixels)
+    assert gpu_batch.device.type == "cuda" and gpu_batch.dtype == torch.float32
+    assert (gpu_batch.cpu() - cpu_batch).abs().max() <= 1e-5
+    assert on_gpu.collate(pixels[:1]).shape == (1, 3, 64, 64)
+    on_gpu.close(), on_cpu.close()
+
+
+def test_the_demo_on_cuda_captions_like_on_the_cpu(cuda_demo):
+    inputs, samples = demo_inputs(64, seed=6)
+    cpu = load_captioner("demo", Settings(home=".", device="cpu"), fallback=False)
+    on_gpu, on_cpu = caption_images(cuda_demo, inputs, GREEDY), caption_images(cpu, inputs, GREEDY)
+    assert [r.caption for r in on_gpu] == [s.caption for s in samples] == [r.caption for r in on_cpu]
+    assert [r.score for r in on_gpu] == pytest.approx([r.score for r in on_cpu], abs=1e-3)
+
+
+def test_32_users_on_cuda_each_get_their_own_caption(cuda_demo):
+    import threading
+
+    inputs, samples = demo_inputs(32, seed=7)
+    engine = engine_for(cuda_demo)
+    before = engine.batches_run
+    got = {}
+    threads = [threading.Thread(target=lambda i=i: got.setdefault(i, caption_images(cuda_demo, [inputs[i]], GREEDY)[0].caption)) for i in range(32)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert [got[i] for i in range(32)] == [s.caption for s in samples]
+    assert engine.batches_run - before < 32, "no two users' requests shared a batch"
+
+
+def test_bf16_demo_on_cuda_is_right_on_fresh_images():
+    loaded = load_captioner("demo", Settings(home=".", device="cuda", dtype="bfloat16"), fallback=False)
+    inputs, samples = demo_inputs(200, seed=8)
+    results = caption_images(loaded, inputs, GREEDY)
+    right = sum(r.caption == s.caption for r, s in zip(results, samples))
+    assert right >= 0.97 * len(samples)
+
+
+def test_limits_on_cuda_follow_the_free_memory(cuda_demo):
+    limits = EngineLimits.for_model(cuda_demo.model, cuda_demo.device, torch.bfloat16)
+    free, _ = torch.cuda.mem_get_info()
+    assert 8 <= limits.max_sequences <= 4096 and limits.threads_beside_decoding is None
+    assert limits.max_sequences * sequence_bytes(cuda_demo.model.config, torch.bfloat16) <= free
