@@ -4,6 +4,11 @@ L2-normalised in fp32."""
 from __future__ import annotations
 
 import json
+import os
+import threading
+import weakref
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -18,6 +23,9 @@ from .models import LoadedModel, ModelError, ModelSpec, resolve_device, resolve_
 from .settings import Settings
 
 DEFAULT_BATCH_SIZE = 64
+TEXT_CACHE_SIZE = 256
+_TEXT_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> text -> unit vector
+_TEXT_CACHE_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -184,26 +192,43 @@ def _prepare_batch(loaded: LoadedModel, spec: PixelSpec | None, batch: list) -> 
 def _door_pixels(loaded: LoadedModel, inputs: list[ImageInput]) -> PixelBatch:
     import torch
 
-    pictures, ok, errors = [], [], {}
-    for i, item in enumerate(inputs):
+    def one(item: ImageInput):
         try:
-            pictures.append(loaded.processor.preprocess(images.decode(item, max_side=2 * image_side(loaded)).image))
-            ok.append(i)
+            return loaded.processor.preprocess(images.decode(item, max_side=max(512, 2 * image_side(loaded))).image)
         except ImageError as exc:
-            errors[i] = exc
+            return exc
+
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 2), thread_name_prefix="door") as pool:
+        done = list(pool.map(one, inputs))
+    ok = [i for i, item in enumerate(done) if not isinstance(item, ImageError)]
     side = image_side(loaded)
-    stacked = torch.stack(pictures) if pictures else torch.zeros((0, 3, side, side))
+    stacked = torch.stack([done[i] for i in ok]) if ok else torch.zeros((0, 3, side, side))
+    errors = {i: item for i, item in enumerate(done) if isinstance(item, ImageError)}
     return PixelBatch(stacked.to(loaded.device, loaded.dtype), ok, errors)
 
 
 def embed_texts(loaded: LoadedModel, texts: Sequence[str]) -> np.ndarray:
-    """Unit-length text embeddings, one row per text (normalised in fp32)."""
+    """Unit-length text embeddings, one row per text (normalised in fp32). The last TEXT_CACHE_SIZE texts of
+    each model are remembered: a page rerun with the same query does not encode it again."""
     import torch
 
-    tokens = loaded.processor.tokenizer(list(texts)).to(loaded.device)
-    with loaded.lock, torch.inference_mode():
-        features = _text_features(loaded.model, tokens)
-    return unit_rows(features).cpu().numpy()
+    with _TEXT_CACHE_LOCK:
+        cache = _TEXT_CACHE.setdefault(loaded.model, OrderedDict())
+        known = {text: cache[text] for text in texts if text in cache}
+    todo = list(dict.fromkeys(text for text in texts if text not in known))
+    if todo:
+        tokens = loaded.processor.tokenizer(todo).to(loaded.device)
+        with loaded.lock, torch.inference_mode():
+            features = _text_features(loaded.model, tokens)
+        known.update(zip(todo, unit_rows(features).cpu().numpy()))
+    with _TEXT_CACHE_LOCK:
+        for text in texts:
+            cache[text] = known[text]
+            cache.move_to_end(text)
+        while len(cache) > TEXT_CACHE_SIZE:
+            cache.popitem(last=False)
+    dim = int(loaded.model.text_projection.shape[-1]) if not texts else len(known[texts[0]])
+    return np.stack([known[text] for text in texts]) if texts else np.zeros((0, dim), np.float32)
 
 
 def _text_features(model, tokens):

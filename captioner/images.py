@@ -124,6 +124,8 @@ def read_file(path: str | os.PathLike, name: str | None = None) -> ImageInput:
         raise ImageError(name, "permission denied") from None
     except OSError as exc:
         raise ImageError(name, f"cannot be read ({exc.strerror or exc})") from None
+    except ValueError as exc:  # e.g. a path with a NUL byte in it
+        raise ImageError(name, f"cannot be read ({exc})") from None
 
 
 def decode(source: ImageInput, max_side: int | None = None) -> DecodedImage:

@@ -11,11 +11,17 @@ from pathlib import Path
 
 from .embed import embed_images, embed_texts
 from .images import ImageError, ImageInput
-from .index_store import (  # noqa: F401  (the index's public names, in one place)
+from .index_store import (
     FORMAT, NEAR_DUPLICATE, Entry, GalleryIndex, Hit, IndexProblem, current_generation, index_root, load_index,
-)
-from .index_update import UpdateReport, update_index  # noqa: F401
-from .search_structure import FLAT_LIMIT, RECALL_TARGET, build_search_structure  # noqa: F401
+)  # fmt: skip
+from .index_update import UpdateReport, update_index
+from .search_structure import FLAT_LIMIT, RECALL_TARGET, build_search_structure
+
+__all__ = [  # the index's public names, in one place
+    "FLAT_LIMIT", "FORMAT", "NEAR_DUPLICATE", "RECALL_TARGET", "Entry", "GalleryIndex", "Hit", "IndexProblem",
+    "SearchError", "UpdateReport", "build_search_structure", "current_generation", "index_root", "load_index",
+    "open_or_build", "search_gallery_image", "search_image", "search_text", "update_index",
+]  # fmt: skip
 
 
 class SearchError(ValueError):
@@ -46,3 +52,11 @@ def search_image(embedder, index: GalleryIndex, source: ImageInput, k: int = 10)
     if embedded.errors:
         raise ImageError(source.name, embedded.errors[0])
     return index.search(embedded.vectors[0], k, query_sha256=source.sha256, image_query=True)
+
+
+def search_gallery_image(index: GalleryIndex, path: str, k: int = 10) -> list[Hit]:
+    """Gallery images most similar to one already in the index: its stored vector, nothing decoded again."""
+    entry = index.entry_of(path)
+    if entry is None:
+        raise SearchError(f"{path} is not in the index")
+    return index.search(index.vector(entry.row), k, query_sha256=entry.sha256, image_query=True)

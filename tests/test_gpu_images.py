@@ -8,8 +8,6 @@ Tolerances, in normalised pixel units (one 8-bit level is about 0.015 after CLIP
 - CUDA against CPU: within 1 level (nvjpeg's and libjpeg-turbo's IDCTs may round differently).
 """
 
-import io
-
 import numpy as np
 import pytest
 import torch

@@ -63,6 +63,28 @@ def test_a_short_text_is_encoded_over_its_own_tokens_only_with_the_same_result(c
     assert torch.allclose(trimmed, full, atol=1e-5)
 
 
+def test_a_transform_the_device_path_cannot_reproduce_uses_open_clips_own(clip, monkeypatch):
+    from captioner import embed
+
+    pictures = [ImageInput(f"{i}.png", zoo.encode(zoo.demo(side=40 + i), "PNG")) for i in range(3)]
+    expected = embed_images(clip, pictures)
+    monkeypatch.setattr(embed, "pixel_spec", lambda loaded: None)
+    fallback = embed_images(clip, pictures[:1] + [ImageInput("bad.png", b"nope")] + pictures[1:])
+    assert fallback.ok == [0, 2, 3] and "not an image" in fallback.errors[1]
+    assert (fallback.vectors * expected.vectors).sum(axis=1).min() > 0.99  # the same pictures, within resize rounding
+
+
+def test_a_repeated_text_query_is_not_encoded_again(clip, monkeypatch):
+    from captioner import embed
+
+    encoded = []
+    real = embed._text_features
+    monkeypatch.setattr(embed, "_text_features", lambda model, tokens: encoded.append(len(tokens)) or real(model, tokens))
+    first = embed_texts(clip, ["a green triangle", "a red circle"])
+    again = embed_texts(clip, ["a red circle", "a blue square"])
+    assert encoded == [2, 1] and np.array_equal(again[0], first[1])
+
+
 def test_open_clip_specs_are_checked(settings, tmp_path):
     with pytest.raises(ModelError, match="not an open_clip model folder"):
         load_embedder(str(tmp_path), settings, fallback=False)
@@ -205,3 +227,25 @@ def test_demo_clip_reaches_precision_at_5(settings, tmp_path):
     query, truth = demo_inputs(1, seed=4321, shapes=("circle",), colors=("red",))
     image_hits = search_image(clip, index, query[0], k=5)
     assert sum(label(h) == truth[0].caption for h in image_hits) / 5 >= 0.9
+
+
+@pytest.mark.gpu
+def test_indexing_on_cuda_gives_unit_vectors_close_to_the_cpus(settings, tiny_clip_dir, gallery):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA")
+    from captioner.settings import Settings
+
+    on_gpu = load_embedder(str(tiny_clip_dir), Settings(home=settings.home, device="cuda"), fallback=False)
+    on_cpu = load_embedder(str(tiny_clip_dir), Settings(home=settings.home, device="cpu"), fallback=False)
+    assert on_gpu.device.type == "cuda" and on_gpu.dtype == torch.bfloat16
+    inputs = [ImageInput(p.name, p.read_bytes()) for p in sorted(gallery.glob("*.png"))]
+    inputs.append(ImageInput("photo.jpg", zoo.encode(zoo.demo("square", "red", 300), "JPEG")))
+    gpu, cpu = embed_images(on_gpu, inputs), embed_images(on_cpu, inputs)
+    assert gpu.ok == cpu.ok == list(range(5))
+    assert np.abs(np.linalg.norm(gpu.vectors, axis=1) - 1).max() <= 1e-6  # normalised in fp32 after bf16
+    assert (gpu.vectors * cpu.vectors).sum(axis=1).min() >= 0.98
+    index, _ = update_index(on_gpu, gallery, settings.data_dir)
+    query = ImageInput("q.png", (gallery / "2-green-triangle.png").read_bytes())
+    assert search_image(on_gpu, index, query, k=1)[0].score == pytest.approx(1.0, abs=1e-6)
