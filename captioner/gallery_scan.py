@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .images import MAX_FILE_BYTES, UPLOAD_TYPES, ImageError
 
+_IMAGE_SUFFIXES = frozenset(UPLOAD_TYPES)
 OUTSIDE = "a symbolic link to outside the gallery; not followed (set CAPTIONER_GALLERY_FOLLOW_LINKS=1 to allow)"
 
 
@@ -24,7 +25,7 @@ class GalleryProblem(Exception):
 class Scan:
     """Image files by path relative to the gallery (forward slashes), and what was left out, with why."""
 
-    found: dict[str, os.stat_result] = field(default_factory=dict)
+    found: dict[str, tuple[int, int]] = field(default_factory=dict)  # path -> (size, mtime_ns)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # image files that cannot be used
     ignored: list[tuple[str, str]] = field(default_factory=list)  # other files, links out, loops
 
@@ -48,10 +49,14 @@ def scan_gallery(gallery: Path, follow_links: bool = False) -> Scan:
             scan.skipped.append((prefix.rstrip("/") or ".", f"cannot be read ({exc.strerror})"))
             continue
         for entry in children:
-            if entry.name.startswith("."):
+            name = entry.name
+            if name.startswith("."):
                 continue
-            relative, is_link = prefix + entry.name, False
+            relative, is_link = prefix + name, False
             try:
+                if entry.is_file(follow_symlinks=False):  # the common case, told by the listing itself
+                    _note_file(scan, entry, relative)
+                    continue
                 is_link = entry.is_symlink()
                 if is_link and not follow_links and not _inside(root, os.path.realpath(entry.path)):
                     scan.ignored.append((relative, OUTSIDE))
@@ -71,7 +76,7 @@ def scan_gallery(gallery: Path, follow_links: bool = False) -> Scan:
 
 
 def _note_file(scan: Scan, entry: os.DirEntry, relative: str) -> None:
-    if Path(entry.name).suffix.lower().lstrip(".") not in UPLOAD_TYPES:
+    if entry.name.rpartition(".")[2].lower() not in _IMAGE_SUFFIXES:
         scan.ignored.append((relative, "not an image file type"))
         return
     stat = entry.stat()
@@ -80,7 +85,7 @@ def _note_file(scan: Scan, entry: os.DirEntry, relative: str) -> None:
     elif stat.st_size == 0:
         scan.skipped.append((relative, "empty file (0 bytes)"))
     else:
-        scan.found[relative] = stat
+        scan.found[relative] = (stat.st_size, stat.st_mtime_ns)
 
 
 def gallery_file(gallery: Path, relative: str, follow_links: bool = False) -> Path:

@@ -60,16 +60,36 @@ class Hit:
 
 
 class EntryTable:
-    """Every indexed file as columns: paths (sorted) and a structured array of the rest."""
+    """Every indexed file as columns: paths (sorted) and a structured array of the rest, worked on with numpy
+    (an update of a big gallery makes no Python object per unchanged file)."""
 
     def __init__(self, paths: list[str], columns: np.ndarray):
         self.paths, self.columns = paths, columns
 
     @classmethod
+    def from_rows(cls, rows: list[tuple[str, str, int, int, int]]) -> "EntryTable":
+        """From (path, sha256, size, mtime_ns, row) tuples, in any order."""
+        columns = np.array([row[1:] for row in rows], dtype=ENTRY_DTYPE)
+        return cls([row[0] for row in rows], columns).sorted()
+
+    @classmethod
     def from_entries(cls, entries: list[Entry]) -> "EntryTable":
-        entries = sorted(entries, key=lambda entry: entry.path)
-        columns = np.array([(e.sha256, e.size, e.mtime_ns, e.row) for e in entries], dtype=ENTRY_DTYPE)
-        return cls([e.path for e in entries], columns)
+        return cls.from_rows([(e.path, e.sha256, e.size, e.mtime_ns, e.row) for e in entries])
+
+    def sorted(self) -> "EntryTable":
+        order = sorted(range(len(self.paths)), key=self.paths.__getitem__)
+        return EntryTable([self.paths[i] for i in order], self.columns[np.array(order, dtype=np.int64)])
+
+    def take(self, positions: np.ndarray) -> "EntryTable":
+        return EntryTable([self.paths[i] for i in positions.tolist()], self.columns[positions])
+
+    def plus(self, other: "EntryTable") -> "EntryTable":
+        return EntryTable(self.paths + other.paths, np.concatenate([self.columns, other.columns])).sorted()
+
+    def with_rows(self, rows: np.ndarray) -> "EntryTable":
+        columns = self.columns.copy()
+        columns["row"] = rows
+        return EntryTable(self.paths, columns)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -87,6 +107,19 @@ class EntryTable:
         """Positions of the entries whose vector is this row (several files may hold the same content)."""
         order, rows = self._by_row
         return order[np.searchsorted(rows, row, "left") : np.searchsorted(rows, row, "right")].tolist()
+
+
+class ShaRows:
+    """The vector row of each content (sha256) a table holds, looked up by binary search (no per-file dict)."""
+
+    def __init__(self, columns: np.ndarray):
+        order = np.argsort(columns["sha256"], kind="stable")
+        self.shas, self.rows = columns["sha256"][order], columns["row"][order]
+
+    def get(self, sha: str) -> int | None:
+        key = sha.encode()
+        at = int(np.searchsorted(self.shas, key))
+        return int(self.rows[at]) if at < len(self.shas) and self.shas[at] == key else None
 
 
 class GalleryIndex:

@@ -25,8 +25,8 @@ from .feedback import now_utc
 from .gallery_scan import GalleryProblem, scan_gallery
 from .images import ImageError
 from .index_store import (
-    Entry, EntryTable, GalleryIndex, IndexProblem, index_root, load_index, read_trained, remove_strays, segment_vectors,
-    write_generation, write_segment, write_trained,
+    ENTRY_DTYPE, EntryTable, GalleryIndex, IndexProblem, ShaRows, index_root, load_index, read_trained, remove_strays,
+    segment_vectors, write_generation, write_segment, write_trained,
 )  # fmt: skip
 from .search_structure import FLAT_LIMIT, Layout, build_search_structure, plan_layout, segment_structure
 
@@ -82,29 +82,28 @@ def update_index(
         kept, to_read, known = _compare(scan, old, report)
         fresh, new_vectors, new_position = _read_and_embed(embedder, gallery, to_read, known, report, on_progress)
         base = sum(rows for _, rows in old.meta["segments"]) if old else 0
-        entries = kept + [
-            Entry(relative, sha, scan.found[relative].st_size, scan.found[relative].st_mtime_ns,
-                  known[sha] if sha in known else base + new_position[sha])
+        added = EntryTable.from_rows([
+            (relative, sha, *scan.found[relative], base + new_position[sha] if known.get(sha) is None else known.get(sha))
             for relative, sha in fresh.items()
-        ]  # fmt: skip
-        old_paths = set(old.paths) if old else set()
-        report.changed = len(set(fresh) & old_paths)
+        ])  # fmt: skip
+        table = old.table.take(kept).plus(added) if old else added
+        report.changed = sum(1 for relative in fresh if old and old.entry_of(relative) is not None)
         report.added = len(fresh) - report.changed
         failed = [
-            {"path": path, "size": scan.found[path].st_size, "mtime_ns": scan.found[path].st_mtime_ns, "reason": reason}
+            {"path": path, "size": scan.found[path][0], "mtime_ns": scan.found[path][1], "reason": reason}
             for path, reason in report.skipped if path in scan.found
         ]  # fmt: skip
         if old and not fresh and not report.removed and failed == old.meta.get("failed", []):
             report.seconds = time.time() - started
             return old, report  # nothing changed: the live generation stays
-        entries, segments, layout = _arrange(root, old, entries, new_vectors, embedder, flat_limit, report)
+        table, segments, layout = _arrange(root, old, table, new_vectors, embedder, flat_limit, report)
         dim = new_vectors.shape[1] if len(new_vectors) else old.meta["dim"] if old else _text_dim(embedder)
         meta = {
             "model": embedder.name, "model_version": embedder.version, "dim": int(dim), "gallery": str(gallery),
-            "entries": len(entries), "vectors": sum(rows for _, rows in segments), "updated": now_utc(),
+            "entries": len(table), "vectors": sum(rows for _, rows in segments), "updated": now_utc(),
             "failed": failed, "layout": layout.to_json(), "segments": segments,
         }  # fmt: skip
-        write_generation(root, meta, EntryTable.from_entries(entries))
+        write_generation(root, meta, table)
         index = load_index(root, gallery, embedder.name, embedder.version)
     report.seconds = time.time() - started
     return index, report
@@ -119,26 +118,28 @@ def _previous_index(root: Path, gallery: Path, embedder, report: UpdateReport) -
         return None
 
 
-def _compare(scan, old: GalleryIndex | None, report: UpdateReport) -> tuple[list[Entry], list[str], dict[str, int]]:
-    """Entries kept as they are (same size and mtime), files to read, and the row of every content indexed."""
+def _compare(scan, old: GalleryIndex | None, report: UpdateReport) -> tuple[np.ndarray, list[str], ShaRows]:
+    """Positions (in the old table) of the entries kept as they are (same size and mtime), the files to read,
+    and the row of every content the old index holds (a moved or copied file keeps its vector)."""
+    found = sorted(scan.found)
     if old is None:
-        return [], sorted(scan.found), {}
+        return np.zeros(0, np.int64), found, ShaRows(np.zeros(0, ENTRY_DTYPE))
     position = {path: i for i, path in enumerate(old.paths)}
+    where = np.fromiter((position.get(path, -1) for path in found), np.int64, len(found))
+    size_mtime = np.array([scan.found[path] for path in found], dtype=np.int64).reshape(-1, 2)
+    columns = old.table.columns[np.maximum(where, 0)]
+    same = (where >= 0) & (columns["size"] == size_mtime[:, 0]) & (columns["mtime_ns"] == size_mtime[:, 1])
     failed_before = {f["path"]: f for f in old.meta.get("failed", [])}
-    columns = old.table.columns
-    kept, to_read = [], []
-    for relative, stat in scan.found.items():
-        failed, i = failed_before.get(relative), position.get(relative)
-        if failed and (failed["size"], failed["mtime_ns"]) == (stat.st_size, stat.st_mtime_ns):
+    to_read = []
+    for i in np.flatnonzero(~same).tolist():
+        relative, failed = found[i], failed_before.get(found[i])
+        if failed and (failed["size"], failed["mtime_ns"]) == tuple(size_mtime[i]):
             report.skipped.append((relative, failed["reason"]))  # still the same bad file: not read again
-        elif i is not None and (int(columns["size"][i]), int(columns["mtime_ns"][i])) == (stat.st_size, stat.st_mtime_ns):
-            kept.append(old.table.entry(i))
         else:
             to_read.append(relative)
-    report.unchanged = len(kept)
-    report.removed = len(set(position) - set(scan.found))
-    known = dict(zip((sha.decode() for sha in columns["sha256"]), columns["row"].tolist()))  # moved content too
-    return kept, sorted(to_read), known
+    report.unchanged = int(same.sum())
+    report.removed = len(old.paths) - int((where >= 0).sum())
+    return np.sort(where[same]), to_read, ShaRows(old.table.columns)
 
 
 def _read_hashed(gallery: Path, relative: str):
@@ -167,7 +168,7 @@ def _read_and_embed(embedder, gallery, to_read, known, report, on_progress):
                     report.skipped.append((relative, item.reason))
                     continue
                 fresh[relative] = item.sha256
-                if item.sha256 not in known and item.sha256 not in handed_set:
+                if known.get(item.sha256) is None and item.sha256 not in handed_set:
                     handed_set.add(item.sha256)
                     handed.append(item.sha256)
                     yield item
@@ -187,11 +188,11 @@ def _read_and_embed(embedder, gallery, to_read, known, report, on_progress):
     return fresh, embedded.vectors, {handed[position]: j for j, position in enumerate(embedded.ok)}
 
 
-def _arrange(root, old, entries, new_vectors, embedder, flat_limit, report):
+def _arrange(root, old, table: EntryTable, new_vectors, embedder, flat_limit, report):
     """Where the vectors go: a new segment beside the old ones, or (when due) everything rewritten."""
     old_segments = [tuple(segment) for segment in old.meta["segments"]] if old else []
     total = sum(rows for _, rows in old_segments) + len(new_vectors)
-    rows = np.array(sorted({entry.row for entry in entries}), dtype=np.int64)
+    rows = np.unique(table.columns["row"])
     kind, nlist = plan_layout(len(rows), flat_limit)
     layout = Layout.from_json(old.meta["layout"]) if old else None
     why = None
@@ -204,10 +205,9 @@ def _arrange(root, old, entries, new_vectors, embedder, flat_limit, report):
     if layout is None or why:
         report.rewritten_because = why
         parts = (segment_vectors(root, old.meta) if old else []) + [new_vectors]
-        renumber = {int(row): i for i, row in enumerate(rows)}
-        entries = [Entry(e.path, e.sha256, e.size, e.mtime_ns, renumber[e.row]) for e in entries]
+        table = table.with_rows(np.searchsorted(rows, table.columns["row"]))  # live rows renumbered 0..n-1
         segments, layout = _build(root, _gather(parts, rows, new_vectors.shape[1]), flat_limit, embedder)
-        return entries, segments, layout
+        return table, segments, layout
     trained = read_trained(root, layout) if layout.kind == "ivf" else None
     segments = list(old_segments)
     if len(new_vectors):
@@ -215,7 +215,7 @@ def _arrange(root, old, entries, new_vectors, embedder, flat_limit, report):
     if len(segments) > MAX_SEGMENTS:  # merge all but the first (largest) into one; rows keep their numbers
         merged = np.concatenate([np.asarray(v) for v in segment_vectors(root, {"segments": segments[1:]})])
         segments = [segments[0], (write_segment(root, merged, _ivf_of(merged, trained)), len(merged))]
-    return entries, segments, layout
+    return table, segments, layout
 
 
 def _ivf_of(vectors: np.ndarray, trained):
