@@ -5,8 +5,8 @@ turned upright, resized and normalised there as tensors, the way the model's own
 BLIP's image processor (resize to a fixed size, bicubic with antialiasing, rescale, normalise) and
 open_clip's transform (shortest edge, centre crop, its mean and std). Every other input goes through the
 image door (`images.decode`) exactly as elsewhere, so what is refused, and why, does not change; so does
-any JPEG that the device decoder refuses (CMYK, a truncated or odd stream) and any JPEG big enough to
-decode at reduced scale (libjpeg's DCT scaling, which no device decoder offers). The rule that picks a
+any JPEG that the device decoder refuses (CMYK, a truncated or odd stream), any JPEG big enough to
+decode at reduced scale (libjpeg's DCT scaling, which no device decoder offers), and any over 16 MP. The rule that picks a
 path depends on the file alone, so the CPU and a GPU give the same pixels, up to the last bit of a
 decoder's rounding (see tests/test_gpu_images.py for the tolerances).
 """
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 _INTERPOLATIONS = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic"}  # PIL resample codes
 _PASS_THROUGH = {"MaybeConvertMode", "MaybeToTensor", "ToTensor", "_convert_to_rgb", "ConvertImageDtype"}
 REDUCED_SCALE_MARGIN = 2  # a file at least twice this over the needed size decodes at reduced scale
+DEVICE_MAX_PIXELS = 16_000_000  # bigger JPEGs (a long panorama) go through the door and its memory budget
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,7 @@ def _plan(item: ImageInput, spec: PixelSpec):
     try:
         header = Image.open(io.BytesIO(item.data))
         width, height = header.size
-        fits = header.format == "JPEG" and header.mode in ("RGB", "L") and 0 < width * height <= images.MAX_PIXELS
+        fits = header.format == "JPEG" and header.mode in ("RGB", "L") and 0 < width * height <= DEVICE_MAX_PIXELS
         small = spec.scale_needed(width, height) * REDUCED_SCALE_MARGIN > 0.5  # DCT scaling would not halve it
         if fits and small and _ends_with_eoi(item.data):
             return _DeviceJpeg(images.exif_orientation(header))
