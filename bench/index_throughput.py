@@ -45,7 +45,7 @@ def parse_args():
     parser.add_argument("--plain-images", type=int, help="files for the plain loop (default: all; it is slow)")
     parser.add_argument("--min-side", type=int, default=400, help="480 for the GPU target's files")
     parser.add_argument("--max-side", type=int, default=1600, help="1024 for the GPU target's files")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: all cores)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads (default: all cores)")
     parser.add_argument("--update", action="store_true", help="measure the cost of adding files instead")
     parser.add_argument("--small", type=int, default=1_000)
     parser.add_argument("--large", type=int, default=100_000)
@@ -183,8 +183,7 @@ def main():
     import torch
 
     args = parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     update_cost(args) if args.update else throughput(args)
 
 

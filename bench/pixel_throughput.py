@@ -35,7 +35,7 @@ def parse_args():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads (default: all cores)")
     return parser.parse_args()
 
 
@@ -67,8 +67,7 @@ def main():
     from transformers.models.blip import BlipImageProcessor, BlipImageProcessorPil
 
     args = parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if Path(args.config).is_dir():
         blip = AutoImageProcessor.from_pretrained(args.config)
@@ -110,4 +109,5 @@ def main():
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     main()
