@@ -25,7 +25,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from captioner.index_store import Entry, EntryTable, load_index, write_generation, write_segment, write_trained  # noqa: E402
+from captioner.index_entries import Entry, EntryTable  # noqa: E402
+from captioner.index_store import load_index, write_generation, write_segment, write_trained  # noqa: E402
 from captioner.search_structure import FLAT_LIMIT, build_search_structure, recall_at_10  # noqa: E402
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
 from PIL import Image
+from PIL.JpegImagePlugin import MARKER as JPEG_MARKERS
 
 from . import images
 from .images import ImageError, ImageInput
@@ -150,16 +151,89 @@ def load_pixels(inputs: Sequence[ImageInput], spec: PixelSpec, device, dtype) ->
 
 def _plan(item: ImageInput, spec: PixelSpec):
     """Read the header: a _DeviceJpeg, or (for every other input) what _through_the_door gives."""
-    try:
-        header = Image.open(io.BytesIO(item.data))
-        width, height = header.size
-        fits = header.format == "JPEG" and header.mode in ("RGB", "L") and 0 < width * height <= DEVICE_MAX_PIXELS
+    header = jpeg_header(item.data)
+    if header is not None:
+        width, height, orientation = header
         small = spec.scale_needed(width, height) * REDUCED_SCALE_MARGIN > 0.5  # DCT scaling would not halve it
-        if fits and small and _ends_with_eoi(item.data):
-            return _DeviceJpeg(images.exif_orientation(header))
-    except Exception:  # whatever is wrong with it, the door says so in its own words below
-        pass
+        if small and width * height <= DEVICE_MAX_PIXELS and _ends_with_eoi(item.data):
+            return _DeviceJpeg(orientation)
     return _through_the_door(item, spec)
+
+
+_SOF = {0xC0, 0xC1, 0xC2}  # baseline, extended, progressive Huffman: what every JPEG decoder reads
+
+
+def jpeg_header(data: bytes) -> tuple[int, int, int] | None:
+    """(width, height, EXIF orientation) of a plain 8-bit gray or YCbCr JPEG, read from its markers up to the
+    scan (no decoding, no Pillow); None for anything else (CMYK, arithmetic coding, MPO, odd or broken files),
+    which then goes through the image door."""
+    if data[:3] != b"\xff\xd8\xff":
+        return None
+    at, size, orientation, exif_seen = 2, None, 1, False
+    while at + 4 <= len(data):
+        if data[at] != 0xFF:
+            return None
+        marker = data[at + 1]
+        if marker == 0xFF:  # fill byte
+            at += 1
+            continue
+        known = JPEG_MARKERS.get(0xFF00 | marker)
+        if known is None:
+            return None  # a marker Pillow does not know: the door refuses the file, so the device must not take it
+        if known[2] is None:  # a marker without a segment (as Pillow reads it)
+            at += 2
+            continue
+        length = int.from_bytes(data[at + 2 : at + 4], "big")
+        segment = data[at + 4 : at + 2 + length]
+        if length < 2 or len(segment) != length - 2:
+            return None
+        if marker == 0xDA:  # start of scan: the header is complete
+            return (*size, orientation) if size else None
+        if marker in _SOF:
+            if size or len(segment) < 6 or segment[0] != 8 or segment[5] not in (1, 3):
+                return None
+            size = (int.from_bytes(segment[3:5], "big"), int.from_bytes(segment[1:3], "big"))
+            if min(size) < 1:
+                return None
+        elif 0xC3 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return None  # lossless, hierarchical or arithmetic-coded
+        elif not _pillow_reads(marker, segment):
+            return None
+        elif marker == 0xE1 and segment[:6] == b"Exif\0\0" and not exif_seen:  # the first one counts, as in Pillow
+            orientation, exif_seen = _exif_orientation(segment), True
+        elif marker == 0xE2 and segment[:4] == b"MPF\0":
+            return None  # a multi-picture file: Pillow reads it as MPO
+        elif marker == 0xEE and segment[:5] == b"Adobe" and len(segment) > 11 and segment[11] == 0:
+            return None  # Adobe transform 0: RGB stored as is, not YCbCr
+        at += 2 + length
+    return None
+
+
+def _pillow_reads(marker: int, segment: bytes) -> bool:
+    """Whether Pillow's handler for this segment accepts it (it refuses the whole file when one raises)."""
+    if marker == 0xDB:  # quantization tables: 1 + 64 or 1 + 128 bytes each
+        while segment:
+            length = 1 + (64 if segment[0] < 16 else 128)
+            if len(segment) < length:
+                return False
+            segment = segment[length:]
+        return True
+    if (marker, segment[:4]) == (0xE0, b"JFIF") or (marker, segment[:5]) == (0xEE, b"Adobe"):
+        return len(segment) >= 7
+    if (marker, segment[:12]) == (0xE2, b"ICC_PROFILE\0"):
+        return len(segment) >= 14
+    return True
+
+
+def _exif_orientation(segment: bytes) -> int:
+    """The orientation in an APP1 Exif segment, read by Pillow's own EXIF reader (as images.decode reads it)."""
+    try:
+        exif = Image.Exif()
+        exif.load(segment)
+        value = int(exif.get(0x0112, 1))
+    except Exception:  # a broken EXIF block does not make the picture unusable
+        return 1
+    return value if value in images.ORIENTATION_TRANSPOSE else 1
 
 
 def _through_the_door(item: ImageInput, spec: PixelSpec):
@@ -189,7 +263,10 @@ def _through_the_door(item: ImageInput, spec: PixelSpec):
 
 def _ends_with_eoi(data: bytes) -> bool:
     """A complete JPEG stream ends with the EOI marker; anything else (cut, or trailing data) is the door's."""
-    return data.rstrip(b"\0")[-2:] == b"\xff\xd9"
+    end = len(data)
+    while end > 2 and data[end - 1] == 0:  # zero padding after the end is harmless
+        end -= 1
+    return data[end - 2 : end] == b"\xff\xd9"
 
 
 def _decode_jpegs(items: list[ImageInput], device) -> list:

@@ -1,6 +1,7 @@
 """The gallery index: CLIP vectors of every image under a folder, updated incrementally, searched with FAISS.
 
-Split by job: gallery_scan.py (which files), index_store.py (the files on disk, opening an index),
+Split by job: gallery_scan.py (which files), index_entries.py (the table of indexed files),
+index_store.py (the files on disk, opening an index),
 search_structure.py (FAISS: flat or IVF, nprobe tuning, search across segments), index_update.py
 (bringing an index up to date). This module is the public face: opening, and answering queries.
 """
@@ -11,9 +12,8 @@ from pathlib import Path
 
 from .embed import embed_images, embed_texts
 from .images import ImageError, ImageInput
-from .index_store import (
-    FORMAT, NEAR_DUPLICATE, Entry, GalleryIndex, Hit, IndexProblem, current_generation, index_root, load_index,
-)  # fmt: skip
+from .index_entries import Entry
+from .index_store import FORMAT, NEAR_DUPLICATE, GalleryIndex, Hit, IndexProblem, current_generation, index_root, load_index
 from .index_update import UpdateReport, update_index
 from .search_structure import FLAT_LIMIT, RECALL_TARGET, build_search_structure
 

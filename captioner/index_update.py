@@ -24,9 +24,10 @@ from . import images
 from .feedback import now_utc
 from .gallery_scan import GalleryProblem, scan_gallery
 from .images import ImageError
+from .index_entries import ENTRY_DTYPE, EntryTable, ShaRows
 from .index_store import (
-    ENTRY_DTYPE, EntryTable, GalleryIndex, IndexProblem, ShaRows, index_root, load_index, read_trained, remove_strays,
-    segment_vectors, write_generation, write_segment, write_trained,
+    GalleryIndex, IndexProblem, index_root, load_index, read_trained, remove_strays, segment_vectors, write_generation,
+    write_segment, write_trained,
 )  # fmt: skip
 from .search_structure import FLAT_LIMIT, Layout, build_search_structure, plan_layout, segment_structure
 

@@ -8,6 +8,8 @@ Tolerances, in normalised pixel units (one 8-bit level is about 0.015 after CLIP
 - CUDA against CPU: within 1 level (nvjpeg's and libjpeg-turbo's IDCTs may round differently).
 """
 
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -168,3 +170,27 @@ def test_cuda_pixels_equal_cpu_pixels(jpegs, blip_processor, clip_transform):
         assert on_gpu.pixels.device.type == "cuda" and on_gpu.ok == on_cpu.ok
         assert (on_gpu.pixels.cpu() - on_cpu.pixels).abs().max() <= LEVEL + 1e-5
         assert load_pixels(inputs, spec, "cuda", torch.bfloat16).pixels.dtype == torch.bfloat16
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_mutated_jpegs_are_refused_by_the_device_path_exactly_when_the_door_refuses_them():
+    """A seeded fuzz: the cheap header reader must never send the device decoder a file the door refuses."""
+    from transformers.models.blip import BlipImageProcessor
+
+    spec = PixelSpec.from_blip(BlipImageProcessor(size={"height": 16, "width": 16}))
+    seeds = {name: data for name, data in zoo.fuzz_seeds().items() if name.endswith(".jpg")}
+    rng, names = np.random.default_rng(7), sorted(seeds)
+    for n in range(1500):
+        item = ImageInput(names[n % len(names)], zoo.mutate(rng, seeds[names[n % len(names)]]))
+        try:
+            images.decode(item)
+            door = None
+        except ImageError as exc:
+            door = str(exc)
+        batch = load_pixels([item], spec, "cpu", torch.float32)
+        assert (batch.ok == [0]) == (door is None), (door, item.data.hex())
+        assert door is None or str(batch.errors[0]) == door
+        header = gpu_images.jpeg_header(item.data)
+        if header is not None:  # whatever the header reader says, Pillow says too
+            opened = Image.open(io.BytesIO(item.data))
+            assert (*opened.size, images.exif_orientation(opened)) == header and opened.mode in ("RGB", "L")
