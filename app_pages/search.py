@@ -5,7 +5,7 @@ import re
 import streamlit as st
 
 from captioner.gallery_scan import gallery_file
-from captioner.images import UPLOAD_TYPES, ImageError, ImageInput, decode, read_file
+from captioner.images import UPLOAD_TYPES, ImageError, ImageInput, decode, read_file, thumbnail_jpeg
 from captioner.index import IndexProblem, SearchError, search_gallery_image, search_image, search_text, update_index
 from app_pages import _shared as shared
 
@@ -23,9 +23,9 @@ def plain(text: str) -> str:
 
 
 @st.cache_data(max_entries=1024, show_spinner=False)
-def thumbnail(path: str, size: int, mtime_ns: int):
-    """A small copy of a gallery picture, decoded once per file version (reruns show cached ones)."""
-    return decode(read_file(path), max_side=256).image
+def thumbnail(path: str, size: int, mtime_ns: int) -> bytes:
+    """A small JPEG of a gallery picture, made once per file version: a rerun neither decodes nor encodes it."""
+    return thumbnail_jpeg(read_file(path), 256)
 
 
 def show_thumbnail(column, relative: str) -> None:

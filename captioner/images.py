@@ -156,6 +156,13 @@ def decode(source: ImageInput, max_side: int | None = None) -> DecodedImage:
     return DecodedImage(source, image, fmt)
 
 
+def thumbnail_jpeg(source: ImageInput, side: int = 256) -> bytes:
+    """A small JPEG of an input (at most side px), to show it without sending the original to a browser."""
+    buffer = io.BytesIO()
+    decode(source, max_side=side).image.save(buffer, "JPEG", quality=85)
+    return buffer.getvalue()
+
+
 def _first_line(exc: Exception) -> str:
     text = str(exc).strip()
     return (text.splitlines()[0] if text else repr(exc))[:200]

@@ -102,6 +102,17 @@ def test_big_jpegs_decode_at_reduced_scale_within_tolerance(clip_transform, monk
     assert (pixels - expected).abs().mean() <= 0.02
 
 
+def test_the_header_reader_sends_only_plain_jpegs_to_the_device():
+    picture = photo(120, 80, 3)
+    assert gpu_images.jpeg_header(jpeg(picture)) == (120, 80, 1)
+    assert gpu_images.jpeg_header(jpeg(picture, progressive=True)) == (120, 80, 1)
+    assert gpu_images.jpeg_header(jpeg(picture.convert("L"))) == (120, 80, 1)
+    assert gpu_images.jpeg_header(zoo.cmyk_jpeg()) is None  # CMYK: Pillow's conversion, through the door
+    assert gpu_images.jpeg_header(zoo.encode(picture, "MPO", save_all=True, append_images=[picture])) is None
+    assert gpu_images.jpeg_header(zoo.encode(picture, "PNG")) is None
+    assert gpu_images.jpeg_header(zoo.truncated(jpeg(picture), 0.01)) is None
+
+
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_exif_orientation_is_applied_on_the_tensor(orientation, blip_processor):
     exif = Image.Exif()
