@@ -154,3 +154,17 @@ def test_nprobe_tuned_on_text_like_queries_reaches_the_target_on_other_text_quer
     exact, _, _ = build_search_structure(vectors)
     truth, found = exact.search(queries, 10)[1], search.search(queries, 10)[1]
     assert recall_at_10(truth, found) >= 0.95
+
+
+def test_the_index_cli_lists_links_out_as_ignored(home, tmp_path):
+    from conftest import run_cli
+
+    gallery, elsewhere = tmp_path / "cli-gallery", tmp_path / "private"
+    gallery.mkdir()
+    elsewhere.mkdir()
+    add_pictures(gallery, 0, 2)
+    add_pictures(elsewhere, 5, 1)
+    os.symlink(elsewhere / os.listdir(elsewhere)[0], gallery / "outside.png")
+    done = run_cli("index", gallery, "--model", "demo", env={"CAPTIONER_HOME": str(home)})
+    assert done.returncode == 0, done.stderr
+    assert f"ignored outside.png: {OUTSIDE}" in done.stderr and "2 images indexed" in done.stderr
