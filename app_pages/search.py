@@ -1,16 +1,42 @@
 """Search page: gallery images similar to a text, an uploaded image, a gallery image, or a captioned one."""
 
+import re
+
 import streamlit as st
 
-from captioner.images import UPLOAD_TYPES, ImageError, ImageInput, decode, read_file
-from captioner.index import IndexProblem, SearchError, search_image, search_text, update_index
+from captioner.gallery_scan import gallery_file
+from captioner.images import UPLOAD_TYPES, ImageError, ImageInput, decode, read_file, thumbnail_jpeg
+from captioner.index import IndexProblem, SearchError, search_gallery_image, search_image, search_text, update_index
 from app_pages import _shared as shared
 
+PICKER_LIMIT = 500  # gallery paths offered at once; a filter narrows a big gallery down
 state = st.session_state
 st.title("Find similar images")
 config = shared.settings()
 embedder = shared.search_model()
-st.caption(f"Gallery folder: `{config.gallery}` (set CAPTIONER_GALLERY to use another)")
+st.caption(f"Gallery folder: {config.gallery} (set CAPTIONER_GALLERY to use another)")
+
+
+def plain(text: str) -> str:
+    """File-supplied text for a Markdown element, shown as typed (no bold, no links)."""
+    return re.sub(r"([\\`*_\[\]#|~<>$:])", r"\\\1", text)
+
+
+@st.cache_data(max_entries=1024, show_spinner=False)
+def thumbnail(path: str, size: int, mtime_ns: int) -> bytes:
+    """A small JPEG of a gallery picture, made once per file version: a rerun neither decodes nor encodes it."""
+    return thumbnail_jpeg(read_file(path), 256)
+
+
+def show_thumbnail(column, relative: str) -> None:
+    try:
+        path = gallery_file(config.gallery.resolve(), relative, config.gallery_follow_links)
+        stat = path.stat()
+        column.image(thumbnail(str(path), stat.st_size, stat.st_mtime_ns), width="stretch")
+    except ImageError as exc:
+        column.warning(plain(exc.reason))
+    except OSError as exc:
+        column.warning(plain(f"cannot be read ({exc.strerror})"))
 
 
 def run_update() -> None:
@@ -18,13 +44,15 @@ def run_update() -> None:
     bar = st.progress(0.0, "Scanning the gallery…")
 
     def progress(done: int, total: int, rate: float) -> None:
-        bar.progress(done / max(total, 1), f"Embedded {done} of {total} files · {rate:.1f} images/s")
+        bar.progress(done / max(total, 1), f"Read {done} of {total} new or changed files · {rate:.1f} images/s")
 
     try:
-        _, state.index_report = update_index(embedder, config.gallery, config.data_dir, progress)
+        _, state.index_report = update_index(
+            embedder, config.gallery, config.data_dir, progress, follow_links=config.gallery_follow_links
+        )
     except IndexProblem as exc:
         state.index_report = None
-        st.error(str(exc))
+        st.error(plain(str(exc)))
     bar.empty()
 
 
@@ -35,7 +63,7 @@ except IndexProblem as problem:
     if str(problem) == "no index yet":
         st.info("The gallery has no index yet: press **Update index** to build it.")
     else:
-        st.warning(f"The index cannot be used ({problem}); rebuilding it now.")
+        st.warning(f"The index cannot be used ({plain(str(problem))}); rebuilding it now.")
         run_update()
         index = shared.gallery_index(embedder) if state.get("index_report") else None
 
@@ -49,8 +77,10 @@ if report:
         f"{report.removed} removed, {report.unchanged} unchanged; {report.embedded} embedded, "
         f"{report.reused} duplicates reused."
     )
-    if report.rebuilt_because:
-        st.warning(f"The index was rebuilt: {report.rebuilt_because}")
+    for note in (report.rebuilt_because and f"The index was rebuilt: {report.rebuilt_because}",
+                 report.rewritten_because and f"All vectors were rewritten: {report.rewritten_because}"):  # fmt: skip
+        if note:
+            st.warning(plain(note))
     if report.skipped or report.ignored:
         with st.expander(f"{len(report.skipped)} skipped, {len(report.ignored)} ignored"):
             st.dataframe([{"file": p, "why": r} for p, r in report.skipped + report.ignored], hide_index=True)
@@ -68,20 +98,27 @@ try:
     if mode == "Text":
         text = st.text_input("Describe what you are looking for", placeholder="a red circle")
         hits = search_text(embedder, index, text, top_k) if text.strip() else None
+    elif mode == "Gallery image":
+        needle = st.text_input("Filter gallery files by name", placeholder="part of a file name")
+        matches = [p for p in index.paths if needle.lower() in p.lower()] if needle else index.paths
+        if len(matches) > PICKER_LIMIT:
+            st.caption(f"{len(matches):,} files match; the first {PICKER_LIMIT} are listed, type to narrow them down.")
+        picked = st.selectbox("Query image", matches[:PICKER_LIMIT])
+        if picked:
+            show_thumbnail(st.columns(6)[0], picked)
+        hits = search_gallery_image(index, picked, top_k) if picked else None
     else:
         if mode == "Upload an image":
             upload = st.file_uploader("Query image", type=UPLOAD_TYPES)
             query = ImageInput(upload.name, upload.getvalue()) if upload else None
-        elif mode == "Gallery image":
-            picked = st.selectbox("Query image", [e.path for e in index.entries])
-            query = read_file(config.gallery / picked, name=picked) if picked else None
         else:
             query = handed_over
         if query is not None:
-            st.image(decode(query, max_side=256).image, caption=f"Query: {query.name}", width=160)
+            st.image(decode(query, max_side=256).image, width=160)
+            st.text(f"Query: {query.name}")
         hits = search_image(embedder, index, query, top_k) if query is not None else None
 except (SearchError, ImageError) as exc:
-    st.error(str(exc))
+    st.error(plain(str(exc)))
     st.stop()
 if hits is None:
     st.stop()
@@ -91,11 +128,9 @@ if not hits:
 best = hits[0].score
 shown = [h for h in hits if not cutoff or best <= 0 or h.score >= cutoff * best]
 st.caption(f"{len(shown)} of {len(hits)} results (best score {best:.3f})")
+root = config.gallery.resolve()
 for start in range(0, len(shown), 4):
     for column, hit in zip(st.columns(4), shown[start : start + 4]):
-        try:
-            column.image(decode(read_file(hit.path), max_side=256).image, width="stretch")
-        except ImageError as exc:
-            column.warning(f"{exc.reason}")
-        label = f"{hit.score:.3f} · {hit.path.relative_to(config.gallery.resolve()).as_posix()}"
-        column.caption(label + (" · **near-duplicate**" if hit.near_duplicate else ""))
+        relative = hit.path.relative_to(root).as_posix()
+        show_thumbnail(column, relative)
+        column.text(f"{hit.score:.3f} · {relative}" + (" · near-duplicate" if hit.near_duplicate else ""))

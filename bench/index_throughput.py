@@ -1,38 +1,69 @@
-"""Indexing throughput: this project's gallery indexer against a plain loop, on the same JPEG files, in one run.
+"""Indexing throughput and update cost: this project's gallery indexer against a plain loop, in one run.
 
-    python bench/index_throughput.py                         # CPU, the embedded demo CLIP
-    python bench/index_throughput.py --model ViT-B-32/laion2b_s34b_b79k --device cuda
+    python bench/index_throughput.py                                  # CPU, the embedded demo CLIP
+    python bench/index_throughput.py --device cuda --model config:ViT-B-32 --images 4000 --min-side 480 --max-side 1024
+    python bench/index_throughput.py --device cuda --model local-dir:/path/to/open_clip/folder ...
+    python bench/index_throughput.py --update                         # adding 1,000 files: 1,000 vs 100,000 indexed
 
-The plain loop opens each file with PIL, preprocesses it and encodes it alone. The indexer reads and
-decodes files in worker threads (JPEGs at reduced scale when they are much larger than the model's
-input) while the model encodes whole batches, then writes the index.
+Throughput, on the same JPEG files (400-1600 px by default): the plain loop opens each file with PIL, preprocesses it
+and encodes it alone; "indexer, PIL decoding" is the indexer with the image door and open_clip's own
+transform (how it worked before the device image path); "indexer" decodes JPEGs in batches on the model's
+device (nvjpeg on a GPU), resizes there, and encodes while the next batch decodes. `config:NAME` writes an
+open_clip architecture's config (no weights: random ones, the same work) to a local-dir folder first.
+
+--update builds two indexes (demo CLIP by default, tiny images) of --small and --large files, adds --new
+files to each, and times that update: its cost should follow the new files, not the index's size.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import os
 import random
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from captioner.demo.world import sample  # noqa: E402
-from captioner.embed import load_embedder  # noqa: E402
+from captioner import embed  # noqa: E402
+from captioner.demo.world import render, sample  # noqa: E402
+from captioner.embed import load_embedder, write_open_clip_folder  # noqa: E402
 from captioner.index import update_index  # noqa: E402
 from captioner.settings import Settings  # noqa: E402
 
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="demo")
+    parser.add_argument("--model", default="demo", help="search model spec, or config:NAME (an open_clip architecture)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto")
     parser.add_argument("--images", type=int, default=400)
-    parser.add_argument("--min-side", type=int, default=400)
-    parser.add_argument("--max-side", type=int, default=1600)
+    parser.add_argument("--plain-images", type=int, help="files for the plain loop (default: all; it is slow)")
+    parser.add_argument("--min-side", type=int, default=400, help="480 for the GPU target's files")
+    parser.add_argument("--max-side", type=int, default=1600, help="1024 for the GPU target's files")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads (default: all cores)")
+    parser.add_argument("--update", action="store_true", help="measure the cost of adding files instead")
+    parser.add_argument("--small", type=int, default=1_000)
+    parser.add_argument("--large", type=int, default=100_000)
+    parser.add_argument("--new", type=int, default=1_000)
     return parser.parse_args()
+
+
+def load(args, work: Path):
+    spec = args.model
+    if spec.startswith("config:"):
+        import open_clip
+
+        name = spec.removeprefix("config:")
+        config = open_clip.get_model_config(name)
+        preprocess = {"size": config["vision_cfg"]["image_size"], "interpolation": "bicubic", "resize_mode": "shortest"}
+        write_open_clip_folder(None, config, preprocess, work / name)
+        spec = f"local-dir:{work / name}"
+    return load_embedder(spec, Settings(home=work, device=args.device, dtype=args.dtype), fallback=False)
 
 
 def plain_loop(loaded, paths):
@@ -45,37 +76,117 @@ def plain_loop(loaded, paths):
         pixels = loaded.processor.preprocess(Image.open(path).convert("RGB")).unsqueeze(0).to(loaded.device, loaded.dtype)
         with torch.inference_mode():
             vectors.append(loaded.model.encode_image(pixels, normalize=True).float().cpu())
+    if loaded.device.type == "cuda":
+        torch.cuda.synchronize()
     return vectors
 
 
-def main():
-    args = parse_args()
-    loaded = load_embedder(args.model, Settings(home=Path.cwd(), device=args.device), fallback=False)
+def write_jpegs(folder: Path, n: int, min_side: int, max_side: int) -> list[Path]:
+    folder.mkdir(parents=True)
+
+    def one(i: int) -> Path:
+        path = folder / f"{i:06d}.jpg"
+        sample(random.Random(i), min_side=min_side, max_side=max_side).image.save(path, quality=90)
+        return path
+
+    with ThreadPoolExecutor(os.cpu_count()) as pool:
+        return list(pool.map(one, range(n)))
+
+
+def throughput(args) -> None:
+    import torch
+
     with tempfile.TemporaryDirectory() as work:
-        gallery = Path(work) / "gallery"
-        gallery.mkdir()
-        rng = random.Random(0)
-        paths = []
-        for i in range(args.images):
-            path = gallery / f"{i:05d}.jpg"
-            sample(rng, min_side=args.min_side, max_side=args.max_side).image.save(path, quality=90)
-            paths.append(path)
-        plain_loop(loaded, paths[:8])  # warm-up, both ways
-        update_index(loaded, gallery, Path(work) / "warm")
+        work = Path(work)
+        loaded = load(args, work)
+        paths = write_jpegs(work / "gallery", args.images, args.min_side, args.max_side)
+        plain_paths = paths[: args.plain_images or len(paths)]
+        plain_loop(loaded, paths[:8])  # warm-up, every way
+        update_index(loaded, work / "gallery", work / "warm")
         started = time.perf_counter()
-        plain_loop(loaded, paths)
+        plain_loop(loaded, plain_paths)
         plain_s = time.perf_counter() - started
+        real_spec = embed.pixel_spec
+        embed.pixel_spec = lambda loaded: None  # the image door and open_clip's own transform
         started = time.perf_counter()
-        index, report = update_index(loaded, gallery, Path(work) / "data")
+        update_index(loaded, work / "gallery", work / "door")
+        door_s = time.perf_counter() - started
+        embed.pixel_spec = real_spec
+        started = time.perf_counter()
+        index, report = update_index(loaded, work / "gallery", work / "data")
         ours_s = time.perf_counter() - started
     n = len(paths)
     assert report.embedded == n, report
-    print(f"model {loaded.name} ({loaded.version}) on {loaded.device}; {n} JPEG files of {args.min_side}-{args.max_side} px")
-    print(f"{'way':<52}{'seconds':>9}{'images/s':>10}")
-    print(f"{'plain loop (PIL open, preprocess, encode one image)':<52}{plain_s:>9.2f}{n / plain_s:>10.1f}")
-    print(f"{'captioner index update (hash, batched, parallel decode)':<52}{ours_s:>9.2f}{n / ours_s:>10.1f}")
-    print(f"speed-up: {plain_s / ours_s:.1f}x ({index.kind} index written)")
+    threads = torch.get_num_threads()
+    print(f"model {loaded.name} ({loaded.version}) on {loaded.device} in {str(loaded.dtype).removeprefix('torch.')}, "
+          f"{threads} torch threads; {n} JPEG files of {args.min_side}-{args.max_side} px")  # fmt: skip
+    print(f"{'way':<58}{'files':>7}{'seconds':>9}{'images/s':>10}")
+    for name, count, seconds in (
+        ("plain loop (PIL open, preprocess, encode one image)", len(plain_paths), plain_s),
+        ("indexer, PIL decoding + open_clip transform (before)", n, door_s),
+        ("indexer (device decode + resize, encode overlapped)", n, ours_s),
+    ):
+        print(f"{name:<58}{count:>7}{seconds:>9.2f}{count / seconds:>10.1f}")
+    plain_rate = len(plain_paths) / plain_s
+    print(f"indexer: {n / ours_s / plain_rate:.1f}x the plain loop, {door_s / ours_s:.1f}x PIL decoding ({index.kind} index)")
+
+
+def tiny_pictures(folder: Path, start: int, count: int) -> None:
+    """Small distinct demo-world PNGs (64 px), written in threads."""
+    shapes = [(s, c) for s in ("circle", "square", "triangle") for c in ("red", "green", "blue", "yellow")]
+
+    def one(i: int) -> None:
+        rng = random.Random(i)
+        shape, color = shapes[i % len(shapes)]
+        x, y = rng.uniform(2, 20), rng.uniform(2, 20)
+        buffer = io.BytesIO()
+        render(shape, color, 64, (x, y, x + rng.uniform(25, 40), y + rng.uniform(25, 40))).save(buffer, "PNG")
+        sub = folder / f"{i // 1000:04d}"
+        sub.mkdir(parents=True, exist_ok=True)
+        (sub / f"{i:07d}.png").write_bytes(buffer.getvalue())
+
+    with ThreadPoolExecutor(os.cpu_count()) as pool:
+        list(pool.map(one, range(start, start + count)))
+
+
+def update_cost(args) -> None:
+    rows = []
+    with tempfile.TemporaryDirectory() as work:
+        work = Path(work)
+        loaded = load(args, work)
+        for size in (args.small, args.large):
+            gallery = work / f"gallery-{size}"
+            tiny_pictures(gallery, 0, size)
+            started = time.perf_counter()
+            index, _ = update_index(loaded, gallery, work / "data")
+            build_s = time.perf_counter() - started
+            tiny_pictures(gallery, 10_000_000, args.new)
+            started = time.perf_counter()
+            index, report = update_index(loaded, gallery, work / "data")
+            update_s = time.perf_counter() - started
+            assert report.added == args.new and report.unchanged == size, report
+            started = time.perf_counter()
+            _, unchanged = update_index(loaded, gallery, work / "data")
+            again_s = time.perf_counter() - started
+            rows.append((size, build_s, update_s, again_s, index.kind, len(index.meta["segments"]), report.rewritten_because))
+    print(f"model {loaded.name} on {loaded.device}; {args.new:,} new 64 px PNGs added to an index of N files")
+    print(f"{'N':>9}{'build s':>9}{'+' + format(args.new, ',') + ' s':>10}{'rerun s':>9}  index after the update")
+    for size, build_s, update_s, again_s, kind, segments, why in rows:
+        note = f"{kind}, {segments} segment(s)" + (f"; vectors rewritten: {why}" if why else "; old vectors untouched")
+        print(f"{size:>9,}{build_s:>9.1f}{update_s:>10.2f}{again_s:>9.2f}  {note}")
+    (small, _, small_s, _, *_), (large, _, large_s, _, *_) = rows
+    print(f"adding {args.new:,} files to {large:,} costs {large_s / small_s:.2f}x adding them to {small:,} "
+          f"(the index is {large / small:.0f}x larger)")  # fmt: skip
+
+
+def main():
+    import torch
+
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    update_cost(args) if args.update else throughput(args)
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     main()

@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     index = commands.add_parser("index", help="build or update the search index of a gallery folder")
     index.add_argument("folder", type=Path)
     index.add_argument("--model", help="search model spec (default: CAPTIONER_SEARCH_MODEL or ViT-B-32)")
+    index.add_argument("--follow-links", action="store_true",
+                       help="also index files that symbolic links lead to outside the folder (CAPTIONER_GALLERY_FOLLOW_LINKS=1)")
     search = commands.add_parser("search", help="find gallery images similar to a text or an image")
     query = search.add_mutually_exclusive_group(required=True)
     query.add_argument("--text")
@@ -60,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--model", help="search model spec (default: CAPTIONER_SEARCH_MODEL or ViT-B-32)")
     search.add_argument("--gallery", type=Path, help="gallery folder (default: CAPTIONER_GALLERY or data/gallery)")
     search.add_argument("--format", choices=["jsonl"], default="jsonl")
+    search.add_argument("--follow-links", action="store_true", help="as for index, when the index is built first")
 
     feedback = commands.add_parser("feedback", help="the feedback log").add_subparsers(dest="action", required=True)
     add = feedback.add_parser("add", help="log a correction of an image's caption or answer")
@@ -245,6 +248,8 @@ def load_search_model(args, settings: Settings):
 def report_update(report) -> None:
     if report.rebuilt_because:
         say(f"rebuilt the index: {report.rebuilt_because}")
+    if report.rewritten_because:
+        say(f"rewrote the index's vectors: {report.rewritten_because}")
     for path, reason in report.ignored:
         say(f"ignored {path}: {reason}")
     for path, reason in report.skipped:
@@ -269,7 +274,10 @@ def cmd_index(args, settings: Settings) -> int:
         bar.update(done - bar.n)
 
     try:
-        index, report = update_index(loaded, args.folder, settings.data_dir, on_progress=progress)
+        index, report = update_index(
+            loaded, args.folder, settings.data_dir, on_progress=progress,
+            follow_links=args.follow_links or settings.gallery_follow_links,
+        )  # fmt: skip
     except IndexProblem as exc:
         raise UserError(str(exc)) from None
     finally:
@@ -290,7 +298,9 @@ def cmd_search(args, settings: Settings) -> int:
     loaded = load_search_model(args, settings)
     gallery = args.gallery or settings.gallery
     try:
-        index, report = open_or_build(loaded, gallery, settings.data_dir)
+        index, report = open_or_build(
+            loaded, gallery, settings.data_dir, follow_links=args.follow_links or settings.gallery_follow_links
+        )
         if report:
             report_update(report)
         hits = search_text(loaded, index, args.text, args.k) if args.text is not None else search_image(

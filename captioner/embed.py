@@ -1,21 +1,31 @@
-"""CLIP embeddings through open_clip: images (batched, decoded in parallel) and texts, L2-normalised."""
+"""CLIP embeddings through open_clip: images (decoded on the model's device, encoding overlapped) and texts,
+L2-normalised in fp32."""
 
 from __future__ import annotations
 
 import json
+import os
+import threading
+import weakref
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from . import images
+from .gpu_images import PixelBatch, PixelSpec, load_pixels
 from .images import ImageError, ImageInput
 from .models import LoadedModel, ModelError, ModelSpec, resolve_device, resolve_spec, with_fallback
 from .settings import Settings
 
 DEFAULT_BATCH_SIZE = 64
+TEXT_CACHE_SIZE = 256
+_TEXT_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> text -> unit vector
+_TEXT_CACHE_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -101,47 +111,145 @@ def image_side(loaded: LoadedModel) -> int:
     return max(size) if isinstance(size, (tuple, list)) else int(size)
 
 
+def pixel_spec(loaded: LoadedModel) -> PixelSpec | None:
+    """How the model wants its pixels, for the device image path; None for a transform it does not reproduce."""
+    try:
+        return PixelSpec.from_open_clip(loaded.processor.preprocess)
+    except ValueError:
+        return None
+
+
+def default_batch_size(loaded: LoadedModel) -> int:
+    return 256 if loaded.device.type == "cuda" else DEFAULT_BATCH_SIZE
+
+
 def embed_images(
-    loaded: LoadedModel, inputs: Sequence[ImageInput | Path], batch_size: int = DEFAULT_BATCH_SIZE,
+    loaded: LoadedModel, inputs: Iterable[ImageInput | Path], batch_size: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> Embedded:  # fmt: skip
-    """Embed images (given as bytes or as file paths) batch by batch; a bad one is reported by position."""
+    """Embed images (bytes or file paths, any iterable) batch by batch: the next batches are read, decoded and
+    preprocessed on the model's device (gpu_images) while this one is encoded. A bad one is reported by position."""
     import torch
 
-    prepare = partial(_prepare, loaded.processor.preprocess, max(512, 2 * image_side(loaded)))
+    batch_size = batch_size or default_batch_size(loaded)
+    total = len(inputs) if hasattr(inputs, "__len__") else 0
+    prepare = partial(_prepare_batch, loaded, pixel_spec(loaded))
     vectors, ok, errors, done = [], [], {}, 0
-    for batch in images.prefetched(inputs, prepare, batch_size):
-        good = [(done + i, pixels) for i, pixels in enumerate(batch) if not isinstance(pixels, ImageError)]
-        errors.update({done + i: item.reason for i, item in enumerate(batch) if isinstance(item, ImageError)})
-        if good:
-            pixels = torch.stack([p for _, p in good]).to(loaded.device, loaded.dtype)
+    for (count, batch), in images.prefetched(_batches(inputs, batch_size), prepare, batch_size=1, workers=2):
+        errors.update({done + i: error.reason for i, error in batch.errors.items()})
+        if batch.ok:
+            pixels = batch.pixels
+            if pixels.device.type == "cuda":  # made on the decoder's stream, used on this one
+                pixels.record_stream(torch.cuda.current_stream(pixels.device))
             with loaded.lock, torch.inference_mode():
-                features = loaded.model.encode_image(pixels, normalize=True)
-            vectors.append(features.float().cpu().numpy())
-            ok.extend(i for i, _ in good)
-        done += len(batch)
+                features = loaded.model.encode_image(pixels)
+            vectors.append(unit_rows(features).cpu().numpy())
+            ok.extend(done + i for i in batch.ok)
+        done += count
         if on_progress:
-            on_progress(done, len(inputs))
-    dim = int(loaded.model.text_projection.shape[-1]) if not vectors else vectors[0].shape[1]
+            on_progress(done, total)
+    dim = vectors[0].shape[1] if vectors else int(loaded.model.text_projection.shape[-1])
     return Embedded(np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32), ok, errors)
 
 
-def _prepare(preprocess, max_side: int, item: ImageInput | Path):
-    try:
-        item = images.read_file(item) if isinstance(item, Path) else item  # files are read in the worker too
-        return preprocess(images.decode(item, max_side=max_side).image)
-    except ImageError as exc:
-        return exc
+def unit_rows(features):
+    """L2-normalised rows in fp32, whatever dtype the model ran in (bf16 norms are off by 1e-3)."""
+    import torch
+
+    return torch.nn.functional.normalize(features.float(), dim=-1)
+
+
+def _batches(inputs: Iterable, size: int) -> Iterator[list]:
+    batch = []
+    for item in inputs:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _prepare_batch(loaded: LoadedModel, spec: PixelSpec | None, batch: list) -> tuple[int, PixelBatch]:
+    """Read (paths), decode and preprocess one batch, in a worker thread: the device path, or open_clip's own
+    transform on the door's pictures when its transform is one the device path does not reproduce."""
+    read: list[ImageInput | ImageError] = []
+    for item in batch:
+        try:
+            read.append(images.read_file(item) if isinstance(item, Path) else item)
+        except ImageError as exc:
+            read.append(exc)
+    good = [i for i, item in enumerate(read) if not isinstance(item, ImageError)]
+    errors = {i: item for i, item in enumerate(read) if isinstance(item, ImageError)}
+    if spec is not None:
+        pixels = load_pixels([read[i] for i in good], spec, loaded.device, loaded.dtype)
+    else:
+        pixels = _door_pixels(loaded, [read[i] for i in good])
+    errors.update({good[j]: error for j, error in pixels.errors.items()})
+    return len(batch), PixelBatch(pixels.pixels, [good[j] for j in pixels.ok], errors)
+
+
+def _door_pixels(loaded: LoadedModel, inputs: list[ImageInput]) -> PixelBatch:
+    import torch
+
+    def one(item: ImageInput):
+        try:
+            return loaded.processor.preprocess(images.decode(item, max_side=max(512, 2 * image_side(loaded))).image)
+        except ImageError as exc:
+            return exc
+
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 2), thread_name_prefix="door") as pool:
+        done = list(pool.map(one, inputs))
+    ok = [i for i, item in enumerate(done) if not isinstance(item, ImageError)]
+    side = image_side(loaded)
+    stacked = torch.stack([done[i] for i in ok]) if ok else torch.zeros((0, 3, side, side))
+    errors = {i: item for i, item in enumerate(done) if isinstance(item, ImageError)}
+    return PixelBatch(stacked.to(loaded.device, loaded.dtype), ok, errors)
 
 
 def embed_texts(loaded: LoadedModel, texts: Sequence[str]) -> np.ndarray:
-    """Unit-length text embeddings, one row per text."""
+    """Unit-length text embeddings, one row per text (normalised in fp32). The last TEXT_CACHE_SIZE texts of
+    each model are remembered: a page rerun with the same query does not encode it again."""
     import torch
 
-    tokens = loaded.processor.tokenizer(list(texts)).to(loaded.device)
-    with loaded.lock, torch.inference_mode():
-        features = loaded.model.encode_text(tokens, normalize=True)
-    return features.float().cpu().numpy()
+    with _TEXT_CACHE_LOCK:
+        cache = _TEXT_CACHE.setdefault(loaded.model, OrderedDict())
+        known = {text: cache[text] for text in texts if text in cache}
+    todo = list(dict.fromkeys(text for text in texts if text not in known))
+    if todo:
+        tokens = loaded.processor.tokenizer(todo).to(loaded.device)
+        with loaded.lock, torch.inference_mode():
+            features = _text_features(loaded.model, tokens)
+        known.update(zip(todo, unit_rows(features).cpu().numpy()))
+    with _TEXT_CACHE_LOCK:
+        for text in texts:
+            cache[text] = known[text]
+            cache.move_to_end(text)
+        while len(cache) > TEXT_CACHE_SIZE:
+            cache.popitem(last=False)
+    dim = int(loaded.model.text_projection.shape[-1]) if not texts else len(known[texts[0]])
+    return np.stack([known[text] for text in texts]) if texts else np.zeros((0, dim), np.float32)
+
+
+def _text_features(model, tokens):
+    """model.encode_text, computed over the tokens up to the last end-of-text only when that is exact: a causal
+    text tower pooled at the end-of-text token never looks past it, and a short query then costs a few
+    positions instead of the whole context (77 for ViT-B-32)."""
+    import open_clip
+    import torch
+
+    pool = getattr(model, "text_pool_type", None)
+    if not isinstance(model, open_clip.CLIP) or getattr(model, "attn_mask", None) is None or pool != "argmax":
+        return model.encode_text(tokens)
+    length = int(tokens.argmax(dim=-1).max()) + 1
+    tokens = tokens[:, :length]
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast_dtype) + model.positional_embedding[:length].to(cast_dtype)
+    x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask[:length, :length]))
+    x = open_clip.transformer.text_global_pool(x, tokens, pool)
+    if model.text_projection is None:
+        return x
+    return model.text_projection(x) if isinstance(model.text_projection, torch.nn.Linear) else x @ model.text_projection
 
 
 def write_open_clip_folder(model, model_cfg: dict, preprocess_cfg: dict, folder: Path) -> None:

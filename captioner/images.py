@@ -1,28 +1,47 @@
-"""The one door every image comes through: limits before decoding, then a plain RGB picture."""
+"""The one door every image comes through: limits before decoding, then a plain RGB picture.
+
+Whatever goes wrong inside a decoder (Pillow raises more than a dozen exception types on hostile files)
+leaves this door as one ImageError naming the input. Memory is budgeted in bytes, not pixels: each
+decode reserves what its mode really costs (a 16-bit or alpha picture costs more than its pixel count
+says) from one process-wide budget, so a few large files decode one after another instead of at once,
+and awkward modes are converted strip by strip or after shrinking, never through full-size float copies.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
-import struct
-import zlib
+import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 MAX_FILE_BYTES = 200 * 1024 * 1024
 MAX_PIXELS = 120_000_000  # a 100-megapixel camera still passes; a decompression bomb does not
+MAX_DECODE_BYTES = 1 << 30  # one picture's decode and conversion; every mode of a MAX_PIXELS picture fits
+DECODE_BUDGET_BYTES = 1 << 30  # all decodes in flight in this process together (one bigger picture runs alone)
 # Format as Pillow names it -> the extension the bytes are stored under.
 ALLOWED_FORMATS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "BMP": "bmp", "TIFF": "tiff"}
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "gif", "webp", "bmp", "tif", "tiff", "mpo"]
 WHITE = (255, 255, 255)
+# EXIF orientation -> the transpose that shows the picture upright (as ImageOps.exif_transpose does).
+ORIENTATION_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}  # fmt: skip
+_HIGH_BIT_GRAY = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+_ALPHA = ("RGBA", "LA", "PA", "La", "RGBa")
+_STRIP_BYTES = 16 << 20
 
 # The explicit pixel check in decode() runs right after the header is read, before any decoding, and
 # names the declared size; Pillow's own guard would fire first, inside Image.open, with a vaguer message.
@@ -34,6 +53,7 @@ class ImageError(ValueError):
     """An input that is not an image the app accepts; str() names the input and the reason."""
 
     def __init__(self, name: str, reason: str):
+        reason = " ".join(str(reason).split())  # one line, whatever a decoder put in its message
         super().__init__(f"{name}: {reason}")
         self.name, self.reason = name, reason
 
@@ -63,6 +83,30 @@ class DecodedImage:
         return ALLOWED_FORMATS[self.format]
 
 
+class DecodeBudget:
+    """Bytes of decoding in flight across threads: a decode waits until its cost fits; one alone always runs."""
+
+    def __init__(self, limit: int):
+        self.limit, self.held, self.peak = limit, 0, 0
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def reserve(self, cost: int):
+        with self._changed:
+            self._changed.wait_for(lambda: self.held == 0 or self.held + cost <= self.limit)
+            self.held += cost
+            self.peak = max(self.peak, self.held)
+        try:
+            yield
+        finally:
+            with self._changed:
+                self.held -= cost
+                self._changed.notify_all()
+
+
+DECODE_BUDGET = DecodeBudget(DECODE_BUDGET_BYTES)
+
+
 def read_file(path: str | os.PathLike, name: str | None = None) -> ImageInput:
     """Read a file's bytes, refusing missing, unreadable and oversized files before reading them."""
     path = Path(path)
@@ -80,10 +124,13 @@ def read_file(path: str | os.PathLike, name: str | None = None) -> ImageInput:
         raise ImageError(name, "permission denied") from None
     except OSError as exc:
         raise ImageError(name, f"cannot be read ({exc.strerror or exc})") from None
+    except ValueError as exc:  # e.g. a path with a NUL byte in it
+        raise ImageError(name, f"cannot be read ({exc})") from None
 
 
 def decode(source: ImageInput, max_side: int | None = None) -> DecodedImage:
-    """Check and decode an input into an upright RGB image, at most max_side px on its longer side."""
+    """Check and decode an input into an upright RGB image, at most max_side px on its longer side.
+    Any failure, whatever raised it, is an ImageError naming the input."""
     name, data = source.name, source.data
     if not data:
         raise ImageError(name, "empty file (0 bytes)")
@@ -94,18 +141,31 @@ def decode(source: ImageInput, max_side: int | None = None) -> DecodedImage:
         _check_header(name, image)
         if max_side and image.format == "JPEG":
             image.draft("RGB", (max_side, max_side))  # JPEG decodes straight to a smaller scale
-        image.load()
         fmt = image.format
-        image = _to_rgb(ImageOps.exif_transpose(image))
+        with DECODE_BUDGET.reserve(_check_cost(name, image, max_side)):
+            image.load()
+            image = _upright_rgb(image, max_side)
     except ImageError:
         raise
     except UnidentifiedImageError:
         raise ImageError(name, "not an image (the contents are no image format the app reads)") from None
-    except (OSError, SyntaxError, EOFError, ValueError, zlib.error, IndexError, struct.error) as exc:
-        raise ImageError(name, f"truncated or corrupt image data ({exc})") from None
-    if max_side and max(image.size) > max_side:
-        image.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
+    except MemoryError:
+        raise ImageError(name, "not enough memory to decode this image") from None
+    except Exception as exc:  # the door's promise: a decoder's surprise is this file's error, nothing more
+        raise ImageError(name, f"truncated or corrupt image data ({type(exc).__name__}: {_first_line(exc)})") from None
     return DecodedImage(source, image, fmt)
+
+
+def thumbnail_jpeg(source: ImageInput, side: int = 256) -> bytes:
+    """A small JPEG of an input (at most side px), to show it without sending the original to a browser."""
+    buffer = io.BytesIO()
+    decode(source, max_side=side).image.save(buffer, "JPEG", quality=85)
+    return buffer.getvalue()
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else repr(exc))[:200]
 
 
 def _check_header(name: str, image: Image.Image) -> None:
@@ -121,21 +181,106 @@ def _check_header(name: str, image: Image.Image) -> None:
         )
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """Any Pillow mode to RGB; transparency is flattened onto white, 16-bit depth scaled to 8."""
-    mode = image.mode
-    if mode == "RGB":
-        return image
-    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        pixels = np.asarray(image, dtype=np.float64)
-        if pixels.max(initial=0) > 255:
-            pixels = pixels / 257.0  # 16-bit range onto 8-bit
-        return Image.fromarray(np.clip(pixels, 0, 255).round().astype(np.uint8), "L").convert("RGB")
-    if mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, WHITE + (255,))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
+def bytes_per_pixel(mode: str) -> int:
+    """What Pillow stores per pixel in memory for a mode (multi-band modes take 4 bytes, RGB included)."""
+    if mode in ("1", "L", "P"):
+        return 1
+    return 2 if mode.startswith("I;16") else 4
+
+
+def decode_cost(image: Image.Image, max_side: int | None) -> int:
+    """Bytes a decode of this opened (not yet loaded) picture holds at its peak: the decoded pixels, plus
+    the RGB result (4 bytes a pixel) while it is full size; a shrunk result is small beside the source."""
+    pixels = image.size[0] * image.size[1]
+    shrinks = bool(max_side) and max(image.size) > max_side
+    result = 1 if shrinks else 0 if image.mode == "RGB" else 4
+    return pixels * (bytes_per_pixel(image.mode) + result)
+
+
+def _check_cost(name: str, image: Image.Image, max_side: int | None) -> int:
+    cost = decode_cost(image, max_side)
+    if cost > MAX_DECODE_BYTES:
+        width, height = image.size
+        raise ImageError(
+            name, f"image of {width:,} x {height:,} px in mode {image.mode} needs {cost / 2**20:,.0f} MiB to decode, "
+            f"over the {MAX_DECODE_BYTES / 2**20:,.0f} MiB limit (refused before decoding)",
+        )  # fmt: skip
+    return cost
+
+
+def exif_orientation(image: Image.Image) -> int:
+    """The EXIF orientation tag (1-8) of a loaded picture; 1 (upright) when absent or unreadable."""
+    try:
+        value = int(image.getexif().get(0x0112, 1))
+    except Exception:  # a broken EXIF block does not make the picture unusable
+        return 1
+    return value if value in ORIENTATION_TRANSPOSE else 1
+
+
+def fitted_size(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
+    """The size Image.thumbnail((max_side, max_side)) gives a picture of this size (unchanged if it fits)."""
+    width, height = size
+    if not max_side or max(size) <= max_side:
+        return size
+    aspect = width / height
+    if aspect >= 1:
+        candidates = (math.floor(max_side / aspect), math.ceil(max_side / aspect))
+        return max_side, max(min(candidates, key=lambda n: 0 if n == 0 else abs(aspect - max_side / n)), 1)
+    candidates = (math.floor(max_side * aspect), math.ceil(max_side * aspect))
+    return max(min(candidates, key=lambda n: abs(aspect - n / max_side)), 1), max_side
+
+
+def _upright_rgb(image: Image.Image, max_side: int | None) -> Image.Image:
+    """A loaded picture of any mode -> upright RGB at most max_side px. RGB and L shrink as Pillow does;
+    every other mode is converted strip by strip (and shrunk on the way), so no full-size copy is made of a
+    picture that ends up small. Shrinking before the transpose is exact: the two commute."""
+    orientation = exif_orientation(image)
+    size = fitted_size(image.size, max_side)
+    if image.mode in ("RGB", "L"):
+        if size != image.size:
+            image.thumbnail(size, Image.Resampling.BICUBIC)
+        image = image.convert("RGB") if image.mode == "L" else image
+    else:
+        image = _convert_by_strips(image, size)
+    if orientation != 1:
+        image = image.transpose(ORIENTATION_TRANSPOSE[orientation])
+    return image
+
+
+def _convert_by_strips(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """Any mode -> RGB of the given size, one strip of rows at a time: each strip is made RGB (alpha flattened
+    onto white) or 8-bit gray (16/32-bit gray scaled) and box-reduced, as Image.thumbnail reduces before it
+    resizes."""
+    width, height = image.size
+    factor_x, factor_y = (max(1, int(old / new / 2.0)) for old, new in zip(image.size, size))  # thumbnail's reducing_gap
+    divisor = None
+    if image.mode in _HIGH_BIT_GRAY:
+        divisor = np.float32(257.0 if image.getextrema()[1] > 255 else 1.0)  # above 255 means a 16-bit range
+    canvas = Image.new("L" if divisor else "RGB", (-(-width // factor_x), -(-height // factor_y)))
+    step = max(factor_y, _STRIP_BYTES // max(1, width * 4) // factor_y * factor_y)
+    for top in range(0, height, step):
+        strip = _strip_to_rgb(image.crop((0, top, width, min(height, top + step))), divisor)
+        if factor_x > 1 or factor_y > 1:
+            strip = strip.reduce((factor_x, factor_y))
+        canvas.paste(strip, (0, top // factor_y))
+    if canvas.size != size:
+        canvas = canvas.resize(size, Image.Resampling.BICUBIC, box=(0, 0, width / factor_x, height / factor_y))
+    return canvas.convert("RGB") if canvas.mode == "L" else canvas
+
+
+def _strip_to_rgb(strip: Image.Image, divisor) -> Image.Image:
+    if divisor is not None:
+        values = np.asarray(strip)
+        if values.dtype.itemsize == 2:  # 16-bit samples: one table lookup each
+            table = np.clip(np.rint(np.arange(65536, dtype=np.float32) / divisor), 0, 255).astype(np.uint8)
+            return Image.fromarray(np.take(table, values), "L")
+        return Image.fromarray(np.clip(np.rint(values.astype(np.float32) / divisor), 0, 255).astype(np.uint8), "L")
+    if strip.mode in _ALPHA or (strip.mode == "P" and "transparency" in strip.info):
+        rgba = strip.convert("RGBA")
+        flat = Image.new("RGB", strip.size, WHITE)
+        flat.paste(rgba, mask=rgba)
+        return flat
+    return strip.convert("RGB")
 
 
 Item, Prepared = TypeVar("Item"), TypeVar("Prepared")

@@ -31,6 +31,7 @@ class Settings:
     search_model: str = DEFAULT_SEARCH_MODEL
     chat_models: tuple[str, ...] = DEFAULT_CHAT_MODELS
     gallery: Path | None = None
+    gallery_follow_links: bool = False  # index and serve files that symbolic links in the gallery lead to elsewhere
     device: str = "auto"
     dtype: str = "auto"
     quantize: str = "none"
@@ -66,6 +67,7 @@ class Settings:
             search_model=get("SEARCH_MODEL", DEFAULT_SEARCH_MODEL),
             chat_models=tuple(s.strip() for s in get("CHAT_MODELS", ",".join(DEFAULT_CHAT_MODELS)).split(",") if s.strip()),
             gallery=get("GALLERY", None),
+            gallery_follow_links=_flag("CAPTIONER_GALLERY_FOLLOW_LINKS", get("GALLERY_FOLLOW_LINKS", "0")),
             device=get("DEVICE", "auto").lower(),
             dtype=get("DTYPE", "auto").lower(),
             quantize=get("QUANTIZE", "none").lower(),
@@ -99,6 +101,14 @@ def _seconds(name: str, value: str) -> float:
         return float(value)
     except ValueError:
         raise SettingsError(f"{name}={value!r} is not a number of seconds") from None
+
+
+def _flag(name: str, value: str) -> bool:
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name}={value!r} is not one of 1, 0 (or true, false)")
 
 
 def _check(name: str, value: str, allowed: tuple[str, ...], allow_index: bool = False) -> None:

@@ -123,3 +123,9 @@ def test_sha256_and_extension_name_the_original_bytes():
     decoded = decode("x.png", data)
     assert decoded.extension == "png" and decoded.source.data == data
     assert decoded.source.sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_a_thumbnail_is_a_small_jpeg_of_the_upright_picture():
+    upright = Image.new("RGB", (800, 400), (220, 30, 30))
+    small = Image.open(io.BytesIO(images.thumbnail_jpeg(ImageInput("big.jpg", zoo.jpeg_with_orientation_6(upright)))))
+    assert small.format == "JPEG" and small.size == (256, 128)

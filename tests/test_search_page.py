@@ -1,5 +1,7 @@
 """The search page in AppTest: update the index, query by text, image and gallery image; Find similar."""
 
+import re
+
 import pytest
 
 import images_zoo as zoo
@@ -31,8 +33,13 @@ def click(app, label):
     assert not app.exception, app.exception
 
 
+def shown(markdown: str) -> str:
+    """What a Markdown element shows: its backslash escapes undone."""
+    return re.sub(r"\\(.)", r"\1", markdown)
+
+
 def result_captions(app):
-    return [c.value for c in app.caption if " · " in c.value and c.value[0].isdigit()]
+    return [t.value for t in app.text if " · " in t.value and t.value[0].isdigit()]
 
 
 def test_update_index_then_search_by_text(search):
@@ -66,7 +73,9 @@ def test_empty_text_and_bad_query_image(search):
     assert result_captions(search) == []
     search.radio[0].set_value("Upload an image").run()
     search.file_uploader[0].set_value(("bad.jpg", b"no picture here", "image/jpeg")).run()
-    assert search.error[0].value.startswith("bad.jpg: not an image")
+    assert shown(search.error[0].value).startswith("bad.jpg: not an image")
+    search.file_uploader[0].set_value(("**BOLD** [click](https:evil.example).png", b"nope", "image/png")).run()
+    assert search.error[0].value.startswith(r"\*\*BOLD\*\* \[click\](https\:evil")  # shown as typed, not a link
 
 
 def test_find_similar_from_the_caption_page(search, gallery):

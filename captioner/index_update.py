@@ -1,0 +1,253 @@
+"""Bringing a gallery's index up to date, at a cost that follows what changed, not the gallery's size.
+
+The scan stats every file and compares size and mtime with the index: unchanged files are neither read
+nor hashed. New and changed files are read once each (threads), hashed, and content the index already
+holds (a moved or copied file) keeps its vector; the rest is embedded (embed.py: device decoding,
+encoding overlapped with the next batch). The new vectors go into a new segment; only the entry table
+is rewritten. The vectors are rewritten only when the layout must change (flat -> IVF past FLAT_LIMIT,
+an IVF grown RETRAIN_GROWTH-fold past what its centroids were trained on), when more than DEAD_FRACTION
+of them belong to no file, or (the small ones merged) when there are more than MAX_SEGMENTS segments.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from filelock import FileLock
+
+from . import images
+from .files import now_utc
+from .gallery_scan import GalleryProblem, scan_gallery
+from .images import ImageError
+from .index_entries import ENTRY_DTYPE, EntryTable, ShaRows
+from .index_store import (
+    GalleryIndex, IndexProblem, index_root, load_index, read_trained, remove_strays, segment_vectors, write_generation,
+    write_segment, write_trained,
+)  # fmt: skip
+from .search_structure import FLAT_LIMIT, Layout, build_search_structure, plan_layout, segment_structure
+
+MAX_SEGMENTS = 8
+DEAD_FRACTION = 0.25
+RETRAIN_GROWTH = 4
+READERS = 8
+# Text queries to tune nprobe with, embedded by the index's own model, beside gallery-made text-like ones.
+TUNING_PROMPTS = tuple(
+    f"a photo of {thing}" for thing in (
+        "a dog", "a cat", "a beach at sunset", "a city street at night", "a bowl of fruit", "a mountain lake",
+        "people at a party", "a red car", "a forest in autumn", "a plate of food", "a child playing", "an old building",
+        "a bird in the sky", "flowers in a garden", "a snowy road", "a boat on the sea", "a computer screen",
+        "a bicycle", "a bedroom", "a football match", "a red circle", "a blue square", "a green triangle", "a portrait",
+    )
+)  # fmt: skip
+
+
+@dataclass
+class UpdateReport:
+    """What an update did, for the page and the CLI."""
+
+    added: int = 0
+    changed: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    embedded: int = 0
+    reused: int = 0  # same content already embedded under another path
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # image files that failed: (path, reason)
+    ignored: list[tuple[str, str]] = field(default_factory=list)  # other files, links out, loops: (path, reason)
+    rebuilt_because: str | None = None  # the old index could not be used
+    rewritten_because: str | None = None  # the vectors were rewritten (layout change, compaction)
+    seconds: float = 0.0
+
+
+def update_index(
+    embedder, gallery: Path, data_dir: Path, on_progress: Callable[[int, int, float], None] | None = None,
+    flat_limit: int = FLAT_LIMIT, follow_links: bool = False,
+) -> tuple[GalleryIndex, UpdateReport]:  # fmt: skip
+    """Bring the gallery's index up to date: embed new and changed files, drop deleted ones, skip the rest."""
+    started, gallery = time.time(), Path(gallery).resolve()
+    root = index_root(data_dir, gallery, embedder.name)
+    root.mkdir(parents=True, exist_ok=True)
+    report = UpdateReport()
+    with FileLock(str(root / "update.lock"), timeout=3600):
+        remove_strays(root)
+        old = _previous_index(root, gallery, embedder, report)
+        try:
+            scan = scan_gallery(gallery, follow_links)
+        except GalleryProblem as exc:
+            raise IndexProblem(str(exc)) from None
+        report.skipped, report.ignored = scan.skipped, scan.ignored
+        kept, to_read, known = _compare(scan, old, report)
+        fresh, new_vectors, new_position = _read_and_embed(embedder, gallery, to_read, known, report, on_progress)
+        base = sum(rows for _, rows in old.meta["segments"]) if old else 0
+        added = EntryTable.from_rows([
+            (relative, sha, *scan.found[relative], base + new_position[sha] if known.get(sha) is None else known.get(sha))
+            for relative, sha in fresh.items()
+        ])  # fmt: skip
+        table = old.table.take(kept).plus(added) if old else added
+        report.changed = sum(1 for relative in fresh if old and old.entry_of(relative) is not None)
+        report.added = len(fresh) - report.changed
+        failed = [
+            {"path": path, "size": scan.found[path][0], "mtime_ns": scan.found[path][1], "reason": reason}
+            for path, reason in report.skipped if path in scan.found
+        ]  # fmt: skip
+        if old and not fresh and not report.removed and failed == old.meta.get("failed", []):
+            report.seconds = time.time() - started
+            return old, report  # nothing changed: the live generation stays
+        table, segments, layout = _arrange(root, old, table, new_vectors, embedder, flat_limit, report)
+        dim = new_vectors.shape[1] if len(new_vectors) else old.meta["dim"] if old else _text_dim(embedder)
+        meta = {
+            "model": embedder.name, "model_version": embedder.version, "dim": int(dim), "gallery": str(gallery),
+            "entries": len(table), "vectors": sum(rows for _, rows in segments), "updated": now_utc(),
+            "failed": failed, "layout": layout.to_json(), "segments": segments,
+        }  # fmt: skip
+        write_generation(root, meta, table)
+        index = load_index(root, gallery, embedder.name, embedder.version)
+    report.seconds = time.time() - started
+    return index, report
+
+
+def _previous_index(root: Path, gallery: Path, embedder, report: UpdateReport) -> GalleryIndex | None:
+    try:
+        return load_index(root, gallery, embedder.name, embedder.version)
+    except IndexProblem as problem:
+        if str(problem) != "no index yet":
+            report.rebuilt_because = str(problem)
+        return None
+
+
+def _compare(scan, old: GalleryIndex | None, report: UpdateReport) -> tuple[np.ndarray, list[str], ShaRows]:
+    """Positions (in the old table) of the entries kept as they are (same size and mtime), the files to read,
+    and the row of every content the old index holds (a moved or copied file keeps its vector)."""
+    found = sorted(scan.found)
+    if old is None:
+        return np.zeros(0, np.int64), found, ShaRows(np.zeros(0, ENTRY_DTYPE))
+    position = {path: i for i, path in enumerate(old.paths)}
+    where = np.fromiter((position.get(path, -1) for path in found), np.int64, len(found))
+    size_mtime = np.array([scan.found[path] for path in found], dtype=np.int64).reshape(-1, 2)
+    columns = old.table.columns[np.maximum(where, 0)]
+    same = (where >= 0) & (columns["size"] == size_mtime[:, 0]) & (columns["mtime_ns"] == size_mtime[:, 1])
+    failed_before = {f["path"]: f for f in old.meta.get("failed", [])}
+    to_read = []
+    for i in np.flatnonzero(~same).tolist():
+        relative, failed = found[i], failed_before.get(found[i])
+        if failed and (failed["size"], failed["mtime_ns"]) == tuple(size_mtime[i]):
+            report.skipped.append((relative, failed["reason"]))  # still the same bad file: not read again
+        else:
+            to_read.append(relative)
+    report.unchanged = int(same.sum())
+    report.removed = len(old.paths) - int((where >= 0).sum())
+    return np.sort(where[same]), to_read, ShaRows(old.table.columns)
+
+
+def _read_hashed(gallery: Path, relative: str):
+    try:
+        item = images.read_file(gallery / relative, name=relative)
+    except ImageError as exc:
+        return relative, exc
+    item.sha256  # hashed here, in the reading thread
+    return relative, item
+
+
+def _read_and_embed(embedder, gallery, to_read, known, report, on_progress):
+    """Read each file once, reuse vectors of content already indexed, embed the rest (streamed, never all in memory).
+    Returns relative -> sha of every file read, the new vectors, and sha -> position in them."""
+    from .embed import embed_images
+
+    fresh: dict[str, str] = {}
+    handed: list[str] = []  # sha of each input given to the embedder, in order
+    started, done = time.time(), 0
+
+    def new_content():
+        nonlocal done
+        for batch in images.prefetched(to_read, partial(_read_hashed, gallery), batch_size=64, workers=READERS):
+            for relative, item in batch:
+                if isinstance(item, ImageError):
+                    report.skipped.append((relative, item.reason))
+                    continue
+                fresh[relative] = item.sha256
+                if known.get(item.sha256) is None and item.sha256 not in handed_set:
+                    handed_set.add(item.sha256)
+                    handed.append(item.sha256)
+                    yield item
+            done += len(batch)
+            if on_progress:
+                on_progress(done, len(to_read), done / max(time.time() - started, 1e-9))
+
+    handed_set: set[str] = set()
+    embedded = embed_images(embedder, new_content())
+    failed = {handed[position]: reason for position, reason in embedded.errors.items()}
+    for relative, sha in list(fresh.items()):
+        if sha in failed:
+            report.skipped.append((relative, failed[sha]))
+            del fresh[relative]
+    report.embedded = len(embedded.ok)
+    report.reused = len(fresh) - report.embedded
+    return fresh, embedded.vectors, {handed[position]: j for j, position in enumerate(embedded.ok)}
+
+
+def _arrange(root, old, table: EntryTable, new_vectors, embedder, flat_limit, report):
+    """Where the vectors go: a new segment beside the old ones, or (when due) everything rewritten."""
+    old_segments = [tuple(segment) for segment in old.meta["segments"]] if old else []
+    total = sum(rows for _, rows in old_segments) + len(new_vectors)
+    rows = np.unique(table.columns["row"])
+    kind, nlist = plan_layout(len(rows), flat_limit)
+    layout = Layout.from_json(old.meta["layout"]) if old else None
+    why = None
+    if layout is not None and layout.kind != kind:
+        why = f"{len(rows):,} vectors: the search structure changes from {layout.kind} to {kind}"
+    elif layout is not None and kind == "ivf" and len(rows) > RETRAIN_GROWTH * layout.trained_on:
+        why = f"{len(rows):,} vectors, over {RETRAIN_GROWTH}x the {layout.trained_on:,} its IVF was trained on"
+    elif total and (total - len(rows)) / total > DEAD_FRACTION:
+        why = f"{total - len(rows):,} of {total:,} vectors belong to no file any more"
+    if layout is None or why:
+        report.rewritten_because = why
+        parts = (segment_vectors(root, old.meta) if old else []) + [new_vectors]
+        table = table.with_rows(np.searchsorted(rows, table.columns["row"]))  # live rows renumbered 0..n-1
+        segments, layout = _build(root, _gather(parts, rows, new_vectors.shape[1]), flat_limit, embedder)
+        return table, segments, layout
+    trained = read_trained(root, layout) if layout.kind == "ivf" else None
+    segments = list(old_segments)
+    if len(new_vectors):
+        segments.append((write_segment(root, new_vectors, _ivf_of(new_vectors, trained)), len(new_vectors)))
+    if len(segments) > MAX_SEGMENTS:  # merge all but the first (largest) into one; rows keep their numbers
+        merged = np.concatenate([np.asarray(v) for v in segment_vectors(root, {"segments": segments[1:]})])
+        segments = [segments[0], (write_segment(root, merged, _ivf_of(merged, trained)), len(merged))]
+    return table, segments, layout
+
+
+def _ivf_of(vectors: np.ndarray, trained):
+    return segment_structure(vectors, trained) if trained is not None else None
+
+
+def _build(root, vectors: np.ndarray, flat_limit: int, embedder) -> tuple[list, Layout]:
+    """Every live vector in one new segment, under a freshly planned (and, for IVF, trained and tuned) layout."""
+    prompts = None
+    if plan_layout(len(vectors), flat_limit)[0] == "ivf":
+        from .embed import embed_texts
+
+        prompts = embed_texts(embedder, list(TUNING_PROMPTS))
+    search, layout, trained = build_search_structure(vectors, flat_limit, prompts)
+    if trained is None:
+        return [(write_segment(root, vectors), len(vectors))], layout
+    layout = Layout(**{**layout.to_json(), "centroids": write_trained(root, trained)})
+    return [(write_segment(root, vectors, search.parts[0][0]), len(vectors))], layout
+
+
+def _gather(parts: list[np.ndarray], rows: np.ndarray, dim: int) -> np.ndarray:
+    """The vectors at these global rows of segments laid end to end."""
+    offsets = np.cumsum([0] + [len(part) for part in parts])
+    out = np.empty((len(rows), dim), np.float32)
+    which = np.searchsorted(offsets, rows, side="right") - 1
+    for s, part in enumerate(parts):
+        mask = which == s
+        if mask.any():
+            out[mask] = np.asarray(part)[rows[mask] - offsets[s]]
+    return out
+
+
+def _text_dim(embedder) -> int:
+    return int(embedder.model.text_projection.shape[-1])
