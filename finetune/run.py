@@ -1,4 +1,4 @@
-"""main(cfg): approved feedback -> LoRA fine-tune -> held-out and check-set evaluation -> a published version."""
+"""main(cfg): approved feedback -> LoRA fine-tune -> held-out judgement and gate -> a published version."""
 
 from __future__ import annotations
 
@@ -9,64 +9,116 @@ import signal
 import sys
 import time
 import warnings
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from captioner import registry
+from captioner import images, registry
 from captioner.feedback import FeedbackLog, now_utc
+from captioner.models import LoadedModel
 
+from . import judge
+from .card import base_license, base_reference, model_card
 from .config import FinetuneConfig, resolve_home
-from .data import DataError, approved_examples, split, to_dataset
-from .metrics import caption_scores, worse
+from .data import DataError, Example, approved_examples, is_heldout
+from .errors import FinetuneError, Refused
+from .regression import keep_confident, regression_examples
+from .tensors import RowTensors, to_tensors
 from .trainer import TrainingError, train, with_lora
-
-
-class FinetuneError(RuntimeError):
-    """A run that cannot start, fails, or is refused; the message says why. Nothing goes live."""
 
 
 def log(message: str) -> None:
     print(f"finetune: {message}", file=sys.stderr, flush=True)
 
 
-def evaluate(loaded, examples) -> dict:
-    """Caption the examples (greedy) and score them against their captions."""
-    from captioner.caption import GenerationOptions, caption_images
-    from captioner.images import read_file
+@dataclass
+class Models:
+    """The model training starts from, and the live one the result is judged against (often the same)."""
 
-    if not examples:
-        return caption_scores([], [])
-    results = caption_images(loaded, [read_file(e.image_path) for e in examples], GenerationOptions(num_beams=1), batch_size=32)
-    return caption_scores([r.caption or "" for r in results], [e.caption for e in examples])
+    base: LoadedModel
+    live: LoadedModel
 
 
 def main(cfg: FinetuneConfig) -> Path | None:
-    """Run the whole loop; returns the published version's folder. Raises FinetuneError when refused.
+    """Run the whole loop; returns the published version's folder. Raises Refused when the gate says no and
+    FinetuneError when the run cannot start or finish; nothing goes live then.
 
     Under `accelerate launch` every process trains its share of each batch; only the first (RANK 0)
     evaluates and publishes, and the others return None.
     """
-    from captioner.models import ModelError, live_caption_spec, load_captioner
-
     started = time.time()
     try:
         cfg.validate()
     except ValueError as exc:
         raise FinetuneError(str(exc)) from None
     settings = resolve_home(cfg)
-    progress_file = Path(cfg.progress_file) if cfg.progress_file else None
+    first_process = int(os.environ.get("RANK", "0")) == 0
     registry.remove_stale_staging(settings.models_dir)
+    staging = writable_staging(settings, cfg) if first_process else None
     try:
-        examples, problems = approved_examples(FeedbackLog(settings.data_dir))
+        feedback = FeedbackLog(settings.data_dir)
+        examples = approved(feedback, cfg)
+        models = load_models(cfg, settings)
+        train_rows, heldout = prepare(models, feedback, examples, cfg)
+        if not first_process:
+            train_model(models, train_rows, cfg, None)
+            return None
+        live_said = judge.captions(models.live, heldout_inputs := [images.read_file(e.image_path) for e in heldout])
+        live_right = judge.right(live_said, heldout)
+        live_report = judge.report(live_said, heldout, live_right)
+        before = live_report if models.base is models.live else judge.report(judge.captions(models.base, heldout_inputs), heldout, live_right)
+        log(f"held-out before: {_summary(before)}")
+        peft_model, stats = train_model(models, train_rows, cfg, Path(cfg.progress_file) if cfg.progress_file else None)
+        peft_model.save_pretrained(staging / "adapter")
+        after = judge_trained(models, peft_model, heldout, heldout_inputs, live_right, live_report, cfg)
+        metrics = write_version(staging, models, settings, cfg, examples, train_rows, heldout, before, after, stats)
+        version = registry.publish(settings.models_dir, staging)
+    except BaseException:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log(f"published models/{version} in {time.time() - started:.0f}s (new concepts {metrics['new_concepts']['after']}, "
+        f"old knowledge {metrics['old_knowledge']['after']})")  # fmt: skip
+    if cfg.activate:
+        registry.activate(settings.models_dir, version)
+        log(f"{version} is live")
+    return settings.models_dir / version
+
+
+def writable_staging(settings, cfg: FinetuneConfig) -> Path:
+    """The folder the new version is written into, made before any training: an unwritable models/ (or
+    progress file) is one clear error up front, not a traceback after minutes of work."""
+    try:
+        staging = registry.staging_dir(settings.models_dir)
+        (staging / ".write-check").write_bytes(b"ok")
+        (staging / ".write-check").unlink()
+    except OSError as exc:
+        raise FinetuneError(f"cannot write the new version into {settings.models_dir}: {exc.strerror or exc}; nothing was trained") from None
+    if cfg.progress_file:
+        try:
+            with open(cfg.progress_file, "a", encoding="utf-8"):
+                pass
+        except OSError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise FinetuneError(f"cannot write the progress file {cfg.progress_file}: {exc.strerror or exc}") from None
+    return staging
+
+
+def approved(feedback: FeedbackLog, cfg: FinetuneConfig) -> list[Example]:
+    """The approved caption rows, or FinetuneError when there are too few or their images are missing."""
+    try:
+        examples, problems = approved_examples(feedback)
     except DataError as exc:
         raise FinetuneError(str(exc)) from None
     for problem in problems:
         log(f"skipping a broken row: {problem}")
     if len(examples) < cfg.min_rows:
         raise FinetuneError(f"only {len(examples)} approved caption row(s); --min-rows is {cfg.min_rows}")
-    train_set, heldout = split(examples, cfg.heldout_fraction)
-    dataset = to_dataset(train_set)
-    log(f"{len(examples)} images: {len(dataset)} to train on, {len(heldout)} held out")
+    return examples
+
+
+def load_models(cfg: FinetuneConfig, settings) -> Models:
+    """The model to train (full precision: bf16 copies are made for training on a GPU) and the live one."""
+    from captioner.models import ModelError, live_caption_spec, load_captioner
 
     live_spec = live_caption_spec(settings)
     base_spec = cfg.base or live_spec
@@ -77,55 +129,101 @@ def main(cfg: FinetuneConfig) -> Path | None:
         raise FinetuneError(f"cannot load the model to start from: {exc}") from None
     if base.fallback_reason:
         log(f"note: {base.fallback_reason}")
-    base_name, base_version = base.name, base.version
-    first_process = int(os.environ.get("RANK", "0")) == 0
-    if first_process:
-        before = evaluate(base, heldout)
-        live_scores = before if live is base else evaluate(live, heldout)
-        log(f"held-out before: {before}")
+    return Models(base, live)
 
-    peft_model = with_lora(base.model, base.processor.tokenizer, dataset["caption"], cfg)
+
+def prepare(models: Models, feedback: FeedbackLog, examples: list[Example], cfg: FinetuneConfig) -> tuple[RowTensors, list[Example]]:
+    """Training rows on the device (corrections, confirmations, the confident regression set), and the held-out examples."""
+    import torch
+
+    regression = regression_examples(models.live, feedback, {e.sha256 for e in examples}, cfg.regression_images)
+    dtype = torch.bfloat16 if models.base.device.type == "cuda" else torch.float32
     try:
-        stats = train(peft_model, base.processor, dataset, cfg, progress_file if first_process else None)
+        rows, problems = to_tensors(examples + regression, models.base.processor, models.base.device, dtype)
+    except DataError as exc:
+        raise FinetuneError(str(exc)) from None
+    for problem in problems:
+        log(f"skipping an image that cannot be decoded: {problem}")
+    rows, unsure = keep_confident(models.live.model, rows)
+    heldout_mask = torch.tensor([is_heldout(e.sha256, cfg.heldout_fraction) for e in rows.examples], device=rows.pixels.device)
+    train_rows, heldout = rows.select(~heldout_mask), [e for e in rows.examples if is_heldout(e.sha256, cfg.heldout_fraction)]
+    if not len(train_rows):
+        raise FinetuneError(f"all {len(rows)} images fell in the held-out split; lower --heldout-fraction ({cfg.heldout_fraction})")
+    counts = {kind: sum(e.kind == kind for e in train_rows.examples) for kind in ("correction", "confirmation", "regression")}
+    log(f"{len(train_rows)} images to train on ({', '.join(f'{n} {k}s' for k, n in counts.items())}), {len(heldout)} held out"
+        + (f"; {unsure} stored images left out of the regression set: the live model was unsure of them" if unsure else ""))
+    return train_rows, heldout
+
+
+def train_model(models: Models, rows: RowTensors, cfg: FinetuneConfig, progress_file: Path | None):
+    """The base model with trained LoRA adapters, and the loss statistics."""
+    peft_model = with_lora(models.base.model, models.base.processor.tokenizer, rows, cfg)
+    try:
+        stats = train(peft_model, rows, cfg, progress_file, bf16=models.base.device.type == "cuda")
     except TrainingError as exc:
         raise FinetuneError(f"training stopped: {exc}") from None
-    if not first_process:
-        return None
-    staging = registry.staging_dir(settings.models_dir)
-    try:
-        peft_model.save_pretrained(staging / "adapter")
-        merged = peft_model.merge_and_unload()
-        base.model = merged
-        after = evaluate(base, heldout)
-        log(f"held-out after: {after}")
-        refusal = _refusal(after, live_scores, merged)
-        if refusal:
-            raise FinetuneError(f"not published: {refusal}; the live model stays {live.name} ({live.version})")
-        _write_checkpoint(merged, base.processor, staging)
-        check = _check_published(staging, settings)
-        metrics = {
-            "heldout_before": before, "heldout_after": after, "heldout_live": live_scores,
-            "check_set": check, "training": stats,
-        }  # fmt: skip
-        (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        args = {**asdict(cfg), "created": now_utc(), "base": f"{base_name} ({base_version})",
-                "rows_used": len(examples), "train_rows": len(train_set), "heldout_rows": len(heldout)}  # fmt: skip
-        (staging / "train_args.json").write_text(json.dumps(args, indent=2) + "\n")
-        (staging / "README.md").write_text(_model_card(args, metrics))
-        version = registry.publish(settings.models_dir, staging)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    log(f"published models/{version} in {time.time() - started:.0f}s")
-    if cfg.activate:
-        registry.activate(settings.models_dir, version)
-        log(f"{version} is live")
-    return settings.models_dir / version
+    return peft_model, stats
 
 
-def _write_checkpoint(model, processor, folder: Path) -> None:
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
+def judge_trained(models: Models, peft_model, heldout, heldout_inputs, live_right, live_report, cfg) -> dict:
+    """Merge the adapters, caption the held-out images, and refuse a model that is broken, worse or forgetful."""
+    import torch
+
+    merged = peft_model.merge_and_unload()
+    if not all(bool(torch.isfinite(p).all()) for p in merged.parameters()):
+        raise FinetuneError("the trained weights hold NaN or inf values; nothing was published")
+    models.base.model = merged
+    after = judge.report(judge.captions(models.base, heldout_inputs), heldout, live_right)
+    log(f"held-out after: {_summary(after)}")
+    reason = judge.refusal(after, live_report, cfg.max_forgetting)
+    if reason:
+        raise Refused(f"not published: {reason}; the live model stays {models.live.name} ({models.live.version})")
+    return after
+
+
+def write_version(staging: Path, models: Models, settings, cfg, examples, rows: RowTensors, heldout, before, after, stats) -> dict:
+    """The checkpoint, checked through the app's loading path, with metrics.json, train_args.json and the card."""
+    base = base_reference(models.base.spec, settings.home)
+    _portable_adapter_config(staging / "adapter", base)
+    models.base.model.save_pretrained(staging)
+    models.base.processor.save_pretrained(staging)
+    check = _check_published(staging, settings)
+    metrics = {
+        "heldout_before": before["overall"], "heldout_after": after["overall"],
+        "new_concepts": _figure(before["new"], after["new"]), "old_knowledge": _figure(before["old"], after["old"]),
+        "by_kind_before": before["by_kind"], "by_kind_after": after["by_kind"], "check_set": check, "training": stats,
+    }  # fmt: skip
+    (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    args = {
+        **asdict(cfg), "home": "", "progress_file": "", "created": now_utc(),
+        "base": f"{base['name']} ({models.base.version})", "base_model": base["name"], "base_revision": base["revision"],
+        "base_hub_id": base["hub_id"], "rows_used": len(examples), "train_rows": len(rows),
+        "heldout_rows": len(heldout), "regression_rows": sum(e.kind == "regression" for e in rows.examples + heldout),
+    }  # fmt: skip
+    (staging / "train_args.json").write_text(json.dumps(args, indent=2) + "\n")
+    (staging / "README.md").write_text(model_card(args, metrics, base_license(base, models.base.spec)), encoding="utf-8")
+    return metrics
+
+
+def _figure(before: dict, after: dict) -> dict:
+    return {"before": before["exact_match"], "after": after["exact_match"], "count": after["count"]}
+
+
+def _summary(report: dict) -> str:
+    parts = [f"{kind} {s['exact_match']:.0%} of {s['count']}" for kind, s in report["by_kind"].items() if s["count"]]
+    return f"exact match {report['overall']['exact_match']} overall; " + ", ".join(parts)
+
+
+def _portable_adapter_config(folder: Path, base: dict) -> None:
+    """peft writes the base as this machine's absolute path: name it portably (hub id, demo, models/vNNNN)."""
+    path = folder / "adapter_config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = base["name"]
+    config["revision"] = base["revision"]
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    card = folder / "README.md"
+    if card.is_file():  # peft's own adapter card repeats the absolute path
+        card.unlink()
 
 
 def _check_published(folder: Path, settings) -> list[str]:
@@ -137,45 +235,7 @@ def _check_published(folder: Path, settings) -> list[str]:
         loaded = load_blip(ModelSpec(str(folder), "caption", "local", str(folder), "candidate"), settings)
         return check_captioner(loaded)
     except ModelError as exc:
-        raise FinetuneError(f"not published: {exc}") from None
-
-
-def _refusal(after: dict, live: dict, model) -> str | None:
-    import torch
-
-    if any(not torch.isfinite(p).all() for p in model.parameters()):
-        raise FinetuneError("not published: the trained weights hold NaN or inf values")
-    if worse(after, live):
-        return (f"held-out exact match {after['exact_match']} / CIDEr {after['cider']} is worse than the live model's "
-                f"{live['exact_match']} / {live['cider']}")  # fmt: skip
-    return None
-
-
-def _model_card(args: dict, metrics: dict) -> str:
-    rows = "\n".join(
-        f"| {name} | {metrics['heldout_before'].get(name)} | {metrics['heldout_after'].get(name)} |"
-        for name in ("exact_match", "bleu4", "cider")
-    )
-    return f"""# Fine-tuned captioner
-
-BLIP captioner fine-tuned with LoRA (peft) on approved corrections from `data/feedback.csv`.
-
-- created: {args['created']}
-- base model: {args['base']}
-- rows used: {args['rows_used']} ({args['train_rows']} trained on, {args['heldout_rows']} held out by image hash)
-- LoRA rank {args['lora_r']}, alpha {args['lora_alpha'] or 2 * args['lora_r']}, learning rate {args['lr']}, {metrics['training']['epochs']} epochs
-
-Held-out split, before and after:
-
-| metric | before | after |
-| --- | --- | --- |
-{rows}
-
-Check set captions: {", ".join(metrics['check_set'])}
-
-Files: the merged model and processor (`from_pretrained` this folder), `adapter/` (the LoRA adapter alone),
-`metrics.json`, `train_args.json`.
-"""
+        raise Refused(f"not published: {exc}") from None
 
 
 def _interrupt(signum, frame):
@@ -193,8 +253,7 @@ def cli(argv: list[str] | None = None) -> int:
         folder = main(cfg)
     except FinetuneError as exc:
         log(str(exc))
-        status = "refused" if "not published" in str(exc) else "failed"
-        _final(cfg, status, str(exc))
+        _final(cfg, "refused" if isinstance(exc, Refused) else "failed", str(exc))
         return 1
     except KeyboardInterrupt:
         log("cancelled; nothing was published and the live model is unchanged")
