@@ -6,6 +6,6 @@ from captioner import runtime
 
 runtime.configure("finetune")  # threads and OpenMP wait policy, before torch loads
 
-from .run import cli  # noqa: E402
+from .cli import cli  # noqa: E402
 
 sys.exit(cli())

@@ -31,7 +31,7 @@ class FinetuneConfig:
     seed: int = option(0, "random seed")
     base: str = option("", "model spec to start from; default: the live model")
     activate: bool = option(True, "make the new version live when it passes (--no-activate to only publish it)")
-    augment: bool = option(True, "random horizontal flips while training (--no-augment to turn off)")
+    augment: bool = option(True, "random flips, zooms and shifts of the training pictures (--no-augment to turn off)")
     home: str = option("", "CAPTIONER_HOME to read feedback from and publish into; default: the environment's")
     progress_file: str = option("", "also write progress as JSON lines here (the admin page follows it)")
 
@@ -53,6 +53,12 @@ class FinetuneConfig:
             problems.append(f"--lr must be between 0 and 1, not {self.lr}")
         if not 0 <= self.heldout_fraction < 1:
             problems.append(f"--heldout-fraction must be in [0, 1), not {self.heldout_fraction}")
+        if self.lora_targets not in ("text", "all"):
+            problems.append(f"--lora-targets must be text or all, not {self.lora_targets!r}")
+        if not 0 <= self.old_share < 1 or self.distill < 0 or self.regression_images < 0:
+            problems.append("--old-share must be in [0, 1), --distill and --regression-images 0 or more")
+        if not 0 <= self.max_forgetting <= 1:
+            problems.append(f"--max-forgetting must be in [0, 1], not {self.max_forgetting}")
         if problems:
             raise ValueError("; ".join(problems))
         return self

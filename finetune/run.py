@@ -2,25 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import signal
 import sys
 import time
-import warnings
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from captioner import images, registry
-from captioner.feedback import FeedbackLog, now_utc
+from captioner.feedback import FeedbackLog
 from captioner.models import LoadedModel
 
 from . import judge
-from .card import base_license, base_reference, model_card
 from .config import FinetuneConfig, resolve_home
 from .data import DataError, Example, approved_examples, is_heldout
 from .errors import FinetuneError, Refused
+from .publish import write_version
 from .regression import keep_confident, regression_examples
 from .tensors import RowTensors, to_tensors
 from .trainer import TrainingError, train, with_lora
@@ -38,6 +35,16 @@ class Models:
     live: LoadedModel
 
 
+@dataclass
+class Baseline:
+    """The held-out images as the live model (and the base, when training starts elsewhere) captions them."""
+
+    inputs: list  # the held-out images, read once
+    live_right: list[bool]  # which of them the live model captions right: their old ones are the regression set
+    live: dict  # judge.report of the live model
+    before: dict  # judge.report of the model training starts from
+
+
 def main(cfg: FinetuneConfig) -> Path | None:
     """Run the whole loop; returns the published version's folder. Raises Refused when the gate says no and
     FinetuneError when the run cannot start or finish; nothing goes live then.
@@ -51,37 +58,38 @@ def main(cfg: FinetuneConfig) -> Path | None:
     except ValueError as exc:
         raise FinetuneError(str(exc)) from None
     settings = resolve_home(cfg)
-    first_process = int(os.environ.get("RANK", "0")) == 0
     registry.remove_stale_staging(settings.models_dir)
-    staging = writable_staging(settings, cfg) if first_process else None
+    staging = writable_staging(settings, cfg) if int(os.environ.get("RANK", "0")) == 0 else None
     try:
-        feedback = FeedbackLog(settings.data_dir)
-        examples = approved(feedback, cfg)
-        models = load_models(cfg, settings)
-        train_rows, heldout = prepare(models, feedback, examples, cfg)
-        if not first_process:
-            train_model(models, train_rows, cfg, None)
-            return None
-        live_said = judge.captions(models.live, heldout_inputs := [images.read_file(e.image_path) for e in heldout])
-        live_right = judge.right(live_said, heldout)
-        live_report = judge.report(live_said, heldout, live_right)
-        before = live_report if models.base is models.live else judge.report(judge.captions(models.base, heldout_inputs), heldout, live_right)
-        log(f"held-out before: {_summary(before)}")
-        peft_model, stats = train_model(models, train_rows, cfg, Path(cfg.progress_file) if cfg.progress_file else None)
-        peft_model.save_pretrained(staging / "adapter")
-        after = judge_trained(models, peft_model, heldout, heldout_inputs, live_right, live_report, cfg)
-        metrics = write_version(staging, models, settings, cfg, examples, train_rows, heldout, before, after, stats)
-        version = registry.publish(settings.models_dir, staging)
+        version = retrain_and_publish(cfg, settings, staging)
     except BaseException:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
         raise
-    log(f"published models/{version} in {time.time() - started:.0f}s (new concepts {metrics['new_concepts']['after']}, "
-        f"old knowledge {metrics['old_knowledge']['after']})")  # fmt: skip
+    if version is None:
+        return None
+    log(f"published models/{version} in {time.time() - started:.0f}s")
     if cfg.activate:
         registry.activate(settings.models_dir, version)
         log(f"{version} is live")
     return settings.models_dir / version
+
+
+def retrain_and_publish(cfg: FinetuneConfig, settings, staging: Path | None) -> str | None:
+    """The steps of a run, in order; returns the published version (None in a process that only trains)."""
+    feedback = FeedbackLog(settings.data_dir)
+    examples = approved(feedback, cfg)
+    models = load_models(cfg, settings)
+    rows, heldout = prepare(models, feedback, examples, cfg)
+    if staging is None:
+        train_model(models, rows, cfg, None)
+        return None
+    baseline = judge_untrained(models, heldout)
+    peft_model, stats = train_model(models, rows, cfg, Path(cfg.progress_file) if cfg.progress_file else None)
+    peft_model.save_pretrained(staging / "adapter")
+    after = judge_trained(models, peft_model, heldout, baseline, cfg)
+    write_version(staging, models, settings, cfg, examples, rows, heldout, baseline.before, after, stats)
+    return registry.publish(settings.models_dir, staging)
 
 
 def writable_staging(settings, cfg: FinetuneConfig) -> Path:
@@ -165,7 +173,20 @@ def train_model(models: Models, rows: RowTensors, cfg: FinetuneConfig, progress_
     return peft_model, stats
 
 
-def judge_trained(models: Models, peft_model, heldout, heldout_inputs, live_right, live_report, cfg) -> dict:
+def judge_untrained(models: Models, heldout: list[Example]) -> Baseline:
+    """Caption the held-out images with the live model (and the base, if it differs) before training."""
+    inputs = [images.read_file(e.image_path) for e in heldout]
+    live_said = judge.captions(models.live, inputs)
+    live_right = judge.right(live_said, heldout)
+    live = judge.report(live_said, heldout, live_right)
+    before = live if models.base is models.live else judge.report(judge.captions(models.base, inputs), heldout, live_right)
+    log(f"held-out before: {_summary(before)}")
+    if before is not live:
+        log(f"held-out live: {_summary(live)}")
+    return Baseline(inputs, live_right, live, before)
+
+
+def judge_trained(models: Models, peft_model, heldout: list[Example], baseline: Baseline, cfg: FinetuneConfig) -> dict:
     """Merge the adapters, caption the held-out images, and refuse a model that is broken, worse or forgetful."""
     import torch
 
@@ -173,40 +194,12 @@ def judge_trained(models: Models, peft_model, heldout, heldout_inputs, live_righ
     if not all(bool(torch.isfinite(p).all()) for p in merged.parameters()):
         raise FinetuneError("the trained weights hold NaN or inf values; nothing was published")
     models.base.model = merged
-    after = judge.report(judge.captions(models.base, heldout_inputs), heldout, live_right)
+    after = judge.report(judge.captions(models.base, baseline.inputs), heldout, baseline.live_right)
     log(f"held-out after: {_summary(after)}")
-    reason = judge.refusal(after, live_report, cfg.max_forgetting)
+    reason = judge.refusal(after, baseline.live, cfg.max_forgetting)
     if reason:
         raise Refused(f"not published: {reason}; the live model stays {models.live.name} ({models.live.version})")
     return after
-
-
-def write_version(staging: Path, models: Models, settings, cfg, examples, rows: RowTensors, heldout, before, after, stats) -> dict:
-    """The checkpoint, checked through the app's loading path, with metrics.json, train_args.json and the card."""
-    base = base_reference(models.base.spec, settings.home)
-    _portable_adapter_config(staging / "adapter", base)
-    models.base.model.save_pretrained(staging)
-    models.base.processor.save_pretrained(staging)
-    check = _check_published(staging, settings)
-    metrics = {
-        "heldout_before": before["overall"], "heldout_after": after["overall"],
-        "new_concepts": _figure(before["new"], after["new"]), "old_knowledge": _figure(before["old"], after["old"]),
-        "by_kind_before": before["by_kind"], "by_kind_after": after["by_kind"], "check_set": check, "training": stats,
-    }  # fmt: skip
-    (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    args = {
-        **asdict(cfg), "home": "", "progress_file": "", "created": now_utc(),
-        "base": f"{base['name']} ({models.base.version})", "base_model": base["name"], "base_revision": base["revision"],
-        "base_hub_id": base["hub_id"], "rows_used": len(examples), "train_rows": len(rows),
-        "heldout_rows": len(heldout), "regression_rows": sum(e.kind == "regression" for e in rows.examples + heldout),
-    }  # fmt: skip
-    (staging / "train_args.json").write_text(json.dumps(args, indent=2) + "\n")
-    (staging / "README.md").write_text(model_card(args, metrics, base_license(base, models.base.spec)), encoding="utf-8")
-    return metrics
-
-
-def _figure(before: dict, after: dict) -> dict:
-    return {"before": before["exact_match"], "after": after["exact_match"], "count": after["count"]}
 
 
 def _summary(report: dict) -> str:
@@ -214,61 +207,3 @@ def _summary(report: dict) -> str:
     return f"exact match {report['overall']['exact_match']} overall; " + ", ".join(parts)
 
 
-def _portable_adapter_config(folder: Path, base: dict) -> None:
-    """peft writes the base as this machine's absolute path: name it portably (hub id, demo, models/vNNNN)."""
-    path = folder / "adapter_config.json"
-    config = json.loads(path.read_text(encoding="utf-8"))
-    config["base_model_name_or_path"] = base["name"]
-    config["revision"] = base["revision"]
-    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    card = folder / "README.md"
-    if card.is_file():  # peft's own adapter card repeats the absolute path
-        card.unlink()
-
-
-def _check_published(folder: Path, settings) -> list[str]:
-    """Load the written checkpoint back through the app's own path and caption the check set."""
-    from captioner.caption import check_captioner
-    from captioner.models import ModelError, ModelSpec, load_blip
-
-    try:
-        loaded = load_blip(ModelSpec(str(folder), "caption", "local", str(folder), "candidate"), settings)
-        return check_captioner(loaded)
-    except ModelError as exc:
-        raise Refused(f"not published: {exc}") from None
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
-def cli(argv: list[str] | None = None) -> int:
-    """`python -m finetune ...`: exit 0 when a version was published, 1 when refused or failed, 130 when cancelled."""
-    from .config import parse_args
-
-    warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notes, not the user's business
-    cfg = parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)  # Cancel on the admin page: clean up like Ctrl-C
-    try:
-        folder = main(cfg)
-    except FinetuneError as exc:
-        log(str(exc))
-        _final(cfg, "refused" if isinstance(exc, Refused) else "failed", str(exc))
-        return 1
-    except KeyboardInterrupt:
-        log("cancelled; nothing was published and the live model is unchanged")
-        _final(cfg, "cancelled", "cancelled; nothing was published")
-        return 130
-    except Exception as exc:  # an unexpected failure still ends the run visibly for the admin page
-        _final(cfg, "failed", f"{type(exc).__name__}: {exc}")
-        raise
-    if folder is not None:
-        _final(cfg, "published", f"published {folder.name}" + (" and made it live" if cfg.activate else ""), folder.name)
-    return 0
-
-
-def _final(cfg: FinetuneConfig, status: str, message: str, version: str | None = None) -> None:
-    if cfg.progress_file:
-        with open(cfg.progress_file, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps({"time": time.time(), "phase": "done", "status": status, "message": message,
-                                     "version": version}) + "\n")  # fmt: skip
