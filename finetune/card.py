@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import yaml
@@ -22,7 +23,7 @@ def base_reference(spec, home: Path) -> dict:
         name = location.relative_to(home).as_posix()
     except ValueError:
         name = location.name
-    return {"name": name, "revision": spec.version, "hub_id": _lineage_root(location)}
+    return {"name": name, "revision": None, "hub_id": _lineage_root(location)}
 
 
 def _lineage_root(folder: Path) -> str | None:
@@ -77,25 +78,28 @@ def model_card(args: dict, metrics: dict, license_id: str) -> str:
     before, after = metrics["heldout_before"], metrics["heldout_after"]
     old, new = metrics["old_knowledge"], metrics["new_concepts"]
     kinds = "\n".join(
-        f"| {kind} | {scores['count']} | {_pct(metrics['by_kind_before'].get(kind, {}).get('exact_match'))} | {_pct(scores['exact_match'])} |"
+        f"| {_plain(kind)} | {scores['count']} | {_pct(metrics['by_kind_before'].get(kind, {}).get('exact_match'))} "
+        f"| {_pct(scores['exact_match'])} |"
         for kind, scores in metrics["by_kind_after"].items()
-    )
-    rows = "\n".join(f"| {name} | {before.get(name)} | {after.get(name)} |" for name in ("exact_match", "bleu4", "cider"))
+    ) or "| (no held-out images) | 0 | n/a | n/a |"
+    rows = "\n".join(f"| {name} | {_number(before.get(name))} | {_number(after.get(name))} |" for name in ("exact_match", "bleu4", "cider"))
+    checks = "\n".join(caption.replace("`", "'") for caption in metrics["check_set"])
+    revision = f" (revision {args['base_revision']})" if args.get("base_revision") else ""
     return f"""---
 {yaml.safe_dump(front, sort_keys=False).strip()}
 ---
 
-# Fine-tuned captioner {args.get('version', '')}
+# Fine-tuned captioner
 
 BLIP captioner fine-tuned with LoRA (peft) on approved corrections from `data/feedback.csv`, with the
 live model's own knowledge replayed and distilled so that it is kept.
 
 - created: {args['created']}
-- base model: `{args['base_model']}`{f" (revision {args['base_revision']})" if args.get('base_revision') else ''}
+- base model: `{args['base_model']}`{revision}
 - rows used: {args['rows_used']} ({args['train_rows']} trained on, {args['heldout_rows']} held out by image hash),
   of which {args['regression_rows']} are the regression set (stored images the live model captions confidently)
 - LoRA rank {args['lora_r']} on the {args['lora_targets']} layers, learning rate {args['lr']},
-  {metrics['training']['steps']} steps, self-distillation weight {args['distill']}
+  {metrics['training']['steps']} training steps, self-distillation weight {args['distill']}
 
 ## The two figures the gate decided on (held-out images, exact match)
 
@@ -115,13 +119,26 @@ BLEU, since plain BLEU-4 of a three-word caption is 0 by construction):
 | --- | --- | --- |
 {rows}
 
-Check set captions: {", ".join(metrics['check_set'])}
+Captions of the check set (the images every version must caption before it can go live):
+
+```text
+{checks}
+```
 
 ## Files
 
 The merged model and processor (`from_pretrained` this folder), `adapter/` (the LoRA adapter alone; its
 `base_model_name_or_path` is `{args['base_model']}`), `metrics.json`, `train_args.json`.
 """
+
+
+def _plain(text: str) -> str:
+    """Text from corrections, shown as itself in Markdown: every character Markdown could read is escaped."""
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~])", r"\\\1", text)
+
+
+def _number(value) -> str:
+    return "n/a" if value is None else str(value)
 
 
 def _pct(value) -> str:

@@ -20,7 +20,7 @@ from .errors import FinetuneError, Refused
 from .publish import write_version
 from .regression import keep_confident, regression_examples
 from .tensors import RowTensors, to_tensors
-from .trainer import TrainingError, train, with_lora
+from .trainer import TrainingError, distributed, train, with_lora
 
 
 def log(message: str) -> None:
@@ -128,6 +128,8 @@ def load_models(cfg: FinetuneConfig, settings) -> Models:
     """The model to train (full precision: bf16 copies are made for training on a GPU) and the live one."""
     from captioner.models import ModelError, live_caption_spec, load_captioner
 
+    if distributed() and settings.device in ("auto", "cuda"):  # each process of `accelerate launch` on its own GPU
+        settings = replace(settings, device=f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
     live_spec = live_caption_spec(settings)
     base_spec = cfg.base or live_spec
     try:

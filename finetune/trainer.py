@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,6 +147,27 @@ def augment(pixels, flip, zoom, shift):
     return F.grid_sample(pixels.float(), grid, mode="bilinear", padding_mode="border", align_corners=False).to(pixels.dtype)
 
 
+def forward(trained, model, pixels, input_ids, attention, old: slice | None, shared_vision: bool):
+    """The trained model's logits for the batch and, when old is given, the live model's (adapters off) for
+    the old rows. With the vision tower frozen, both read the image features of one pass through it."""
+    import torch
+
+    if not shared_vision:
+        logits = trained(pixel_values=pixels, input_ids=input_ids, attention_mask=attention).logits
+        if old is None:
+            return logits, None
+        with torch.no_grad(), model.disable_adapter():
+            return logits, model(pixel_values=pixels[old], input_ids=input_ids[old], attention_mask=attention[old]).logits
+    blip = model.get_base_model()
+    image = blip.vision_model(pixel_values=pixels).last_hidden_state
+    logits = blip.text_decoder(input_ids=input_ids, attention_mask=attention, encoder_hidden_states=image).logits
+    if old is None:
+        return logits, None
+    with torch.no_grad(), model.disable_adapter():
+        teacher = blip.text_decoder(input_ids=input_ids[old], attention_mask=attention[old], encoder_hidden_states=image[old])
+    return logits, teacher.logits
+
+
 def distillation_loss(student, teacher, labels):
     """Mean KL(teacher || student) over the caption's positions: keeps every word's probability, not only the
     top one, where the live model had it."""
@@ -163,11 +185,10 @@ def train(model, tensors: RowTensors, cfg: FinetuneConfig, progress_file: Path |
     bf16 (the GPU path). Stops with TrainingError on a NaN/inf loss or CUDA out-of-memory."""
     import torch
     import torch.nn.functional as F
-    from accelerate import Accelerator
     from transformers import get_cosine_schedule_with_warmup
 
     device = tensors.pixels.device
-    accelerator = Accelerator(cpu=device.type == "cpu")
+    accelerator = _accelerator()
     rows = len(tensors)
     epochs = cfg.epochs_for(rows)
     steps = epochs * -(-rows // cfg.batch_size)
@@ -176,9 +197,12 @@ def train(model, tensors: RowTensors, cfg: FinetuneConfig, progress_file: Path |
     flips = torch.rand(plan.shape, generator=generator) < 0.5
     zooms = ZOOM[0] + torch.rand(plan.shape, generator=generator) * (ZOOM[1] - ZOOM[0])
     shifts = torch.rand((*plan.shape, 2), generator=generator) * 2 - 1
-    share = slice(accelerator.process_index, None, accelerator.num_processes)  # each process: its share of a batch
+    rank, processes = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    share = slice(rank, None, processes)  # each process: its share of every batch
     plan, flips, zooms, shifts = (t[:, share].to(device) for t in (plan, flips, zooms, shifts))
-    distill = cfg.distill > 0 and old_columns > 0 and accelerator.num_processes == 1
+    distill = cfg.distill > 0 and old_columns > 0 and processes == 1
+    old = slice(plan.shape[1] - old_columns, None)  # the batch columns that hold old rows
+    shared_vision = cfg.lora_targets == "text" and accelerator is None  # a frozen vision tower: one pass serves both
     smoothing = getattr(model.config.text_config, "label_smoothing", 0.0) or 0.0
 
     parameters = [p for p in model.parameters() if p.requires_grad]
@@ -188,7 +212,7 @@ def train(model, tensors: RowTensors, cfg: FinetuneConfig, progress_file: Path |
     progress = Progress(steps, progress_file)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     with bf16_frozen_weights(model, bf16):
-        trained, optimizer = accelerator.prepare(model, optimizer)
+        trained, optimizer = accelerator.prepare(model, optimizer) if accelerator else (model, optimizer)
         trained.train()
         try:
             for step in range(steps):
@@ -196,16 +220,17 @@ def train(model, tensors: RowTensors, cfg: FinetuneConfig, progress_file: Path |
                 if cfg.augment:
                     pixels = augment(pixels, flips[step] & tensors.flippable[plan[step]], zooms[step], shifts[step])
                 with autocast:
-                    logits = trained(pixel_values=pixels, input_ids=input_ids, attention_mask=attention).logits
+                    logits, teacher = forward(trained, model, pixels, input_ids, attention, old if distill else None, shared_vision)
                 loss = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100,
                                        label_smoothing=smoothing)  # fmt: skip
                 if distill:
-                    old = slice(plan.shape[1] - old_columns, None)
-                    with torch.no_grad(), model.disable_adapter(), autocast:
-                        teacher = model(pixel_values=pixels[old], input_ids=input_ids[old], attention_mask=attention[old]).logits
                     loss = loss + cfg.distill * distillation_loss(logits[old], teacher, labels[old])
-                accelerator.backward(loss)
-                accelerator.clip_grad_norm_(parameters, 1.0)
+                if accelerator:
+                    accelerator.backward(loss)
+                    accelerator.clip_grad_norm_(parameters, 1.0)
+                else:
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(parameters, 1.0)
                 optimizer.step()
                 schedule.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -219,6 +244,21 @@ def train(model, tensors: RowTensors, cfg: FinetuneConfig, progress_file: Path |
     model.eval()
     values = losses.tolist()
     return {"epochs": epochs, "steps": steps, "first_loss": values[0], "last_loss": sum(values[-10:]) / len(values[-10:])}
+
+
+def distributed() -> bool:
+    """Started by `accelerate launch` (or torchrun) with more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def _accelerator():
+    """accelerate's DDP wrapper when several processes train; a single process needs none (and so never
+    pins the process-wide accelerate state to one device)."""
+    if not distributed():
+        return None
+    from accelerate import Accelerator
+
+    return Accelerator()
 
 
 def _check(losses, step: int, steps: int, cfg: FinetuneConfig, progress: Progress, epochs: int) -> None:

@@ -179,3 +179,19 @@ def test_the_demo_captioner_learns_stars_from_three_corrections_without_forgetti
         stars_after, old = figures[0][1], figures[1:]
         assert stars_after >= target and "published" in rows[corrections], done.stdout
         assert len(old) == 4 and all(after >= before - 2 for before, after in old), done.stdout
+
+
+@pytest.mark.gpu
+def test_a_retrain_on_cuda_trains_in_bf16_and_publishes_full_precision_weights(home, monkeypatch):
+    """The GPU path end to end: rows on the device, bf16 frozen weights, fused AdamW, evaluation and the gate."""
+    from safetensors import safe_open
+
+    monkeypatch.setenv("CAPTIONER_CAPTION_MODEL", "demo")
+    monkeypatch.setenv("CAPTIONER_DEVICE", "cuda")
+    log_rows(home, n=20, shapes=("star",), wrong=True)
+    log_rows(home, n=20, seed=4)
+    folder = main(FinetuneConfig(home=str(home), epochs=10, min_rows=5))
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["training"]["steps"] > 0 and metrics["old_knowledge"]["count"] >= 0
+    with safe_open(folder / "model.safetensors", "pt") as weights:
+        assert {str(weights.get_tensor(k).dtype) for k in list(weights.keys())[:20]} == {"torch.float32"}

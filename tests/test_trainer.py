@@ -38,7 +38,7 @@ def test_augmentation_without_flip_zoom_or_shift_is_the_identity():
 
 @pytest.fixture
 def rows(tiny_blip_dir, tmp_path, demo_png):
-    loaded = load_captioner(str(tiny_blip_dir), Settings(home=tmp_path, dtype="float32"))
+    loaded = load_captioner(str(tiny_blip_dir), Settings(home=tmp_path, device="cpu", dtype="float32"))
     examples = []
     for i, (shape, kind) in enumerate([("star", CORRECTION)] * 3 + [("circle", CONFIRMATION), ("square", CONFIRMATION)] * 3):
         path = tmp_path / f"{i}.png"
@@ -93,3 +93,20 @@ def test_training_on_cuda_syncs_with_the_host_only_every_few_steps(rows):
         torch.cuda.set_sync_debug_mode(0)
     syncs = [w for w in caught if "synchroniz" in str(w.message)]
     assert stats["steps"] == 60 and len(syncs) < stats["steps"] // 2, [str(w.message) for w in syncs[:5]]
+
+
+def test_one_pass_through_a_frozen_vision_tower_gives_the_full_models_logits(rows):
+    from finetune.trainer import forward
+
+    loaded, tensors = rows
+    model = with_lora(loaded.model, loaded.processor.tokenizer, tensors, FinetuneConfig())
+    with torch.no_grad():
+        for module in model.modules():  # a trained adapter, so that the live model's logits differ
+            if hasattr(module, "lora_B"):
+                for weight in module.lora_B.values():
+                    weight.weight.normal_(0, 0.5)
+        pixels, input_ids, attention, _, _ = tensors.rows(torch.arange(len(tensors)))
+        full = forward(model, model, pixels, input_ids, attention, slice(3, None), shared_vision=False)
+        shared = forward(model, model, pixels, input_ids, attention, slice(3, None), shared_vision=True)
+    assert torch.allclose(full[0], shared[0], atol=1e-5) and torch.allclose(full[1], shared[1], atol=1e-5)
+    assert not torch.allclose(full[0][3:], full[1], atol=1e-3)  # the teacher is the model without its adapters
