@@ -190,8 +190,8 @@ def train(model, tensors: RowTensors, cfg: FinetuneConfig, progress_file: Path |
     device = tensors.pixels.device
     accelerator = _accelerator()
     rows = len(tensors)
-    epochs = cfg.epochs_for(rows)
-    steps = epochs * -(-rows // cfg.batch_size)
+    steps = cfg.steps_for(rows)
+    epochs = max(1, round(steps * cfg.batch_size / rows))  # passes over the rows, as the progress shows them
     plan, old_columns = batch_plan(tensors.old.tolist(), steps, cfg.batch_size, cfg.old_share, cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed + 1)
     flips = torch.rand(plan.shape, generator=generator) < 0.5

@@ -113,7 +113,8 @@ def test_cli_options_map_onto_the_config():
     assert (cfg.distill, cfg.max_forgetting, cfg.lora_targets) == (0.0, 0.05, "all")
     with pytest.raises(ValueError, match="--lora-targets"):
         FinetuneConfig(lora_targets="vision").validate()
-    assert FinetuneConfig().epochs_for(150) == 27 and FinetuneConfig().epochs_for(10_000) == 3
+    assert FinetuneConfig().steps_for(10) == 250 and FinetuneConfig().steps_for(150) == 250  # about 4,000 samples
+    assert FinetuneConfig().steps_for(10_000) == 3 * 625 and FinetuneConfig(epochs=2).steps_for(40) == 6
 
 
 KILLER = """
