@@ -24,21 +24,21 @@ def regression_examples(live, log: FeedbackLog, taken: set[str], limit: int) -> 
     return [Example(path, r.caption, sha, REGRESSION) for (path, sha), r in zip(candidates, said) if r.ok and r.caption]
 
 
-def word_confidence(model, tensors: RowTensors, batch_size: int = 64):
-    """Per row, the lowest probability the model gives any word of the row's caption (teacher forcing)."""
+def word_confidence(model, tensors: RowTensors, rows, batch_size: int = 64):
+    """For the rows at `rows` (a device index tensor), the lowest probability the model gives any word of the
+    row's caption (teacher forcing)."""
     import torch
 
     lowest = []
     with torch.inference_mode():
-        for start in range(0, len(tensors), batch_size):
-            index = torch.arange(start, min(start + batch_size, len(tensors)), device=tensors.pixels.device)
-            pixels, input_ids, attention, labels, _ = tensors.rows(index)
+        for start in range(0, len(rows), batch_size):
+            pixels, input_ids, attention, labels, _ = tensors.rows(rows[start : start + batch_size])
             pixels = pixels.to(next(model.parameters()).dtype)
             logits = model(pixel_values=pixels, input_ids=input_ids, attention_mask=attention).logits[:, :-1].float()
             targets = labels[:, 1:]
             chosen = logits.log_softmax(-1).gather(-1, targets.clamp(min=0)[..., None])[..., 0]
             lowest.append(chosen.masked_fill(targets == -100, 0.0).min(dim=1).values.exp())
-    return torch.cat(lowest) if lowest else torch.zeros(0)
+    return torch.cat(lowest) if lowest else torch.zeros(0, device=tensors.pixels.device)
 
 
 def keep_confident(model, tensors: RowTensors) -> tuple[RowTensors, int]:
@@ -46,7 +46,9 @@ def keep_confident(model, tensors: RowTensors) -> tuple[RowTensors, int]:
     import torch
 
     regression = torch.tensor([e.kind == REGRESSION for e in tensors.examples], device=tensors.pixels.device)
-    if not bool(regression.any()):
+    rows = regression.nonzero()[:, 0]
+    if not len(rows):
         return tensors, 0
-    keep = ~regression | (word_confidence(model, tensors) >= CONFIDENT)
+    keep = torch.ones_like(regression)
+    keep[rows] = word_confidence(model, tensors, rows) >= CONFIDENT
     return tensors.select(keep), int((~keep).sum())

@@ -159,3 +159,23 @@ def tiny_home_files(home, monkeypatch, tiny_blip_dir):
     log_rows(home, n=10, wrong=True)
     log_rows(home, n=6, seed=4)  # confirmations
     return home
+
+
+def test_the_regression_set_keeps_only_captions_the_live_model_is_sure_of(settings, demo_png, tmp_path):
+    from finetune.regression import keep_confident
+    from finetune.tensors import to_tensors
+
+    demo = load_captioner("demo", settings)
+    examples = []
+    for i, caption in enumerate(["a red circle", "a red square"]):  # the picture is a red circle
+        (tmp_path / f"{i}.png").write_bytes(demo_png("circle", "red"))
+        examples.append(Example(tmp_path / f"{i}.png", caption, f"{i:064x}", REGRESSION))
+    rows, _ = to_tensors(examples, demo.processor, demo.device, torch.float32)
+    kept, dropped = keep_confident(demo.model, rows)
+    assert [e.caption for e in kept.examples] == ["a red circle"] and dropped == 1
+
+
+def test_text_from_corrections_is_plain_text_in_the_card():
+    from finetune.card import _plain
+
+    assert _plain("correction: **star** [x](y) a|b") == r"correction: \*\*star\*\* \[x\]\(y\) a\|b"

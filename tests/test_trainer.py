@@ -110,3 +110,14 @@ def test_one_pass_through_a_frozen_vision_tower_gives_the_full_models_logits(row
         shared = forward(model, model, pixels, input_ids, attention, slice(3, None), shared_vision=True)
     assert torch.allclose(full[0], shared[0], atol=1e-5) and torch.allclose(full[1], shared[1], atol=1e-5)
     assert not torch.allclose(full[0][3:], full[1], atol=1e-3)  # the teacher is the model without its adapters
+
+
+def test_an_image_that_cannot_be_decoded_is_left_out_and_named(rows, tmp_path):
+    loaded, tensors = rows
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    examples = [tensors.examples[0], Example(broken, "a red star", "f" * 64, CORRECTION, "star"), tensors.examples[1]]
+    kept, problems = to_tensors(examples, loaded.processor, torch.device("cpu"), torch.float32)
+    assert [e.image_path for e in kept.examples] == [examples[0].image_path, examples[2].image_path]
+    assert len(problems) == 1 and problems[0].startswith(str(broken))
+    assert torch.equal(kept.pixels[1], tensors.pixels[1])
