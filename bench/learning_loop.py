@@ -33,7 +33,7 @@ THREADS = runtime.configure("cli")
 from captioner.caption import caption_images  # noqa: E402
 from captioner.demo.quality import demo_inputs  # noqa: E402
 from captioner.feedback import FeedbackLog  # noqa: E402
-from captioner.models import load_captioner  # noqa: E402
+from captioner.models import load_captioner, quiet_transformers  # noqa: E402
 from captioner.options import GenerationOptions  # noqa: E402
 from captioner.settings import Settings  # noqa: E402
 
@@ -101,6 +101,7 @@ def random_blip(config: Path, folder: Path) -> Path:
     import torch
     from transformers import BlipConfig, BlipForConditionalGeneration, BlipProcessor
 
+    quiet_transformers()
     torch.manual_seed(0)
     BlipForConditionalGeneration(BlipConfig.from_pretrained(config)).save_pretrained(folder)
     BlipProcessor.from_pretrained(config).save_pretrained(folder)
