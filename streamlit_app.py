@@ -1,8 +1,12 @@
 """Entry point: `streamlit run streamlit_app.py` — navigation over app_pages/, the live models in the sidebar."""
 
-import streamlit as st
+from captioner import runtime
 
-from app_pages import _shared as shared
+runtime.configure("app")  # threads and OpenMP wait policy, before any page loads torch
+
+import streamlit as st  # noqa: E402
+
+from app_pages import _shared as shared  # noqa: E402
 
 st.set_page_config(page_title="Captioning studio", page_icon=":material/image:", layout="wide")
 navigation = st.navigation(

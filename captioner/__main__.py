@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from . import runtime
 from .settings import Settings, SettingsError
 from .styles import DETAILED, STYLES, StyleError, style_for, style_notice
 
@@ -105,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    runtime.configure("cli")  # threads and OpenMP wait policy, before any command loads torch
     args = build_parser().parse_args(argv)
     try:
         settings = Settings.from_env()

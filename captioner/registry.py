@@ -44,6 +44,16 @@ class Version:
         """(before, after) held-out metrics."""
         return self.metrics.get("heldout_before", {}), self.metrics.get("heldout_after", {})
 
+    @property
+    def new_concepts(self) -> dict:
+        """Held-out exact match on corrections: {before, after, count} (empty for a version trained before it)."""
+        return self.metrics.get("new_concepts", {})
+
+    @property
+    def old_knowledge(self) -> dict:
+        """Held-out exact match on what the live model got right: {before, after, count}; a drop means forgetting."""
+        return self.metrics.get("old_knowledge", {})
+
 
 def active_version(models_dir: Path) -> str | None:
     """The version models/active.json names (whether or not its folder is still there), or None."""

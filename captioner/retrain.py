@@ -17,6 +17,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import runtime
 from .settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,7 +80,7 @@ def start(settings: Settings, options: list[str]) -> Run:
     args = [sys.executable, "-m", "finetune", "--home", str(settings.home), "--progress-file", str(folder / "progress.jsonl"), *options]
     with open(folder / "log.txt", "w", encoding="utf-8") as log:
         child = subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+                                 env={**runtime.child_env("retrain"), "PYTHONUNBUFFERED": "1"})  # fmt: skip
     _CHILDREN[run_id] = child
     (folder / "job.json").write_text(json.dumps({"pid": child.pid, "started": time.time(), "args": args}))
     return _read(folder)

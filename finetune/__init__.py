@@ -1,6 +1,7 @@
 """`python -m finetune`: approved corrections -> LoRA on the live BLIP captioner -> an evaluated, versioned model."""
 
 from .config import FinetuneConfig
-from .run import FinetuneError, main
+from .errors import FinetuneError, Refused
+from .run import main
 
-__all__ = ["FinetuneConfig", "FinetuneError", "main"]
+__all__ = ["FinetuneConfig", "FinetuneError", "Refused", "main"]

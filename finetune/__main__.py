@@ -2,6 +2,10 @@
 
 import sys
 
-from .run import cli
+from captioner import runtime
+
+runtime.configure("finetune")  # threads and OpenMP wait policy, before torch loads
+
+from .cli import cli  # noqa: E402
 
 sys.exit(cli())

@@ -1,4 +1,4 @@
-"""Approved caption corrections -> training examples, split into train / held-out by image hash."""
+"""Approved caption rows -> training examples of three kinds, split into train / held-out by image hash."""
 
 from __future__ import annotations
 
@@ -7,23 +7,40 @@ from pathlib import Path
 
 from captioner.feedback import FeedbackLog, FeedbackRow
 
+from .metrics import normalise
+
+CORRECTION, CONFIRMATION, REGRESSION = "correction", "confirmation", "regression"
+OLD_KINDS = (CONFIRMATION, REGRESSION)  # what the live model already knew: the retrain must not lose it
+
 
 @dataclass(frozen=True)
 class Example:
-    """One image and the caption it should get."""
+    """One image, the caption it should get, and what kind of knowledge that caption is."""
 
     image_path: Path
     caption: str
     sha256: str
-    confirmation: bool  # the model's own caption, confirmed: keeps what it already knows
+    kind: str  # correction (new), confirmation (old, a person said so) or regression (old, the live model's own)
+    concept: str = ""  # for a correction: the words it teaches (e.g. "star"); groups the held-out report
+
+    @property
+    def is_old(self) -> bool:
+        return self.kind in OLD_KINDS
 
 
 class DataError(ValueError):
     """The feedback cannot make a training set; the message says why."""
 
 
+def taught_words(model_output: str, correction: str) -> str:
+    """The words a correction adds to what the model said ("a red circle" -> "a red star": "star")."""
+    said = set(normalise(model_output).split())
+    added = [word for word in normalise(correction).split() if word not in said]
+    return " ".join(dict.fromkeys(added)) or "(reworded)"
+
+
 def approved_examples(log: FeedbackLog) -> tuple[list[Example], list[str]]:
-    """The latest approved caption per image (confirmations count); and the broken CSV rows, by line."""
+    """The latest approved caption per image (corrections and confirmations); and the broken CSV rows, by line."""
     rows, problems = log.read()
     latest: dict[str, FeedbackRow] = {}
     for row in rows:  # file order; the later of two rows for one image wins, by time then position
@@ -34,11 +51,29 @@ def approved_examples(log: FeedbackLog) -> tuple[list[Example], list[str]]:
     if missing:
         shown = ", ".join(row.image_path for row in missing[:5]) + (" ..." if len(missing) > 5 else "")
         raise DataError(f"{len(missing)} approved row(s) point at images that are missing from {log.data_dir}: {shown}")
-    examples = [
-        Example(log.data_dir / row.image_path, row.correction.strip(), row.image_sha256, row.is_confirmation)
-        for row in latest.values()
-    ]
+    examples = [_example(log.data_dir, row) for row in latest.values()]
     return examples, [f"feedback.csv {problem}" for problem in problems]
+
+
+def _example(data_dir: Path, row: FeedbackRow) -> Example:
+    if row.is_confirmation:
+        return Example(data_dir / row.image_path, row.correction.strip(), row.image_sha256, CONFIRMATION)
+    concept = taught_words(row.model_output, row.correction)
+    return Example(data_dir / row.image_path, row.correction.strip(), row.image_sha256, CORRECTION, concept)
+
+
+def uncorrected_images(log: FeedbackLog, taken: set[str], limit: int) -> list[tuple[Path, str]]:
+    """(path, sha256) of stored images nobody has corrected and that are not in `taken`: where the regression
+    set comes from. Any caption row that changes the output (pending or rejected too) rules its image out:
+    someone thought the model was wrong there. Chosen by hash, so the same images every run."""
+    rows, _ = log.read()
+    doubted = {r.image_sha256 for r in rows if r.task == "caption" and not r.is_confirmation}
+    found: dict[str, Path] = {}
+    for row in rows:
+        sha = row.image_sha256
+        if sha not in taken and sha not in doubted and sha not in found and (log.data_dir / row.image_path).is_file():
+            found[sha] = log.data_dir / row.image_path
+    return [(found[sha], sha) for sha in sorted(found)[:limit]]
 
 
 def is_heldout(sha256: str, fraction: float) -> bool:
@@ -50,15 +85,3 @@ def split(examples: list[Example], fraction: float) -> tuple[list[Example], list
     """(train, held-out)."""
     heldout = [e for e in examples if is_heldout(e.sha256, fraction)]
     return [e for e in examples if not is_heldout(e.sha256, fraction)], heldout
-
-
-def to_dataset(examples: list[Example]):
-    """A datasets.Dataset of the examples (image path, caption, hash, confirmation)."""
-    from datasets import Dataset
-
-    return Dataset.from_dict({
-        "image_path": [str(e.image_path) for e in examples],
-        "caption": [e.caption for e in examples],
-        "sha256": [e.sha256 for e in examples],
-        "confirmation": [e.confirmation for e in examples],
-    })  # fmt: skip

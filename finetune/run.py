@@ -1,73 +1,135 @@
-"""main(cfg): approved feedback -> LoRA fine-tune -> held-out and check-set evaluation -> a published version."""
+"""main(cfg): approved feedback -> LoRA fine-tune -> held-out judgement and gate -> a published version."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import signal
 import sys
 import time
-import warnings
-from dataclasses import asdict, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from captioner import registry
-from captioner.feedback import FeedbackLog, now_utc
+from captioner import images, registry
+from captioner.feedback import FeedbackLog
+from captioner.models import LoadedModel
 
+from . import judge
 from .config import FinetuneConfig, resolve_home
-from .data import DataError, approved_examples, split, to_dataset
-from .metrics import caption_scores, worse
-from .trainer import TrainingError, train, with_lora
-
-
-class FinetuneError(RuntimeError):
-    """A run that cannot start, fails, or is refused; the message says why. Nothing goes live."""
+from .data import DataError, Example, approved_examples, is_heldout
+from .errors import FinetuneError, Refused
+from .publish import write_version
+from .regression import keep_confident, regression_examples
+from .tensors import RowTensors, to_tensors
+from .trainer import TrainingError, distributed, train, with_lora
 
 
 def log(message: str) -> None:
     print(f"finetune: {message}", file=sys.stderr, flush=True)
 
 
-def evaluate(loaded, examples) -> dict:
-    """Caption the examples (greedy) and score them against their captions."""
-    from captioner.caption import GenerationOptions, caption_images
-    from captioner.images import read_file
+@dataclass
+class Models:
+    """The model training starts from, and the live one the result is judged against (often the same)."""
 
-    if not examples:
-        return caption_scores([], [])
-    results = caption_images(loaded, [read_file(e.image_path) for e in examples], GenerationOptions(num_beams=1), batch_size=32)
-    return caption_scores([r.caption or "" for r in results], [e.caption for e in examples])
+    base: LoadedModel
+    live: LoadedModel
+
+
+@dataclass
+class Baseline:
+    """The held-out images as the live model (and the base, when training starts elsewhere) captions them."""
+
+    inputs: list  # the held-out images, read once
+    live_right: list[bool]  # which of them the live model captions right: their old ones are the regression set
+    live: dict  # judge.report of the live model
+    before: dict  # judge.report of the model training starts from
 
 
 def main(cfg: FinetuneConfig) -> Path | None:
-    """Run the whole loop; returns the published version's folder. Raises FinetuneError when refused.
+    """Run the whole loop; returns the published version's folder. Raises Refused when the gate says no and
+    FinetuneError when the run cannot start or finish; nothing goes live then.
 
     Under `accelerate launch` every process trains its share of each batch; only the first (RANK 0)
     evaluates and publishes, and the others return None.
     """
-    from captioner.models import ModelError, live_caption_spec, load_captioner
-
     started = time.time()
     try:
         cfg.validate()
     except ValueError as exc:
         raise FinetuneError(str(exc)) from None
     settings = resolve_home(cfg)
-    progress_file = Path(cfg.progress_file) if cfg.progress_file else None
     registry.remove_stale_staging(settings.models_dir)
+    staging = writable_staging(settings, cfg) if int(os.environ.get("RANK", "0")) == 0 else None
     try:
-        examples, problems = approved_examples(FeedbackLog(settings.data_dir))
+        version = retrain_and_publish(cfg, settings, staging)
+    except BaseException:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if version is None:
+        return None
+    log(f"published models/{version} in {time.time() - started:.0f}s")
+    if cfg.activate:
+        registry.activate(settings.models_dir, version)
+        log(f"{version} is live")
+    return settings.models_dir / version
+
+
+def retrain_and_publish(cfg: FinetuneConfig, settings, staging: Path | None) -> str | None:
+    """The steps of a run, in order; returns the published version (None in a process that only trains)."""
+    feedback = FeedbackLog(settings.data_dir)
+    examples = approved(feedback, cfg)
+    models = load_models(cfg, settings)
+    rows, heldout = prepare(models, feedback, examples, cfg)
+    if staging is None:
+        train_model(models, rows, cfg, None)
+        return None
+    baseline = judge_untrained(models, heldout)
+    peft_model, stats = train_model(models, rows, cfg, Path(cfg.progress_file) if cfg.progress_file else None)
+    peft_model.save_pretrained(staging / "adapter")
+    after = judge_trained(models, peft_model, heldout, baseline, cfg)
+    write_version(staging, models, settings, cfg, examples, rows, heldout, baseline.before, after, stats)
+    return registry.publish(settings.models_dir, staging)
+
+
+def writable_staging(settings, cfg: FinetuneConfig) -> Path:
+    """The folder the new version is written into, made before any training: an unwritable models/ (or
+    progress file) is one clear error up front, not a traceback after minutes of work."""
+    try:
+        staging = registry.staging_dir(settings.models_dir)
+        (staging / ".write-check").write_bytes(b"ok")
+        (staging / ".write-check").unlink()
+    except OSError as exc:
+        raise FinetuneError(f"cannot write the new version into {settings.models_dir}: {exc.strerror or exc}; nothing was trained") from None
+    if cfg.progress_file:
+        try:
+            with open(cfg.progress_file, "a", encoding="utf-8"):
+                pass
+        except OSError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise FinetuneError(f"cannot write the progress file {cfg.progress_file}: {exc.strerror or exc}") from None
+    return staging
+
+
+def approved(feedback: FeedbackLog, cfg: FinetuneConfig) -> list[Example]:
+    """The approved caption rows, or FinetuneError when there are too few or their images are missing."""
+    try:
+        examples, problems = approved_examples(feedback)
     except DataError as exc:
         raise FinetuneError(str(exc)) from None
     for problem in problems:
         log(f"skipping a broken row: {problem}")
     if len(examples) < cfg.min_rows:
         raise FinetuneError(f"only {len(examples)} approved caption row(s); --min-rows is {cfg.min_rows}")
-    train_set, heldout = split(examples, cfg.heldout_fraction)
-    dataset = to_dataset(train_set)
-    log(f"{len(examples)} images: {len(dataset)} to train on, {len(heldout)} held out")
+    return examples
 
+
+def load_models(cfg: FinetuneConfig, settings) -> Models:
+    """The model to train (full precision: bf16 copies are made for training on a GPU) and the live one."""
+    from captioner.models import ModelError, live_caption_spec, load_captioner
+
+    if distributed() and settings.device in ("auto", "cuda"):  # each process of `accelerate launch` on its own GPU
+        settings = replace(settings, device=f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
     live_spec = live_caption_spec(settings)
     base_spec = cfg.base or live_spec
     try:
@@ -77,139 +139,73 @@ def main(cfg: FinetuneConfig) -> Path | None:
         raise FinetuneError(f"cannot load the model to start from: {exc}") from None
     if base.fallback_reason:
         log(f"note: {base.fallback_reason}")
-    base_name, base_version = base.name, base.version
-    first_process = int(os.environ.get("RANK", "0")) == 0
-    if first_process:
-        before = evaluate(base, heldout)
-        live_scores = before if live is base else evaluate(live, heldout)
-        log(f"held-out before: {before}")
-
-    peft_model = with_lora(base.model, base.processor.tokenizer, dataset["caption"], cfg)
-    try:
-        stats = train(peft_model, base.processor, dataset, cfg, progress_file if first_process else None)
-    except TrainingError as exc:
-        raise FinetuneError(f"training stopped: {exc}") from None
-    if not first_process:
-        return None
-    staging = registry.staging_dir(settings.models_dir)
-    try:
-        peft_model.save_pretrained(staging / "adapter")
-        merged = peft_model.merge_and_unload()
-        base.model = merged
-        after = evaluate(base, heldout)
-        log(f"held-out after: {after}")
-        refusal = _refusal(after, live_scores, merged)
-        if refusal:
-            raise FinetuneError(f"not published: {refusal}; the live model stays {live.name} ({live.version})")
-        _write_checkpoint(merged, base.processor, staging)
-        check = _check_published(staging, settings)
-        metrics = {
-            "heldout_before": before, "heldout_after": after, "heldout_live": live_scores,
-            "check_set": check, "training": stats,
-        }  # fmt: skip
-        (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        args = {**asdict(cfg), "created": now_utc(), "base": f"{base_name} ({base_version})",
-                "rows_used": len(examples), "train_rows": len(train_set), "heldout_rows": len(heldout)}  # fmt: skip
-        (staging / "train_args.json").write_text(json.dumps(args, indent=2) + "\n")
-        (staging / "README.md").write_text(_model_card(args, metrics))
-        version = registry.publish(settings.models_dir, staging)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    log(f"published models/{version} in {time.time() - started:.0f}s")
-    if cfg.activate:
-        registry.activate(settings.models_dir, version)
-        log(f"{version} is live")
-    return settings.models_dir / version
+    return Models(base, live)
 
 
-def _write_checkpoint(model, processor, folder: Path) -> None:
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-
-
-def _check_published(folder: Path, settings) -> list[str]:
-    """Load the written checkpoint back through the app's own path and caption the check set."""
-    from captioner.caption import check_captioner
-    from captioner.models import ModelError, ModelSpec, load_blip
-
-    try:
-        loaded = load_blip(ModelSpec(str(folder), "caption", "local", str(folder), "candidate"), settings)
-        return check_captioner(loaded)
-    except ModelError as exc:
-        raise FinetuneError(f"not published: {exc}") from None
-
-
-def _refusal(after: dict, live: dict, model) -> str | None:
+def prepare(models: Models, feedback: FeedbackLog, examples: list[Example], cfg: FinetuneConfig) -> tuple[RowTensors, list[Example]]:
+    """Training rows on the device (corrections, confirmations, the confident regression set), and the held-out examples."""
     import torch
 
-    if any(not torch.isfinite(p).all() for p in model.parameters()):
-        raise FinetuneError("not published: the trained weights hold NaN or inf values")
-    if worse(after, live):
-        return (f"held-out exact match {after['exact_match']} / CIDEr {after['cider']} is worse than the live model's "
-                f"{live['exact_match']} / {live['cider']}")  # fmt: skip
-    return None
-
-
-def _model_card(args: dict, metrics: dict) -> str:
-    rows = "\n".join(
-        f"| {name} | {metrics['heldout_before'].get(name)} | {metrics['heldout_after'].get(name)} |"
-        for name in ("exact_match", "bleu4", "cider")
-    )
-    return f"""# Fine-tuned captioner
-
-BLIP captioner fine-tuned with LoRA (peft) on approved corrections from `data/feedback.csv`.
-
-- created: {args['created']}
-- base model: {args['base']}
-- rows used: {args['rows_used']} ({args['train_rows']} trained on, {args['heldout_rows']} held out by image hash)
-- LoRA rank {args['lora_r']}, alpha {args['lora_alpha'] or 2 * args['lora_r']}, learning rate {args['lr']}, {metrics['training']['epochs']} epochs
-
-Held-out split, before and after:
-
-| metric | before | after |
-| --- | --- | --- |
-{rows}
-
-Check set captions: {", ".join(metrics['check_set'])}
-
-Files: the merged model and processor (`from_pretrained` this folder), `adapter/` (the LoRA adapter alone),
-`metrics.json`, `train_args.json`.
-"""
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
-def cli(argv: list[str] | None = None) -> int:
-    """`python -m finetune ...`: exit 0 when a version was published, 1 when refused or failed, 130 when cancelled."""
-    from .config import parse_args
-
-    warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notes, not the user's business
-    cfg = parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)  # Cancel on the admin page: clean up like Ctrl-C
+    regression = regression_examples(models.live, feedback, {e.sha256 for e in examples}, cfg.regression_images)
+    dtype = torch.bfloat16 if models.base.device.type == "cuda" else torch.float32
     try:
-        folder = main(cfg)
-    except FinetuneError as exc:
-        log(str(exc))
-        status = "refused" if "not published" in str(exc) else "failed"
-        _final(cfg, status, str(exc))
-        return 1
-    except KeyboardInterrupt:
-        log("cancelled; nothing was published and the live model is unchanged")
-        _final(cfg, "cancelled", "cancelled; nothing was published")
-        return 130
-    except Exception as exc:  # an unexpected failure still ends the run visibly for the admin page
-        _final(cfg, "failed", f"{type(exc).__name__}: {exc}")
-        raise
-    if folder is not None:
-        _final(cfg, "published", f"published {folder.name}" + (" and made it live" if cfg.activate else ""), folder.name)
-    return 0
+        rows, problems = to_tensors(examples + regression, models.base.processor, models.base.device, dtype)
+    except DataError as exc:
+        raise FinetuneError(str(exc)) from None
+    for problem in problems:
+        log(f"skipping an image that cannot be decoded: {problem}")
+    rows, unsure = keep_confident(models.live.model, rows)
+    heldout_mask = torch.tensor([is_heldout(e.sha256, cfg.heldout_fraction) for e in rows.examples], device=rows.pixels.device)
+    train_rows, heldout = rows.select(~heldout_mask), [e for e in rows.examples if is_heldout(e.sha256, cfg.heldout_fraction)]
+    if not len(train_rows):
+        raise FinetuneError(f"all {len(rows)} images fell in the held-out split; lower --heldout-fraction ({cfg.heldout_fraction})")
+    counts = {kind: sum(e.kind == kind for e in train_rows.examples) for kind in ("correction", "confirmation", "regression")}
+    log(f"{len(train_rows)} images to train on ({', '.join(f'{n} {k}s' for k, n in counts.items())}), {len(heldout)} held out"
+        + (f"; {unsure} stored images left out of the regression set: the live model was unsure of them" if unsure else ""))
+    return train_rows, heldout
 
 
-def _final(cfg: FinetuneConfig, status: str, message: str, version: str | None = None) -> None:
-    if cfg.progress_file:
-        with open(cfg.progress_file, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps({"time": time.time(), "phase": "done", "status": status, "message": message,
-                                     "version": version}) + "\n")  # fmt: skip
+def train_model(models: Models, rows: RowTensors, cfg: FinetuneConfig, progress_file: Path | None):
+    """The base model with trained LoRA adapters, and the loss statistics."""
+    peft_model = with_lora(models.base.model, models.base.processor.tokenizer, rows, cfg)
+    try:
+        stats = train(peft_model, rows, cfg, progress_file, bf16=models.base.device.type == "cuda")
+    except TrainingError as exc:
+        raise FinetuneError(f"training stopped: {exc}") from None
+    return peft_model, stats
+
+
+def judge_untrained(models: Models, heldout: list[Example]) -> Baseline:
+    """Caption the held-out images with the live model (and the base, if it differs) before training."""
+    inputs = [images.read_file(e.image_path) for e in heldout]
+    live_said = judge.captions(models.live, inputs)
+    live_right = judge.right(live_said, heldout)
+    live = judge.report(live_said, heldout, live_right)
+    before = live if models.base is models.live else judge.report(judge.captions(models.base, inputs), heldout, live_right)
+    log(f"held-out before: {_summary(before)}")
+    if before is not live:
+        log(f"held-out live: {_summary(live)}")
+    return Baseline(inputs, live_right, live, before)
+
+
+def judge_trained(models: Models, peft_model, heldout: list[Example], baseline: Baseline, cfg: FinetuneConfig) -> dict:
+    """Merge the adapters, caption the held-out images, and refuse a model that is broken, worse or forgetful."""
+    import torch
+
+    merged = peft_model.merge_and_unload()
+    if not all(bool(torch.isfinite(p).all()) for p in merged.parameters()):
+        raise FinetuneError("the trained weights hold NaN or inf values; nothing was published")
+    models.base.model = merged
+    after = judge.report(judge.captions(models.base, baseline.inputs), heldout, baseline.live_right)
+    log(f"held-out after: {_summary(after)}")
+    reason = judge.refusal(after, baseline.live, cfg.max_forgetting)
+    if reason:
+        raise Refused(f"not published: {reason}; the live model stays {models.live.name} ({models.live.version})")
+    return after
+
+
+def _summary(report: dict) -> str:
+    parts = [f"{kind} {s['exact_match']:.0%} of {s['count']}" for kind, s in report["by_kind"].items() if s["count"]]
+    return f"exact match {report['overall']['exact_match']} overall; " + ", ".join(parts)
+
+

@@ -9,7 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from captioner import runtime
+
 ROOT = Path(__file__).resolve().parents[1]
+runtime.configure("cli")  # threads and OpenMP wait policy, before any test loads torch (the cores are shared)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the network
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -15,7 +15,7 @@ from captioner.feedback import FeedbackLog
 from captioner.models import load_captioner
 from captioner.settings import Settings
 from conftest import ROOT, run_cli
-from finetune import FinetuneConfig, FinetuneError, main
+from finetune import FinetuneConfig, FinetuneError, Refused, main
 from finetune.config import parse_args
 
 
@@ -49,12 +49,14 @@ def test_a_version_is_published_with_all_its_files_and_made_live(tiny_home, tiny
     assert registry.active_version(tiny_home / "models") == "v0001"
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["training"]["steps"] == 4 and len(metrics["check_set"]) == 6
+    assert {"new_concepts", "old_knowledge", "by_kind_before", "by_kind_after"} <= set(metrics)
     args = json.loads((folder / "train_args.json").read_text())
-    assert args["rows_used"] == 24 and args["base"].startswith(str(tiny_blip_dir))
+    assert args["rows_used"] == 24 and args["base"].startswith(tiny_blip_dir.name)
+    assert str(tiny_blip_dir) not in (folder / "train_args.json").read_text()  # nothing names this machine's paths
     from transformers import BlipForConditionalGeneration
 
     assert BlipForConditionalGeneration.from_pretrained(folder) is not None
-    assert "Held-out split" in (folder / "README.md").read_text()
+    assert "exact match decides" in (folder / "README.md").read_text()
     assert not list((tiny_home / "models").glob(".staging-*"))
 
 
@@ -82,7 +84,7 @@ def test_a_nan_loss_stops_the_run_and_nothing_is_published(tiny_home, tiny_blip_
 def test_a_run_that_makes_the_heldout_worse_is_refused(home, monkeypatch):
     monkeypatch.setenv("CAPTIONER_CAPTION_MODEL", "demo")
     log_rows(home, n=40)
-    with pytest.raises(FinetuneError, match="worse than the live model"):
+    with pytest.raises(Refused, match="forgot what the live model knew|worse than the live model"):
         main(FinetuneConfig(home=str(home), epochs=3, lr=0.5, heldout_fraction=0.3))
     assert registry.list_versions(home / "models") == [] and registry.active_version(home / "models") is None
 
@@ -107,7 +109,12 @@ def test_clear_errors_for_too_few_rows_missing_images_and_broken_rows(tiny_home,
 def test_cli_options_map_onto_the_config():
     cfg = parse_args(["--min-rows", "7", "--epochs", "4", "--lr", "0.001", "--lora-r", "8", "--no-activate"])
     assert (cfg.min_rows, cfg.epochs, cfg.lr, cfg.lora_r, cfg.activate, cfg.alpha) == (7, 4, 0.001, 8, False, 16)
-    assert FinetuneConfig().epochs_for(150) == 27 and FinetuneConfig().epochs_for(10_000) == 3
+    cfg = parse_args(["--distill", "0", "--max-forgetting", "0.05", "--lora-targets", "all"])
+    assert (cfg.distill, cfg.max_forgetting, cfg.lora_targets) == (0.0, 0.05, "all")
+    with pytest.raises(ValueError, match="--lora-targets"):
+        FinetuneConfig(lora_targets="vision").validate()
+    assert FinetuneConfig().steps_for(10) == 250 and FinetuneConfig().steps_for(150) == 250  # about 4,000 samples
+    assert FinetuneConfig().steps_for(10_000) == 3 * 625 and FinetuneConfig(epochs=2).steps_for(40) == 6
 
 
 KILLER = """
@@ -158,16 +165,34 @@ def test_models_cli_lists_activates_and_rolls_back(tiny_home):
     assert done.returncode == 2 and "cannot go live" in done.stderr
 
 
-def test_the_demo_captioner_learns_stars_from_corrections(tmp_path):
-    """The product's promise on the demo world: ~100 star corrections + ~50 confirmations, default settings."""
-    done = subprocess.run([sys.executable, "bench/learning_loop.py", "--eval", "150"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=900)  # fmt: skip
+@pytest.mark.slow
+def test_the_demo_captioner_learns_stars_from_three_corrections_without_forgetting():
+    """The product's promise on the demo world (issue 14): 3 star corrections reach 60% on fresh stars, 10 reach
+    90%, 100 reach 95%, and old shapes stay within 2 points in every size bucket from 64 to 512 px."""
+    import re
+
+    done = subprocess.run([sys.executable, "bench/learning_loop.py", "--corrections", "3,10,100", "--eval", "200"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=1800)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
-    rows = {line[:26].strip(): line[26:].split() for line in done.stdout.splitlines() if "%" in line}
-    before, after, back = rows["demo captioner (before)"], rows["after python -m finetune"], rows["after models rollback"]
-    percent = lambda text: float(text.rstrip("%"))  # noqa: E731
-    assert percent(after[0]) >= 60, done.stdout
-    assert percent(after[1]) >= 80 and percent(before[1]) - percent(after[1]) <= 10, done.stdout
-    assert back == before, done.stdout
-    seconds = int(done.stdout.split("retrain took ")[1].split("s")[0])
-    assert seconds <= 600, done.stdout
+    rows = {int(line.split()[1]): line for line in done.stdout.splitlines() if "→" in line}
+    for corrections, target in ((3, 60), (10, 90), (100, 95)):
+        figures = [(float(a), float(b)) for a, b in re.findall(r"([\d.]+)% →\s*([\d.]+)%", rows[corrections])]
+        stars_after, old = figures[0][1], figures[1:]
+        assert stars_after >= target and "published" in rows[corrections], done.stdout
+        assert len(old) == 4 and all(after >= before - 2 for before, after in old), done.stdout
+
+
+@pytest.mark.gpu
+def test_a_retrain_on_cuda_trains_in_bf16_and_publishes_full_precision_weights(home, monkeypatch):
+    """The GPU path end to end: rows on the device, bf16 frozen weights, fused AdamW, evaluation and the gate."""
+    from safetensors import safe_open
+
+    monkeypatch.setenv("CAPTIONER_CAPTION_MODEL", "demo")
+    monkeypatch.setenv("CAPTIONER_DEVICE", "cuda")
+    log_rows(home, n=20, shapes=("star",), wrong=True)
+    log_rows(home, n=20, seed=4)
+    folder = main(FinetuneConfig(home=str(home), epochs=10, min_rows=5))
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["training"]["steps"] > 0 and metrics["old_knowledge"]["count"] >= 0
+    with safe_open(folder / "model.safetensors", "pt") as weights:
+        assert {str(weights.get_tensor(k).dtype) for k in list(weights.keys())[:20]} == {"torch.float32"}

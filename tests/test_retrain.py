@@ -46,6 +46,8 @@ def test_cancel_stops_the_run_and_publishes_nothing(tiny_home):
     deadline = time.time() + 300
     while not [p for p in run.progress if p.get("phase") == "train"] and time.time() < deadline:
         time.sleep(0.2)
+    started_with = dict(item.split("=", 1) for item in open(f"/proc/{run.pid}/environ").read().split("\0") if "=" in item)
+    assert started_with["OMP_WAIT_POLICY"] == "PASSIVE" and int(started_with["OMP_NUM_THREADS"]) >= 1
     retrain.cancel(run)
     outcome = wait(run, timeout=120)
     assert outcome["status"] == "cancelled"
@@ -57,6 +59,20 @@ def test_a_refused_or_failed_run_says_why(home, monkeypatch, tiny_blip_dir):
     run = retrain.start(Settings.from_env(), [])
     outcome = wait(run)
     assert outcome["status"] == "failed" and "only 0 approved caption row" in outcome["message"]
+
+
+def test_the_outcome_tells_refused_from_failed_by_the_exception(home, monkeypatch, tmp_path):
+    import finetune.cli
+    from finetune import FinetuneError, Refused
+
+    progress = tmp_path / "progress.jsonl"
+    for error, status in ((Refused("not published: it forgot"), "refused"), (FinetuneError("no rows, not published"), "failed")):
+        def fail(cfg, error=error):
+            raise error
+
+        monkeypatch.setattr(finetune.cli, "main", fail)
+        assert finetune.cli.cli(["--progress-file", str(progress)]) == 1
+        assert json.loads(progress.read_text().splitlines()[-1])["status"] == status
 
 
 def test_export_cli_writes_jsonl_and_an_imagefolder_dataset(home, tmp_path):

@@ -21,7 +21,8 @@ def render(config: Settings) -> None:
     st.dataframe(pd.DataFrame([{
         "version": v.name, "live": "●" if v.name == live else "", "created": v.created, "base": v.base,
         "rows used": v.rows_used, "exact before": v.heldout[0].get("exact_match"), "exact after": v.heldout[1].get("exact_match"),
-        "CIDEr before": v.heldout[0].get("cider"), "CIDEr after": v.heldout[1].get("cider"),
+        "new concepts before": v.new_concepts.get("before"), "new concepts after": v.new_concepts.get("after"),
+        "old knowledge before": v.old_knowledge.get("before"), "old knowledge after": v.old_knowledge.get("after"),
     } for v in found]), hide_index=True)  # fmt: skip
     pick = st.selectbox("Version", [v.name for v in found][::-1])
     make_live, back = st.columns(2)

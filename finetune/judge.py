@@ -1,0 +1,56 @@
+"""The held-out judgement, per kind of knowledge, and the gate that refuses a model which forgot.
+
+Held-out images are captioned through the caption engine (caption_images), like any caption the app makes.
+"Old knowledge" is the held-out confirmations and regression images that the live model captions right:
+a retrain that loses more than --max-forgetting of them is refused even when its overall score went up."""
+
+from __future__ import annotations
+
+from captioner.caption import caption_images
+from captioner.options import GenerationOptions
+
+from .data import CORRECTION, Example
+from .metrics import caption_scores, normalise, worse
+
+
+def captions(loaded, inputs) -> list[str]:
+    """Greedy captions of the inputs (ImageInput), in order; an image that fails gets ""."""
+    if not inputs:
+        return []
+    return [r.caption or "" for r in caption_images(loaded, inputs, GenerationOptions(num_beams=1), batch_size=32)]
+
+
+def right(said: list[str], examples: list[Example]) -> list[bool]:
+    return [normalise(s) == normalise(e.caption) for s, e in zip(said, examples)]
+
+
+def report(said: list[str], examples: list[Example], live_right: list[bool]) -> dict:
+    """Scores of captions against the examples: overall, new (corrections), old knowledge (old rows the live
+    model got right), and one entry per kind (each correction concept, confirmations, regression set)."""
+
+    def scores(picked: list[int]) -> dict:
+        return caption_scores([said[i] for i in picked], [examples[i].caption for i in picked])
+
+    everything = list(range(len(examples)))
+    kinds: dict[str, list[int]] = {}
+    for i, example in enumerate(examples):
+        kinds.setdefault(f"correction: {example.concept}" if example.kind == CORRECTION else example.kind, []).append(i)
+    return {
+        "overall": scores(everything),
+        "new": scores([i for i in everything if not examples[i].is_old]),
+        "old": scores([i for i in everything if examples[i].is_old and live_right[i]]),
+        "by_kind": {kind: scores(picked) for kind, picked in sorted(kinds.items())},
+    }
+
+
+def refusal(after: dict, live: dict, max_forgetting: float) -> str | None:
+    """Why the new model must not go live, or None."""
+    old_after, old_live = after["old"], live["old"]
+    if old_after["count"] and old_after["exact_match"] < old_live["exact_match"] - max_forgetting - 1e-9:
+        return (f"it forgot what the live model knew: exact match on {old_after['count']} held-out images the live model "
+                f"captions right fell to {old_after['exact_match']:.1%} (more than {max_forgetting:.0%} below "
+                f"{old_live['exact_match']:.1%})")  # fmt: skip
+    if worse(after["overall"], live["overall"]):
+        a, b = after["overall"], live["overall"]
+        return f"held-out exact match {a['exact_match']} / CIDEr {a['cider']} is worse than the live model's {b['exact_match']} / {b['cider']}"
+    return None
