@@ -269,7 +269,7 @@ def test_broken_records_are_shown_as_plain_text_and_can_be_moved_aside(admin, ho
 
 
 def test_a_note_built_from_data_is_escaped_not_rendered():
-    from app_pages.admin_tabs._ui import plain
+    from app_pages._text import plain
 
     assert plain("**BOLD** [click](https:evil.example) `x` <b>") == (
         "\\*\\*BOLD\\*\\* \\[click\\]\\(https\\:evil\\.example\\) \\`x\\` \\<b\\>"
