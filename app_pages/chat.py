@@ -77,7 +77,7 @@ for index, turn in enumerate(history):
         for notice in turn.notices:
             st.info(plain(notice))
         st.markdown(plain(turn.answer) if turn.answer else "*(no answer)*")
-        st.caption(f"{plain(turn.model)} · version {plain(turn.model_version)}")
+        st.caption(f"{turn.model} · version {turn.model_version}")  # names the app gave, not data
         with st.expander("Correct this answer"):
             fixed = st.text_input("Correct answer", value=turn.answer, key=f"fix-{key}")
             if st.button("Save correction", key=f"save-qa-{key}"):
