@@ -15,6 +15,7 @@ from captioner.settings import Settings
 from captioner.restyle import detail_facts, restyle
 from captioner.styles import CUSTOM, DETAILED, PLAIN, STYLES, Style, StyleError, style_for, style_notice
 from app_pages import _shared as shared
+from app_pages._text import plain
 
 state = st.session_state
 
@@ -38,7 +39,7 @@ def picker() -> tuple[Style, LoadedModel | None]:
     try:
         style = style_for(None if name == CUSTOM else name, instruction)
     except StyleError as exc:
-        st.error(f"Caption style: {exc}")
+        st.error(f"Caption style: {plain(exc)}")
         return style_for(PLAIN), None
     if style.plain:
         return style, None
@@ -46,14 +47,14 @@ def picker() -> tuple[Style, LoadedModel | None]:
     try:
         rewriter = _shared_rewriter(config.style_model, config, cache_key(resolve_spec(config.style_model, "style", config), config))
     except ModelError as exc:
-        st.error(f"The caption rewriter cannot be loaded, so captions stay plain: {exc}")
+        st.error(f"The caption rewriter cannot be loaded, so captions stay plain: {plain(exc)}")
         return style, None
     st.caption(f"Rewriting with `{rewriter.name}` · version {rewriter.version}")
     if rewriter.fallback_reason:
-        st.warning(f"Fallback to the demo rewriter: {rewriter.fallback_reason}", icon="⚠️")
+        st.warning(f"Fallback to the demo rewriter: {plain(rewriter.fallback_reason)}", icon="⚠️")
     notice = style_notice(rewriter, style)
     if notice:
-        st.info(notice)
+        st.info(plain(notice))
     return style, rewriter
 
 
@@ -71,11 +72,11 @@ def show(result: CaptionResult, style: Style, rewriter: LoadedModel | None, colu
                 for _ in stream:
                     slot.text(stream.text)  # as text: a hashtag must not turn into a heading
         except StyleError as exc:
-            slot.error(f"{style.label} caption: {exc}")
+            slot.error(f"{plain(style.label)} caption: {plain(exc)}")
             return
         done[found] = stream.text.strip()
         slot.empty()
-    edited = column.text_area(f"Caption, {style.label}", value=done[found], key=f"styled-{styled_key}")
+    edited = column.text_area(f"Caption, {plain(style.label)}", value=done[found], key=f"styled-{styled_key}")
     if column.button("Save styled correction", key=f"save-styled-{styled_key}"):
         _log(result, style, rewriter, done[found], edited, styled_key)
     if styled_key in state.get("styled_saved", {}):
@@ -100,7 +101,7 @@ def _facts(result: CaptionResult, style: Style) -> list[tuple[str, str]]:
         qa = shared._shared_chat_model(spec, config, cache_key(resolve_spec(spec, "qa", config), config))
         return detail_facts(qa, [decode(result.source, max_side=768).image])[0]
     except (ModelError, ImageError, StyleError) as exc:
-        st.warning(f"The detailed caption goes without the Q&A model's answers: {exc}")
+        st.warning(f"The detailed caption goes without the Q&A model's answers: {plain(exc)}")
         return []
 
 
@@ -114,6 +115,6 @@ def _log(result: CaptionResult, style: Style, rewriter: LoadedModel, styled: str
             settings={"caption": result.caption, "caption_model": result.model, "instruction": style.instruction},
         )  # fmt: skip
     except (FeedbackError, OSError) as exc:
-        saved[key] = ("error", f"Not saved: {exc}")
+        saved[key] = ("error", f"Not saved: {plain(exc)}")
         return
     saved[key] = ("success", "Styled correction saved." if created else "Already saved; nothing added.")

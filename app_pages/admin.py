@@ -4,7 +4,7 @@ import streamlit as st
 
 from app_pages import _shared as shared
 from app_pages.admin_tabs import export, login, retrain, review, statistics, versions
-from app_pages.admin_tabs._ui import plain
+from app_pages._text import plain
 from captioner.feedback import FeedbackError
 from captioner.review import warm_up
 

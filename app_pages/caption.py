@@ -10,7 +10,9 @@ from captioner.demo.quality import demo_inputs
 from captioner.feedback import FeedbackError
 from captioner.images import UPLOAD_TYPES, ImageInput
 from app_pages import _shared as shared
+from app_pages import _similar as fix_similar
 from app_pages import _styles as styles
+from app_pages._text import plain
 
 state = st.session_state
 state.setdefault("samples", [])
@@ -37,7 +39,7 @@ with st.expander("Generation settings"):
 try:
     options.validate()
 except ValueError as exc:
-    st.error(f"Generation settings: {exc}")
+    st.error(f"Generation settings: {plain(exc)}")
     st.stop()
 style, rewriter = styles.picker()
 
@@ -66,7 +68,7 @@ results: list[CaptionResult] = [state.captions[result_key(item)] for item in inp
 
 
 def log_feedback(result: CaptionResult, correction: str, key: str) -> None:
-    """Write the row to disk first; only then say it was saved."""
+    """Write the row to disk first; only then say it was saved. A correction then looks for look-alikes to fix."""
     try:
         row, created = shared.feedback_log().record(
             result.source.data, result.extension, task="caption", model_output=result.caption,
@@ -74,21 +76,23 @@ def log_feedback(result: CaptionResult, correction: str, key: str) -> None:
             model_version=result.model_version, settings=options.as_dict(), score=result.score,
         )  # fmt: skip
     except (FeedbackError, OSError) as exc:
-        state.saved[key] = ("error", f"Not saved: {exc}")
+        state.saved[key] = ("error", f"Not saved: {plain(exc)}")
         return
     kind = "Confirmation" if row.is_confirmation else "Correction"
     state.saved[key] = ("success", f"{kind} saved." if created else f"{kind} already saved; nothing added.")
+    if not row.is_confirmation:
+        fix_similar.offer(key, row, result, [r for r in results if r.ok], loaded, options)
 
 
 for result in results:
     if not result.ok:
-        st.error(f"{result.name}: {result.error}")
+        st.error(f"{plain(result.name)}: {plain(result.error)}")
         continue
     key = hashlib.sha1(f"{result.source.sha256}|{result.name}|{result.caption}".encode()).hexdigest()[:16]
     with st.container(border=True):
         picture, text = st.columns([1, 2])
-        picture.image(result.thumbnail, caption=result.name)
-        text.caption(f"{result.model} · version {result.model_version}")
+        picture.image(result.thumbnail, caption=plain(result.name))
+        text.caption(f"{result.model} · version {result.model_version}")  # names the app gave, not data
         if result.score is not None:
             text.caption(f"confidence {result.score:.2f} (mean token log-probability; 0 is certain)")
         edited = text.text_area("Caption", value=result.caption, key=f"edit-{key}")
@@ -103,6 +107,7 @@ for result in results:
         if key in state.saved:
             kind, message = state.saved[key]
             (text.success if kind == "success" else text.error)(message)
+        fix_similar.show(key, text, options)
         styles.show(result, style, rewriter, text, key)
 
 rows = [

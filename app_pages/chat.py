@@ -8,6 +8,7 @@ from captioner.chat import ChatError, Turn, answer
 from captioner.feedback import FeedbackError
 from captioner.images import UPLOAD_TYPES, ImageError, ImageInput, decode
 from app_pages import _shared as shared
+from app_pages._text import plain
 
 state = st.session_state
 state.setdefault("chats", {})  # image sha256 -> list[Turn]
@@ -20,7 +21,7 @@ loaded = shared.chat_model(picked)
 where = f"server {loaded.version}" if loaded.device is None else f"version {loaded.version} · {loaded.device.type}"
 st.sidebar.caption(f"Answering: `{loaded.name}` · {where}")
 if loaded.fallback_reason:
-    st.sidebar.warning(f"Fallback to the demo Q&A model: {loaded.fallback_reason}", icon="⚠️")
+    st.sidebar.warning(f"Fallback to the demo Q&A model: {plain(loaded.fallback_reason)}", icon="⚠️")
 
 session_images = {r.name: r.source for r in state.get("captions", {}).values() if r.ok}
 session_images.update({item.name: item for item in state.get("samples", [])})
@@ -33,9 +34,9 @@ if source is None:
 try:
     picture = decode(source, max_side=768)
 except ImageError as exc:
-    st.error(str(exc))
+    st.error(plain(exc))
     st.stop()
-st.image(picture.image, caption=source.name, width=280)
+st.image(picture.image, caption=plain(source.name), width=280)
 history: list[Turn] = state.chats.setdefault(source.sha256, [])
 
 
@@ -47,10 +48,10 @@ def ask(question: str, earlier: list[Turn], sample: bool = False) -> None:
         try:
             with answer(loaded, picture.image, earlier, question, sample=sample) as stream:  # a rerun frees the model
                 for notice in stream.notices:
-                    st.info(notice)
-                st.write_stream(stream)
+                    st.info(plain(notice))
+                st.write_stream(plain(chunk) for chunk in stream)  # escaping is per character: chunk by chunk is exact
         except ChatError as exc:
-            st.error(str(exc))
+            st.error(plain(exc))
             return
     state.chats[source.sha256] = [*earlier, stream.turn(question)]
     st.rerun()
@@ -65,7 +66,7 @@ def save_correction(key: str, turn: Turn, correction: str) -> None:
         )  # fmt: skip
         state.chat_saved[key] = "Correction saved." if created else "Already saved; nothing added."
     except FeedbackError as exc:
-        state.chat_saved[key] = f"Not saved: {exc}"
+        state.chat_saved[key] = f"Not saved: {plain(exc)}"
 
 
 for index, turn in enumerate(history):
@@ -74,9 +75,9 @@ for index, turn in enumerate(history):
         st.text(turn.question)
     with st.chat_message("assistant"):
         for notice in turn.notices:
-            st.info(notice)
-        st.markdown(turn.answer or "*(no answer)*")
-        st.caption(f"{turn.model} · version {turn.model_version}")
+            st.info(plain(notice))
+        st.markdown(plain(turn.answer) if turn.answer else "*(no answer)*")
+        st.caption(f"{turn.model} · version {turn.model_version}")  # names the app gave, not data
         with st.expander("Correct this answer"):
             fixed = st.text_input("Correct answer", value=turn.answer, key=f"fix-{key}")
             if st.button("Save correction", key=f"save-qa-{key}"):

@@ -1,25 +1,19 @@
 """Search page: gallery images similar to a text, an uploaded image, a gallery image, or a captioned one."""
 
-import re
-
 import streamlit as st
 
 from captioner.gallery_scan import gallery_file
 from captioner.images import UPLOAD_TYPES, ImageError, ImageInput, decode, read_file, thumbnail_jpeg
 from captioner.index import IndexProblem, SearchError, search_gallery_image, search_image, search_text, update_index
 from app_pages import _shared as shared
+from app_pages._text import plain
 
 PICKER_LIMIT = 500  # gallery paths offered at once; a filter narrows a big gallery down
 state = st.session_state
 st.title("Find similar images")
 config = shared.settings()
 embedder = shared.search_model()
-st.caption(f"Gallery folder: {config.gallery} (set CAPTIONER_GALLERY to use another)")
-
-
-def plain(text: str) -> str:
-    """File-supplied text for a Markdown element, shown as typed (no bold, no links)."""
-    return re.sub(r"([\\`*_\[\]#|~<>$:])", r"\\\1", text)
+st.caption(f"Gallery folder: {plain(config.gallery)} (set CAPTIONER_GALLERY to use another)")
 
 
 @st.cache_data(max_entries=1024, show_spinner=False)
@@ -86,7 +80,7 @@ if report:
             st.dataframe([{"file": p, "why": r} for p, r in report.skipped + report.ignored], hide_index=True)
 if index is None:
     st.stop()
-st.caption(f"{len(index)} images indexed ({index.kind} index, updated {index.meta['updated']})")
+st.caption(f"{len(index)} images indexed ({index.kind} index, updated {plain(index.meta['updated'])})")
 
 handed_over = state.get("search_query")  # from "Find similar" on the Caption page
 modes = ["Text", "Upload an image", "Gallery image"] + (["Captioned image"] if handed_over else [])

@@ -23,7 +23,7 @@ from typing import Callable, Iterable, Iterator
 from filelock import FileLock, Timeout
 
 from .feedback_csv import (
-    FIELDS, IMAGE_PATH, OPTIONAL_FIELDS, STATUSES, TASKS, FeedbackError, FeedbackRow, RowProblem,
+    FIELDS, IMAGE_PATH, OPTIONAL_FIELDS, SAFE_NAME, STATUSES, TASKS, FeedbackError, FeedbackRow, RowProblem,
     check_row, check_text, format_lines, format_rows, parse_csv, validate_record,
 )  # fmt: skip
 from .feedback_keys import CsvState, EventKeys, event_key
@@ -103,8 +103,10 @@ class FeedbackLog:
         settings: dict | None = None,
         notes: str = "",
         score: float | None = None,
+        linked_to: str = "",
     ) -> tuple[FeedbackRow, bool]:
-        """Store the image and log one correction; (row, False) when the same event is already logged."""
+        """Store the image and log one correction; (row, False) when the same event is already logged.
+        linked_to: the id of the row this correction was spread from (a look-alike confirmed on the caption page)."""
         check_text("correction", correction, allow_empty=False)
         for name, value in (("prompt", prompt), ("model output", model_output), ("notes", notes), ("model", model),
                             ("model version", model_version)):  # fmt: skip
@@ -115,6 +117,8 @@ class FeedbackLog:
             raise FeedbackError(f"a new row's status must be pending or approved, not {status!r}")
         if score is not None and not math.isfinite(score):
             raise FeedbackError(f"the score must be a finite number, not {score!r}")
+        if linked_to and not SAFE_NAME.match(str(linked_to)):
+            raise FeedbackError(f"linked_to {str(linked_to)[:80]!r} is not a row id (letters, digits, . _ -)")
         settings_text = json.dumps(settings or {}, sort_keys=True, ensure_ascii=False)
         check_text("settings", settings_text)
         sha, image_path = self.store_image(image_bytes, extension)
@@ -122,7 +126,7 @@ class FeedbackLog:
             id=str(uuid.uuid4()), created_at=now_utc(), image_sha256=sha, image_path=image_path, task=task,
             prompt=prompt, model=model, model_version=model_version, model_output=model_output,
             correction=correction, status=status, notes=notes, settings=settings_text,
-            score="" if score is None else f"{score:.4f}",
+            score="" if score is None else f"{score:.4f}", linked_to=linked_to,
         )  # fmt: skip
         with self.locked():
             written = self.append([row])

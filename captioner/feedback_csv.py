@@ -13,9 +13,9 @@ from typing import NamedTuple
 
 FIELDS = [
     "id", "created_at", "image_sha256", "image_path", "task", "prompt", "model", "model_version",
-    "model_output", "correction", "status", "reviewed_at", "reviewer", "notes", "settings", "score",
+    "model_output", "correction", "status", "reviewed_at", "reviewer", "notes", "settings", "score", "linked_to",
 ]  # fmt: skip
-OPTIONAL_FIELDS = ("score",)  # added later: a log written before them still reads, and is upgraded on the next write
+OPTIONAL_FIELDS = ("score", "linked_to")  # added later: a log written before them still reads, and is upgraded on the next write
 EVENT_FIELDS = ("image_sha256", "task", "prompt", "model_version", "model_output", "correction", "status")
 TASKS = ("caption", "qa", "style")  # style: a corrected styled caption, its style as the prompt
 STATUSES = ("pending", "approved", "rejected")
@@ -51,6 +51,7 @@ class FeedbackRow(NamedTuple):
     notes: str = ""
     settings: str = ""
     score: str = ""  # the model's confidence in model_output: mean token log-probability; empty when unknown
+    linked_to: str = ""  # the id of the correction this row spread from (a look-alike's fix); empty when none
 
     @property
     def is_confirmation(self) -> bool:
@@ -209,7 +210,7 @@ def _validate(record: list[str], columns: list[str], shared: dict, valid_setting
     if columns is not FIELDS and columns != FIELDS:
         values = {name: "" for name in OPTIONAL_FIELDS} | dict(zip(columns, record))
         record = [values[name] for name in FIELDS]
-    row_id, created_at, _, image_path, task, _, model, version, _, _, status, _, reviewer, _, settings, score = record
+    row_id, created_at, _, image_path, task, _, model, version, _, _, status, _, reviewer, _, settings, score, linked_to = record
     if check_utf8 and any(_UNDECODABLE.search(value) for value in record):
         return "not valid UTF-8"
     if task not in TASKS:
@@ -235,6 +236,8 @@ def _validate(record: list[str], columns: list[str], shared: dict, valid_setting
             float(score)
         except ValueError:
             return f"score {score[:80]!r} is not a number"
+    if linked_to and not SAFE_NAME.match(linked_to):
+        return f"linked_to {linked_to[:80]!r} is not a row id (letters, digits, . _ -)"
     record[4], record[10] = TASK_NAMES[task], STATUS_NAMES[status]  # few distinct values: share one string each
     record[6], record[7] = shared.setdefault(model, model), shared.setdefault(version, version)
     record[12], record[14] = shared.setdefault(reviewer, reviewer), shared.setdefault(settings, settings)

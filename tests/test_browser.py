@@ -131,6 +131,44 @@ def test_upload_caption_and_save_a_correction_in_chromium(server, browser, tmp_p
     page.close()
 
 
+
+def test_fix_similar_confirms_a_look_alike_in_chromium(server, browser, tmp_path):
+    from playwright.sync_api import expect
+
+    from test_similar import CORRECTED, LOOK_ALIKE, REAL_TRIANGLE, RIGHT, WRONG, shape_png
+
+    url, home = server
+    page = browser.new_page(viewport={"width": 1400, "height": 1400})
+    page.set_default_timeout(90_000)
+    page.goto(url)
+    files = []
+    for name, spec in (("corrected.png", CORRECTED), ("look-alike.png", LOOK_ALIKE), ("triangle.png", REAL_TRIANGLE)):
+        files.append(tmp_path / name)
+        files[-1].write_bytes(shape_png(*spec))
+    page.locator("input[type=file]").first.set_input_files([str(f) for f in files])
+    card = page.locator('[data-testid="stHorizontalBlock"]').filter(has=page.get_by_text("corrected.png", exact=True)).first
+    caption = card.get_by_label("Caption", exact=True)
+    expect(caption).to_have_value(WRONG)
+    caption.fill(RIGHT)
+    caption.press("Control+Enter")
+    card.get_by_role("button", name="Save correction").click()
+    expect(card.get_by_text("Correction saved.")).to_be_visible()
+    offer = card.locator('[data-testid="stHorizontalBlock"]').filter(has_text="look-alike.png · session").last
+    expect(offer).to_contain_text(f"proposed: {RIGHT}")
+    expect(card.get_by_text("triangle.png · session")).to_have_count(0)  # a real triangle is not a look-alike
+    offer.get_by_role("button", name="Apply the fix").click()
+    expect(card.get_by_text("Fix saved, linked to your correction.")).to_be_visible()
+    expect(card.get_by_role("button", name="Apply the fix")).to_have_count(0)  # confirmed: nothing left to press
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "fix-similar.png"), full_page=True)
+
+    rows, problems = FeedbackLog(home / "data").read()
+    original = next(r for r in rows if r.correction == RIGHT and not r.linked_to)
+    linked = [r for r in rows if r.linked_to == original.id]
+    assert problems == [] and [(r.model_output, r.correction) for r in linked] == [(WRONG, RIGHT)]
+    assert (home / "data" / linked[0].image_path).read_bytes() == files[1].read_bytes()
+    page.close()
+
 def test_ask_about_a_demo_image_in_chromium(server, browser, tmp_path):
     from playwright.sync_api import expect
 

@@ -1,5 +1,7 @@
 """The chat page in AppTest: ask, see the answer, a second turn, Regenerate, Clear, corrections, bad input."""
 
+import re
+
 import pytest
 
 import images_zoo as zoo
@@ -19,11 +21,16 @@ def ask(app, question):
     assert not app.exception, app.exception
 
 
+def shown(markdown: str) -> str:
+    """What a Markdown element shows: its backslash escapes undone."""
+    return re.sub(r"\\(.)", r"\1", markdown)
+
+
 def conversation(app):
     """(role, text) of every chat message on the page, user text and assistant markdown."""
     said = []
     for message in app.get("chat_message"):
-        texts = [t.value for t in message.text] + [m.value for m in message.markdown]
+        texts = [t.value for t in message.text] + [shown(m.value) for m in message.markdown]
         said.append((message.name, texts[0] if texts else ""))
     return said
 
@@ -87,4 +94,4 @@ def test_switching_models_and_a_model_that_fails_to_load(chat, tiny_blip2_dir):
 
 def test_a_bad_image_gets_one_clear_error(chat):
     chat.file_uploader[0].set_value(("bad.png", b"\x89PNG\r\n\x1a\n broken", "image/png")).run()
-    assert chat.error[0].value.startswith("bad.png: ")
+    assert shown(chat.error[0].value).startswith("bad.png: ")

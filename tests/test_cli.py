@@ -8,6 +8,7 @@ import sys
 import time
 
 import images_zoo as zoo
+from captioner.feedback import FIELDS
 from conftest import ROOT, run_cli
 from test_feedback import HOSTILE
 
@@ -95,7 +96,7 @@ def test_feedback_list_reports_broken_rows_by_line(home, tmp_path):
         handle.write("garbage,row\r\n")
     done = run_cli("feedback", "list")
     assert done.returncode == 1 and len(done.stdout.splitlines()) == 1
-    assert "feedback.csv: line 3: expected 16 fields, found 2" in done.stderr
+    assert f"feedback.csv: line 3: expected {len(FIELDS)} fields, found 2" in done.stderr
 
 
 def test_feedback_and_models_list_do_not_import_torch_and_answer_fast(home):

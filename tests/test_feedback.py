@@ -215,6 +215,22 @@ def test_a_log_from_before_the_score_column_reads_and_is_upgraded_on_the_next_wr
     assert log.csv_path.read_bytes().startswith((",".join(FIELDS) + "\r\n").encode())
 
 
+
+def test_a_linked_row_names_its_original_and_a_log_from_before_the_link_column_still_reads(tmp_path):
+    log = FeedbackLog(tmp_path)
+    original, _ = record(log, "a red star")
+    legacy = [name for name in FIELDS if name != "linked_to"]
+    values = next(csv.reader(log.csv_path.read_text(encoding="utf-8").splitlines()[1:]))
+    out = io.StringIO(newline="")
+    csv.writer(out, lineterminator="\r\n").writerows([legacy, values[: len(legacy)]])
+    log.csv_path.write_text(out.getvalue(), encoding="utf-8", newline="")
+    linked, created = record(log, "a red star", data=b"look-alike", linked_to=original.id)
+    rows, problems = log.read()
+    assert created and problems == [] and [(r.id, r.linked_to) for r in rows] == [(original.id, ""), (linked.id, original.id)]
+    with pytest.raises(FeedbackError, match="linked_to"):
+        record(log, "a red star", data=b"third", linked_to="../escape")
+    assert len(log.read()[0]) == 2 and len(list(log.images_dir.iterdir())) == 2  # nothing stored for the refused one
+
 # --- text that cannot be stored --------------------------------------------------------------------------------
 @pytest.mark.parametrize("text", ["bad \udcff byte", "lone \ud800 surrogate"])
 def test_text_that_is_not_utf8_is_refused_with_one_message_and_nothing_is_written(tmp_path, text):

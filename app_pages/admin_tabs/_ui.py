@@ -1,22 +1,14 @@
-"""Small UI helpers the admin tabs share: data shown as plain text, and table thumbnails."""
+"""Table thumbnails for the admin tabs (plain text for every page is app_pages/_text.py)."""
 
 from __future__ import annotations
 
 import base64
 import io
-import re
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 
 from captioner.images import decode, read_file
-
-_MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~=:$&^\"'])")
-
-
-def plain(text: str) -> str:
-    """Text from a user or a file, escaped so Streamlit's Markdown shows it exactly as written (no bold, no links)."""
-    return _MARKDOWN.sub(r"\\\1", str(text)).replace("\n", "  \n")
 
 
 @lru_cache(maxsize=5000)  # process-wide, safe to call from worker threads (unlike st.cache_data)
