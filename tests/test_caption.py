@@ -12,7 +12,7 @@ import images_zoo as zoo
 from captioner import images
 from captioner.caption import THUMBNAIL_SIDE, GenerationOptions, caption_images, format_captions
 from captioner.engine import engine_for, shutdown_engines
-from captioner.engine.pixels import CpuImageStage, Preprocess
+from captioner.engine.pixels import CpuImageStage, pixel_spec
 from captioner.images import ImageInput
 from captioner.models import load_captioner
 
@@ -169,7 +169,7 @@ def test_the_torch_resize_equals_the_image_processor(tiny_blip_dir):
     if type(processor.image_processor).__name__.endswith("Pil"):
         pytest.skip("this transformers loads the PIL-backed processor: the next test holds it to its tolerance")
     stage = CpuImageStage(processor, "cpu", torch.float32)
-    assert stage.preprocess is not None
+    assert stage.spec is not None
     prepared = list(stage.prepare(photos(), thumbnails=False))
     ours = stage.collate([p.pixels for p in prepared])
     pictures_ = [images.decode(item, max_side=stage.decode_side).image for item in photos()]
@@ -185,7 +185,7 @@ def test_a_processor_the_torch_path_does_not_cover_is_called_itself(tiny_blip_di
     processor = AutoProcessor.from_pretrained(tiny_blip_dir)
     processor.image_processor.do_center_crop = True
     processor.image_processor.crop_size = {"height": 24, "width": 24}
-    assert Preprocess.of(processor.image_processor) is None
+    assert pixel_spec(processor.image_processor) is None
     stage = CpuImageStage(processor, "cpu", torch.float32)
     prepared = list(stage.prepare(photos(2), thumbnails=False))
     batch = stage.collate([p.pixels for p in prepared])
