@@ -9,7 +9,7 @@ All three caption the same JPEG files (480-1024 px) with the same weights and ex
 - plain batched: PIL open in a loop, processor and one generate per --batch-size images, in the model's dtype;
 - engine: caption_images, as the CLI runs it (dynamic batches; pixels made beside the model: on --device cuda
   JPEGs are batch-decoded by nvjpeg and resized on the GPU, on the CPU decoded by Pillow in threads).
-- the engine with the other image stage (the CPU stage on --device cuda; the device path's CPU fallback on the CPU);
+- the engine with the other image stage (the CPU stage on --device cuda; the device path's CPU fallback on the CPU).
 """
 
 from __future__ import annotations
