@@ -3,6 +3,7 @@
 import math
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 import torch
@@ -81,7 +82,9 @@ def test_prompt_prefix_conditions_the_caption(tiny):
     assert all(r.caption.startswith("a picture of") for r in results)
 
 
-def test_images_decode_in_threads_while_the_model_works(tiny, monkeypatch):
+def test_images_decode_in_threads_while_the_model_works(settings, tiny_blip_dir, monkeypatch):
+    """The CPU image stage (pinned: on CUDA the device stage decodes; test_engine_pixels and test_engine_gpu)."""
+    tiny = load_captioner(str(tiny_blip_dir), replace(settings, device="cpu"), fallback=False)
     calls = record_model_calls(monkeypatch, tiny, delay=0.2)
     decoded_at, original = [], images.decode
 
@@ -93,6 +96,7 @@ def test_images_decode_in_threads_while_the_model_works(tiny, monkeypatch):
     caption_images(tiny, pictures(12), GREEDY, batch_size=4)
     assert all(name.startswith("decode") for _, name in decoded_at)
     during_model = [t for t, _ in decoded_at if any(start <= t <= end for start, end, *_ in calls)]
+    shutdown_engines()
     assert during_model, "no image was decoded while the model was working"
 
 

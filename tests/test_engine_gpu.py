@@ -3,7 +3,7 @@ batches normalised on the GPU, memory-sized limits, the demo on CUDA."""
 
 import pytest
 import torch
-from test_engine_pixels import bad_files, demo_jpegs
+from test_engine_pixels import bad_files, decodes_during_model_calls, demo_jpegs
 
 import images_zoo as zoo
 
@@ -112,3 +112,11 @@ def test_nvjpeg_pixels_are_within_one_level_of_the_cpu_device_path(cuda_demo):
     on_gpu, on_cpu = batches["cuda", torch.float32], batches["cpu", torch.float32]
     assert on_gpu.device.type == "cuda" and batches["cuda", torch.bfloat16].dtype == torch.bfloat16
     assert (on_gpu.cpu() - on_cpu).abs().max() <= one_level + 1e-5
+
+
+def test_on_cuda_the_next_chunk_is_decoded_by_nvjpeg_while_the_model_works(cuda_demo, monkeypatch):
+    jpegs, _ = demo_jpegs(60, seed=11, max_side=300)
+    engine = engine_for(cuda_demo)
+    decodes, during = decodes_during_model_calls(engine, jpegs, monkeypatch)
+    assert {device for _, device in decodes} == {"cuda"} and len(decodes) >= 3
+    assert during, "no image was decoded while the model was working"

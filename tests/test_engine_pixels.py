@@ -7,6 +7,7 @@ the same one-line errors for bad files, thumbnails, and one preprocessing (gpu_i
 import io
 import random
 import threading
+import time
 
 import pytest
 import torch
@@ -142,3 +143,41 @@ def test_a_long_job_holds_a_bounded_window_of_prepared_images(demo):
     finally:
         engine.close()
     assert peak[0] <= 8 + 4, f"{peak[0]} images prepared at once"
+
+
+def decodes_during_model_calls(engine, inputs, monkeypatch, max_batch: int = 8) -> tuple[list, list]:
+    """Caption inputs through engine with every model call slowed by 0.2 s; returns the device decodes' start times
+    with their device, and the model calls' (start, end)."""
+    from captioner import gpu_images
+
+    decodes, calls = [], []
+    real_decode, real_run = gpu_images._decode_jpegs, engine.step.run
+
+    def decode(items, device):
+        decodes.append((time.monotonic(), device.type))
+        return real_decode(items, device)
+
+    def run(pixel_values, options):
+        start = time.monotonic()
+        time.sleep(0.2)
+        try:
+            return real_run(pixel_values, options)
+        finally:
+            calls.append((start, time.monotonic()))
+
+    monkeypatch.setattr(gpu_images, "_decode_jpegs", decode)
+    monkeypatch.setattr(engine.step, "run", run)
+    results = engine.caption(inputs, GREEDY, max_batch=max_batch)
+    assert all(r.ok for r in results)
+    during = [t for t, _ in decodes if any(start <= t <= end for start, end in calls)]
+    return decodes, during
+
+
+def test_the_device_stage_decodes_the_next_chunk_while_the_model_works(demo, monkeypatch):
+    jpegs, _ = demo_jpegs(40, seed=37, max_side=100)
+    engine = CaptionEngine(demo, stage=DeviceImageStage(pixel_spec(demo.processor.image_processor), "cpu", torch.float32, chunk=16))
+    try:
+        decodes, during = decodes_during_model_calls(engine, jpegs, monkeypatch)
+    finally:
+        engine.close()
+    assert len(decodes) >= 3 and during, "no chunk was decoded while the model was working"
