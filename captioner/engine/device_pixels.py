@@ -17,7 +17,7 @@ from typing import Iterator, Sequence
 import torch
 from PIL import Image
 
-from ..gpu_images import PixelBatch, PixelSpec, jpeg_header, load_pixels
+from ..gpu_images import PixelSpec, jpeg_header, load_pixels
 from ..images import ALLOWED_FORMATS, ImageError, ImageInput
 from .pixels import PreparedImage, thumbnail_of
 
@@ -42,31 +42,30 @@ class DeviceImageStage:
 
     def _prepare_chunk(self, chunk: list[ImageInput], thumbnails: bool) -> list[PreparedImage | ImageError]:
         shown = self._thumbnails.map(_thumbnail_or_none, chunk) if thumbnails else iter([None] * len(chunk))
-        batch = self._load(chunk)
-        rows = dict(zip(batch.ok, batch.pixels))
+        rows, errors = self._load(chunk)
         prepared: list[PreparedImage | ImageError] = []
         for i, (item, thumbnail) in enumerate(zip(chunk, shown)):
             if i in rows:
                 prepared.append(PreparedImage(item, _extension(item), rows[i], thumbnail))
             else:
-                prepared.append(batch.errors.get(i) or ImageError(item.name, "cannot be decoded"))
+                prepared.append(errors.get(i) or ImageError(item.name, "cannot be decoded"))
         return prepared
 
-    def _load(self, chunk: list[ImageInput]) -> PixelBatch:
-        """One device batch; if the batch as a whole fails (a decoder bug, out of memory), each input alone, so
-        only the input that fails gets an error."""
+    def _load(self, chunk: list[ImageInput]) -> tuple[dict[int, torch.Tensor], dict[int, ImageError]]:
+        """Each input's pixels (rows of one device batch) or error; if the batch as a whole fails (a decoder bug,
+        out of memory), each input alone, so only the input that fails gets an error."""
         try:
-            return load_pixels(chunk, self.spec, self.device, self.dtype)
+            batch = load_pixels(chunk, self.spec, self.device, self.dtype)
+            return dict(zip(batch.ok, batch.pixels)), batch.errors
         except Exception as exc:
             if len(chunk) == 1:
-                return PixelBatch(torch.zeros(0), [], {0: _decode_failure(chunk[0], exc)})
-        rows, ok, errors = [], [], {}
+                return {}, {0: _decode_failure(chunk[0], exc)}
+        rows, errors = {}, {}
         for i, item in enumerate(chunk):
-            alone = self._load([item])
-            rows.extend(alone.pixels)
-            ok.extend(i for _ in alone.ok)
-            errors.update({i: error for error in alone.errors.values()})
-        return PixelBatch(torch.stack(rows) if rows else torch.zeros(0), ok, errors)
+            alone, error = self._load([item])
+            rows.update({i: row for row in alone.values()})
+            errors.update({i: reason for reason in error.values()})
+        return rows, errors
 
     def collate(self, pixels: list[torch.Tensor]) -> torch.Tensor:
         if self.device.type == "cuda":  # made on the caller's decode stream, read on the worker's
@@ -86,8 +85,8 @@ class DeviceImageStage:
 def _thumbnail_or_none(item: ImageInput) -> Image.Image | None:
     try:
         return thumbnail_of(item)
-    except ImageError:
-        return None  # the pixels' own decode reports why
+    except Exception:
+        return None  # a file the door refuses: its pixels' own decode reports why
 
 
 def _extension(item: ImageInput) -> str:
