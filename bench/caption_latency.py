@@ -130,6 +130,7 @@ def main() -> None:
         print(f"  {way:<48}{seconds:>9.2f}{len(users) / seconds:>9.1f}{ms(waits, 50)} ms{ms(waits, 95)} ms")
     engine = engine_for(loaded)
     print(f"engine model step: {engine.step.last_path}; {engine.batches_run} batches for {engine.images_run} images in all")
+    print(f"engine pixels: {engine.stage.describe()}")
     print(f"{args.users} concurrent users: {sequential[0] / together[0]:.1f}x the captions/s of one at a time")
 
 

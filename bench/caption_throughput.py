@@ -7,7 +7,9 @@ All three caption the same JPEG files (480-1024 px) with the same weights and ex
 (min = max), greedy unless --num-beams says otherwise; plain and engine alternate --rounds times, best time counts:
 - seeds' loop: fp32, one image at a time: PIL open, processor, generate, decode (on --seed-images of the files);
 - plain batched: PIL open in a loop, processor and one generate per --batch-size images, in the model's dtype;
-- engine: caption_images, as the CLI runs it (decoding in threads beside the model, dynamic batches).
+- engine: caption_images, as the CLI runs it (dynamic batches; pixels made beside the model: on --device cuda
+  JPEGs are batch-decoded by nvjpeg and resized on the GPU, on the CPU decoded by Pillow in threads).
+- the engine with the other image stage (the CPU stage on --device cuda; the device path's CPU fallback on the CPU).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from pathlib import Path
 from caption_common import add_model_arguments, describe, load, plain_generate, timed, write_jpegs
 
 from captioner.caption import caption_images
-from captioner.engine import engine_for
+from captioner.engine import CaptionEngine, CpuImageStage, DeviceImageStage, engine_for
+from captioner.engine.pixels import pixel_spec
 from captioner.images import read_file
 from captioner.options import GenerationOptions
 
@@ -57,11 +60,23 @@ def plain_batched(loaded, paths, options, batch_size) -> list[str]:
     return captions
 
 
-def engine(loaded, paths, options) -> list[str]:
-    results = caption_images(loaded, [read_file(path) for path in paths], options)
+def engine(loaded, paths, options, other=None) -> list[str]:
+    inputs = [read_file(path) for path in paths]
+    results = other.caption(inputs, options) if other is not None else caption_images(loaded, inputs, options)
     failed = [r for r in results if not r.ok]
     assert not failed, failed[0].error
     return [r.caption for r in results]
+
+
+def other_stage_engine(loaded) -> CaptionEngine:
+    """An engine on the same model with the other image stage: the CPU stage beside a GPU (what nvjpeg gains), the
+    device path on libjpeg-turbo on the CPU (its CPU fallback)."""
+    main = engine_for(loaded)
+    if isinstance(main.stage, DeviceImageStage):
+        stage = CpuImageStage(loaded.processor, loaded.device, loaded.dtype, lookahead=2 * main.limits.max_batch)
+    else:
+        stage = DeviceImageStage(pixel_spec(loaded.processor.image_processor), loaded.device, loaded.dtype)
+    return CaptionEngine(loaded, stage=stage, limits=main.limits)
 
 
 def main() -> None:
@@ -79,16 +94,21 @@ def main() -> None:
         seeds_loop(loaded, model_fp32, warm[:2], options)
         plain_batched(loaded, warm, options, batch_size)
         engine(loaded, warm, options)
+        other = other_stage_engine(loaded)
+        engine(loaded, warm, options, other)
         seed_s, _ = timed(seeds_loop, loaded, model_fp32, seed_paths, options)
-        plain_s = engine_s = float("inf")
+        plain_s = engine_s = other_s = float("inf")
         for _ in range(args.rounds):  # alternating, best of each: other processes on the machine skew one-off timings
             seconds, plain_captions = timed(plain_batched, loaded, paths, options, batch_size)
             plain_s = min(plain_s, seconds)
             seconds, engine_captions = timed(engine, loaded, paths, options)
             engine_s = min(engine_s, seconds)
-    step = engine_for(loaded).step.last_path
+            other_s = min(other_s, timed(engine, loaded, paths, options, other)[0])
+    other.close()
+    step, pixel_path = engine_for(loaded).step.last_path, engine_for(loaded).stage.describe()
     same = sum(a.strip() == b for a, b in zip(plain_captions, engine_captions))
     seed_rate, plain_rate, engine_rate = len(seed_paths) / seed_s, len(paths) / plain_s, len(paths) / engine_s
+    other_rate = len(paths) / other_s
     print(f"{describe(loaded)}; {len(paths)} JPEG files of {args.min_side}-{args.max_side} px; "
           f"{args.tokens} new tokens forced, {args.num_beams} beam(s)")  # fmt: skip
     print(f"{'way':<52}{'images':>7}{'seconds':>9}{'img/s':>9}{'vs seeds':>10}{'vs plain':>10}")
@@ -97,8 +117,11 @@ def main() -> None:
           f"{plain_rate:>9.1f}{plain_rate / seed_rate:>9.1f}x{1:>9.1f}x")  # fmt: skip
     print(f"{'caption engine (caption_images)':<52}{len(paths):>7}{engine_s:>9.2f}{engine_rate:>9.1f}"
           f"{engine_rate / seed_rate:>9.1f}x{engine_rate / plain_rate:>9.1f}x")  # fmt: skip
+    print(f"{'caption engine, the other pixel path':<52}{len(paths):>7}{other_s:>9.2f}{other_rate:>9.1f}"
+          f"{other_rate / seed_rate:>9.1f}x{other_rate / plain_rate:>9.1f}x")  # fmt: skip
     print(f"engine model step: {step}; captions identical to plain batched on {same} of {len(paths)} files (the engine "
           "decodes big JPEGs in draft mode, and forced tokens past a caption's end follow such small differences)")  # fmt: skip
+    print(f"engine pixels: {pixel_path}; the other pixel path: {other.stage.describe()}")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,8 @@ from .images import ImageError, ImageInput
 if TYPE_CHECKING:
     import torch
 
-_INTERPOLATIONS = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic"}  # PIL resample codes
+# PIL resample codes -> torchvision modes; PIL's nearest samples pixel centres, as torchvision's nearest-exact does
+_INTERPOLATIONS = {0: "nearest-exact", 1: "lanczos", 2: "bilinear", 3: "bicubic"}
 _PASS_THROUGH = {"MaybeConvertMode", "MaybeToTensor", "ToTensor", "_convert_to_rgb", "ConvertImageDtype"}
 REDUCED_SCALE_MARGIN = 2  # a file at least twice this over the needed size decodes at reduced scale
 DEVICE_MAX_PIXELS = 16_000_000  # bigger JPEGs (a long panorama) go through the door and its memory budget
@@ -321,24 +322,31 @@ def resized_size(spec: PixelSpec, width: int, height: int) -> list[int]:
 
 
 def _preprocess(pictures: list, spec: PixelSpec, device, dtype) -> "torch.Tensor":
-    """(uint8 [3, H, W], full size) pairs -> [N, 3, height, width]: resized as uint8 to the size the full picture
-    would get (as transformers' torchvision backend and torchvision's Resize do), cropped, then rescaled and
-    normalised in fp32 and cast to dtype."""
+    """(uint8 [3, H, W], full size) pairs -> [N, 3, height, width] in dtype (resize_picture, then normalise)."""
     import torch
-    from torchvision.transforms import InterpolationMode
-    from torchvision.transforms.v2 import functional as F
 
     if not pictures:
         return torch.zeros((0, 3, spec.height, spec.width), device=device, dtype=dtype)
-    mode = InterpolationMode(spec.interpolation)
-    resized = []
-    for picture, full_size in pictures:
-        picture = F.resize(picture, resized_size(spec, *full_size), interpolation=mode, antialias=True)
-        resized.append(F.center_crop(picture, [spec.height, spec.width]) if spec.crop else picture)
-    batch = torch.stack(resized).to(torch.float32)
-    mean = torch.tensor(spec.mean, device=device) * 255.0
-    std = torch.tensor(spec.std, device=device) * 255.0
-    return ((batch - mean[:, None, None]) / std[:, None, None]).to(dtype)
+    return normalise(torch.stack([resize_picture(picture, full_size, spec) for picture, full_size in pictures]), spec, dtype)
+
+
+def resize_picture(picture: "torch.Tensor", full_size: tuple[int, int], spec: PixelSpec) -> "torch.Tensor":
+    """uint8 [3, H, W] -> uint8 [3, height, width]: resized to the size the full picture would get (as
+    transformers' torchvision backend and torchvision's Resize do, antialiased), then cropped."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2 import functional as F
+
+    picture = F.resize(picture, resized_size(spec, *full_size), interpolation=InterpolationMode(spec.interpolation), antialias=True)
+    return F.center_crop(picture, [spec.height, spec.width]) if spec.crop else picture
+
+
+def normalise(batch: "torch.Tensor", spec: PixelSpec, dtype) -> "torch.Tensor":
+    """uint8 [N, 3, height, width] -> rescaled and normalised in fp32 on the batch's device, then cast to dtype."""
+    import torch
+
+    mean = torch.tensor(spec.mean, device=batch.device) * 255.0
+    std = torch.tensor(spec.std, device=batch.device) * 255.0
+    return ((batch.to(torch.float32) - mean[:, None, None]) / std[:, None, None]).to(dtype)
 
 
 def _triple(values) -> tuple[float, float, float]:
@@ -355,7 +363,7 @@ def _pair(size) -> tuple[int, int]:
 def _interpolation(resample) -> str:
     name = getattr(resample, "value", resample)
     name = _INTERPOLATIONS.get(name, name) if isinstance(name, int) else str(name).lower()
-    if name not in ("bicubic", "bilinear", "nearest"):
+    if name not in ("bicubic", "bilinear", "nearest", "nearest-exact"):
         raise ValueError(f"interpolation {resample} is not reproduced on the device")
     return name
 

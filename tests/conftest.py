@@ -1,4 +1,11 @@
-"""Shared fixtures: an isolated CAPTIONER_HOME, a tiny BLIP saved to disk, demo images, and bad inputs."""
+"""Shared fixtures: an isolated CAPTIONER_HOME, a tiny BLIP saved to disk, demo images, and bad inputs.
+
+The device: the default suite runs on the CPU whatever the machine has (CAPTIONER_DEVICE=cpu for this process, the
+app under AppTest and every child process; fp32, so captions and oracle comparisons are exact and the same
+everywhere). CUDA paths are the `gpu`-marked tests: they name device="cuda" themselves, are skipped without CUDA,
+and run with `pytest -m gpu` (or --runslow). CAPTIONER_TEST_DEVICE=auto runs the default suite on the machine's
+own device instead (tests about CPU behaviour pin the CPU themselves).
+"""
 
 from __future__ import annotations
 
@@ -16,6 +23,8 @@ runtime.configure("cli")  # threads and OpenMP wait policy, before any test load
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the network
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+SUITE_DEVICE = os.environ.get("CAPTIONER_TEST_DEVICE", "cpu")
+os.environ["CAPTIONER_DEVICE"] = SUITE_DEVICE
 
 
 def pytest_addoption(parser):
@@ -23,12 +32,32 @@ def pytest_addoption(parser):
 
 
 def pytest_collection_modifyitems(config, items):
-    if config.getoption("--runslow"):
-        return
-    skip = pytest.mark.skip(reason="slow: run with --runslow")
+    """slow: only with --runslow. gpu: only where CUDA is available, and asked for (-m gpu, or --runslow)."""
+    runslow = config.getoption("--runslow")
+    gpu_asked = runslow or "gpu" in (config.getoption("markexpr") or "")
+    gpu_items = [item for item in items if "gpu" in item.keywords]
+    has_cuda = bool(gpu_items) and gpu_asked and _cuda_available()
     for item in items:
-        if "slow" in item.keywords or "gpu" in item.keywords:
-            item.add_marker(skip)
+        if "gpu" in item.keywords:
+            if not gpu_asked:
+                item.add_marker(pytest.mark.skip(reason="GPU test: run with -m gpu"))
+            elif not has_cuda:
+                item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
+        elif "slow" in item.keywords and not runslow:
+            item.add_marker(pytest.mark.skip(reason="slow: run with --runslow"))
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """This process's environment for a child process, plus extra, with the repository put first on PYTHONPATH
+    (extended, never replaced: a GPU machine's PYTHONPATH may carry what torch needs)."""
+    paths = [str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**os.environ, **extra, "PYTHONPATH": os.pathsep.join(paths)}
 
 
 @pytest.fixture
@@ -37,7 +66,8 @@ def home(tmp_path, monkeypatch) -> Path:
     path = tmp_path / "home"
     path.mkdir()
     monkeypatch.setenv("CAPTIONER_HOME", str(path))
-    for name in ("CAPTION_MODEL", "DEVICE", "DTYPE", "QUANTIZE", "GALLERY"):
+    monkeypatch.setenv("CAPTIONER_DEVICE", SUITE_DEVICE)
+    for name in ("CAPTION_MODEL", "DTYPE", "QUANTIZE", "GALLERY"):
         monkeypatch.delenv(f"CAPTIONER_{name}", raising=False)
     return path
 

@@ -30,7 +30,7 @@ CASES = {
 def demo(tmp_path_factory):
     """The embedded demo captioner and six preprocessed demo-world images of mixed sizes, shapes and colours."""
     torch.set_num_threads(1)
-    loaded = load_captioner("demo", Settings(home=tmp_path_factory.mktemp("home")), fallback=False)
+    loaded = load_captioner("demo", Settings(home=tmp_path_factory.mktemp("home"), device="cpu"), fallback=False)
     return loaded, demo_pixels(loaded, 6, seed=7)
 
 
@@ -48,7 +48,7 @@ def tiny(tmp_path_factory, tiny_blip_dir):
     random weights and a raised EOS logit give long, varied sequences and every way a beam search can end.
     """
     torch.set_num_threads(1)
-    loaded = load_captioner(str(tiny_blip_dir), Settings(home=tmp_path_factory.mktemp("home")), fallback=False)
+    loaded = load_captioner(str(tiny_blip_dir), Settings(home=tmp_path_factory.mktemp("home"), device="cpu"), fallback=False)
     model, generator = loaded.model, torch.Generator().manual_seed(3)
     with torch.no_grad():
         for name, param in model.named_parameters():

@@ -3,6 +3,7 @@
 import math
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ import images_zoo as zoo
 from captioner import images
 from captioner.caption import THUMBNAIL_SIDE, GenerationOptions, caption_images, format_captions
 from captioner.engine import engine_for, shutdown_engines
-from captioner.engine.pixels import CpuImageStage, Preprocess
+from captioner.engine.pixels import CpuImageStage, pixel_spec
 from captioner.images import ImageInput
 from captioner.models import load_captioner
 
@@ -81,7 +82,9 @@ def test_prompt_prefix_conditions_the_caption(tiny):
     assert all(r.caption.startswith("a picture of") for r in results)
 
 
-def test_images_decode_in_threads_while_the_model_works(tiny, monkeypatch):
+def test_images_decode_in_threads_while_the_model_works(settings, tiny_blip_dir, monkeypatch):
+    """The CPU image stage (pinned: on CUDA the device stage decodes; test_engine_pixels and test_engine_gpu)."""
+    tiny = load_captioner(str(tiny_blip_dir), replace(settings, device="cpu"), fallback=False)
     calls = record_model_calls(monkeypatch, tiny, delay=0.2)
     decoded_at, original = [], images.decode
 
@@ -93,6 +96,7 @@ def test_images_decode_in_threads_while_the_model_works(tiny, monkeypatch):
     caption_images(tiny, pictures(12), GREEDY, batch_size=4)
     assert all(name.startswith("decode") for _, name in decoded_at)
     during_model = [t for t, _ in decoded_at if any(start <= t <= end for start, end, *_ in calls)]
+    shutdown_engines()
     assert during_model, "no image was decoded while the model was working"
 
 
@@ -169,7 +173,7 @@ def test_the_torch_resize_equals_the_image_processor(tiny_blip_dir):
     if type(processor.image_processor).__name__.endswith("Pil"):
         pytest.skip("this transformers loads the PIL-backed processor: the next test holds it to its tolerance")
     stage = CpuImageStage(processor, "cpu", torch.float32)
-    assert stage.preprocess is not None
+    assert stage.spec is not None
     prepared = list(stage.prepare(photos(), thumbnails=False))
     ours = stage.collate([p.pixels for p in prepared])
     pictures_ = [images.decode(item, max_side=stage.decode_side).image for item in photos()]
@@ -185,7 +189,7 @@ def test_a_processor_the_torch_path_does_not_cover_is_called_itself(tiny_blip_di
     processor = AutoProcessor.from_pretrained(tiny_blip_dir)
     processor.image_processor.do_center_crop = True
     processor.image_processor.crop_size = {"height": 24, "width": 24}
-    assert Preprocess.of(processor.image_processor) is None
+    assert pixel_spec(processor.image_processor) is None
     stage = CpuImageStage(processor, "cpu", torch.float32)
     prepared = list(stage.prepare(photos(2), thumbnails=False))
     batch = stage.collate([p.pixels for p in prepared])

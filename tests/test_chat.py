@@ -232,3 +232,20 @@ def test_on_cuda_the_stream_is_plain_generates_answer_and_leaving_frees_the_mode
         next(iter(stream))
         stream.close()
         assert_model_free(loaded)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_cuda_an_abandoned_answer_stops_and_frees_the_model(home, tiny_blip2_dir):
+    """The issue's GPU finding, as it ran there: device auto -> cuda, bf16; the reader leaves after one chunk by
+    closing the iterator while the answer object is still referenced (Python 3.12 kept that frame alive)."""
+    loaded = load_chat_model(str(tiny_blip2_dir), Settings(home=home, device="auto"), fallback=False)
+    assert loaded.device.type == "cuda" and loaded.dtype == torch.bfloat16
+    held = answer(loaded, PICTURE, [], "tell me everything", max_new_tokens=500)
+    chunks = iter(held)
+    next(chunks)
+    started = time.time()
+    chunks.close()
+    assert time.time() - started < 5
+    assert_model_free(loaded)
+    assert answer(loaded, PICTURE, [], "what color is it?", max_new_tokens=4).read()

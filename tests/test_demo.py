@@ -19,7 +19,7 @@ from captioner.models import load_captioner
 def demo():
     from captioner.settings import Settings
 
-    return load_captioner("demo", Settings(home="."), fallback=False)
+    return load_captioner("demo", Settings(home=".", device="cpu"), fallback=False)
 
 
 def test_committed_demo_weights_stay_under_25_mb():

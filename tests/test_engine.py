@@ -20,7 +20,7 @@ GREEDY = GenerationOptions(num_beams=1, max_new_tokens=12)
 
 @pytest.fixture(scope="module")
 def demo():
-    return load_captioner("demo", Settings(home="."), fallback=False)
+    return load_captioner("demo", Settings(home=".", device="cpu"), fallback=False)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from captioner.feedback import FIELDS, FeedbackError, FeedbackLog, format_rows, parse_csv
-from conftest import ROOT
+from conftest import ROOT, child_env
 
 HOSTILE = [
     'she said "hello", then left',
@@ -44,7 +44,7 @@ def record(log, correction, data=b"img", **kwargs):
 
 
 def spawn(script, *args):
-    return subprocess.Popen([sys.executable, "-c", script, *map(str, args)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return subprocess.Popen([sys.executable, "-c", script, *map(str, args)], cwd=ROOT, env=child_env())
 
 
 def test_schema_header_and_lock_file_beside_the_csv(tmp_path):
@@ -424,7 +424,7 @@ log.record(b"other", "png", task="caption", model_output="a", correction="c")
 
 def test_every_file_the_log_writes_gets_the_umask_mode(tmp_path):
     done = subprocess.run([sys.executable, "-c", MODES, str(tmp_path)], cwd=ROOT, preexec_fn=lambda: os.umask(0o027),
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)  # fmt: skip
+                          env=child_env(), capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 0, done.stderr
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert {p.name for p in files} >= {"feedback.csv", "feedback.csv.keys", "feedback.csv.lock", "approved.jsonl"}

@@ -1,7 +1,6 @@
 """`python -m finetune` on tiny and demo models in a temporary CAPTIONER_HOME: publish, refuse, crash, learn."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from captioner.demo.quality import demo_inputs
 from captioner.feedback import FeedbackLog
 from captioner.models import load_captioner
 from captioner.settings import Settings
-from conftest import ROOT, run_cli
+from conftest import ROOT, child_env, run_cli
 from finetune import FinetuneConfig, FinetuneError, Refused, main
 from finetune.config import parse_args
 
@@ -69,7 +68,7 @@ def test_no_activate_publishes_without_going_live(tiny_home):
 
 def test_a_nan_loss_stops_the_run_and_nothing_is_published(tiny_home, tiny_blip_dir, tmp_path):
     poisoned = tmp_path / "poisoned"
-    loaded = load_captioner(str(tiny_blip_dir), Settings(home=tmp_path))
+    loaded = load_captioner(str(tiny_blip_dir), Settings(home=tmp_path, device="cpu"))
     with torch.no_grad():
         loaded.model.text_decoder.bert.embeddings.LayerNorm.weight.fill_(float("nan"))
     loaded.model.save_pretrained(poisoned)
@@ -136,7 +135,7 @@ def test_sigkill_while_publishing_leaves_the_live_model_valid(tiny_home):
     assert registry.active_version(tiny_home / "models") == "v0001"
     log_rows(tiny_home, n=8, seed=9)
     done = subprocess.run([sys.executable, "-c", KILLER, str(tiny_home)], cwd=ROOT, timeout=600,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+                          env=child_env())  # fmt: skip
     assert done.returncode == -signal.SIGKILL
     assert registry.active_version(tiny_home / "models") == "v0001"
     assert [v.name for v in registry.list_versions(tiny_home / "models")] == ["v0001"]

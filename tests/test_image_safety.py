@@ -1,7 +1,6 @@
 """Hostile files at the image door: a mutation fuzz, decoder surprises, and memory bombs under the pixel cap."""
 
 import json
-import os
 import sys
 import threading
 import time
@@ -12,7 +11,7 @@ import pytest
 import images_zoo as zoo
 from captioner import images
 from captioner.images import DecodeBudget, ImageError, ImageInput
-from conftest import ROOT
+from conftest import ROOT, child_env
 
 FUZZ_SECONDS = 8.0  # a guard on a busy machine; the seeded run is FUZZ_INPUTS long
 FUZZ_INPUTS = 5000
@@ -111,7 +110,7 @@ def peak_rss(command: list[str], home) -> tuple[list[str], int]:
     """Run a command in a fresh process; its stdout lines and its peak resident memory in bytes."""
     import subprocess
 
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "CAPTIONER_HOME": str(home), "OMP_NUM_THREADS": "2"}
+    env = child_env(CAPTIONER_HOME=str(home), OMP_NUM_THREADS="2")
     done = subprocess.run([sys.executable, "-c", PEAK_RSS, *command], capture_output=True, text=True, env=env, cwd=ROOT,
                           timeout=600)  # fmt: skip
     *lines, peak = done.stdout.strip().splitlines()

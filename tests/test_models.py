@@ -57,7 +57,8 @@ def test_no_fallback_when_not_allowed(settings):
 def test_a_saved_checkpoint_loads_through_the_real_path(settings, tiny_blip_dir):
     loaded = load_captioner(str(tiny_blip_dir), settings, fallback=False)
     assert loaded.fallback_reason is None and loaded.version == tiny_blip_dir.name
-    assert loaded.device.type == "cpu" and loaded.dtype == torch.float32
+    device = resolve_device(settings.device)  # the suite's device: cpu, or the machine's with CAPTIONER_TEST_DEVICE=auto
+    assert loaded.device.type == device.type and loaded.dtype == resolve_dtype(settings.dtype, device)
     assert not loaded.model.training
 
 

@@ -19,7 +19,8 @@ from ..options import GenerationOptions
 from .batching import Request, RequestQueue
 from .limits import EngineLimits
 from .model_step import ModelStep
-from .pixels import CpuImageStage, ImageStage, PreparedImage
+from .device_pixels import DeviceImageStage
+from .pixels import CpuImageStage, ImageStage, PreparedImage, pixel_spec
 from .result import CaptionResult
 from .threads import WorkerThreads
 
@@ -43,10 +44,8 @@ class CaptionEngine:
     def __init__(self, loaded, *, stage: ImageStage | None = None, limits: EngineLimits | None = None):
         self.model_name, self.model_version = loaded.name, loaded.version
         self.limits = limits or EngineLimits.for_model(loaded.model, loaded.device, loaded.dtype)
-        self.stage = stage or CpuImageStage(
-            loaded.processor, loaded.device, loaded.dtype, workers=_decode_workers(loaded.device, self.limits),
-            lookahead=2 * self.limits.max_batch,
-        )  # fmt: skip
+        self.stage = stage or _image_stage(loaded, self.limits)
+        self._window = 2 * self.limits.max_batch  # a job's requests in flight: bounds the prepared pixels it holds
         self.step = ModelStep(loaded.model, loaded.processor.tokenizer)
         self._processor = loaded.processor
         self.batches_run = 0  # model calls made, and the images in them: for benches and tests
@@ -135,8 +134,10 @@ class CaptionEngine:
             for item in prepared:
                 unannounced -= 1
                 pending.append(self._submit(item, options, max_batch))
-                while pending and pending[0].done():
-                    yield pending.popleft().result()
+                while pending and (pending[0].done() or len(pending) >= self._window):
+                    result = beat.wait(pending[0])
+                    pending.popleft()
+                    yield result
                 beat.check()
             while pending:
                 result = beat.wait(pending[0])  # still in pending while waited on: cancelled if the caller leaves
@@ -257,6 +258,15 @@ def close_all(timeout: float | None = 30) -> None:
 
 
 atexit.register(close_all)
+
+
+def _image_stage(loaded, limits: EngineLimits) -> ImageStage:
+    """On CUDA, the device stage (nvjpeg) when gpu_images reproduces the processor (BLIP's does); else the CPU stage."""
+    spec = pixel_spec(loaded.processor.image_processor)
+    workers = _decode_workers(loaded.device, limits)
+    if torch.device(loaded.device).type == "cuda" and spec is not None:
+        return DeviceImageStage(spec, loaded.device, loaded.dtype, chunk=min(limits.max_batch, 128), workers=workers)
+    return CpuImageStage(loaded.processor, loaded.device, loaded.dtype, workers=workers, lookahead=2 * limits.max_batch)
 
 
 def _decode_workers(device, limits: EngineLimits) -> int:

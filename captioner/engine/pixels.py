@@ -2,7 +2,8 @@
 
 A stage has two halves. prepare() runs in the callers' threads and its own pool, ahead of the model, so decoding
 overlaps model work; collate() runs in the engine's worker and turns one batch of prepared pixels into the
-model's input [B, 3, H, W] on its device and dtype (stack once, move once). A GPU stage (nvjpeg) plugs in here.
+model's input [B, 3, H, W] on its device and dtype (stack once, move once). The device stage (nvjpeg, on a GPU)
+is in device_pixels.py.
 """
 
 from __future__ import annotations
@@ -18,15 +19,13 @@ from typing import Iterator, Protocol, Sequence
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.transforms.v2 import functional as tvF
 
 from .. import images
+from ..gpu_images import PixelSpec, normalise, resize_picture
 from ..images import ImageError, ImageInput
 from .threads import use_torch_threads
 
 THUMBNAIL_SIDE = 384
-# PIL resample codes as image processors store them -> the torchvision mode transformers itself uses for them.
-INTERPOLATIONS = {0: tvF.InterpolationMode.NEAREST_EXACT, 2: tvF.InterpolationMode.BILINEAR, 3: tvF.InterpolationMode.BICUBIC}
 
 
 @dataclass(frozen=True)
@@ -50,48 +49,26 @@ class ImageStage(Protocol):
     def close(self) -> None:
         """Stop the stage's threads (the engine calls it when it stops)."""
 
+    def describe(self) -> str:
+        """Where pixels are made, in a few words (benches print it)."""
 
-@dataclass(frozen=True)
-class Preprocess:
-    """A BLIP-style image processor's resize + rescale + normalise, done directly with torch (same operations)."""
 
-    height: int
-    width: int
-    interpolation: tvF.InterpolationMode
-    mean: torch.Tensor  # [1, 3, 1, 1], the rescale folded in (mean / rescale_factor), as transformers fuses them
-    std: torch.Tensor
-
-    @classmethod
-    def of(cls, image_processor) -> "Preprocess | None":
-        """The processor's steps when they are plain resize-to-size + rescale + normalise; else None."""
-        get = lambda name, default=None: getattr(image_processor, name, default)  # noqa: E731
-        size = get("size") or {}  # a dict, or transformers' SizeDict: both answer .get
-        height, width = size.get("height"), size.get("width")
-        resample = int(getattr(get("resample"), "value", get("resample", -1)) or 0)
-        plain = get("do_resize") and get("do_rescale") and get("do_normalize") and not get("do_center_crop") and not get("do_pad")
-        if not (plain and height and width and resample in INTERPOLATIONS and get("image_mean") and get("image_std")):
-            return None
-        scale = 1.0 / float(get("rescale_factor"))
-        mean = torch.tensor(get("image_mean"), dtype=torch.float32).view(1, 3, 1, 1) * scale
-        std = torch.tensor(get("image_std"), dtype=torch.float32).view(1, 3, 1, 1) * scale
-        return cls(int(height), int(width), INTERPOLATIONS[resample], mean, std)
-
-    def resize(self, image: Image.Image) -> torch.Tensor:
-        """An RGB picture -> uint8 [3, H, W] at the model's input size."""
-        chw = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).contiguous()
-        return tvF.resize(chw, [self.height, self.width], interpolation=self.interpolation, antialias=True)
-
-    def normalise(self, batch: torch.Tensor) -> torch.Tensor:
-        """uint8 [B, 3, H, W] -> float32 model input, on whatever device the batch is on."""
-        return batch.to(torch.float32).sub_(self.mean.to(batch.device)).div_(self.std.to(batch.device))
+def pixel_spec(image_processor) -> PixelSpec | None:
+    """The processor's steps as a PixelSpec when they are a plain resize + rescale + normalise (BLIP's); else None,
+    and the processor itself is called (unusual configs)."""
+    try:
+        return PixelSpec.from_blip(image_processor)
+    except (ValueError, AttributeError, TypeError):
+        return None
 
 
 class CpuImageStage:
-    """images.decode (draft mode for big JPEGs) in threads, then a torch resize; normalised per batch in collate()."""
+    """images.decode (draft mode for big JPEGs) in threads, then gpu_images' torch resize; normalised per batch in
+    collate() with gpu_images' normalise (one implementation of the model's preprocessing for both stages)."""
 
     def __init__(self, processor, device, dtype, workers: int | None = None, lookahead: int = 64):
         self.image_processor, self.device, self.dtype = processor.image_processor, torch.device(device), dtype
-        self.preprocess = Preprocess.of(self.image_processor)  # None: call the processor itself (unusual configs)
+        self.spec = pixel_spec(self.image_processor)
         # big photos decode (JPEGs in draft mode) to twice the model's side: enough detail, far less work
         self.decode_side = 2 * model_side(self.image_processor)
         self._pool_lock = threading.Lock()
@@ -122,36 +99,43 @@ class CpuImageStage:
         """Decode and resize one input; any failure becomes that input's ImageError, returned, not raised."""
         try:
             decoded = images.decode(item, max_side=self.decode_side)
-            if self.preprocess is not None:
-                pixels = self.preprocess.resize(decoded.image)
+            if self.spec is not None:
+                chw = torch.from_numpy(np.array(decoded.image, dtype=np.uint8)).permute(2, 0, 1)
+                pixels = resize_picture(chw, decoded.image.size, self.spec)
             else:
                 pixels = self.image_processor(images=decoded.image, return_tensors="pt")["pixel_values"][0]
-            thumbnail = self._thumbnail(item, decoded.image) if thumbnails else None
+            thumbnail = thumbnail_of(item, decoded.image if self.decode_side >= THUMBNAIL_SIDE else None) if thumbnails else None
         except ImageError as exc:
             return exc
         except Exception as exc:  # a decoder bug on one odd file must fail that file only
             return ImageError(item.name, f"cannot be decoded ({type(exc).__name__}: {exc})")
         return PreparedImage(item, decoded.extension, pixels, thumbnail)
 
-    def _thumbnail(self, item: ImageInput, decoded: Image.Image) -> Image.Image:
-        # a small model's decode is too small to show: decode again rather than caption other pixels than the CLI
-        picture = decoded if self.decode_side >= THUMBNAIL_SIDE else images.decode(item, max_side=THUMBNAIL_SIDE).image
-        thumbnail = picture.copy()
-        thumbnail.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
-        return thumbnail
-
     def collate(self, pixels: list[torch.Tensor]) -> torch.Tensor:
         batch = torch.stack(pixels)
         if self.device.type == "cuda":
             batch = batch.pin_memory().to(self.device, non_blocking=True)  # uint8 crosses the bus: 4x fewer bytes
-        if self.preprocess is not None:
-            batch = self.preprocess.normalise(batch)
+        if self.spec is not None:
+            return normalise(batch, self.spec, self.dtype)
         return batch.to(self.device, self.dtype, non_blocking=True)
+
+    def describe(self) -> str:
+        resize = "torch resize" if self.spec is not None else "the image processor"
+        return f"images.decode in {self.workers} threads (big JPEGs in draft mode), {resize} on the CPU"
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+
+
+def thumbnail_of(item: ImageInput, decoded: Image.Image | None = None) -> Image.Image:
+    """What a result shows: the picture at most THUMBNAIL_SIDE px, from a decode that is big enough, else decoded
+    again in draft mode (a small model's decode is too small to show)."""
+    picture = decoded if decoded is not None else images.decode(item, max_side=THUMBNAIL_SIDE).image
+    thumbnail = picture.copy()
+    thumbnail.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+    return thumbnail
 
 
 def model_side(image_processor) -> int:
