@@ -31,7 +31,7 @@ _LAST_GOOD: dict[str, LoadedModel] = {}  # process-wide: the captioner every ses
 def _shared_captioner(spec_text: str, _settings: Settings, key: tuple) -> LoadedModel:
     # One copy for every session, keyed by spec, version, device, dtype and quantization; max_entries=1 frees
     # the previous version once a new one is swapped in. A version goes live only if it captions the check set.
-    from captioner.caption import check_captioner
+    from captioner.golive import check_captioner
 
     loaded = load_captioner(spec_text, _settings, fallback=spec_text != ACTIVE)
     check_captioner(loaded)

@@ -403,6 +403,7 @@ def feedback_action(args, log, fields) -> int:
 
 def cmd_models(args, settings: Settings) -> int:
     from . import registry
+    from .golive import activate_checked
 
     if args.action == "list":
         live = registry.active_version(settings.models_dir)
@@ -420,7 +421,7 @@ def cmd_models(args, settings: Settings) -> int:
         return 0
     try:
         target = args.version if args.action == "activate" else registry.previous_version(settings.models_dir)
-        registry.activate_checked(settings, target)
+        activate_checked(settings, target)
     except registry.RegistryError as exc:
         raise UserError(str(exc)) from None
     say(f"live: {target or 'the default model (' + settings.caption_model + ')'}")
@@ -442,7 +443,7 @@ def cmd_demo(args, settings: Settings) -> int:
         written = write_images(args.outdir, args.n, args.seed, shapes, colors, args.format)
         say(f"wrote {len(written)} images and captions.jsonl to {args.outdir}")
         return 0
-    from .demo.train import build_all
+    from demo_training.build import build_all
 
     build_all(out_dir=args.out, seed=args.seed, steps=args.steps, log=say)
     return 0

@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import endpoint, registry
-from .demo import demo_model_dir
 from .settings import DEFAULT_CAPTION_MODEL, Settings
 
 DEMO, ACTIVE = "demo", "active"
 ENDPOINT_FAMILY = "openai"  # LoadedModel.family of a model served by an OpenAI-compatible server
 HUB_HOST = "huggingface.co"
+DEMO_MODELS_DIR = Path(__file__).parent / "demo" / "models"  # the embedded demo models, one folder per kind
 
 
 class ModelError(RuntimeError):
@@ -56,13 +56,23 @@ def resolve_spec(text: str, kind: str, settings: Settings) -> ModelSpec:
             return resolve_spec(default, kind, settings)
         if not (settings.models_dir / version).is_dir():
             raise ModelError(f"models/active.json names version {version}, which is missing from {settings.models_dir}")
-        return ModelSpec(text, kind, "version", str(settings.models_dir / version), version)
+        return version_spec(settings.models_dir / version, version, text)
     path = Path(text.removeprefix("local-dir:")).expanduser()
     if path.is_dir():
         return ModelSpec(text, kind, "local", str(path.resolve()), path.resolve().name)
     if _looks_like_path(text) or text.startswith("local-dir:"):
         raise ModelError(f"model folder {text!r} does not exist")
     return ModelSpec(text, kind, "hub", text, "hub")
+
+
+def version_spec(folder: Path, version: str, text: str | None = None) -> ModelSpec:
+    """A captioner version folder (models/vNNNN, or a candidate being published) as a spec named text or version."""
+    return ModelSpec(text or version, "caption", "version", str(Path(folder)), version)
+
+
+def demo_model_dir(kind: str) -> Path:
+    """The folder of the embedded demo model of a kind (caption, qa, search, style)."""
+    return DEMO_MODELS_DIR / kind
 
 
 def live_caption_spec(settings: Settings) -> str:

@@ -135,18 +135,3 @@ def remove_stale_staging(models_dir: Path) -> None:
         except (OSError, ValueError):
             shutil.rmtree(folder, ignore_errors=True)
 
-
-def activate_checked(settings, version: str | None) -> None:
-    """Make a version live only if it loads and captions the check set (None: back to the default model)."""
-    if version is not None:
-        from .caption import check_captioner
-        from .models import ModelError, ModelSpec, load_blip
-
-        folder = Path(settings.models_dir) / version
-        if not (folder / "config.json").is_file():
-            raise RegistryError(f"version {version!r} does not exist in {settings.models_dir} (see `models list`)")
-        try:
-            check_captioner(load_blip(ModelSpec(version, "caption", "version", str(folder), version), settings))
-        except ModelError as exc:
-            raise RegistryError(f"{version} cannot go live: {exc}") from None
-    activate(settings.models_dir, version)

@@ -52,7 +52,7 @@ def settings(home):
 @pytest.fixture(scope="session")
 def tiny_blip_dir(tmp_path_factory) -> Path:
     """A tiny randomly initialised BLIP captioner, saved with save_pretrained like any real checkpoint."""
-    from captioner.demo.train import CaptionRecipe, caption_config, processor_for
+    from demo_training.captioner import CaptionRecipe, caption_config, processor_for
     from transformers import BlipForConditionalGeneration
     import torch
 

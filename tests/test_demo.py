@@ -9,7 +9,8 @@ from PIL import Image
 import images_zoo as zoo
 from captioner.demo import MODELS_DIR, TOKENIZER_DIR
 from captioner.demo.quality import caption_accuracy
-from captioner.demo.train import CaptionRecipe, _training_data, build_all, build_captioner, processor_for
+from demo_training.build import build_all
+from demo_training.captioner import CaptionRecipe, _training_data, build_captioner, processor_for
 from captioner.images import ImageInput
 from captioner.caption import GenerationOptions, caption_images
 from captioner.models import load_captioner
