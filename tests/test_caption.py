@@ -21,7 +21,7 @@ GREEDY = GenerationOptions(num_beams=1, max_new_tokens=6)
 
 @pytest.fixture
 def tiny(settings, tiny_blip_dir):
-    loaded = load_captioner(str(tiny_blip_dir), settings, fallback=False)
+    loaded = load_captioner(str(tiny_blip_dir), settings)
     yield loaded
     shutdown_engines()
 

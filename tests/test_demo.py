@@ -20,7 +20,7 @@ from captioner.models import load_captioner
 def demo():
     from captioner.settings import Settings
 
-    return load_captioner("demo", Settings(home="."), fallback=False)
+    return load_captioner("demo", Settings(home="."))
 
 
 def test_committed_demo_weights_stay_under_25_mb():
@@ -75,7 +75,7 @@ def test_a_short_build_writes_a_checkpoint_the_app_can_load(tmp_path, settings):
     folder = tmp_path / "caption"
     assert {"config.json", "model.safetensors", "demo.json", "tokenizer.json"} <= {p.name for p in folder.iterdir()}
     assert metrics["version"].startswith("demo-") and 0 <= metrics["exact_caption_accuracy"] <= 1
-    loaded = load_captioner(str(folder), settings, fallback=False)
+    loaded = load_captioner(str(folder), settings)
     assert caption_images(loaded, [ImageInput("x.png", zoo.encode(zoo.demo(), "PNG"))])[0].ok
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
