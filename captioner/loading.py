@@ -149,4 +149,6 @@ def serving_key(kind: str, settings: Settings, asked: str | None = None) -> tupl
 def forget(kind: str | None = None) -> None:
     """Drop the remembered last good models (all kinds, or one): a later serve() starts afresh."""
     for key in [k for k in _LAST_GOOD if kind in (None, k[0])]:
-        _LAST_GOOD.pop(key, None)
+        dropped = _LAST_GOOD.pop(key, None)
+        if dropped is not None and key[0] == "caption":
+            retire_engine(dropped)  # its worker thread would otherwise keep the model alive

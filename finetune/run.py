@@ -130,8 +130,8 @@ def load_models(cfg: FinetuneConfig, settings) -> Models:
     if distributed() and settings.device in ("auto", "cuda"):  # each process of `accelerate launch` on its own GPU
         settings = replace(settings, device=f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
     try:
-        base = serve("caption", replace(settings, dtype="float32"), cfg.base)
-        live = base if cfg.base is None else serve("caption", settings)
+        base = serve("caption", replace(settings, dtype="float32"), cfg.base or None)  # "": the live model
+        live = serve("caption", settings) if cfg.base else base
     except ModelError as exc:
         raise FinetuneError(f"cannot load the model to start from: {exc}") from None
     for served in {id(base): base, id(live): live}.values():

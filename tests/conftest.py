@@ -32,14 +32,16 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture
-def home(tmp_path, monkeypatch) -> Path:
+def home(tmp_path, monkeypatch):
     """A fresh CAPTIONER_HOME for one test; nothing outside it is touched."""
     path = tmp_path / "home"
     path.mkdir()
     monkeypatch.setenv("CAPTIONER_HOME", str(path))
     for name in ("CAPTION_MODEL", "DEVICE", "DTYPE", "QUANTIZE", "GALLERY"):
         monkeypatch.delenv(f"CAPTIONER_{name}", raising=False)
-    return path
+    yield path
+    if "captioner.loading" in sys.modules:  # this home's models are not the next test's last good ones
+        sys.modules["captioner.loading"].forget()
 
 
 @pytest.fixture
