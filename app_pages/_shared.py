@@ -6,12 +6,11 @@ from pathlib import Path
 
 import streamlit as st
 
-from captioner.engine import engine_for, retire_engine
+from app_pages._text import plain
+from captioner.engine import engine_for
 from captioner.feedback import FeedbackLog
-from captioner.models import (
-    ACTIVE, LoadedModel, ModelError, cache_key, free_memory, live_caption_spec, load_captioner, load_chat_model,
-    resolve_spec,
-)  # fmt: skip
+from captioner.loading import DEMO_FALLBACK, WHAT, Served, serve, serving_key
+from captioner.models import LoadedModel, ModelError
 from captioner.settings import Settings, SettingsError
 
 
@@ -20,97 +19,80 @@ def settings() -> Settings:
     try:
         return Settings.from_env()
     except SettingsError as exc:
-        st.error(f"Configuration error: {exc}")
+        st.error(f"Configuration error: {plain(exc)}")
         st.stop()
 
 
-_LAST_GOOD: dict[str, LoadedModel] = {}  # process-wide: the captioner every session was last served
-
-
+# One cache per kind (max_entries=1 frees the model a new one replaces), keyed by what decides the answer; the
+# policy (fallbacks, the last good model, the check set) is captioner.loading's, the pages only show its reason.
 @st.cache_resource(show_spinner="Loading the captioning model…", max_entries=1)
-def _shared_captioner(spec_text: str, _settings: Settings, key: tuple) -> LoadedModel:
-    # One copy for every session, keyed by spec, version, device, dtype and quantization; max_entries=1 frees
-    # the previous version once a new one is swapped in. A version goes live only if it captions the check set.
-    from captioner.caption import check_captioner
-
-    loaded = load_captioner(spec_text, _settings, fallback=spec_text != ACTIVE)
-    check_captioner(loaded)
-    engine_for(loaded)  # its one caption engine, shared by every session, is running before anyone asks
-    return loaded
-
-
-def caption_model() -> LoadedModel:
-    """The live captioner (models/active.json is read on every run, so a new version swaps in for everyone).
-    A version that fails to load or to caption the check set leaves the last good model serving, with a warning."""
-    config = settings()
-    spec_text = live_caption_spec(config)
-    try:
-        loaded = _shared_captioner(spec_text, config, cache_key(resolve_spec(spec_text, "caption", config), config))
-    except ModelError as exc:
-        previous = _LAST_GOOD.get("caption")
-        try:
-            if previous is None:
-                fallback = config.caption_model if config.caption_model != ACTIVE else "demo"
-                previous = _shared_captioner(fallback, config, cache_key(resolve_spec(fallback, "caption", config), config))
-        except ModelError as inner:
-            st.error(f"The captioning model cannot be loaded: {exc}; nor can {fallback}: {inner}")
-            st.stop()
-        st.session_state["caption_model_warning"] = f"{exc}. Still captioning with {previous.name} ({previous.version})."
-        return previous
-    if (replaced := _LAST_GOOD.get("caption")) is not loaded:
-        _LAST_GOOD["caption"] = loaded
-        if replaced is not None:
-            retire_engine(replaced)  # captions under way finish on the old version; new ones go to this one
-        free_memory()  # the version this one replaced, once no caption in progress holds it
-    st.session_state.pop("caption_model_warning", None)
-    return loaded
+def _served_captioner(asked: None, _settings: Settings, key: tuple) -> Served:
+    served = serve("caption", _settings)
+    engine_for(served.model)  # its one caption engine, shared by every session, is running before anyone asks
+    return served
 
 
 @st.cache_resource(show_spinner="Loading the Q&A model…", max_entries=1)
-def _shared_chat_model(spec_text: str, _settings: Settings, key: tuple) -> LoadedModel:
-    # max_entries=1: loading another chat model drops this one for every session.
-    return load_chat_model(spec_text, _settings)
+def _served_chat_model(asked: str | None, _settings: Settings, key: tuple) -> Served:
+    return serve("qa", _settings, asked)
+
+
+@st.cache_resource(show_spinner="Loading the search model…", max_entries=1)
+def _served_search_model(asked: None, _settings: Settings, key: tuple) -> Served:
+    return serve("search", _settings)
+
+
+@st.cache_resource(show_spinner="Loading the caption rewriter…", max_entries=1)
+def _served_rewriter(asked: None, _settings: Settings, key: tuple) -> Served:
+    return serve("style", _settings)
+
+
+def _served(kind: str, cached, asked: str | None = None) -> Served:
+    config = settings()
+    try:
+        return cached(asked, config, serving_key(kind, config, asked))
+    except ModelError as exc:
+        st.error(f"The {WHAT[kind]} cannot be loaded: {plain(exc)}")
+        st.stop()
+
+
+def show_fallback(served: Served, place=st.sidebar, loud: bool = False) -> None:
+    """Say, as plain text, why the model serving is not the one asked for (an error when loud)."""
+    if not served.fallback_reason:
+        return
+    if served.fallback == DEMO_FALLBACK:
+        place.warning(f"Fallback to the demo {WHAT[served.model.spec.kind]}: {plain(served.fallback_reason)}", icon="⚠️")
+    elif loud:
+        place.error(plain(served.fallback_reason))
+    else:
+        place.warning(plain(served.fallback_reason), icon="⚠️")
+
+
+def caption_model() -> LoadedModel:
+    """The live captioner (models/active.json is read on every run, so a new version swaps in for everyone)."""
+    return _served("caption", _served_captioner).model
 
 
 def chat_model(picked: str) -> LoadedModel:
     """The picked Q&A model, shared by all sessions; if it fails to load, the last good one keeps answering."""
-    config, state = settings(), st.session_state
-    previous = state.get("chat_model_live")
-    try:
-        key = cache_key(resolve_spec(picked, "qa", config), config)
-        loaded = _shared_chat_model(picked, config, key)
-    except ModelError as exc:
-        if previous in (None, picked):
-            st.error(f"The Q&A model cannot be loaded: {exc}")
-            st.stop()
-        st.error(f"{picked} cannot be loaded, so {previous} keeps answering. {exc}")
-        return chat_model(previous)
-    if previous != picked:
-        state.chat_model_live = picked
-        free_memory()  # the model this one replaced in the cache
-    return loaded
+    config = settings()
+    served = _served("qa", _served_chat_model, None if picked == config.qa_model else picked)
+    show_fallback(served, loud=served.fallback != DEMO_FALLBACK)
+    return served.model
 
 
-@st.cache_resource(show_spinner="Loading the search model…", max_entries=1)
-def _shared_search_model(spec_text: str, _settings: Settings, key: tuple) -> LoadedModel:
-    from captioner.embed import load_embedder
-
-    return load_embedder(spec_text, _settings)
+def style_model() -> Served:
+    """The caption rewriter (CAPTIONER_STYLE_MODEL, or its fallback), shared by all sessions; ModelError if none."""
+    config = settings()
+    return _served_rewriter(None, config, serving_key("style", config))
 
 
 def search_model() -> LoadedModel:
-    """The live CLIP model for search, shared by all sessions; the sidebar says when it is the demo fallback."""
-    config = settings()
-    try:
-        key = cache_key(resolve_spec(config.search_model, "search", config), config)
-        loaded = _shared_search_model(config.search_model, config, key)
-    except ModelError as exc:
-        st.error(f"The search model cannot be loaded: {exc}")
-        st.stop()
-    st.sidebar.caption(f"Search: `{loaded.name}` · version {loaded.version}")
-    if loaded.fallback_reason:
-        st.sidebar.warning(f"Fallback to the demo search model: {loaded.fallback_reason}", icon="⚠️")
-    return loaded
+    """The live CLIP model for search, shared by all sessions; the sidebar says when it is a fallback."""
+    served = _served("search", _served_search_model)
+    st.sidebar.caption(f"Search: `{served.model.name}` · version {served.model.version}")
+    show_fallback(served)
+    return served.model
 
 
 @st.cache_resource(max_entries=4)
@@ -134,16 +116,14 @@ def feedback_log() -> FeedbackLog:
 
 
 def sidebar_models() -> None:
-    """Show which models are live, and say plainly when the app fell back to a demo model."""
-    loaded = caption_model()
+    """Show which models are live, and say plainly when the app fell back (and why)."""
+    served = _served("caption", _served_captioner)
+    loaded = served.model
     with st.sidebar:
         st.subheader("Live models")
         st.markdown(f"**Captioning:** `{loaded.name}`")
         st.caption(f"version {loaded.version} · {loaded.device.type} · {str(loaded.dtype).removeprefix('torch.')}")
-        if loaded.fallback_reason:
-            st.warning(f"Fallback to the demo captioner: {loaded.fallback_reason}", icon="⚠️")
-        if st.session_state.get("caption_model_warning"):
-            st.warning(st.session_state["caption_model_warning"], icon="⚠️")
+    show_fallback(served)
 
 
 _GENERATED_PASSWORD: list[str] = []

@@ -10,19 +10,13 @@ import streamlit as st
 from captioner.caption import CaptionResult
 from captioner.feedback import FeedbackError
 from captioner.images import ImageError, decode
-from captioner.models import LoadedModel, ModelError, cache_key, load_style_model, resolve_spec
-from captioner.settings import Settings
+from captioner.models import LoadedModel, ModelError
 from captioner.restyle import detail_facts, restyle
 from captioner.styles import CUSTOM, DETAILED, PLAIN, STYLES, Style, StyleError, style_for, style_notice
 from app_pages import _shared as shared
 from app_pages._text import plain
 
 state = st.session_state
-
-
-@st.cache_resource(show_spinner="Loading the caption rewriter…", max_entries=1)
-def _shared_rewriter(spec_text: str, _settings: Settings, key: tuple) -> LoadedModel:
-    return load_style_model(spec_text, _settings)
 
 
 def picker() -> tuple[Style, LoadedModel | None]:
@@ -43,15 +37,14 @@ def picker() -> tuple[Style, LoadedModel | None]:
         return style_for(PLAIN), None
     if style.plain:
         return style, None
-    config = shared.settings()
     try:
-        rewriter = _shared_rewriter(config.style_model, config, cache_key(resolve_spec(config.style_model, "style", config), config))
+        served = shared.style_model()
     except ModelError as exc:
         st.error(f"The caption rewriter cannot be loaded, so captions stay plain: {plain(exc)}")
         return style, None
+    rewriter = served.model
     st.caption(f"Rewriting with `{rewriter.name}` · version {rewriter.version}")
-    if rewriter.fallback_reason:
-        st.warning(f"Fallback to the demo rewriter: {plain(rewriter.fallback_reason)}", icon="⚠️")
+    shared.show_fallback(served, st)
     notice = style_notice(rewriter, style)
     if notice:
         st.info(plain(notice))

@@ -20,8 +20,6 @@ picked = st.sidebar.selectbox("Q&A model", config.chat_choices, key="chat_model_
 loaded = shared.chat_model(picked)
 where = f"server {loaded.version}" if loaded.device is None else f"version {loaded.version} · {loaded.device.type}"
 st.sidebar.caption(f"Answering: `{loaded.name}` · {where}")
-if loaded.fallback_reason:
-    st.sidebar.warning(f"Fallback to the demo Q&A model: {plain(loaded.fallback_reason)}", icon="⚠️")
 
 session_images = {r.name: r.source for r in state.get("captions", {}).values() if r.ok}
 session_images.update({item.name: item for item in state.get("samples", [])})

@@ -52,7 +52,7 @@ def _load(args) -> LoadedModel:
 
     settings = Settings(home=Path.cwd(), device=args.device, dtype=args.dtype)
     if not args.config:
-        return load_captioner(args.model, settings, fallback=False)
+        return load_captioner(args.model, settings)
     from transformers import BlipConfig, BlipForConditionalGeneration, BlipProcessor
 
     quiet_transformers()

@@ -151,7 +151,7 @@ def main():
         folder = build_random(args.random, args.size, Path(tempfile.mkdtemp()))
     if folder is not None:
         spec = str(folder)
-    loaded = load_chat_model(spec, settings, fallback=False)
+    loaded = load_chat_model(spec, settings)
     image = render("circle", "red", 256, (40, 40, 200, 200))
     n = args.max_new_tokens
     ways = {"plain generate": (plain_generate, n), "stock TextIteratorStreamer": (stock_streamer, n),
@@ -195,7 +195,7 @@ def endpoint_way(args, loaded, folder):
     with transformers_serve(Path(tempfile.mkdtemp()) / "serve.log", threads=args.threads, preload=str(folder),
                             device=device, dtype=dtype) as url:  # fmt: skip
         settings = Settings(home=Path.cwd(), openai_base_url=url, openai_timeout=600)
-        served = load_chat_model(f"openai:{folder}", settings, fallback=False)
+        served = load_chat_model(f"openai:{folder}", settings)
         yield (lambda _, picture, question, max_new_tokens: captioner_streaming(served, picture, question, max_new_tokens)), ""
 
 

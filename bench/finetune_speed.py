@@ -63,7 +63,7 @@ def load_model(args):
     from captioner.settings import Settings
 
     if not args.config:
-        loaded = load_captioner("demo", Settings(home=Path.cwd(), device=args.device, dtype="float32"), fallback=False)
+        loaded = load_captioner("demo", Settings(home=Path.cwd(), device=args.device, dtype="float32"))
         return loaded.model, loaded.processor
     from transformers import BlipConfig, BlipForConditionalGeneration, BlipProcessor
 

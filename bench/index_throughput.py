@@ -63,7 +63,7 @@ def load(args, work: Path):
         preprocess = {"size": config["vision_cfg"]["image_size"], "interpolation": "bicubic", "resize_mode": "shortest"}
         write_open_clip_folder(None, config, preprocess, work / name)
         spec = f"local-dir:{work / name}"
-    return load_embedder(spec, Settings(home=work, device=args.device, dtype=args.dtype), fallback=False)
+    return load_embedder(spec, Settings(home=work, device=args.device, dtype=args.dtype))
 
 
 def plain_loop(loaded, paths):

@@ -113,10 +113,10 @@ def run_case(args, corrections: int, seed: int, sets: dict | None, before: dict 
     model = str(random_blip(args.config, home / "random-blip")) if args.config else "demo"
     env = {**os.environ, "CAPTIONER_HOME": str(home), "CAPTIONER_CAPTION_MODEL": model, "CAPTIONER_DEVICE": args.device}
     settings = Settings.from_env(env)
-    live = load_captioner(model, settings, fallback=False)
+    live = load_captioner(model, settings)
     log_feedback(settings, live, corrections, args.confirmations, seed, pretend=bool(args.config))
     seconds, outcome = retrain(env, args.finetune_args)
-    after = accuracy(load_captioner("active", settings, fallback=False), sets) if sets and outcome == "published" else before
+    after = accuracy(load_captioner("active", settings), sets) if sets and outcome == "published" else before
     return {"corrections": corrections, "seed": seed, "seconds": seconds, "outcome": outcome, "before": before, "after": after}
 
 
@@ -127,7 +127,7 @@ def main():
     sets = None if args.config else fresh_images(args.eval)
     before = None
     if sets:
-        before = accuracy(load_captioner("demo", Settings(home=Path(tempfile.mkdtemp())), fallback=False), sets)
+        before = accuracy(load_captioner("demo", Settings(home=Path(tempfile.mkdtemp()))), sets)
     results = [run_case(args, n, seed, sets, before) for seed in seeds for n in counts for _ in range(args.repeat)]
     where = f"{args.device}, {THREADS} threads" + (f", {os.cpu_count()} cores" if args.device == "cpu" else "")
     if args.config:

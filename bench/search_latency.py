@@ -195,7 +195,7 @@ def load_text_model(spec: str):
     from captioner.settings import Settings
 
     if not spec.startswith("config:"):
-        return load_embedder(spec, Settings(home=Path.cwd(), device="cpu"), fallback=False)
+        return load_embedder(spec, Settings(home=Path.cwd(), device="cpu"))
     import open_clip
 
     from captioner.embed import _Processor

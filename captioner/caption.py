@@ -10,7 +10,7 @@ from .images import ImageInput
 from .models import LoadedModel
 from .options import GenerationOptions
 
-__all__ = ["CaptionResult", "GenerationOptions", "THUMBNAIL_SIDE", "caption_images", "caption_stream", "check_captioner"]
+__all__ = ["CaptionResult", "GenerationOptions", "THUMBNAIL_SIDE", "caption_images", "caption_stream", "format_captions"]
 
 
 def caption_images(
@@ -89,21 +89,3 @@ def _rounded(score: float | None) -> float | None:
 def _csv_score(score: float | None) -> str:
     return "" if score is None else f"{score:.4f}"
 
-
-def check_captioner(loaded: LoadedModel, images_count: int = 6) -> list[str]:
-    """Caption a fixed set of demo-world images; a model that errs or says nothing fails with ModelError."""
-    from .demo.quality import demo_inputs
-    from .models import ModelError
-
-    inputs, _ = demo_inputs(images_count, seed=2024)
-    try:
-        results = caption_images(loaded, inputs, GenerationOptions(num_beams=1, max_new_tokens=20), batch_size=images_count)
-    except Exception as exc:  # any failure to caption means the model is not fit to go live
-        raise ModelError(f"{loaded.name} ({loaded.version}) failed the check set: {exc}") from exc
-    failed = [r for r in results if not r.ok]
-    if failed:
-        raise ModelError(f"{loaded.name} ({loaded.version}) failed the check set: {failed[0].name}: {failed[0].error}")
-    empty = [r.name for r in results if not (r.caption or "").strip()]
-    if empty:
-        raise ModelError(f"{loaded.name} ({loaded.version}) failed the check set: empty captions for {len(empty)} images")
-    return [r.caption for r in results]

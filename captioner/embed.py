@@ -19,7 +19,9 @@ import numpy as np
 from . import images
 from .gpu_images import PixelBatch, PixelSpec, load_pixels
 from .images import ImageError, ImageInput
-from .models import LoadedModel, ModelError, ModelSpec, resolve_device, resolve_spec, with_fallback
+from .models import (
+    LoadedModel, ModelError, ModelSpec, hub_kwargs, quiet_transformers, resolve_device, resolve_dtype, resolve_spec,
+)  # fmt: skip
 from .settings import Settings
 
 DEFAULT_BATCH_SIZE = 64
@@ -37,17 +39,14 @@ class Embedded:
     errors: dict[int, str]  # input position -> reason
 
 
-def load_embedder(spec_text: str, settings: Settings, fallback: bool = True) -> LoadedModel:
-    """Load an open_clip model by spec: NAME/TAG (e.g. ViT-B-32/laion2b_s34b_b79k), hf-hub:ORG/REPO,
-    a local-dir:FOLDER (or plain folder) holding open_clip_config.json, or demo."""
-    spec = resolve_spec(spec_text, "search", settings)
-    return with_fallback(lambda s: load_open_clip(s, settings), spec, settings, fallback, "search model")
+def load_embedder(spec_text: str, settings: Settings) -> LoadedModel:
+    """Load exactly this open_clip spec: NAME/TAG (e.g. ViT-B-32/laion2b_s34b_b79k), hf-hub:ORG/REPO,
+    a local-dir:FOLDER (or plain folder) holding open_clip_config.json, or demo. Fallbacks: loading.serve."""
+    return load_open_clip(resolve_spec(spec_text, "search", settings), settings)
 
 
 def load_open_clip(spec: ModelSpec, settings: Settings) -> LoadedModel:
     import open_clip
-
-    from .models import hub_kwargs, quiet_transformers, resolve_dtype
 
     quiet_transformers()
     device = resolve_device(settings.device)

@@ -33,7 +33,7 @@ from .files import append_durably, fsync_dir, now_utc, remove_stale_temps, write
 
 __all__ = [  # the log's public face; the schema and codec live in feedback_csv, file helpers in files
     "FIELDS", "OPTIONAL_FIELDS", "STATUSES", "TASKS", "FeedbackError", "FeedbackLog", "FeedbackRow", "RowProblem",
-    "check_text", "format_rows", "now_utc", "parse_csv",
+    "check_text", "format_rows", "parse_csv",
 ]  # fmt: skip
 
 LOCK_TIMEOUT_S = 30

@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import endpoint, registry
-from .demo import demo_model_dir
 from .settings import DEFAULT_CAPTION_MODEL, Settings
 
 DEMO, ACTIVE = "demo", "active"
 ENDPOINT_FAMILY = "openai"  # LoadedModel.family of a model served by an OpenAI-compatible server
 HUB_HOST = "huggingface.co"
+DEMO_MODELS_DIR = Path(__file__).parent / "demo" / "models"  # the embedded demo models, one folder per kind
 
 
 class ModelError(RuntimeError):
@@ -50,13 +50,14 @@ def resolve_spec(text: str, kind: str, settings: Settings) -> ModelSpec:
     if text == ACTIVE:
         if kind != "caption":
             raise ModelError(f"'active' names a captioning model version; it is not a {kind} model")
-        version = registry.active_version(settings.models_dir)
-        if version is None:
-            default = settings.caption_model if settings.caption_model != ACTIVE else DEFAULT_CAPTION_MODEL
-            return resolve_spec(default, kind, settings)
-        if not (settings.models_dir / version).is_dir():
-            raise ModelError(f"models/active.json names version {version}, which is missing from {settings.models_dir}")
-        return ModelSpec(text, kind, "version", str(settings.models_dir / version), version)
+        state = registry.active_state(settings.models_dir)
+        if state.problem:
+            raise ModelError(state.problem)
+        if state.version is None:
+            return resolve_spec(default_caption_spec(settings), kind, settings)
+        if not (settings.models_dir / state.version).is_dir():
+            raise ModelError(f"models/active.json names version {state.version}, which is missing from {settings.models_dir}")
+        return version_spec(settings.models_dir / state.version, state.version, text)
     path = Path(text.removeprefix("local-dir:")).expanduser()
     if path.is_dir():
         return ModelSpec(text, kind, "local", str(path.resolve()), path.resolve().name)
@@ -65,9 +66,25 @@ def resolve_spec(text: str, kind: str, settings: Settings) -> ModelSpec:
     return ModelSpec(text, kind, "hub", text, "hub")
 
 
+def version_spec(folder: Path, version: str, text: str | None = None) -> ModelSpec:
+    """A captioner version folder (models/vNNNN, or a candidate being published) as a spec named text or version."""
+    return ModelSpec(text or version, "caption", "version", str(Path(folder)), version)
+
+
+def demo_model_dir(kind: str) -> Path:
+    """The folder of the embedded demo model of a kind (caption, qa, search, style)."""
+    return DEMO_MODELS_DIR / kind
+
+
 def live_caption_spec(settings: Settings) -> str:
-    """What captions now: the version models/active.json names, else CAPTIONER_CAPTION_MODEL."""
-    return ACTIVE if registry.active_version(settings.models_dir) else settings.caption_model
+    """What captions now: the version models/active.json names (or says nothing readable about), else the default."""
+    state = registry.active_state(settings.models_dir)
+    return ACTIVE if state.version or state.problem else settings.caption_model
+
+
+def default_caption_spec(settings: Settings) -> str:
+    """The captioner when no version is live: CAPTIONER_CAPTION_MODEL (the BLIP base model if that says 'active')."""
+    return settings.caption_model if settings.caption_model != ACTIVE else DEFAULT_CAPTION_MODEL
 
 
 def _looks_like_path(text: str) -> bool:
@@ -152,7 +169,6 @@ class LoadedModel:
     dtype: Any
     quantize: str = "none"
     family: str = ""  # the transformers class it was loaded as
-    fallback_reason: str | None = None
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -169,31 +185,9 @@ def cache_key(spec: ModelSpec, settings: Settings) -> tuple:
     return (spec.kind, spec.text, spec.location, spec.version, settings.device, settings.dtype, settings.quantize)
 
 
-def with_fallback(load: Callable[[ModelSpec], LoadedModel], spec: ModelSpec, settings: Settings, fallback: bool, what: str):
-    """Load spec; with fallback, a hub model that cannot be had is replaced by the demo model, saying why."""
-    try:
-        return load(spec)
-    except ModelError as exc:
-        if not (fallback and spec.source == "hub"):
-            raise
-        loaded = load(resolve_spec(DEMO, spec.kind, settings))
-        loaded.fallback_reason = f"{exc}; using the embedded demo {what} instead"
-        return loaded
-
-
-def load_captioner(spec_text: str, settings: Settings, fallback: bool = True) -> LoadedModel:
-    """Load a BLIP captioner by spec (see resolve_spec). With fallback, a live version that cannot be loaded
-    gives way to CAPTIONER_CAPTION_MODEL, and a hub model that cannot be had to the demo captioner."""
-    try:
-        spec = resolve_spec(spec_text, "caption", settings)
-        return with_fallback(lambda s: load_blip(s, settings), spec, settings, fallback, "captioner")
-    except ModelError as exc:
-        if not (fallback and spec_text == ACTIVE and settings.caption_model != ACTIVE):
-            raise
-        loaded = load_captioner(settings.caption_model, settings, fallback=True)
-        reasons = [f"{exc}; captioning with {loaded.name} instead", loaded.fallback_reason]
-        loaded.fallback_reason = "; ".join(r for r in reasons if r)
-        return loaded
+def load_captioner(spec_text: str, settings: Settings) -> LoadedModel:
+    """Load exactly this BLIP captioner spec (see resolve_spec); ModelError if it cannot be. Fallbacks: loading.serve."""
+    return load_blip(resolve_spec(spec_text, "caption", settings), settings)
 
 
 def load_blip(spec: ModelSpec, settings: Settings) -> LoadedModel:
@@ -209,10 +203,9 @@ def load_blip(spec: ModelSpec, settings: Settings) -> LoadedModel:
     return load_model(spec, settings, check)
 
 
-def load_chat_model(spec_text: str, settings: Settings, fallback: bool = True) -> LoadedModel:
-    """Load a Q&A / chat model by spec: BLIP VQA, BLIP-2, or a chat-template vision-language model."""
-    spec = resolve_spec(spec_text, "qa", settings)
-    return with_fallback(lambda s: load_chat_model_at(s, settings), spec, settings, fallback, "Q&A model")
+def load_chat_model(spec_text: str, settings: Settings) -> LoadedModel:
+    """Load exactly this Q&A / chat spec: BLIP VQA, BLIP-2, a chat-template vision-language model, or openai:MODEL."""
+    return load_chat_model_at(resolve_spec(spec_text, "qa", settings), settings)
 
 
 def load_endpoint(spec: ModelSpec, settings: Settings) -> LoadedModel:
@@ -224,26 +217,25 @@ def load_endpoint(spec: ModelSpec, settings: Settings) -> LoadedModel:
     return LoadedModel(spec, server, None, None, None, family=ENDPOINT_FAMILY)
 
 
-def load_style_model(spec_text: str, settings: Settings, fallback: bool = True) -> LoadedModel:
-    """Load the caption rewriter by spec: a chat model on a server (openai:MODEL), a local transformers chat
-    model (hub id or folder), or demo; with fallback, a hub model that cannot be had gives way to demo."""
-    spec = resolve_spec(spec_text, "style", settings)
+def load_style_model(spec_text: str, settings: Settings) -> LoadedModel:
+    """Load exactly this caption rewriter spec: openai:MODEL, a local transformers chat model (hub id or folder), or demo."""
+    return load_style_at(resolve_spec(spec_text, "style", settings), settings)
 
-    def load(spec: ModelSpec) -> LoadedModel:
-        if spec.source == "endpoint":
-            return load_endpoint(spec, settings)
 
-        def choose(config) -> str:
-            if getattr(config, "is_encoder_decoder", False) or hasattr(config, "vision_config"):
-                raise ModelError(f"{spec.text} is a {config.model_type!r} model; the rewriter needs a text chat model")
-            return "AutoModelForCausalLM"
+def load_style_at(spec: ModelSpec, settings: Settings) -> LoadedModel:
+    """A text chat model with a chat template (in-process or on a server) to rewrite captions."""
+    if spec.source == "endpoint":
+        return load_endpoint(spec, settings)
 
-        loaded = load_model(spec, settings, choose)
-        if not getattr(loaded.processor, "chat_template", None):
-            raise ModelError(f"{spec.text} has no chat template, so it cannot follow a style instruction")
-        return loaded
+    def choose(config) -> str:
+        if getattr(config, "is_encoder_decoder", False) or hasattr(config, "vision_config"):
+            raise ModelError(f"{spec.text} is a {config.model_type!r} model; the rewriter needs a text chat model")
+        return "AutoModelForCausalLM"
 
-    return with_fallback(load, spec, settings, fallback, "caption rewriter")
+    loaded = load_model(spec, settings, choose)
+    if not getattr(loaded.processor, "chat_template", None):
+        raise ModelError(f"{spec.text} has no chat template, so it cannot follow a style instruction")
+    return loaded
 
 
 def load_chat_model_at(spec: ModelSpec, settings: Settings) -> LoadedModel:

@@ -55,13 +55,68 @@ class Version:
         return self.metrics.get("old_knowledge", {})
 
 
+@dataclass(frozen=True)
+class ActiveState:
+    """What models/active.json says: a version, the default model (None), or a problem that makes it unreadable."""
+
+    version: str | None
+    problem: str | None = None
+
+
+def active_state(models_dir: Path) -> ActiveState:
+    """Read models/active.json; a file that is there but unreadable is a problem to say, never the default."""
+    path = Path(models_dir) / ACTIVE_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return ActiveState(None)
+    except (OSError, UnicodeDecodeError) as exc:
+        return ActiveState(None, f"{path} cannot be read ({getattr(exc, 'strerror', None) or exc})")
+    except ValueError as exc:
+        return ActiveState(None, f"{path} is corrupt (not valid JSON: {exc})")
+    if not isinstance(data, dict) or "version" not in data:
+        return ActiveState(None, f"{path} is corrupt (no \"version\" field)")
+    version = data["version"]
+    if version is not None and not (isinstance(version, str) and VERSION_NAME.match(version)):
+        return ActiveState(None, f"{path} is corrupt (version {version!r} is not a version name)")
+    return ActiveState(version)
+
+
 def active_version(models_dir: Path) -> str | None:
     """The version models/active.json names (whether or not its folder is still there), or None."""
+    return active_state(models_dir).version
+
+
+def version_problem(folder: Path) -> str | None:
+    """Why a version folder cannot load, as far as its files tell without loading it; None when it looks whole."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return f"{folder.name} is missing from {folder.parent}"
     try:
-        version = json.loads((Path(models_dir) / ACTIVE_FILE).read_text(encoding="utf-8")).get("version")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return version if isinstance(version, str) and VERSION_NAME.match(version) else None
+        json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return f"{folder.name}/config.json is unreadable ({type(exc).__name__})"
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights:
+        return f"{folder.name} holds no weights (*.safetensors)"
+    for path in weights:
+        if not _safetensors_whole(path):
+            return f"{folder.name}/{path.name} is truncated or corrupt"
+    return None
+
+
+def _safetensors_whole(path: Path) -> bool:
+    """The file's header parses and its tensors end exactly where the file does."""
+    try:
+        with open(path, "rb") as handle:
+            length = int.from_bytes(handle.read(8), "little")
+            if not 2 <= length <= 100_000_000:
+                return False
+            header = json.loads(handle.read(length))
+        ends = [entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"]
+        return path.stat().st_size == 8 + length + max(ends, default=0)
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return False
 
 
 def list_versions(models_dir: Path) -> list[Version]:
@@ -135,18 +190,3 @@ def remove_stale_staging(models_dir: Path) -> None:
         except (OSError, ValueError):
             shutil.rmtree(folder, ignore_errors=True)
 
-
-def activate_checked(settings, version: str | None) -> None:
-    """Make a version live only if it loads and captions the check set (None: back to the default model)."""
-    if version is not None:
-        from .caption import check_captioner
-        from .models import ModelError, ModelSpec, load_blip
-
-        folder = Path(settings.models_dir) / version
-        if not (folder / "config.json").is_file():
-            raise RegistryError(f"version {version!r} does not exist in {settings.models_dir} (see `models list`)")
-        try:
-            check_captioner(load_blip(ModelSpec(version, "caption", "version", str(folder), version), settings))
-        except ModelError as exc:
-            raise RegistryError(f"{version} cannot go live: {exc}") from None
-    activate(settings.models_dir, version)

@@ -8,6 +8,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from captioner.files import now_utc
+from captioner.golive import check_folder
+from captioner.models import ModelError
 
 from .card import base_license, base_reference, model_card
 from .errors import Refused
@@ -56,13 +58,7 @@ def _portable_adapter_config(folder: Path, base: dict) -> None:
 
 def _check_published(folder: Path, settings) -> list[str]:
     """Load the written checkpoint back through the app's own path and caption the check set."""
-    from captioner.caption import check_captioner
-    from captioner.models import ModelError, ModelSpec, load_blip
-
     try:
-        loaded = load_blip(ModelSpec(str(folder), "caption", "local", str(folder), "candidate"), settings)
-        return check_captioner(loaded)
+        return check_folder(folder, settings, "candidate")
     except ModelError as exc:
         raise Refused(f"not published: {exc}") from None
-
-

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from captioner import images, registry
 from captioner.feedback import FeedbackLog
-from captioner.models import LoadedModel
+from captioner.loading import serve
+from captioner.models import LoadedModel, ModelError
 
 from . import judge
 from .config import FinetuneConfig, resolve_home
@@ -126,20 +127,17 @@ def approved(feedback: FeedbackLog, cfg: FinetuneConfig) -> list[Example]:
 
 def load_models(cfg: FinetuneConfig, settings) -> Models:
     """The model to train (full precision: bf16 copies are made for training on a GPU) and the live one."""
-    from captioner.models import ModelError, live_caption_spec, load_captioner
-
     if distributed() and settings.device in ("auto", "cuda"):  # each process of `accelerate launch` on its own GPU
         settings = replace(settings, device=f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
-    live_spec = live_caption_spec(settings)
-    base_spec = cfg.base or live_spec
     try:
-        base = load_captioner(base_spec, replace(settings, dtype="float32"), fallback=True)
-        live = base if base_spec == live_spec else load_captioner(live_spec, settings, fallback=True)
+        base = serve("caption", replace(settings, dtype="float32"), cfg.base or None)  # "": the live model
+        live = serve("caption", settings) if cfg.base else base
     except ModelError as exc:
         raise FinetuneError(f"cannot load the model to start from: {exc}") from None
-    if base.fallback_reason:
-        log(f"note: {base.fallback_reason}")
-    return Models(base, live)
+    for served in {id(base): base, id(live): live}.values():
+        if served.fallback_reason:
+            log(f"note: {served.fallback_reason}")
+    return Models(base.model, live.model)
 
 
 def prepare(models: Models, feedback: FeedbackLog, examples: list[Example], cfg: FinetuneConfig) -> tuple[RowTensors, list[Example]]:

@@ -61,7 +61,7 @@ def child_env(**extra: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def home(tmp_path, monkeypatch) -> Path:
+def home(tmp_path, monkeypatch):
     """A fresh CAPTIONER_HOME for one test; nothing outside it is touched."""
     path = tmp_path / "home"
     path.mkdir()
@@ -69,7 +69,9 @@ def home(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("CAPTIONER_DEVICE", SUITE_DEVICE)
     for name in ("CAPTION_MODEL", "DTYPE", "QUANTIZE", "GALLERY"):
         monkeypatch.delenv(f"CAPTIONER_{name}", raising=False)
-    return path
+    yield path
+    if "captioner.loading" in sys.modules:  # this home's models are not the next test's last good ones
+        sys.modules["captioner.loading"].forget()
 
 
 @pytest.fixture
@@ -82,7 +84,7 @@ def settings(home):
 @pytest.fixture(scope="session")
 def tiny_blip_dir(tmp_path_factory) -> Path:
     """A tiny randomly initialised BLIP captioner, saved with save_pretrained like any real checkpoint."""
-    from captioner.demo.train import CaptionRecipe, caption_config, processor_for
+    from demo_training.captioner import CaptionRecipe, caption_config, processor_for
     from transformers import BlipForConditionalGeneration
     import torch
 

@@ -30,7 +30,7 @@ CASES = {
 def demo(tmp_path_factory):
     """The embedded demo captioner and six preprocessed demo-world images of mixed sizes, shapes and colours."""
     torch.set_num_threads(1)
-    loaded = load_captioner("demo", Settings(home=tmp_path_factory.mktemp("home"), device="cpu"), fallback=False)
+    loaded = load_captioner("demo", Settings(home=tmp_path_factory.mktemp("home"), device="cpu"))
     return loaded, demo_pixels(loaded, 6, seed=7)
 
 
@@ -48,7 +48,7 @@ def tiny(tmp_path_factory, tiny_blip_dir):
     random weights and a raised EOS logit give long, varied sequences and every way a beam search can end.
     """
     torch.set_num_threads(1)
-    loaded = load_captioner(str(tiny_blip_dir), Settings(home=tmp_path_factory.mktemp("home"), device="cpu"), fallback=False)
+    loaded = load_captioner(str(tiny_blip_dir), Settings(home=tmp_path_factory.mktemp("home"), device="cpu"))
     model, generator = loaded.model, torch.Generator().manual_seed(3)
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -214,7 +214,7 @@ def test_unsupported_refuses_adapter_layers(tiny):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_bf16_on_cuda_agrees_with_generate_and_graphs_match_eager(tmp_path):
     """On a GPU in bf16, near-ties may flip: captions must still agree with generate's on >= 99% of fresh images."""
-    loaded = load_captioner("demo", Settings(home=tmp_path, device="cuda", dtype="bfloat16"), fallback=False)
+    loaded = load_captioner("demo", Settings(home=tmp_path, device="cuda", dtype="bfloat16"))
     tokenizer = loaded.processor.tokenizer
     pixels = demo_pixels(loaded, 448, seed=20_261).to("cuda", torch.bfloat16)
 

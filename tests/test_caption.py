@@ -22,7 +22,7 @@ GREEDY = GenerationOptions(num_beams=1, max_new_tokens=6)
 
 @pytest.fixture
 def tiny(settings, tiny_blip_dir):
-    loaded = load_captioner(str(tiny_blip_dir), settings, fallback=False)
+    loaded = load_captioner(str(tiny_blip_dir), settings)
     yield loaded
     shutdown_engines()
 
@@ -84,7 +84,7 @@ def test_prompt_prefix_conditions_the_caption(tiny):
 
 def test_images_decode_in_threads_while_the_model_works(settings, tiny_blip_dir, monkeypatch):
     """The CPU image stage (pinned: on CUDA the device stage decodes; test_engine_pixels and test_engine_gpu)."""
-    tiny = load_captioner(str(tiny_blip_dir), replace(settings, device="cpu"), fallback=False)
+    tiny = load_captioner(str(tiny_blip_dir), replace(settings, device="cpu"))
     calls = record_model_calls(monkeypatch, tiny, delay=0.2)
     decoded_at, original = [], images.decode
 

@@ -9,6 +9,7 @@ from PIL import Image
 
 from captioner.chat import VQA, ChatError, Turn, answer, answer_batch, build_inputs
 from captioner.demo.quality import qa_accuracy
+from captioner.loading import serve
 from captioner.models import ModelError, load_chat_model
 from captioner.settings import Settings
 
@@ -19,7 +20,7 @@ HISTORY = [Turn("what is in the picture?", "a small dog"), Turn("where is it?", 
 @pytest.fixture(params=["vqa", "blip2", "llava"])
 def tiny_chat(request, settings):
     folder = request.getfixturevalue(f"tiny_{request.param}_dir")
-    return load_chat_model(str(folder), settings, fallback=False)
+    return load_chat_model(str(folder), settings)
 
 
 def prompts_seen(monkeypatch, loaded):
@@ -60,7 +61,7 @@ def test_the_streamed_answer_is_plain_generates_answer(tiny_chat):
 
 
 def test_an_answer_left_while_waiting_its_turn_is_dropped_at_once(settings, tiny_blip2_dir):
-    loaded = load_chat_model(str(tiny_blip2_dir), settings, fallback=False)
+    loaded = load_chat_model(str(tiny_blip2_dir), settings)
     ahead = answer(loaded, PICTURE, [], "tell me everything", max_new_tokens=8)
     waiting = answer(loaded, PICTURE, [], "and you?", max_new_tokens=8)
     with loaded.lock:  # the model is busy: the answer ahead holds the worker, the other waits in the queue
@@ -80,7 +81,7 @@ def test_an_answer_left_while_waiting_its_turn_is_dropped_at_once(settings, tiny
 def test_eight_sessions_at_once_each_get_their_own_answer(settings, tiny_llava_dir):
     from tiny_models import CORPUS
 
-    loaded = load_chat_model(str(tiny_llava_dir), settings, fallback=False)
+    loaded = load_chat_model(str(tiny_llava_dir), settings)
     asks = []
     for i in range(8):
         history = [Turn(CORPUS[(i + j) % len(CORPUS)], CORPUS[(3 * i + j) % len(CORPUS)]) for j in range(i % 3)]
@@ -107,14 +108,14 @@ def test_eight_sessions_at_once_each_get_their_own_answer(settings, tiny_llava_d
 
 
 def test_blip_vqa_answers_from_the_question_alone(settings, tiny_vqa_dir, monkeypatch):
-    loaded = load_chat_model(str(tiny_vqa_dir), settings, fallback=False)
+    loaded = load_chat_model(str(tiny_vqa_dir), settings)
     seen = prompts_seen(monkeypatch, loaded)
     answer(loaded, PICTURE, HISTORY, "what color is it?", max_new_tokens=3).read()
     assert loaded.processor.tokenizer.decode(seen[0], skip_special_tokens=True) == "what color is it?"
 
 
 def test_blip2_prompt_carries_the_whole_conversation(settings, tiny_blip2_dir, monkeypatch):
-    loaded = load_chat_model(str(tiny_blip2_dir), settings, fallback=False)
+    loaded = load_chat_model(str(tiny_blip2_dir), settings)
     seen = prompts_seen(monkeypatch, loaded)
     answer(loaded, PICTURE, HISTORY, "what color is it?", max_new_tokens=3).read()
     prompt = loaded.processor.tokenizer.decode(seen[0], skip_special_tokens=True)
@@ -125,7 +126,7 @@ def test_blip2_prompt_carries_the_whole_conversation(settings, tiny_blip2_dir, m
 
 
 def test_chat_template_model_gets_the_full_history_and_one_image(settings, tiny_llava_dir, monkeypatch):
-    loaded = load_chat_model(str(tiny_llava_dir), settings, fallback=False)
+    loaded = load_chat_model(str(tiny_llava_dir), settings)
     seen = prompts_seen(monkeypatch, loaded)
     answer(loaded, PICTURE, HISTORY, "what color is it?", max_new_tokens=3).read()
     prompt = loaded.processor.tokenizer.decode(seen[0])
@@ -142,7 +143,7 @@ def test_a_10000_character_question_is_cut_with_a_notice(tiny_chat):
 
 
 def test_a_long_history_drops_its_oldest_turns_with_a_notice(settings, tiny_blip2_dir):
-    loaded = load_chat_model(str(tiny_blip2_dir), settings, fallback=False)
+    loaded = load_chat_model(str(tiny_blip2_dir), settings)
     stream = answer(loaded, PICTURE, HISTORY * 20, "and now?", max_new_tokens=3)
     assert any("oldest" in notice for notice in stream.notices)
     stream.read()
@@ -161,7 +162,7 @@ def assert_model_free(loaded):
 
 
 def test_an_abandoned_answer_stops_and_frees_the_model(settings, tiny_blip2_dir):
-    loaded = load_chat_model(str(tiny_blip2_dir), settings, fallback=False)
+    loaded = load_chat_model(str(tiny_blip2_dir), settings)
     stream = iter(answer(loaded, PICTURE, [], "tell me everything", max_new_tokens=500))
     next(stream)
     started = time.time()
@@ -173,7 +174,7 @@ def test_an_abandoned_answer_stops_and_frees_the_model(settings, tiny_blip2_dir)
 def test_the_model_is_freed_however_the_reader_leaves(settings, tiny_blip2_dir):
     """Freed at once whether the answer is closed, left by a with block, or its iterator closed while the
     answer object itself is still referenced (where Python 3.12's generator close kept the model busy)."""
-    loaded = load_chat_model(str(tiny_blip2_dir), settings, fallback=False)
+    loaded = load_chat_model(str(tiny_blip2_dir), settings)
     held = answer(loaded, PICTURE, [], "tell me everything", max_new_tokens=500)
     chunks = iter(held)
     next(chunks)
@@ -194,28 +195,28 @@ def test_the_model_is_freed_however_the_reader_leaves(settings, tiny_blip2_dir):
 
 def test_models_that_cannot_chat_are_refused_clearly(settings, tiny_blip_dir, home, monkeypatch):
     with pytest.raises(ModelError, match="BLIP captioning model"):
-        load_chat_model(str(tiny_blip_dir), settings, fallback=False)
+        load_chat_model(str(tiny_blip_dir), settings)
     monkeypatch.setenv("CAPTIONER_QUANTIZE", "8bit")
     monkeypatch.setenv("CAPTIONER_DEVICE", "cpu")
     with pytest.raises(ModelError, match="'8bit' needs a CUDA GPU"):
-        load_chat_model("demo", Settings.from_env(), fallback=False)
+        load_chat_model("demo", Settings.from_env())
 
 
 def test_offline_default_qa_model_falls_back_to_the_demo(settings):
-    loaded = load_chat_model(settings.qa_model, settings)
-    assert loaded.name == "demo" and "Salesforce/blip-vqa-base" in loaded.fallback_reason
-    assert "demo Q&A model" in loaded.fallback_reason
+    served = serve("qa", settings)
+    assert served.model.name == "demo" and "Salesforce/blip-vqa-base" in served.fallback_reason
+    assert "demo Q&A model" in served.fallback_reason
 
 
 def test_demo_qa_model_answers_fresh_images_exactly(settings):
-    loaded = load_chat_model("demo", settings, fallback=False)
+    loaded = load_chat_model("demo", settings)
     accuracy, misses = qa_accuracy(loaded, 100, seed=5150)
     assert accuracy >= 0.95, misses[:10]
 
 
 def test_batched_answers_need_a_vqa_model(settings, tiny_blip2_dir):
     with pytest.raises(ChatError, match="BLIP VQA"):
-        answer_batch(load_chat_model(str(tiny_blip2_dir), settings, fallback=False), [PICTURE], ["what?"])
+        answer_batch(load_chat_model(str(tiny_blip2_dir), settings), [PICTURE], ["what?"])
 
 
 @pytest.mark.gpu
@@ -223,7 +224,7 @@ def test_batched_answers_need_a_vqa_model(settings, tiny_blip2_dir):
 def test_on_cuda_the_stream_is_plain_generates_answer_and_leaving_frees_the_model(home, tiny_blip2_dir, tiny_llava_dir):
     settings = Settings(home=home, device="cuda")
     for folder in (tiny_blip2_dir, tiny_llava_dir):
-        loaded = load_chat_model(str(folder), settings, fallback=False)
+        loaded = load_chat_model(str(folder), settings)
         assert loaded.device.type == "cuda"
         assert answer(loaded, PICTURE, HISTORY, "what color is it?", max_new_tokens=24).read() == plain_answer(
             loaded, HISTORY, "what color is it?", 24
@@ -239,7 +240,7 @@ def test_on_cuda_the_stream_is_plain_generates_answer_and_leaving_frees_the_mode
 def test_on_cuda_an_abandoned_answer_stops_and_frees_the_model(home, tiny_blip2_dir):
     """The issue's GPU finding, as it ran there: device auto -> cuda, bf16; the reader leaves after one chunk by
     closing the iterator while the answer object is still referenced (Python 3.12 kept that frame alive)."""
-    loaded = load_chat_model(str(tiny_blip2_dir), Settings(home=home, device="auto"), fallback=False)
+    loaded = load_chat_model(str(tiny_blip2_dir), Settings(home=home, device="auto"))
     assert loaded.device.type == "cuda" and loaded.dtype == torch.bfloat16
     held = answer(loaded, PICTURE, [], "tell me everything", max_new_tokens=500)
     chunks = iter(held)

@@ -9,7 +9,8 @@ from PIL import Image
 import images_zoo as zoo
 from captioner.demo import MODELS_DIR, TOKENIZER_DIR
 from captioner.demo.quality import caption_accuracy
-from captioner.demo.train import CaptionRecipe, _training_data, build_all, build_captioner, processor_for
+from demo_training.build import build_all
+from demo_training.captioner import CaptionRecipe, _training_data, build_captioner, processor_for
 from captioner.images import ImageInput
 from captioner.caption import GenerationOptions, caption_images
 from captioner.models import load_captioner
@@ -19,7 +20,7 @@ from captioner.models import load_captioner
 def demo():
     from captioner.settings import Settings
 
-    return load_captioner("demo", Settings(home=".", device="cpu"), fallback=False)
+    return load_captioner("demo", Settings(home=".", device="cpu"))
 
 
 def test_committed_demo_weights_stay_under_25_mb():
@@ -74,7 +75,7 @@ def test_a_short_build_writes_a_checkpoint_the_app_can_load(tmp_path, settings):
     folder = tmp_path / "caption"
     assert {"config.json", "model.safetensors", "demo.json", "tokenizer.json"} <= {p.name for p in folder.iterdir()}
     assert metrics["version"].startswith("demo-") and 0 <= metrics["exact_caption_accuracy"] <= 1
-    loaded = load_captioner(str(folder), settings, fallback=False)
+    loaded = load_captioner(str(folder), settings)
     assert caption_images(loaded, [ImageInput("x.png", zoo.encode(zoo.demo(), "PNG"))])[0].ok
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 

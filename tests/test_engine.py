@@ -20,7 +20,7 @@ GREEDY = GenerationOptions(num_beams=1, max_new_tokens=12)
 
 @pytest.fixture(scope="module")
 def demo():
-    return load_captioner("demo", Settings(home=".", device="cpu"), fallback=False)
+    return load_captioner("demo", Settings(home=".", device="cpu"))
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +145,7 @@ def test_an_abandoned_request_is_dropped_and_never_run(demo, world):
 
 def test_hot_swap_under_load_fails_nothing_and_each_result_names_its_model(demo, world, settings, tiny_blip_dir):
     inputs, truths = world
-    tiny = load_captioner(str(tiny_blip_dir), settings, fallback=False)
+    tiny = load_captioner(str(tiny_blip_dir), settings)
     expected = {demo.version: truths[:8], tiny.version: [r.caption for r in caption_images(tiny, inputs[:8], GREEDY)]}
     assert expected[demo.version] != expected[tiny.version]
     live, stop, seen = [demo], threading.Event(), []
@@ -198,7 +198,7 @@ def test_close_finishes_the_jobs_under_way_then_refuses_and_stops(demo, world):
 
 
 def test_an_engine_stops_when_its_model_is_dropped(settings, tiny_blip_dir):
-    loaded = load_captioner(str(tiny_blip_dir), settings, fallback=False)
+    loaded = load_captioner(str(tiny_blip_dir), settings)
     assert caption_images(loaded, demo_inputs(2, seed=1)[0], GREEDY)[0].ok
     worker = engine_for(loaded)._worker
     del loaded
@@ -240,7 +240,7 @@ def test_a_model_replaced_in_place_gets_a_fresh_engine(settings, tiny_blip_dir, 
     import copy
 
     inputs, _ = world
-    loaded = load_captioner(str(tiny_blip_dir), settings, fallback=False)
+    loaded = load_captioner(str(tiny_blip_dir), settings)
     first = engine_for(loaded)
     before = caption_images(loaded, inputs[:4], GREEDY)
     changed = copy.deepcopy(loaded.model)

@@ -24,7 +24,7 @@ GREEDY = GenerationOptions(num_beams=1, max_new_tokens=12)
 
 @pytest.fixture(scope="module")
 def cuda_demo():
-    loaded = load_captioner("demo", Settings(home=".", device="cuda", dtype="float32"), fallback=False)
+    loaded = load_captioner("demo", Settings(home=".", device="cuda", dtype="float32"))
     yield loaded
     shutdown_engines()
 
@@ -43,7 +43,7 @@ def test_the_gpu_collate_equals_the_cpu_one(cuda_demo):
 
 def test_the_demo_on_cuda_captions_like_on_the_cpu(cuda_demo):
     inputs, samples = demo_inputs(64, seed=6)
-    cpu = load_captioner("demo", Settings(home=".", device="cpu"), fallback=False)
+    cpu = load_captioner("demo", Settings(home=".", device="cpu"))
     on_gpu, on_cpu = caption_images(cuda_demo, inputs, GREEDY), caption_images(cpu, inputs, GREEDY)
     assert [r.caption for r in on_gpu] == [s.caption for s in samples] == [r.caption for r in on_cpu]
     assert [r.score for r in on_gpu] == pytest.approx([r.score for r in on_cpu], abs=1e-3)
@@ -66,7 +66,7 @@ def test_32_users_on_cuda_each_get_their_own_caption(cuda_demo):
 
 
 def test_bf16_demo_on_cuda_is_right_on_fresh_images():
-    loaded = load_captioner("demo", Settings(home=".", device="cuda", dtype="bfloat16"), fallback=False)
+    loaded = load_captioner("demo", Settings(home=".", device="cuda", dtype="bfloat16"))
     inputs, samples = demo_inputs(200, seed=8)
     results = caption_images(loaded, inputs, GREEDY)
     right = sum(r.caption == s.caption for r, s in zip(results, samples))
@@ -91,7 +91,7 @@ def test_the_engine_on_cuda_decodes_jpegs_with_nvjpeg_and_a_bad_file_fails_alone
     assert isinstance(engine.stage, DeviceImageStage)
     on_gpu = caption_images(cuda_demo, inputs, GREEDY)
     assert sum(count for count, _ in decoded_on) == len(jpegs) and {device for _, device in decoded_on} == {"cuda"}
-    cpu = load_captioner("demo", Settings(home=".", device="cpu"), fallback=False)
+    cpu = load_captioner("demo", Settings(home=".", device="cpu"))
     on_cpu = caption_images(cpu, inputs, GREEDY)
     assert [r.error for r in on_gpu] == [r.error for r in on_cpu]
     assert [r.name for r in on_gpu if not r.ok] == ["garbage.jpg", "cut.jpg", "empty.png"]

@@ -28,7 +28,7 @@ GREEDY = GenerationOptions(num_beams=1, max_new_tokens=12)
 
 @pytest.fixture(scope="module")
 def demo():
-    return load_captioner("demo", Settings(home=".", device="cpu"), fallback=False)
+    return load_captioner("demo", Settings(home=".", device="cpu"))
 
 
 def demo_jpegs(n: int, seed: int, max_side: int = 200) -> tuple[list[ImageInput], list[str]]:

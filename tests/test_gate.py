@@ -20,7 +20,7 @@ from test_finetune import log_rows
 
 def crippled_demo(folder, word="circle"):
     """The demo captioner, unable ever to say `word`: a model that has forgotten one old shape."""
-    loaded = load_captioner("demo", Settings(home=folder, device="cpu"), fallback=False)
+    loaded = load_captioner("demo", Settings(home=folder, device="cpu"))
     word_id = loaded.processor.tokenizer.convert_tokens_to_ids(word)
     with torch.no_grad():
         loaded.model.text_decoder.cls.predictions.decoder.bias[word_id] = -100.0

@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 
 import images_zoo as zoo
+from dataclasses import replace
+
 from captioner.embed import embed_images, embed_texts, load_embedder
+from captioner.loading import serve
 from captioner.images import ImageError, ImageInput
 from captioner.index import (
     IndexProblem, SearchError, current_generation, index_root, load_index, open_or_build, search_image, search_text,
@@ -22,7 +25,7 @@ from conftest import ROOT
 
 @pytest.fixture
 def clip(settings, tiny_clip_dir):
-    return load_embedder(str(tiny_clip_dir), settings, fallback=False)
+    return load_embedder(str(tiny_clip_dir), settings)
 
 
 @pytest.fixture
@@ -87,13 +90,13 @@ def test_a_repeated_text_query_is_not_encoded_again(clip, monkeypatch):
 
 def test_open_clip_specs_are_checked(settings, tmp_path):
     with pytest.raises(ModelError, match="not an open_clip model folder"):
-        load_embedder(str(tmp_path), settings, fallback=False)
+        load_embedder(str(tmp_path), settings)
     with pytest.raises(ModelError, match="add a tag"):
-        load_embedder("ViT-B-32", settings, fallback=False)
+        load_embedder("ViT-B-32", settings)
     with pytest.raises(ModelError, match="offline"):
-        load_embedder("ViT-B-32/laion2b_s34b_b79k", settings, fallback=False)
-    loaded = load_embedder("ViT-B-32/laion2b_s34b_b79k", settings)
-    assert loaded.name == "demo" and "demo search model" in loaded.fallback_reason
+        load_embedder("ViT-B-32/laion2b_s34b_b79k", settings)
+    served = serve("search", replace(settings, search_model="ViT-B-32/laion2b_s34b_b79k"))
+    assert served.model.name == "demo" and "demo search model" in served.fallback_reason
 
 
 def test_incremental_update_adds_changes_deletes_and_dedupes(clip, gallery, settings):
@@ -192,7 +195,7 @@ def die(*args, **kwargs):
 
 index_store.write_atomic = die  # killed after the new generation is written, before CURRENT moves
 settings = Settings.from_env()
-gallery_index.update_index(load_embedder(sys.argv[1], settings, fallback=False), Path(sys.argv[2]), settings.data_dir)
+gallery_index.update_index(load_embedder(sys.argv[1], settings), Path(sys.argv[2]), settings.data_dir)
 """
 
 
@@ -213,7 +216,7 @@ def test_a_crash_in_the_middle_of_an_update_is_recovered(clip, gallery, settings
 def test_demo_clip_reaches_precision_at_5(settings, tmp_path):
     from captioner.demo.quality import demo_inputs
 
-    clip = load_embedder("demo", settings, fallback=False)
+    clip = load_embedder("demo", settings)
     gallery = tmp_path / "demo-gallery"
     gallery.mkdir()
     inputs, shown = demo_inputs(100, seed=777)
@@ -237,8 +240,8 @@ def test_indexing_on_cuda_gives_unit_vectors_close_to_the_cpus(settings, tiny_cl
         pytest.skip("no CUDA")
     from captioner.settings import Settings
 
-    on_gpu = load_embedder(str(tiny_clip_dir), Settings(home=settings.home, device="cuda"), fallback=False)
-    on_cpu = load_embedder(str(tiny_clip_dir), Settings(home=settings.home, device="cpu"), fallback=False)
+    on_gpu = load_embedder(str(tiny_clip_dir), Settings(home=settings.home, device="cuda"))
+    on_cpu = load_embedder(str(tiny_clip_dir), Settings(home=settings.home, device="cpu"))
     assert on_gpu.device.type == "cuda" and on_gpu.dtype == torch.bfloat16
     inputs = [ImageInput(p.name, p.read_bytes()) for p in sorted(gallery.glob("*.png"))]
     inputs.append(ImageInput("photo.jpg", zoo.encode(zoo.demo("square", "red", 300), "JPEG")))

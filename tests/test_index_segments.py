@@ -20,7 +20,7 @@ SHAPES = list(product(["circle", "square", "triangle"], ["red", "green", "blue",
 
 @pytest.fixture
 def clip(settings, tiny_clip_dir):
-    return load_embedder(str(tiny_clip_dir), settings, fallback=False)
+    return load_embedder(str(tiny_clip_dir), settings)
 
 
 def add_pictures(folder, start: int, count: int) -> list[str]:

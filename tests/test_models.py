@@ -1,11 +1,13 @@
 """Model specs: hub ids, folders, demo and active; the demo fallback; device, dtype and quantization."""
 
 import json
+from dataclasses import replace
 import time
 
 import pytest
 import torch
 
+from captioner.loading import serve
 from captioner.models import (
     ModelError, check_quantization, load_captioner, resolve_device, resolve_dtype, resolve_spec,
 )  # fmt: skip
@@ -42,21 +44,21 @@ def test_active_spec_follows_active_json_else_the_default(settings, tiny_blip_di
 
 def test_unreachable_hub_model_falls_back_to_demo_quickly_and_says_why(settings):
     started = time.time()
-    loaded = load_captioner(DEFAULT_CAPTION_MODEL, settings)
+    served = serve("caption", replace(settings, caption_model=DEFAULT_CAPTION_MODEL))
     assert time.time() - started < 30
-    assert loaded.spec.source == "demo" and loaded.name == "demo"
-    assert DEFAULT_CAPTION_MODEL in loaded.fallback_reason and "offline" in loaded.fallback_reason
-    assert "demo captioner" in loaded.fallback_reason
+    assert served.model.spec.source == "demo" and served.model.name == "demo"
+    assert DEFAULT_CAPTION_MODEL in served.fallback_reason and "offline" in served.fallback_reason
+    assert "demo captioner" in served.fallback_reason
 
 
 def test_no_fallback_when_not_allowed(settings):
     with pytest.raises(ModelError, match="offline"):
-        load_captioner("Salesforce/blip-image-captioning-large", settings, fallback=False)
+        load_captioner("Salesforce/blip-image-captioning-large", settings)
 
 
 def test_a_saved_checkpoint_loads_through_the_real_path(settings, tiny_blip_dir):
-    loaded = load_captioner(str(tiny_blip_dir), settings, fallback=False)
-    assert loaded.fallback_reason is None and loaded.version == tiny_blip_dir.name
+    loaded = load_captioner(str(tiny_blip_dir), settings)
+    assert loaded.version == tiny_blip_dir.name
     device = resolve_device(settings.device)  # the suite's device: cpu, or the machine's with CAPTIONER_TEST_DEVICE=auto
     assert loaded.device.type == device.type and loaded.dtype == resolve_dtype(settings.dtype, device)
     assert not loaded.model.training
@@ -68,14 +70,14 @@ def test_folders_that_are_not_blip_captioners_are_refused_clearly(settings, tmp_
     other = tmp_path / "bert"
     BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained(other)
     with pytest.raises(ModelError, match="'bert' model"):
-        load_captioner(str(other), settings, fallback=False)
+        load_captioner(str(other), settings)
     broken = tmp_path / "broken"
     broken.mkdir()
     for item in tiny_blip_dir.iterdir():
         (broken / item.name).write_bytes(item.read_bytes())
     (broken / "model.safetensors").write_bytes(b"not really weights")
     with pytest.raises(ModelError, match="could not load"):
-        load_captioner(str(broken), settings, fallback=False)
+        load_captioner(str(broken), settings)
 
 
 def test_device_dtype_and_quantization_rules():
@@ -97,7 +99,7 @@ def test_quantization_on_cpu_fails_at_load_with_a_clear_message(home, monkeypatc
     monkeypatch.setenv("CAPTIONER_DEVICE", "cpu")
     monkeypatch.setenv("CAPTIONER_QUANTIZE", "4bit")
     with pytest.raises(ModelError, match="'4bit' needs a CUDA GPU"):
-        load_captioner(str(tiny_blip_dir), Settings.from_env(), fallback=False)
+        load_captioner(str(tiny_blip_dir), Settings.from_env())
 
 
 def test_bad_settings_name_the_variable(home, monkeypatch):

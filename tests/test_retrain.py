@@ -108,4 +108,4 @@ def test_cli_captions_with_the_default_when_the_live_version_is_corrupt(home, mo
     picture.write_bytes(encode(demo("square", "blue"), "PNG"))
     done = run_cli("caption", picture)
     assert done.returncode == 0 and json.loads(done.stdout)["caption"] == "a blue square"
-    assert "could not load active (v0001)" in done.stderr and "captioning with demo instead" in done.stderr
+    assert "could not load active (v0001)" in done.stderr and "captioning with the default model demo instead" in done.stderr

@@ -40,7 +40,7 @@ def item(name, spec) -> ImageInput:
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     settings = Settings(home=tmp_path_factory.mktemp("home"))
-    return load_embedder("demo", settings, fallback=False), load_captioner("demo", settings, fallback=False)
+    return load_embedder("demo", settings), load_captioner("demo", settings)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import images_zoo as zoo
 from captioner.__main__ import main
 from captioner.demo.style_quality import keeps_words, style_accuracy
 from captioner.feedback import FeedbackLog
+from captioner.loading import serve
 from captioner.models import ModelError, load_captioner, load_chat_model, load_style_model
 from captioner.restyle import detail_facts, restyle, restyle_batch
 from captioner.review import set_status
@@ -22,8 +23,8 @@ from torch_threads import one_torch_thread  # noqa: F401 (autouse: one torch thr
 @pytest.fixture(scope="module")
 def demo_models(tmp_path_factory):
     settings = Settings(home=tmp_path_factory.mktemp("home"), device="cpu")
-    return (load_captioner("demo", settings, fallback=False), load_chat_model("demo", settings, fallback=False),
-            load_style_model("demo", settings, fallback=False))  # fmt: skip
+    return (load_captioner("demo", settings), load_chat_model("demo", settings),
+            load_style_model("demo", settings))  # fmt: skip
 
 
 def test_a_style_is_a_known_name_or_an_instruction_of_ones_own():
@@ -60,10 +61,10 @@ def test_detailed_sends_the_qa_models_answers_with_the_caption(demo_models):
 
 
 def test_the_default_rewriter_falls_back_to_the_demo_offline_and_a_captioner_is_refused(settings, tiny_blip_dir):
-    loaded = load_style_model(settings.style_model, settings)
-    assert loaded.name == "demo" and "SmolLM2" in loaded.fallback_reason and "caption rewriter" in loaded.fallback_reason
+    served = serve("style", settings)
+    assert served.model.name == "demo" and "SmolLM2" in served.fallback_reason and "caption rewriter" in served.fallback_reason
     with pytest.raises(ModelError, match="needs a text chat model"):
-        load_style_model(str(tiny_blip_dir), settings, fallback=False)
+        load_style_model(str(tiny_blip_dir), settings)
 
 
 def test_caption_cli_gives_styled_beside_caption(home, tmp_path, demo_png, capsys):

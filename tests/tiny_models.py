@@ -37,7 +37,7 @@ def build_vqa(folder: Path) -> Path:
     import torch
     from transformers import BlipForQuestionAnswering
 
-    from captioner.demo.train import CaptionRecipe, caption_config, processor_for
+    from demo_training.captioner import CaptionRecipe, caption_config, processor_for
 
     torch.manual_seed(0)
     recipe = CaptionRecipe(image_size=32, patch_size=8, hidden=32, vision_layers=1, text_layers=1, heads=2)

@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from app_pages._text import plain
-from captioner import registry
+from captioner import golive, registry
 from captioner.settings import Settings
 
 
@@ -31,7 +31,7 @@ def render(config: Settings) -> None:
         target = registry.previous_version(config.models_dir) or "default"
     if target:
         try:
-            registry.activate_checked(config, None if target == "default" else target)
+            golive.activate_checked(config, None if target == "default" else target)
             state.version_note = f"{target if target != 'default' else 'The default model'} is live; every session's next caption uses it."
         except registry.RegistryError as exc:
             state.version_note = f"Not changed: {exc}"

@@ -1,11 +1,13 @@
-"""The embedded demo models: small models this project trains on its synthetic demo world."""
+"""The embedded demo world (world, vocab, quality checks) and its small models' weights (models/, tokenizer/).
+
+Training them lives outside the library: `python -m demo_training` (or `python -m captioner demo build`).
+"""
 
 from pathlib import Path
 
-MODELS_DIR = Path(__file__).parent / "models"
+from ..models import DEMO_MODELS_DIR as MODELS_DIR
+from ..models import demo_model_dir
+
 TOKENIZER_DIR = Path(__file__).parent / "tokenizer"
 
-
-def demo_model_dir(kind: str) -> Path:
-    """The folder of the embedded demo model of a kind (caption, qa, search)."""
-    return MODELS_DIR / kind
+__all__ = ["MODELS_DIR", "TOKENIZER_DIR", "demo_model_dir"]

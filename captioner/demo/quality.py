@@ -5,13 +5,17 @@ from __future__ import annotations
 import io
 import random
 
-from .world import COLORS, MAX_SIDE, MIN_SIDE, SHAPES, questions, sample
+import numpy as np
+
+from ..caption import GenerationOptions, caption_images
+from ..chat import answer_batch
+from ..embed import embed_images, embed_texts
+from ..images import ImageInput
+from .world import COLORS, MAX_SIDE, MIN_SIDE, SHAPES, caption_for, questions, sample
 
 
 def demo_inputs(n: int, seed: int, shapes=SHAPES, colors=tuple(COLORS), min_side=MIN_SIDE, max_side=MAX_SIDE):
     """n fresh demo-world images as PNG-encoded inputs, with the samples they show."""
-    from ..images import ImageInput
-
     rng = random.Random(seed)
     inputs, samples = [], []
     for i in range(n):
@@ -25,8 +29,6 @@ def demo_inputs(n: int, seed: int, shapes=SHAPES, colors=tuple(COLORS), min_side
 
 def caption_accuracy(loaded, n: int = 400, seed: int = 10_000, **world) -> tuple[float, list[tuple[str, str]]]:
     """Share of n fresh images captioned exactly right (greedy), and the (truth, caption) pairs it missed."""
-    from ..caption import GenerationOptions, caption_images
-
     inputs, samples = demo_inputs(n, seed, **world)
     truths = [item.caption for item in samples]
     results = caption_images(loaded, inputs, GenerationOptions(num_beams=1, max_new_tokens=12), batch_size=64)
@@ -36,8 +38,6 @@ def caption_accuracy(loaded, n: int = 400, seed: int = 10_000, **world) -> tuple
 
 def qa_accuracy(loaded, n: int = 200, seed: int = 30_000, **world) -> tuple[float, list[tuple[str, str, str]]]:
     """Share of the four demo-world questions about n fresh images answered exactly; and the misses."""
-    from ..chat import answer_batch
-
     _, samples = demo_inputs(n, seed, **world)
     rng = random.Random(seed)
     pictures, asked, truths = [], [], []
@@ -53,11 +53,6 @@ def qa_accuracy(loaded, n: int = 200, seed: int = 30_000, **world) -> tuple[floa
 
 def search_precision(loaded, n: int = 100, seed: int = 40_000) -> tuple[float, float, float]:
     """Precision@5 over a fresh core-world gallery of n images: (text queries, image queries, 'a red circle')."""
-    import numpy as np
-
-    from ..embed import embed_images, embed_texts
-    from .world import caption_for
-
     gallery, shown = demo_inputs(n, seed)
     vectors = embed_images(loaded, gallery).vectors
     labels = np.array([item.caption for item in shown])

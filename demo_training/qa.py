@@ -8,10 +8,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from .train import (
-    CaptionRecipe, caption_batch_tensors, caption_config, fit, processor_for, publish, save_pretrained,
-)  # fmt: skip
-from .world import ALL_COLORS, COLORS, EXTRA_SHAPES, SHAPES, paraphrase, questions, sample
+from captioner.demo.quality import qa_accuracy
+from captioner.demo.world import ALL_COLORS, COLORS, EXTRA_SHAPES, SHAPES, paraphrase, questions, sample
+from captioner.models import load_chat_model_at, resolve_spec
+from captioner.settings import Settings
+
+from .captioner import CaptionRecipe, caption_batch_tensors, caption_config, processor_for
+from .common import fit, publish, save_pretrained
 
 
 @dataclass(frozen=True)
@@ -98,11 +101,8 @@ def _start_from_captioner(model, captioner) -> None:
 
 def _evaluate(recipe: QARecipe, seed: int, log: Callable) -> Callable:
     def evaluate(folder: Path, version: str) -> dict:
-        from ..models import ModelSpec, load_chat_model_at
-        from ..settings import Settings
-        from .quality import qa_accuracy
-
-        loaded = load_chat_model_at(ModelSpec("demo", "qa", "demo", str(folder), version), Settings(home=Path.cwd(), device="cpu"))
+        settings = Settings(home=Path.cwd(), device="cpu")
+        loaded = load_chat_model_at(resolve_spec(str(folder), "qa", settings), settings)
         accuracy, misses = qa_accuracy(loaded, recipe.eval_images, seed=30_000 + seed)
         log(f"demo Q&A: {accuracy:.1%} exact on {4 * recipe.eval_images} questions about fresh images; version {version}")
         return {"exact_answer_accuracy": accuracy, "eval_questions": 4 * recipe.eval_images, "examples_missed": misses[:10]}

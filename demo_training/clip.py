@@ -10,9 +10,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from . import TOKENIZER_DIR
-from .train import fit, publish
-from .world import ALL_COLORS, COLORS, EXTRA_SHAPES, SHAPES, sample
+from captioner.demo import TOKENIZER_DIR
+from captioner.demo.quality import search_precision
+from captioner.demo.world import ALL_COLORS, COLORS, EXTRA_SHAPES, SHAPES, sample
+from captioner.embed import load_open_clip, write_open_clip_folder
+from captioner.models import resolve_spec
+from captioner.settings import Settings
+
+from .common import fit, publish
 
 MEAN, STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 TEMPLATES = ("a {color} {shape}", "{color} {shape}", "a photo of a {color} {shape}", "a {color} {shape} on white")
@@ -64,8 +69,6 @@ def build_clip_model(target: Path, recipe: ClipRecipe, seed: int, log: Callable 
     import open_clip
     import torch
     from transformers import AutoTokenizer
-
-    from ..embed import write_open_clip_folder
 
     torch.manual_seed(seed)
     rng = random.Random(seed + 2)
@@ -129,12 +132,8 @@ def _training_data(preprocess, tokenizer, recipe: ClipRecipe, rng: random.Random
 
 def _evaluate(recipe: ClipRecipe, seed: int, log: Callable) -> Callable:
     def evaluate(folder: Path, version: str) -> dict:
-        from ..embed import load_open_clip
-        from ..models import ModelSpec
-        from ..settings import Settings
-        from .quality import search_precision
-
-        loaded = load_open_clip(ModelSpec("demo", "search", "demo", str(folder), version), Settings(home=Path.cwd(), device="cpu"))
+        settings = Settings(home=Path.cwd(), device="cpu")
+        loaded = load_open_clip(resolve_spec(str(folder), "search", settings), settings)
         text_p5, image_p5, red_circle = search_precision(loaded, recipe.eval_gallery, seed=40_000 + seed)
         log(f"demo CLIP: precision@5 text {text_p5:.2f}, image {image_p5:.2f} ('a red circle': {red_circle:.2f}); version {version}")
         return {"text_precision_at_5": text_p5, "image_precision_at_5": image_p5, "red_circle_text_precision_at_5": red_circle,

@@ -10,9 +10,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..styles import INSTRUCTIONS, rewrite_messages, style_for
-from .train import fit, publish, save_pretrained
-from .world import ALL_COLORS, ALL_SHAPES, caption_for
+from captioner.demo.style_quality import style_accuracy
+from captioner.demo.world import ALL_COLORS, ALL_SHAPES, caption_for
+from captioner.models import load_blip, load_chat_model_at, load_style_model, resolve_spec
+from captioner.settings import Settings
+from captioner.styles import INSTRUCTIONS, rewrite_messages, style_for
+
+from .common import fit, publish, save_pretrained
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}</s>{% endfor %}"
@@ -140,14 +144,10 @@ def build_rewriter(target: Path, captioner_dir: Path, qa_dir: Path, recipe: Rewr
 
 def _evaluate(captioner_dir: Path, qa_dir: Path, recipe: RewriterRecipe, seed: int, log: Callable) -> Callable:
     def evaluate(folder: Path, version: str) -> dict:
-        from ..models import load_blip, load_chat_model_at, load_style_model
-        from ..settings import Settings
-        from .style_quality import style_accuracy
-
         settings = Settings(home=Path.cwd(), device="cpu", style_model=str(folder))
-        captioner = load_blip(_demo_spec(captioner_dir, "caption"), settings)
-        qa = load_chat_model_at(_demo_spec(qa_dir, "qa"), settings)
-        rewriter = load_style_model(str(folder), settings, fallback=False)
+        captioner = load_blip(resolve_spec(str(captioner_dir), "caption", settings), settings)
+        qa = load_chat_model_at(resolve_spec(str(qa_dir), "qa", settings), settings)
+        rewriter = load_style_model(str(folder), settings)
         accuracy, misses = style_accuracy(captioner, qa, rewriter, recipe.eval_images, seed=50_000 + seed)
         log(f"demo rewriter: {accuracy:.1%} of styled captions keep the right colour and shape words "
             f"({4 * recipe.eval_images} on fresh images); version {version}")  # fmt: skip
@@ -155,11 +155,3 @@ def _evaluate(captioner_dir: Path, qa_dir: Path, recipe: RewriterRecipe, seed: i
 
     return evaluate
 
-
-def _demo_spec(folder: Path, kind: str):
-    import json
-
-    from ..models import ModelSpec
-
-    version = json.loads((folder / "demo.json").read_text())["version"]
-    return ModelSpec("demo", kind, "demo", str(folder), version)

@@ -1,20 +1,20 @@
-"""`python -m captioner demo build`: train the embedded demo models on the demo world from a fixed seed."""
+"""The demo captioner: a small BLIP trained on the demo world from a fixed seed."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
 import random
-import shutil
-import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from . import MODELS_DIR, TOKENIZER_DIR
-from .world import ALL_COLORS, EXTRA_SHAPES, SHAPES, sample
+from captioner.demo import TOKENIZER_DIR
+from captioner.demo.quality import caption_accuracy
+from captioner.demo.world import ALL_COLORS, EXTRA_SHAPES, SHAPES, sample
+from captioner.models import load_blip, resolve_spec
+from captioner.settings import Settings
+
+from .common import fit, publish, save_pretrained
 
 
 @dataclass(frozen=True)
@@ -35,24 +35,6 @@ class CaptionRecipe:
     lr: float = 1e-3
     warmup: int = 100
     eval_images: int = 400
-
-
-def build_all(out_dir: Path | None = None, seed: int = 0, steps: int | None = None, log: Callable = print) -> dict:
-    """Retrain every demo model into out_dir (default: the package's own); returns their metrics."""
-    from .train_clip import ClipRecipe, build_clip_model
-    from .train_qa import QARecipe, build_qa_model
-    from .train_rewriter import RewriterRecipe, build_rewriter
-
-    out_dir = Path(out_dir) if out_dir else MODELS_DIR
-    recipes = [CaptionRecipe(), QARecipe(), ClipRecipe(), RewriterRecipe()]
-    if steps is not None:
-        recipes = [replace(recipe, steps=steps) for recipe in recipes]
-    caption_recipe, qa_recipe, clip_recipe, rewriter_recipe = recipes
-    metrics = {"caption": build_captioner(out_dir / "caption", caption_recipe, seed, log)}
-    metrics["qa"] = build_qa_model(out_dir / "qa", out_dir / "caption", qa_recipe, seed, log)
-    metrics["search"] = build_clip_model(out_dir / "search", clip_recipe, seed, log)
-    metrics["style"] = build_rewriter(out_dir / "style", out_dir / "caption", out_dir / "qa", rewriter_recipe, seed, log)
-    return metrics
 
 
 def processor_for(recipe: CaptionRecipe):
@@ -135,76 +117,10 @@ def build_captioner(target: Path, recipe: CaptionRecipe, seed: int, log: Callabl
     return publish(save, target, "caption", _evaluate_captioner(recipe, seed, log), record, log)
 
 
-def fit(model, recipe, seed: int, step_loss: Callable, name: str, started: float, log: Callable,
-        weight_decay: float = 0.01, after_step: Callable | None = None) -> None:  # fmt: skip
-    """The demo models' training loop: AdamW, warmup then cosine decay, clipped gradients, a log line every
-    200 steps. step_loss(generator) draws a batch and returns its loss."""
-    import torch
-
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, recipe.warmup, recipe.steps))
-    generator = torch.Generator().manual_seed(seed)
-    model.train()
-    for step in range(recipe.steps):
-        loss = step_loss(generator)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        if after_step:
-            after_step()
-        if step % 200 == 0 or step == recipe.steps - 1:
-            log(f"{name}: step {step + 1}/{recipe.steps} loss {loss.item():.4f} ({time.time() - started:.0f}s)")
-
-
-def warmup_cosine(step: int, warmup: int, total: int) -> float:
-    """Learning-rate factor: linear warmup, then cosine decay to zero."""
-    return min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
-
-
-def save_pretrained(model, processor) -> Callable[[Path], Path]:
-    """A saver for publish(): the transformers checkpoint of a model and its processor; returns the weights file."""
-
-    def save(folder: Path) -> Path:
-        model.save_pretrained(folder)
-        processor.save_pretrained(folder)
-        return folder / "model.safetensors"
-
-    return save
-
-
-def publish(save: Callable[[Path], Path], target: Path, kind: str, evaluate: Callable, record: dict, log: Callable) -> dict:
-    """Save beside the target, measure through the real loading path, then swap the folder into place."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
-    staging.chmod(0o755)
-    try:
-        weights = save(staging)
-        for item in staging.iterdir():
-            item.chmod(0o644)
-        version = "demo-" + hashlib.sha256(weights.read_bytes()).hexdigest()[:8]
-        metrics = {"version": version, "kind": kind, **record, **evaluate(staging, version)}
-        (staging / "demo.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    old = target.with_name(f".{target.name}-old")
-    if target.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        target.rename(old)
-    staging.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
-    return metrics
-
-
 def _evaluate_captioner(recipe: CaptionRecipe, seed: int, log: Callable) -> Callable:
     def evaluate(folder: Path, version: str) -> dict:
-        from ..models import ModelSpec, load_blip
-        from ..settings import Settings
-        from .quality import caption_accuracy
-
-        loaded = load_blip(ModelSpec("demo", "caption", "demo", str(folder), version), Settings(home=Path.cwd(), device="cpu"))
+        settings = Settings(home=Path.cwd(), device="cpu")
+        loaded = load_blip(resolve_spec(str(folder), "caption", settings), settings)
         accuracy, misses = caption_accuracy(loaded, recipe.eval_images, seed=10_000 + seed)
         broad, _ = caption_accuracy(
             loaded, recipe.eval_images // 2, seed=20_000 + seed, shapes=SHAPES + EXTRA_SHAPES, colors=tuple(ALL_COLORS)

@@ -1,0 +1,85 @@
+"""`index` and `search`: the gallery's search index and queries against it."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from tqdm import tqdm
+
+from ..images import ImageError, read_file
+from ..index import IndexProblem, SearchError, open_or_build, search_image, search_text, update_index
+from ..settings import Settings
+from .common import UserError, say
+from .serving import load_for_cli
+
+
+def load_search_model(args, settings: Settings):
+
+    return load_for_cli(load_embedder, args.model, settings.search_model, settings)
+
+
+def report_update(report) -> None:
+    """What an index update did, on stderr."""
+    if report.rebuilt_because:
+        say(f"rebuilt the index: {report.rebuilt_because}")
+    if report.rewritten_because:
+        say(f"rewrote the index's vectors: {report.rewritten_because}")
+    for path, reason in report.ignored:
+        say(f"ignored {path}: {reason}")
+    for path, reason in report.skipped:
+        say(f"skipped {path}: {reason}")
+    say(
+        f"index: {report.added} added, {report.changed} changed, {report.removed} removed, "
+        f"{report.unchanged} unchanged; {report.embedded} embedded, {report.reused} duplicates reused, "
+        f"{len(report.skipped)} skipped, {len(report.ignored)} ignored ({report.seconds:.1f}s)"
+    )
+
+
+def cmd_index(args, settings: Settings) -> int:
+
+    loaded = load_search_model(args, settings)
+    bar = tqdm(total=0, unit="img", desc="embedding", file=sys.stderr, disable=None)
+
+    def progress(done, total, rate):
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        index, report = update_index(
+            loaded, args.folder, settings.data_dir, on_progress=progress,
+            follow_links=args.follow_links or settings.gallery_follow_links,
+        )  # fmt: skip
+    except IndexProblem as exc:
+        raise UserError(str(exc)) from None
+    finally:
+        bar.close()
+    report_update(report)
+    say(f"{len(index)} images indexed ({index.kind} index) for {args.folder}")
+    return 1 if report.skipped else 0
+
+
+def cmd_search(args, settings: Settings) -> int:
+    if not 1 <= args.k <= 1000:
+        raise UserError(f"-k must be 1 to 1000, not {args.k}")
+    if args.text is not None and not args.text.strip():
+        raise UserError("the text query is empty")
+    loaded = load_search_model(args, settings)
+    gallery = args.gallery or settings.gallery
+    try:
+        index, report = open_or_build(
+            loaded, gallery, settings.data_dir, follow_links=args.follow_links or settings.gallery_follow_links
+        )
+        if report:
+            report_update(report)
+        hits = search_text(loaded, index, args.text, args.k) if args.text is not None else search_image(
+            loaded, index, read_file(args.image), args.k
+        )
+    except (IndexProblem, SearchError) as exc:
+        raise UserError(str(exc)) from None
+    except ImageError as exc:
+        say(str(exc))
+        return 1
+    for hit in hits:
+        print(json.dumps({"path": str(hit.path), "score": round(hit.score, 6)}, ensure_ascii=False))
+    return 0

@@ -1,0 +1,57 @@
+"""`models list|activate|rollback`: the fine-tuned captioner versions and which one is live."""
+
+from __future__ import annotations
+
+from .. import registry
+from ..settings import Settings
+from .common import UserError, say
+
+
+def cmd_models(args, settings: Settings) -> int:
+    """List the versions (answers at once, no torch) or change which one is live (it must pass the check set)."""
+    if args.action == "list":
+        return list_versions(settings)
+    from ..golive import activate_checked  # loads torch: only when a version is checked
+
+    try:
+        target = args.version if args.action == "activate" else registry.previous_version(settings.models_dir)
+        activate_checked(settings, target)
+    except registry.RegistryError as exc:
+        raise UserError(str(exc)) from None
+    say(f"live: {target or 'the default model (' + settings.caption_model + ')'}")
+    return 0
+
+
+def list_versions(settings: Settings) -> int:
+    """* marks the model actually serving; ! a version active.json names that cannot serve. 1 when something is wrong."""
+    state = registry.active_state(settings.models_dir)
+    versions = registry.list_versions(settings.models_dir)
+    problem = state.problem or (state.version and registry.version_problem(settings.models_dir / state.version))
+    serving, broken = state.version, None
+    if problem:
+        broken = state.version
+        serving, fallback = served_instead(settings)
+        say(f"{problem}; {fallback}")
+    print(f"{'':2}{'version':<9}{'created':<27}{'rows':>6}  {'held-out exact before -> after':<32}base")
+    for v in versions:
+        before, after = v.heldout
+        change = f"{before.get('exact_match')} -> {after.get('exact_match')}"
+        mark = "*" if v.name == serving else "!" if v.name == broken else " "
+        print(f"{mark:2}{v.name:<9}{v.created:<27}{v.rows_used:>6}  {change:<32}{v.base}" + ("  (broken)" if mark == "!" else ""))
+    if serving is None:
+        print(f"* default model: {settings.caption_model}")
+    return 1 if problem else 0
+
+
+def served_instead(settings: Settings) -> tuple[str | None, str]:
+    """The version the loading policy serves instead of a broken live one (None: a default model), and a line saying so."""
+    from ..loading import serve  # loads the model: only when active.json or the live version is broken
+    from ..models import ModelError
+
+    try:
+        served = serve("caption", settings)
+    except ModelError as exc:
+        return None, f"and nothing else can serve: {exc}"
+    loaded = served.model
+    version = loaded.version if loaded.spec.source == "version" else None
+    return version, f"serving {version or loaded.name + ' (' + loaded.version + ')'} instead"
