@@ -1,7 +1,6 @@
 """The admin page and hot-swapping in AppTest: password, review edits, statistics, export, versions."""
 
 import json
-import re
 import shutil
 
 import pytest
@@ -12,6 +11,7 @@ from captioner.demo import demo_model_dir
 from captioner.demo.quality import demo_inputs
 from captioner.feedback import FIELDS, FeedbackLog
 from conftest import start_app
+from page_text import shown as shown_text
 
 
 @pytest.fixture(autouse=True)
@@ -56,7 +56,7 @@ def edit(app, changes):
 
 def shown(elements):
     """What the user reads in these Markdown elements (backslash escapes removed)."""
-    return [re.sub(r"\\(.)", r"\1", element.value) for element in elements]
+    return [shown_text(element.value) for element in elements]
 
 
 def rows(home):
@@ -153,7 +153,7 @@ def test_hot_swap_changes_the_next_captions_version_and_a_broken_one_is_refused(
     (home / "models" / "v0003" / "model.safetensors").write_bytes(b"not a model")
     registry.activate(home / "models", "v0003")
     app.run()
-    warnings = [w.value for w in app.sidebar.warning]
+    warnings = [shown_text(w.value) for w in app.sidebar.warning]
     assert any("v0003" in w and "Still captioning with active (v0002)" in w for w in warnings), warnings
     assert caption_version(app) == "v0002"
 

@@ -7,6 +7,7 @@ import pytest
 import images_zoo as zoo
 from captioner.feedback import FeedbackLog
 from conftest import start_app
+from page_text import shown
 
 
 @pytest.fixture
@@ -109,7 +110,7 @@ def test_demo_samples_button_and_generation_settings(app, home):
 def test_offline_default_falls_back_to_demo_and_the_sidebar_says_so(home, monkeypatch):
     monkeypatch.delenv("CAPTIONER_CAPTION_MODEL", raising=False)
     app = start_app()
-    warnings = [w.value for w in app.sidebar.warning]
+    warnings = [shown(w.value) for w in app.sidebar.warning]
     assert any("Fallback to the demo captioner" in w and "Salesforce/blip-image-captioning-base" in w for w in warnings)
     upload(app, ("circle.png", zoo.encode(zoo.demo("circle", "blue"), "PNG")))
     assert app.text_area[0].value == "a blue circle"

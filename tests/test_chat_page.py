@@ -1,12 +1,12 @@
 """The chat page in AppTest: ask, see the answer, a second turn, Regenerate, Clear, corrections, bad input."""
 
-import re
 
 import pytest
 
 import images_zoo as zoo
 from captioner.feedback import FeedbackLog
 from conftest import start_app
+from page_text import shown
 
 
 @pytest.fixture
@@ -19,11 +19,6 @@ def chat(home, monkeypatch, tiny_blip2_dir):
 def ask(app, question):
     app.chat_input[0].set_value(question).run()
     assert not app.exception, app.exception
-
-
-def shown(markdown: str) -> str:
-    """What a Markdown element shows: its backslash escapes undone."""
-    return re.sub(r"\\(.)", r"\1", markdown)
 
 
 def conversation(app):

@@ -6,6 +6,7 @@ import shutil
 
 import images_zoo as zoo
 from conftest import run_cli, start_app
+from page_text import shown
 from captioner import registry
 from captioner.models import demo_model_dir
 
@@ -60,6 +61,6 @@ def test_the_sidebar_says_active_json_is_corrupt_and_keeps_the_last_good_version
     assert not app.sidebar.warning
     (home / "models" / "active.json").write_text("{ not json")
     app.run()
-    warnings = [w.value for w in app.sidebar.warning]
+    warnings = [shown(w.value) for w in app.sidebar.warning]
     assert any("active.json is corrupt" in w and "Still captioning with active (v0001)" in w for w in warnings), warnings
     assert any("version v0001" in c.value for c in app.sidebar.caption)

@@ -1,12 +1,12 @@
 """The search page in AppTest: update the index, query by text, image and gallery image; Find similar."""
 
-import re
 
 import pytest
 
 import images_zoo as zoo
 from captioner.demo.quality import demo_inputs
 from conftest import start_app
+from page_text import shown
 
 
 @pytest.fixture
@@ -31,11 +31,6 @@ def search(home, monkeypatch, gallery):
 def click(app, label):
     [b for b in app.button if b.label == label][0].click().run()
     assert not app.exception, app.exception
-
-
-def shown(markdown: str) -> str:
-    """What a Markdown element shows: its backslash escapes undone."""
-    return re.sub(r"\\(.)", r"\1", markdown)
 
 
 def result_captions(app):
