@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app_pages.admin_tabs._ui import plain
+from pages.admin_tabs._ui import plain
 from captioner import registry
 from captioner.settings import Settings
 

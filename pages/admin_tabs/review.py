@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app_pages.admin_tabs._ui import plain, thumbnails
+from pages.admin_tabs._ui import plain, thumbnails
 from captioner.feedback import STATUSES, TASKS, FeedbackError, FeedbackLog, FeedbackRow
 from captioner.feedback_snapshot import Snapshot
 from captioner.review import (

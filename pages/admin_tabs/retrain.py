@@ -6,7 +6,7 @@ import time
 
 import streamlit as st
 
-from app_pages.admin_tabs._ui import plain
+from pages.admin_tabs._ui import plain
 from captioner import retrain
 from captioner.settings import Settings
 

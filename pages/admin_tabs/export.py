@@ -8,7 +8,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app_pages.admin_tabs._ui import plain
+from pages.admin_tabs._ui import plain
 from captioner.export import ExportError, export
 from captioner.feedback import FeedbackError, FeedbackLog
 

@@ -14,7 +14,7 @@ from captioner.models import LoadedModel, ModelError, cache_key, load_style_mode
 from captioner.settings import Settings
 from captioner.restyle import detail_facts, restyle
 from captioner.styles import CUSTOM, DETAILED, PLAIN, STYLES, Style, StyleError, style_for, style_notice
-from app_pages import _shared as shared
+from pages.ui import shared
 
 state = st.session_state
 
