@@ -49,7 +49,11 @@ def test_32_users_on_cuda_each_get_their_own_caption(cuda_demo):
     engine = engine_for(cuda_demo)
     before = engine.batches_run
     got = {}
-    threads = [threading.Thread(target=lambda i=i: got.setdefault(i, caption_images(cuda_demo, [inputs[i]], GREEDY)[0].caption)) for i in range(32)]
+
+    def caption_one(i: int) -> None:
+        got.setdefault(i, caption_images(cuda_demo, [inputs[i]], GREEDY)[0].caption)
+
+    threads = [threading.Thread(target=caption_one, args=(i,)) for i in range(32)]
     for thread in threads:
         thread.start()
     for thread in threads:
