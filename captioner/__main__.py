@@ -1,4 +1,4 @@
-"""The command line: `python -m captioner caption|feedback|demo ...` (see DESIGN.md, CLI)."""
+"""The command line: `python -m captioner caption|feedback|demo ...` (commands in README.md, layout in ARCHITECTURE.md)."""
 
 from __future__ import annotations
 
