@@ -11,19 +11,21 @@ run: $(VENV)/.requirements
 	$(BIN)/streamlit run streamlit_app.py --server.port $(PORT)
 
 test: $(VENV)/.requirements-dev chromium
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-all: $(VENV)/.requirements-dev chromium
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest --runslow $(PYTEST_ARGS)
 
 bench: $(VENV)/.requirements
-	$(BIN)/python bench/caption_throughput.py
-	$(BIN)/python bench/caption_latency.py
-	$(BIN)/python bench/chat_latency.py
-	$(BIN)/python bench/index_throughput.py
-	$(BIN)/python bench/search_latency.py
-	$(BIN)/python bench/finetune_speed.py
-	$(BIN)/python bench/learning_loop.py
+	$(BIN)/python -m bench.caption_throughput
+	$(BIN)/python -m bench.caption_latency
+	$(BIN)/python -m bench.chat_latency
+	$(BIN)/python -m bench.index_throughput
+	$(BIN)/python -m bench.search_latency
+	$(BIN)/python -m bench.finetune_speed
+	$(BIN)/python -m bench.learning_loop
 
 demo: $(VENV)/.requirements
 	$(BIN)/python -m captioner demo build
@@ -31,8 +33,11 @@ demo: $(VENV)/.requirements
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.requirements: requirements.txt | $(BIN)/python
+# The project itself is installed editable (no deps: requirements.txt has them) for the `captioner` and
+# `captioner-finetune` commands; the app, tests and `python -m bench.<name>` also run straight from the checkout.
+$(VENV)/.requirements: requirements.txt pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -r requirements.txt
+	$(BIN)/python -m pip install --no-deps -e .
 	touch $@
 
 $(VENV)/.requirements-dev: requirements-dev.txt $(VENV)/.requirements
@@ -47,4 +52,4 @@ chromium:
 	else echo "chromium is not installed and apt-get is not available: browser tests will be skipped"; fi
 
 clean:
-	rm -rf $(VENV) .pytest_cache test-artifacts
+	rm -rf $(VENV) .pytest_cache test-artifacts build *.egg-info

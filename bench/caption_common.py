@@ -6,20 +6,18 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from captioner.demo.world import sample  # noqa: E402
-from captioner.engine import EngineLimits, engine_for  # noqa: E402
-from captioner.models import (  # noqa: E402
+from captioner.demo.world import sample
+from captioner.engine import EngineLimits, engine_for
+from captioner.models import (
     LoadedModel, ModelSpec, load_captioner, quiet_transformers, resolve_device, resolve_dtype,
 )  # fmt: skip
-from captioner.options import GenerationOptions  # noqa: E402
-from captioner.settings import Settings  # noqa: E402
+from captioner.options import GenerationOptions
+from captioner.settings import Settings
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,7 +1,7 @@
 """Caption latency through the engine beside plain generate; then 32 users at once against one at a time.
 
-    python bench/caption_latency.py                                              # CPU, the demo captioner
-    python bench/caption_latency.py --config /work/shared/blip-base --device cuda  # BLIP base size, random weights
+    python -m bench.caption_latency                                              # CPU, the demo captioner
+    python -m bench.caption_latency --config /work/shared/blip-base --device cuda  # BLIP base size, random weights
 
 Every caption here is one upload (JPEG bytes, 480-1024 px) captioned as the caption page does it:
 caption_images(loaded, [upload], options). Plain generate is the usual recipe on the same bytes: PIL open,
@@ -20,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-from caption_common import add_model_arguments, describe, load, percentile, plain_generate, synchronize, write_jpegs
+from bench.caption_common import add_model_arguments, describe, load, percentile, plain_generate, synchronize, write_jpegs
 
 from captioner.caption import caption_images
 from captioner.engine import engine_for

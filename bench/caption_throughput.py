@@ -1,7 +1,7 @@
 """Captioning throughput from JPEG files: the seeds' loop, plain batched transformers, and the engine, in one run.
 
-    python bench/caption_throughput.py                                              # CPU, the demo captioner
-    python bench/caption_throughput.py --config /work/shared/blip-base --device cuda  # BLIP base size, random weights
+    python -m bench.caption_throughput                                              # CPU, the demo captioner
+    python -m bench.caption_throughput --config /work/shared/blip-base --device cuda  # BLIP base size, random weights
 
 All three caption the same JPEG files (480-1024 px) with the same weights and exactly --tokens new tokens
 (min = max), greedy unless --num-beams says otherwise; plain and engine alternate --rounds times, best time counts:
@@ -19,7 +19,7 @@ import copy
 import tempfile
 from pathlib import Path
 
-from caption_common import add_model_arguments, describe, load, plain_generate, timed, write_jpegs
+from bench.caption_common import add_model_arguments, describe, load, plain_generate, timed, write_jpegs
 
 from captioner.caption import caption_images
 from captioner.engine import CaptionEngine, CpuImageStage, DeviceImageStage, engine_for

@@ -1,11 +1,11 @@
 """Chat latency: time to first text and tokens/s of this project's streaming answer beside plain `generate`,
 the stock `TextIteratorStreamer`, and an OpenAI-compatible endpoint (`transformers serve` on this machine).
 
-    python bench/chat_latency.py                               # CPU, the embedded demo Q&A model (one-word answers)
-    python bench/chat_latency.py --tiny llava                  # the test suite's tiny LLaVA, endpoint column too
-    python bench/chat_latency.py --random blip2 --size small   # random weights, OPT-125m-sized language model
-    python bench/chat_latency.py --random llava --size small   # the same size as a chat-template model, + endpoint
-    python bench/chat_latency.py --random blip2 --size opt-2.7b --device cuda   # BLIP-2 OPT-2.7b size on a GPU
+    python -m bench.chat_latency                               # CPU, the embedded demo Q&A model (one-word answers)
+    python -m bench.chat_latency --tiny llava                  # the test suite's tiny LLaVA, endpoint column too
+    python -m bench.chat_latency --random blip2 --size small   # random weights, OPT-125m-sized language model
+    python -m bench.chat_latency --random llava --size small   # the same size as a chat-template model, + endpoint
+    python -m bench.chat_latency --random blip2 --size opt-2.7b --device cuda   # BLIP-2 OPT-2.7b size on a GPU
 
 Every way runs the same loaded model (saved, then loaded through `load_chat_model`) on the same image and
 question, greedy, so they produce the same tokens. Plain generate shows nothing until the whole answer is
@@ -17,21 +17,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-
-from captioner.chat import VQA, answer, build_inputs  # noqa: E402
-from captioner.demo.world import render  # noqa: E402
-from captioner.models import load_chat_model  # noqa: E402
-from captioner.settings import Settings  # noqa: E402
-from random_models import build_random  # noqa: E402
+from bench.random_models import build_random
+from captioner.chat import VQA, answer, build_inputs
+from captioner.demo.world import render
+from captioner.models import load_chat_model
+from captioner.settings import Settings
 
 
 def parse_args():
@@ -144,7 +140,7 @@ def main():
     settings = Settings(home=Path.cwd(), device=args.device, dtype=args.dtype)
     spec, folder = args.model, None
     if args.tiny:
-        import tiny_models
+        from tests import tiny_models
 
         folder = getattr(tiny_models, f"build_{args.tiny}")(Path(tempfile.mkdtemp()))
     elif args.random:
@@ -188,7 +184,7 @@ def endpoint_way(args, loaded, folder):
     if folder is None or loaded.family != "AutoModelForImageTextToText":
         yield None, "endpoint: skipped (transformers serve needs a chat-template model folder: --tiny llava or --random llava)"
         return
-    from chat_servers import transformers_serve
+    from tests.chat_servers import transformers_serve
 
     device = "cpu" if loaded.device.type == "cpu" else str(loaded.device)
     dtype = str(loaded.dtype).removeprefix("torch.")  # the dtype the in-process ways run in, not the file's

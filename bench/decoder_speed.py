@@ -1,7 +1,7 @@
 """Caption decoding speed: HF generate against this project's fast BLIP decoder, on the same pixels, in one run.
 
-    python bench/decoder_speed.py                                        # CPU, the embedded demo captioner
-    python bench/decoder_speed.py --config ../shared/blip-base --device cuda   # real BLIP size, random weights
+    python -m bench.decoder_speed                                        # CPU, the embedded demo captioner
+    python -m bench.decoder_speed --config ../shared/blip-base --device cuda   # real BLIP size, random weights
 
 Both ways get the same preprocessed pixels already on the device and generate exactly --tokens new tokens
 (min = max new tokens), greedy and 3 beams, at batch 1 and 32 (and 256 on CUDA); generate is called as
@@ -15,18 +15,16 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from caption_throughput import load  # noqa: E402  (the same model loading as the throughput bench)
+from bench.caption_throughput import load  # (the same model loading as the throughput bench)
 
-from captioner.demo.world import sample  # noqa: E402
-from captioner.engine.blip_decoder import BlipDecoder, generate_decoded  # noqa: E402
-from captioner.engine.blip_support import generate_kwargs  # noqa: E402
-from captioner.options import GenerationOptions  # noqa: E402
+from captioner.demo.world import sample
+from captioner.engine.blip_decoder import BlipDecoder, generate_decoded
+from captioner.engine.blip_support import generate_kwargs
+from captioner.options import GenerationOptions
 
 
 def parse_args():
@@ -89,8 +87,8 @@ def main() -> None:
                 raise SystemExit(f"the fast decoder cannot run this model: {reason}")
             decoder.decode(chunk, options)  # warm-up: graph capture, buffers
             kwargs = generate_kwargs(model, options)  # what captioner/caption.py passes to generate
-            plain_s, _ = timed(lambda: model.generate(pixel_values=chunk, **kwargs), args.repeats)
-            fast_s, got = timed(lambda: decoder.decode(chunk, options), args.repeats)
+            plain_s, _ = timed(lambda: model.generate(pixel_values=chunk, **kwargs), args.repeats)  # noqa: B023 (called here)
+            fast_s, got = timed(lambda: decoder.decode(chunk, options), args.repeats)  # noqa: B023 (called here)
             expected = generate_decoded(model, tokenizer, chunk, options)
             same = sum(a.sequence == b.sequence for a, b in zip(expected, got))
             print(f"{batch:>5} {beams:>5} {plain_s * 1000:>12.1f} {fast_s * 1000:>9.1f} {plain_s / fast_s:>8.1f}x "

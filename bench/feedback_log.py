@@ -1,7 +1,7 @@
 """The feedback log at 0 / 1,000 / 10,000 / 100,000 rows: this project's log beside the old way, in one run.
 
-    python bench/feedback_log.py                      # sizes 0,1000,10000,100000
-    python bench/feedback_log.py --sizes 0,1000 --repeat 5
+    python -m bench.feedback_log                      # sizes 0,1000,10000,100000
+    python -m bench.feedback_log --sizes 0,1000 --repeat 5
 
 Appends: one `record()` (a new image and row, fsynced), a bulk `append` of 1,000 rows, and a
 `python -m captioner feedback add` process. The old way is the log as it was at commit 92101d5 (read from git):
@@ -27,15 +27,17 @@ import uuid
 from dataclasses import replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import captioner.feedback as feedback
+from captioner.feedback import FeedbackLog, FeedbackRow
+from captioner.review import Filters, page_of, set_status, snapshot_statistics
 
-import captioner.feedback as feedback  # noqa: E402
-from captioner.feedback import FeedbackLog, FeedbackRow  # noqa: E402
-from captioner.review import Filters, page_of, set_status, snapshot_statistics  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 OLD_COMMIT = "92101d5"
-PNG = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010802000000907753de0000000c4944415478da63f8cfc0000003010100c9fe92ef0000000049454e44ae426082")  # fmt: skip
+PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010802000000907753de"
+    "0000000c4944415478da63f8cfc0000003010100c9fe92ef0000000049454e44ae426082"
+)  # a 1x1 PNG
 
 
 def parse_args():
@@ -109,7 +111,8 @@ def cli_add(home: Path, image: Path, text: str, old_path: Path | None) -> float:
             f"spec = importlib.util.spec_from_file_location('old_feedback', {str(old_path)!r}); "
             "m = importlib.util.module_from_spec(spec); sys.modules['old_feedback'] = m; spec.loader.exec_module(m); "
             "d = decode(read_file(sys.argv[1])); "
-            "row, _ = m.FeedbackLog(sys.argv[2]).record(d.source.data, d.extension, task='caption', model_output='', correction=sys.argv[3]); "
+            "row, _ = m.FeedbackLog(sys.argv[2]).record("
+            "d.source.data, d.extension, task='caption', model_output='', correction=sys.argv[3]); "
             "print(json.dumps(row.id))"
         )  # fmt: skip
         command = [sys.executable, "-c", script, str(image), str(home / "data"), text]
@@ -212,10 +215,12 @@ def main() -> None:
                   f"{r.get('old bulk', float('nan')):>9.3f}  {r['cli']:>12.3f} {r.get('old cli', float('nan')):>9.3f}"
                   f"{r.get('old bulk note', '')}")  # fmt: skip
         last = r
-        print(f"growth {sizes[0]:,} -> {sizes[-1]:,} rows: record() x{last['record'] / base['record']:.2f} "
-              f"(old x{last.get('old record', float('nan')) / base.get('old record', float('nan')):.1f}), "
-              f"bulk x{last['bulk'] / base['bulk']:.2f} (old x{last.get('old bulk', float('nan')) / base.get('old bulk', float('nan')):.1f}), "
-              f"feedback add x{last['cli'] / base['cli']:.2f} (old x{last.get('old cli', float('nan')) / base.get('old cli', float('nan')):.1f})")  # fmt: skip
+        def growth(key: str) -> str:
+            old = last.get(f"old {key}", float("nan")) / base.get(f"old {key}", float("nan"))
+            return f"x{last[key] / base[key]:.2f} (old x{old:.1f})"
+
+        print(f"growth {sizes[0]:,} -> {sizes[-1]:,} rows: record() {growth('record')}, bulk {growth('bulk')}, "
+              f"feedback add {growth('cli')}")  # fmt: skip
         print(f"\nadmin at {sizes[-1]:,} rows (seconds)")
         print(f"{'step':<40} {'this project':>12} {'old':>9} {'ratio':>7}")
         for name, new, old_seconds in admin(sizes[-1], old, work):

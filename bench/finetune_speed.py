@@ -1,8 +1,8 @@
 """Fine-tuning speed: this project's training beside the seed's loop and a plain LoRA loop, on the same rows.
 
-    python bench/finetune_speed.py                                                      # CPU, the demo captioner
-    python bench/finetune_speed.py --config ../shared/blip-base --device cuda --rows 1000  # BLIP-base, random weights
-    python bench/finetune_speed.py --busy      # also: a retrain beside a busy app, default threading vs the policy
+    python -m bench.finetune_speed                                                      # CPU, the demo captioner
+    python -m bench.finetune_speed --config ../shared/blip-base --device cuda --rows 1000  # BLIP-base, random weights
+    python -m bench.finetune_speed --busy      # also: a retrain beside a busy app, default threading vs the policy
 
 Each way runs in its own process (its peak memory is its own: RSS on the CPU, allocated CUDA memory on a GPU):
 - seed: the loop the project first shipped (kept below): a DataLoader that decodes and preprocesses every
@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def parse_args():
@@ -185,7 +184,8 @@ def seed_way(model, processor, examples, cfg, args):
     model = get_peft_model(model, config)
     cuda = args.device == "cuda"
     accelerator = Accelerator(mixed_precision="bf16" if cuda else "no", cpu=not cuda)
-    loader = DataLoader(Pictures(), batch_size=cfg.batch_size, shuffle=True, collate_fn=collate, num_workers=0 if len(examples) < 512 else 2)
+    workers = 0 if len(examples) < 512 else 2
+    loader = DataLoader(Pictures(), batch_size=cfg.batch_size, shuffle=True, collate_fn=collate, num_workers=workers)
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=cfg.lr, weight_decay=0.0)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)

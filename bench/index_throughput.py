@@ -1,9 +1,9 @@
 """Indexing throughput and update cost: this project's gallery indexer against a plain loop, in one run.
 
-    python bench/index_throughput.py                                  # CPU, the embedded demo CLIP
-    python bench/index_throughput.py --device cuda --model config:ViT-B-32 --images 4000 --min-side 480 --max-side 1024
-    python bench/index_throughput.py --device cuda --model local-dir:/path/to/open_clip/folder ...
-    python bench/index_throughput.py --update                         # adding 1,000 files: 1,000 vs 100,000 indexed
+    python -m bench.index_throughput                                  # CPU, the embedded demo CLIP
+    python -m bench.index_throughput --device cuda --model config:ViT-B-32 --images 4000 --min-side 480 --max-side 1024
+    python -m bench.index_throughput --device cuda --model local-dir:/path/to/open_clip/folder ...
+    python -m bench.index_throughput --update                         # adding 1,000 files: 1,000 vs 100,000 indexed
 
 Throughput, on the same JPEG files (400-1600 px by default): the plain loop opens each file with PIL, preprocesses it
 and encodes it alone; "indexer, PIL decoding" is the indexer with the image door and open_clip's own
@@ -21,19 +21,17 @@ import argparse
 import io
 import os
 import random
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from captioner import embed  # noqa: E402
-from captioner.demo.world import render, sample  # noqa: E402
-from captioner.embed import load_embedder, write_open_clip_folder  # noqa: E402
-from captioner.index import update_index  # noqa: E402
-from captioner.settings import Settings  # noqa: E402
+from captioner import embed
+from captioner.demo.world import render, sample
+from captioner.embed import load_embedder, write_open_clip_folder
+from captioner.index import update_index
+from captioner.settings import Settings
 
 
 def parse_args():

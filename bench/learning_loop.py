@@ -1,7 +1,7 @@
 """The retraining loop on the demo world, end to end: log corrections, run `python -m finetune`, measure.
 
-    python bench/learning_loop.py [--corrections 3,10,30,100] [--confirmations 50] [--eval 200] [--seeds 7]
-    python bench/learning_loop.py --config ../shared/blip-base --device cuda --corrections 1000   # time only
+    python -m bench.learning_loop [--corrections 3,10,30,100] [--confirmations 50] [--eval 200] [--seeds 7]
+    python -m bench.learning_loop --config ../shared/blip-base --device cuda --corrections 1000   # time only
 
 For each number of star corrections: a fresh CAPTIONER_HOME with the embedded demo captioner live, approved
 corrections of star images (a shape it has never seen) and confirmations of the known shapes logged through
@@ -23,12 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from captioner import runtime
 
-from captioner import runtime  # noqa: E402
-
-THREADS = runtime.configure("cli")
+THREADS = runtime.configure("cli")  # before torch loads
 
 from captioner.caption import caption_images  # noqa: E402
 from captioner.demo.quality import demo_inputs  # noqa: E402
@@ -36,6 +33,8 @@ from captioner.feedback import FeedbackLog  # noqa: E402
 from captioner.models import load_captioner, quiet_transformers  # noqa: E402
 from captioner.options import GenerationOptions  # noqa: E402
 from captioner.settings import Settings  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 
 BUCKETS = ((64, 127), (128, 255), (256, 383), (384, 512))
 EVAL_SEED = 9_100_000  # no other code of the project draws demo images from seeds near this one

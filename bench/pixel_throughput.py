@@ -1,8 +1,8 @@
 """Image preprocessing throughput: the device image path (captioner/gpu_images.py) against PIL decoding plus
 the model's own processor, on the same JPEG files, in one run.
 
-    python bench/pixel_throughput.py                                   # CPU, BLIP-base's processor and ViT-B-32's
-    python bench/pixel_throughput.py --device cuda --images 2048
+    python -m bench.pixel_throughput                                   # CPU, BLIP-base's processor and ViT-B-32's
+    python -m bench.pixel_throughput --device cuda --images 2048
 
 "PIL + processor" decodes with the image door in worker threads (JPEG draft mode for big files, as the
 caption path does) and hands the batch to transformers' BlipImageProcessor (its torchvision backend, the
@@ -15,18 +15,16 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from captioner import images  # noqa: E402
-from captioner.demo.world import sample  # noqa: E402
-from captioner.gpu_images import PixelSpec, load_pixels  # noqa: E402
-from captioner.images import ImageInput  # noqa: E402
+from captioner import images
+from captioner.demo.world import sample
+from captioner.gpu_images import PixelSpec, load_pixels
+from captioner.images import ImageInput
 
 
 def parse_args():

@@ -1,8 +1,8 @@
 """Search latency and recall: this project's search structure against an exact scan, and a text query end to
 end (text encoding, index opening, FAISS) against the plain way, in one run.
 
-    python bench/search_latency.py                          # 1e5 and 1e6 vectors, ViT-B-32 text tower (random weights)
-    python bench/search_latency.py --sizes 100000 --model demo
+    python -m bench.search_latency                          # 1e5 and 1e6 vectors, ViT-B-32 text tower (random weights)
+    python -m bench.search_latency --sizes 100000 --model demo
 
 Vectors are CLIP-like (synthetic, 512-d): every image shares a common direction (CLIP's "cone": two random
 photos score about 0.35), belongs to one of about n/1000 topics, plus noise. Text queries are made the way
@@ -16,18 +16,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from captioner.index_entries import Entry, EntryTable  # noqa: E402
-from captioner.index_store import load_index, write_generation, write_segment, write_trained  # noqa: E402
-from captioner.search_structure import FLAT_LIMIT, build_search_structure, recall_at_10  # noqa: E402
+from captioner.index_entries import Entry, EntryTable
+from captioner.index_store import load_index, write_generation, write_segment, write_trained
+from captioner.search_structure import FLAT_LIMIT, build_search_structure, recall_at_10
 
 
 def parse_args():
@@ -163,9 +161,9 @@ def text_end_to_end(args, space: ClipLike, root: Path, data: np.ndarray) -> None
     for _ in range(40):
         timed("plain", lambda: plain(next(fresh)))
         text = next(fresh)
-        query = timed("encode", lambda: embed_texts(model, [text])[0])
-        timed("search", lambda: index.search(query, 12))
-        timed("again", lambda: search_text(model, index, text, 12))
+        query = timed("encode", lambda: embed_texts(model, [text])[0])  # noqa: B023 (each lambda is called at once)
+        timed("search", lambda: index.search(query, 12))  # noqa: B023
+        timed("again", lambda: search_text(model, index, text, 12))  # noqa: B023
         timed("page", lambda: search_text(model, index, next(fresh), 12))
         timed("open", lambda: load_index(root, Path("/bench"), "bench", "bench"))
         timed("cli", lambda: search_text(model, load_index(root, Path("/bench"), "bench", "bench"), next(fresh), 12))
@@ -205,8 +203,9 @@ def load_text_model(spec: str):
 
     name = spec.removeprefix("config:")
     model, _, preprocess = open_clip.create_model_and_transforms(name)  # random weights: the timing is the same
-    return LoadedModel(ModelSpec(name, "search", "local", name, "random"), model.eval(), _Processor(preprocess, open_clip.get_tokenizer(name)),
-                       torch.device("cpu"), torch.float32, family="open_clip")  # fmt: skip
+    processor = _Processor(preprocess, open_clip.get_tokenizer(name))
+    spec = ModelSpec(name, "search", "local", name, "random")
+    return LoadedModel(spec, model.eval(), processor, torch.device("cpu"), torch.float32, family="open_clip")
 
 
 def main():

@@ -1,4 +1,4 @@
-"""`python -m captioner ...`: the command line (captioner/cli)."""
+"""`python -m captioner ...`: the command line (commands in captioner/cli, listed in README.md; layout in ARCHITECTURE.md)."""
 
 import sys
 

@@ -37,7 +37,9 @@ def caption_images(
     return results
 
 
-def caption_stream(loaded: LoadedModel, inputs: Sequence[ImageInput], options: GenerationOptions = GenerationOptions(), **job) -> Iterator[CaptionResult]:
+def caption_stream(
+    loaded: LoadedModel, inputs: Sequence[ImageInput], options: GenerationOptions = GenerationOptions(), **job
+) -> Iterator[CaptionResult]:
     """Each input's result in input order as it is ready (CaptionEngine.stream's keywords); closing it abandons the rest."""
     while True:
         stream = engine_for(loaded).stream(inputs, options, **job)

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from filelock import FileLock
@@ -148,7 +148,7 @@ def _read_hashed(gallery: Path, relative: str):
         item = images.read_file(gallery / relative, name=relative)
     except ImageError as exc:
         return relative, exc
-    item.sha256  # hashed here, in the reading thread
+    item.sha256  # noqa: B018 (a cached property: hashed here, in the reading thread)
     return relative, item
 
 

@@ -70,7 +70,8 @@ def serve(kind: str, settings: Settings, asked: str | None = None) -> Served:
         previous = _LAST_GOOD.get(key)
         try:
             spec = resolve_spec(text, kind, settings)
-            if previous is not None and spec.source in ("version", "demo", "local") and cache_key(previous.spec, settings) == cache_key(spec, settings):
+            same = previous is not None and cache_key(previous.spec, settings) == cache_key(spec, settings)
+            if same and spec.source in ("version", "demo", "local"):
                 return Served(previous, text)  # the very model already serving: no second copy
             served = Served(load_spec(spec, settings), text)
         except ModelError as exc:
@@ -143,7 +144,8 @@ def last_served(kind: str, settings: Settings) -> LoadedModel | None:
 def serving_key(kind: str, settings: Settings, asked: str | None = None) -> tuple:
     """What decides serve()'s answer without loading anything: a cache key for callers that keep Served objects."""
     state = registry.active_state(settings.models_dir) if kind == "caption" and asked is None else None
-    return (kind, asked, configured_spec(kind, settings), state, str(settings.models_dir), settings.device, settings.dtype, settings.quantize)
+    return (kind, asked, configured_spec(kind, settings), state, str(settings.models_dir),
+            settings.device, settings.dtype, settings.quantize)  # fmt: skip
 
 
 def forget(kind: str | None = None) -> None:

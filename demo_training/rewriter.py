@@ -106,7 +106,7 @@ def _training_data(tokenizer, pairs):
     width = max(len(r) for r in rows)
     ids = torch.tensor([r + [tokenizer.pad_token_id] * (width - len(r)) for r in rows])
     mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
-    return ids, mask, torch.tensor([l + [-100] * (width - len(l)) for l in labels])
+    return ids, mask, torch.tensor([row + [-100] * (width - len(row)) for row in labels])
 
 
 def build_rewriter(target: Path, captioner_dir: Path, qa_dir: Path, recipe: RewriterRecipe, seed: int, log: Callable = print) -> dict:

@@ -1,4 +1,4 @@
-"""`python -m finetune`: see finetune.config.FinetuneConfig for the options."""
+"""`python -m finetune` and the `captioner-finetune` command: see finetune.config.FinetuneConfig for the options."""
 
 import sys
 
@@ -8,4 +8,11 @@ runtime.configure("finetune")  # threads and OpenMP wait policy, before torch lo
 
 from .cli import cli  # noqa: E402
 
-sys.exit(cli())
+
+def main() -> int:
+    """The console script's entry: the exit status of one fine-tuning run."""
+    return cli()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

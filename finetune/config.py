@@ -23,9 +23,15 @@ class FinetuneConfig:
     lora_dropout: float = option(0.0, "dropout on the LoRA path (each layer with it keeps another copy of its input)")
     lora_targets: str = option("text", "where LoRA adapters go: text (the caption decoder) or all (the vision tower's attention too)")
     old_share: float = option(0.5, "share of each batch drawn from what the live model already knows (confirmations, regression set)")
-    distill: float = option(1.0, "weight of self-distillation: keep the new model's word probabilities close to the live model's on old rows")
-    regression_images: int = option(512, "at most this many stored, uncorrected images the live model captions confidently join as old knowledge")
-    max_forgetting: float = option(0.02, "refuse a model whose held-out old-knowledge exact match drops by more than this (0.02 = 2 points)")
+    distill: float = option(
+        1.0, "weight of self-distillation: keep the new model's word probabilities close to the live model's on old rows"
+    )
+    regression_images: int = option(
+        512, "at most this many stored, uncorrected images the live model captions confidently join as old knowledge"
+    )
+    max_forgetting: float = option(
+        0.02, "refuse a model whose held-out old-knowledge exact match drops by more than this (0.02 = 2 points)"
+    )
     batch_size: int = option(16, "rows per optimisation step")
     heldout_fraction: float = option(0.15, "share of images (chosen by their hash) kept out of training to judge the result")
     seed: int = option(0, "random seed")

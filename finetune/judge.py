@@ -52,5 +52,8 @@ def refusal(after: dict, live: dict, max_forgetting: float) -> str | None:
                 f"{old_live['exact_match']:.1%})")  # fmt: skip
     if worse(after["overall"], live["overall"]):
         a, b = after["overall"], live["overall"]
-        return f"held-out exact match {a['exact_match']} / CIDEr {a['cider']} is worse than the live model's {b['exact_match']} / {b['cider']}"
+        return (
+            f"held-out exact match {a['exact_match']} / CIDEr {a['cider']} is worse than the live model's "
+            f"{b['exact_match']} / {b['cider']}"
+        )
     return None

@@ -101,7 +101,9 @@ def writable_staging(settings, cfg: FinetuneConfig) -> Path:
         (staging / ".write-check").write_bytes(b"ok")
         (staging / ".write-check").unlink()
     except OSError as exc:
-        raise FinetuneError(f"cannot write the new version into {settings.models_dir}: {exc.strerror or exc}; nothing was trained") from None
+        raise FinetuneError(
+            f"cannot write the new version into {settings.models_dir}: {exc.strerror or exc}; nothing was trained"
+        ) from None
     if cfg.progress_file:
         try:
             with open(cfg.progress_file, "a", encoding="utf-8"):

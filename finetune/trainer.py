@@ -238,7 +238,8 @@ def train(model, tensors: RowTensors, cfg: FinetuneConfig, progress_file: Path |
                 if (step + 1) % CHECK_EVERY == 0 or step + 1 == steps:
                     _check(losses, step, steps, cfg, progress, epochs)
         except torch.cuda.OutOfMemoryError:
-            raise TrainingError(f"CUDA ran out of memory with --batch-size {cfg.batch_size}; try --batch-size {max(1, cfg.batch_size // 2)}") from None
+            smaller = max(1, cfg.batch_size // 2)
+            raise TrainingError(f"CUDA ran out of memory with --batch-size {cfg.batch_size}; try --batch-size {smaller}") from None
         finally:
             progress.close()
     model.eval()

@@ -154,9 +154,25 @@ def tiny_clip_dir(tmp_path_factory) -> Path:
     return build_open_clip(base / "configs", base / "model")
 
 
+def _app_test_without_pages_directory_mode() -> None:
+    """AppTest as a server after its first run: AppTest re-detects pages/ before every run, which would put each
+    run through Streamlit's file-based mode and pages.inside_the_app's rerun (dropping button clicks)."""
+    from streamlit.runtime.pages_manager import PagesManager
+    from streamlit.testing.v1 import app_test
+
+    class AppPagesManager(PagesManager):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            PagesManager.uses_pages_directory = False  # what inside_the_app does once per server
+
+    app_test.PagesManager = AppPagesManager  # the fresh-server path itself is tested in Chromium (test_browser.py)
+
+
 def start_app(page: str | None = None):
-    """The whole app in Streamlit's AppTest, run once (and switched to a page, e.g. app_pages/chat.py)."""
+    """The whole app in Streamlit's AppTest, run once (and switched to a page, e.g. pages/chat.py)."""
     from streamlit.testing.v1 import AppTest
+
+    _app_test_without_pages_directory_mode()
 
     app = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120)
     app.run()

@@ -17,7 +17,7 @@ from page_text import shown as shown_text
 @pytest.fixture(autouse=True)
 def fresh_login_brake(monkeypatch):
     """Each test starts with no failed logins on record (the guard lives as long as the server process)."""
-    from app_pages.admin_tabs import login as login_tab
+    from pages.admin_tabs import login as login_tab
     from captioner.login import LoginGuard
 
     monkeypatch.setattr(login_tab, "GUARD", LoginGuard())
@@ -32,7 +32,7 @@ def admin(home, monkeypatch):
     for item, truth in zip(inputs, samples):
         log.record(item.data, "png", task="caption", model_output="a blob", correction=truth.caption, model_version="demo-x")
     log.record(inputs[0].data, "png", task="qa", prompt="what color is the shape?", model_output="red", correction="red")
-    return start_app("app_pages/admin.py")
+    return start_app("pages/admin.py")
 
 
 def login(app, password="correct horse"):
@@ -180,7 +180,7 @@ def test_start_a_retrain_from_the_page_and_follow_it_to_the_end(home, monkeypatc
     monkeypatch.setenv("CAPTIONER_ADMIN_PASSWORD", "pw")
     monkeypatch.setenv("CAPTIONER_CAPTION_MODEL", str(tiny_blip_dir))
     log_rows(home, n=12)
-    app = login(start_app("app_pages/admin.py"), "pw")
+    app = login(start_app("pages/admin.py"), "pw")
     assert "No retrain has run yet." in [i.value for i in app.info]
     app.number_input[0].set_value(5)
     app.number_input[1].set_value(2)
@@ -205,7 +205,7 @@ def many(home, monkeypatch, demo_png):
     first, _ = log.record(demo_png(), "png", task="caption", model_output="a blob", correction="row 00", score=0.0)
     log.append([first._replace(id=f"row-{i:02d}", correction=f"row {i:02d}", score=f"{-i / 10:.4f}",
                                created_at=f"2026-01-01T00:00:{i:02d}+00:00") for i in range(1, 60)])  # fmt: skip
-    return login(start_app("app_pages/admin.py"))
+    return login(start_app("pages/admin.py"))
 
 
 def shown_ids(app):
@@ -269,7 +269,7 @@ def test_broken_records_are_shown_as_plain_text_and_can_be_moved_aside(admin, ho
 
 
 def test_a_note_built_from_data_is_escaped_not_rendered():
-    from app_pages._text import plain
+    from pages.ui.text import plain
 
     assert plain("**BOLD** [click](https:evil.example) `x` <b>") == (
         "\\*\\*BOLD\\*\\* \\[click\\]\\(https\\:evil\\.example\\) \\`x\\` \\<b\\>"

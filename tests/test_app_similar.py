@@ -73,7 +73,7 @@ def test_a_markdown_file_name_shows_literally_in_a_search_result(home, monkeypat
     monkeypatch.setenv("CAPTIONER_GALLERY", str(gallery))
     monkeypatch.setenv("CAPTIONER_CAPTION_MODEL", "demo")
     monkeypatch.setenv("CAPTIONER_SEARCH_MODEL", "demo")
-    search = start_app("app_pages/search.py")
+    search = start_app("pages/search.py")
     click(search, "Update index")
     search.text_input[0].set_value("a red star").run()
     assert not search.exception, search.exception

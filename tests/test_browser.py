@@ -97,7 +97,10 @@ def test_a_deep_link_opened_first_shows_the_page_inside_the_app(server, browser)
     page.goto(f"{url}/chat")
     expect(page.get_by_text("Chat about an image").first).to_be_visible()
     expect(page.get_by_text("Live models")).to_be_visible()
-    expect(page.locator('[data-testid="stSidebarNav"]')).to_contain_text("Search")
+    navigation = page.locator('[data-testid="stSidebarNav"]')
+    expect(navigation).to_contain_text("Search")
+    expect(navigation.locator("a")).to_have_count(4)  # the app's four pages: no helper module, no "streamlit app"
+    expect(navigation).not_to_contain_text("streamlit app")
     page.close()
 
 

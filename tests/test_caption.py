@@ -160,7 +160,8 @@ def photos(n=6):
     """JPEG and PNG inputs of awkward sizes and aspect ratios, bigger and smaller than the model's side."""
     sizes = [(37, 53), (640, 480), (1024, 700), (300, 1000), (64, 64), (500, 501)][:n]
     return [
-        ImageInput(f"p{i}.{'jpg' if i % 2 else 'png'}", zoo.encode(zoo.demo("triangle", "blue", 200).resize(size), "JPEG" if i % 2 else "PNG"))
+        ImageInput(f"p{i}.{'jpg' if i % 2 else 'png'}",
+                   zoo.encode(zoo.demo("triangle", "blue", 200).resize(size), "JPEG" if i % 2 else "PNG"))
         for i, size in enumerate(sizes)
     ]
 

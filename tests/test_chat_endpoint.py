@@ -74,7 +74,7 @@ def test_the_chat_page_streams_an_answer_through_the_server(on_server, monkeypat
     settings, spec = on_server
     monkeypatch.setenv("CAPTIONER_QA_MODEL", "demo")
     monkeypatch.setenv("CAPTIONER_CHAT_MODELS", spec)
-    app = start_app("app_pages/chat.py")
+    app = start_app("pages/chat.py")
     assert spec in app.sidebar.selectbox[0].options
     with_image(app)
     app.sidebar.selectbox[0].set_value(spec).run()
@@ -137,7 +137,7 @@ def test_an_error_while_answering_is_a_chat_error_and_the_page_keeps_the_previou
         answer(gone, PICTURE, [], "what is it?").read()
     monkeypatch.setenv("CAPTIONER_QA_MODEL", "demo")
     monkeypatch.setenv("CAPTIONER_CHAT_MODELS", "openai:no/such-model")
-    app = start_app("app_pages/chat.py")
+    app = start_app("pages/chat.py")
     with_image(app)
     app.sidebar.selectbox[0].set_value("openai:no/such-model").run()
     assert any("Still answering with demo" in shown(e.value) and "no/such-model" in shown(e.value) for e in app.error)

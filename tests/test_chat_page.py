@@ -13,7 +13,7 @@ from page_text import shown
 def chat(home, monkeypatch, tiny_blip2_dir):
     monkeypatch.setenv("CAPTIONER_QA_MODEL", "demo")
     monkeypatch.setenv("CAPTIONER_CHAT_MODELS", f"./no/such/model,{tiny_blip2_dir}")
-    return start_app("app_pages/chat.py")
+    return start_app("pages/chat.py")
 
 
 def ask(app, question):

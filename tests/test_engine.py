@@ -161,7 +161,7 @@ def test_hot_swap_under_load_fails_nothing_and_each_result_names_its_model(demo,
     sessions = threading.Thread(target=lambda: in_threads(8, session))
     sessions.start()
     time.sleep(0.4)
-    live[0] = tiny  # what _shared.caption_model does when a new version goes live
+    live[0] = tiny  # what pages/ui/shared.caption_model does when a new version goes live
     retire_engine(demo)
     assert old_engine.closed
     time.sleep(0.4)

@@ -56,7 +56,11 @@ def test_32_users_on_cuda_each_get_their_own_caption(cuda_demo):
     engine = engine_for(cuda_demo)
     before = engine.batches_run
     got = {}
-    threads = [threading.Thread(target=lambda i=i: got.setdefault(i, caption_images(cuda_demo, [inputs[i]], GREEDY)[0].caption)) for i in range(32)]
+
+    def caption_one(i: int) -> None:
+        got.setdefault(i, caption_images(cuda_demo, [inputs[i]], GREEDY)[0].caption)
+
+    threads = [threading.Thread(target=caption_one, args=(i,)) for i in range(32)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -83,7 +87,12 @@ def test_limits_on_cuda_follow_the_free_memory(cuda_demo):
 def test_the_engine_on_cuda_decodes_jpegs_with_nvjpeg_and_a_bad_file_fails_alone(cuda_demo, monkeypatch):
     decoded_on = []
     real = gpu_images._decode_jpegs
-    monkeypatch.setattr(gpu_images, "_decode_jpegs", lambda items, device: decoded_on.append((len(items), device.type)) or real(items, device))
+
+    def counted(items, device):
+        decoded_on.append((len(items), device.type))
+        return real(items, device)
+
+    monkeypatch.setattr(gpu_images, "_decode_jpegs", counted)
     jpegs, truths = demo_jpegs(40, seed=9)
     cmyk = ImageInput("cmyk.jpg", zoo.cmyk_jpeg("circle", "red"))  # refused by the header reader: the door decodes it
     inputs = jpegs[:10] + bad_files() + [cmyk] + jpegs[10:]

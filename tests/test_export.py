@@ -74,8 +74,9 @@ def test_rows_that_lead_outside_data_images_are_reported_and_never_followed(log,
     ]
     log.append(hostile)
     with open(log.csv_path, "ab") as handle:  # hand edits the log refuses to read as rows
-        handle.write(b"../../escape,2026-01-01T00:00:00+00:00,ab,images/a.png,caption,,,,a,b,approved" + b"," * (len(FIELDS) - 11) + b"\r\n")
-        handle.write(b"ok-id,2026-01-01T00:00:00+00:00,ab,../../../etc/passwd,caption,,,,a,b,approved" + b"," * (len(FIELDS) - 11) + b"\r\n")
+        rest = b"," * (len(FIELDS) - 11) + b"\r\n"
+        handle.write(b"../../escape,2026-01-01T00:00:00+00:00,ab,images/a.png,caption,,,,a,b,approved" + rest)
+        handle.write(b"ok-id,2026-01-01T00:00:00+00:00,ab,../../../etc/passwd,caption,,,,a,b,approved" + rest)
     out = tmp_path / "exports" / "one"
     report = export(log, out, "hf")
     assert report.count == 4 and len(report.skipped) == 2

@@ -170,7 +170,7 @@ def test_the_demo_captioner_learns_stars_from_three_corrections_without_forgetti
     90%, 100 reach 95%, and old shapes stay within 2 points in every size bucket from 64 to 512 px."""
     import re
 
-    done = subprocess.run([sys.executable, "bench/learning_loop.py", "--corrections", "3,10,100", "--eval", "200"],
+    done = subprocess.run([sys.executable, "-m", "bench.learning_loop", "--corrections", "3,10,100", "--eval", "200"],
                           cwd=ROOT, capture_output=True, text=True, timeout=1800)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     rows = {int(line.split()[1]): line for line in done.stdout.splitlines() if "→" in line}

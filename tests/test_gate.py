@@ -144,7 +144,7 @@ def test_the_same_seed_trains_the_same_model(tiny_home_files, tmp_path):
 def test_the_versions_tab_shows_new_concepts_and_old_knowledge(tiny_home_files, monkeypatch):
     monkeypatch.setenv("CAPTIONER_ADMIN_PASSWORD", "pw")
     main(FinetuneConfig(home=str(tiny_home_files), epochs=1, min_rows=5, heldout_fraction=0.5))
-    app = start_app("app_pages/admin.py")
+    app = start_app("pages/admin.py")
     app.text_input[0].set_value("pw")
     app.button[0].click().run()
     table = [d.value for d in app.dataframe if "version" in d.value.columns and "live" in d.value.columns][0]

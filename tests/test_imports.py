@@ -4,7 +4,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("captioner", "finetune", "app_pages", "demo_training")
+PACKAGES = ("captioner", "finetune", "pages", "demo_training")
 
 
 def project_modules() -> dict[str, tuple[Path, bool]]:
@@ -93,5 +93,5 @@ def test_the_check_sees_a_loop_hidden_inside_a_function(tmp_path):
 def test_the_library_never_imports_the_demo_training_or_the_pages():
     graph = import_graph(project_modules())
     library = [name for name in graph if name.startswith("captioner.") and not name.startswith(("captioner.cli", "captioner.__main__"))]
-    upward = [(name, target) for name in library for target in graph[name] if target.split(".")[0] in ("demo_training", "app_pages")]
+    upward = [(name, target) for name in library for target in graph[name] if target.split(".")[0] in ("demo_training", "pages")]
     assert not upward, upward

@@ -37,6 +37,7 @@ def test_configure_before_torch_loads_sets_torch_threads_and_the_wait_policy():
 
 
 def test_a_retrain_child_gets_its_own_count_unless_the_operator_chose_one():
-    code = "from captioner import runtime; runtime.configure('app'); e = runtime.child_env('retrain'); print(e['OMP_NUM_THREADS'], e['OMP_WAIT_POLICY'])"
+    code = ("from captioner import runtime; runtime.configure('app'); e = runtime.child_env('retrain'); "
+            "print(e['OMP_NUM_THREADS'], e['OMP_WAIT_POLICY'])")
     assert start(code) == [str(runtime.default_threads("retrain")), "PASSIVE"]
     assert start(code, OMP_NUM_THREADS="1") == ["1", "PASSIVE"]

@@ -25,7 +25,7 @@ def search(home, monkeypatch, gallery):
     monkeypatch.setenv("CAPTIONER_SEARCH_MODEL", "demo")
     monkeypatch.setenv("CAPTIONER_CAPTION_MODEL", "demo")
     monkeypatch.setenv("CAPTIONER_GALLERY", str(gallery))
-    return start_app("app_pages/search.py")
+    return start_app("pages/search.py")
 
 
 def click(app, label):
@@ -76,7 +76,7 @@ def test_empty_text_and_bad_query_image(search):
 
 def test_find_similar_from_the_caption_page(search, gallery):
     click(search, "Update index")
-    search.switch_page("app_pages/caption.py").run()
+    search.switch_page("pages/caption.py").run()
     search.file_uploader[0].set_value(("mine.png", zoo.encode(zoo.demo("square", "blue"), "PNG"), "image/png")).run()
     click(search, "Find similar")
     assert search.radio[0].value == "Captioned image"

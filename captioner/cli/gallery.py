@@ -15,8 +15,8 @@ from .serving import load_for_cli
 
 
 def load_search_model(args, settings: Settings):
-
-    return load_for_cli(load_embedder, args.model, settings.search_model, settings)
+    """The search model: --model exactly, else the configured one (a fallback said on stderr)."""
+    return load_for_cli("search", args.model, settings)
 
 
 def report_update(report) -> None:

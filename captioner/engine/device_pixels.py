@@ -62,9 +62,11 @@ class DeviceImageStage:
                 return {}, {0: _decode_failure(chunk[0], exc)}
         rows, errors = {}, {}
         for i, item in enumerate(chunk):
-            alone, error = self._load([item])
-            rows.update({i: row for row in alone.values()})
-            errors.update({i: reason for reason in error.values()})
+            alone, error = self._load([item])  # one input: at most one row or one error, under key 0
+            if 0 in alone:
+                rows[i] = alone[0]
+            if 0 in error:
+                errors[i] = error[0]
         return rows, errors
 
     def collate(self, pixels: list[torch.Tensor]) -> torch.Tensor:

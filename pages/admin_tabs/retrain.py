@@ -6,7 +6,7 @@ import time
 
 import streamlit as st
 
-from app_pages._text import plain
+from pages.ui.text import plain
 from captioner import retrain
 from captioner.settings import Settings
 

@@ -1,10 +1,14 @@
 """Admin page: log in, then review the logged corrections, export them, retrain, choose the live version."""
 
+from pages import inside_the_app
+
+inside_the_app()  # first: a deep link on a fresh server is rerun inside the app before this page loads anything
+
 import streamlit as st
 
-from app_pages import _shared as shared
-from app_pages.admin_tabs import export, login, retrain, review, statistics, versions
-from app_pages._text import plain
+from pages.ui import shared
+from pages.admin_tabs import export, login, retrain, review, statistics, versions
+from pages.ui.text import plain
 from captioner.feedback import FeedbackError
 from captioner.review import warm_up
 

@@ -1,4 +1,4 @@
-"""Table thumbnails for the admin tabs (plain text for every page is app_pages/_text.py)."""
+"""Table thumbnails for the admin tabs (plain text for every page is pages/ui/text.py)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,9 @@
 """Chat page: a conversation about one image, with any configured Q&A model."""
 
+from pages import inside_the_app
+
+inside_the_app()  # first: a deep link on a fresh server is rerun inside the app before this page loads anything
+
 import hashlib
 
 import streamlit as st
@@ -7,8 +11,8 @@ import streamlit as st
 from captioner.chat import ChatError, Turn, answer
 from captioner.feedback import FeedbackError
 from captioner.images import UPLOAD_TYPES, ImageError, ImageInput, decode
-from app_pages import _shared as shared
-from app_pages._text import plain
+from pages.ui import shared
+from pages.ui.text import plain
 
 state = st.session_state
 state.setdefault("chats", {})  # image sha256 -> list[Turn]

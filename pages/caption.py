@@ -1,5 +1,9 @@
 """Caption page: upload images, read their captions, correct the wrong ones."""
 
+from pages import inside_the_app
+
+inside_the_app()  # first: a deep link on a fresh server is rerun inside the app before this page loads anything
+
 import hashlib
 import random
 
@@ -9,10 +13,10 @@ from captioner.caption import CaptionResult, GenerationOptions, caption_images, 
 from captioner.demo.quality import demo_inputs
 from captioner.feedback import FeedbackError
 from captioner.images import UPLOAD_TYPES, ImageInput
-from app_pages import _shared as shared
-from app_pages import _similar as fix_similar
-from app_pages import _styles as styles
-from app_pages._text import plain
+from pages.ui import shared
+from pages.ui import styles
+from pages.ui.text import plain
+from pages.ui import similar as fix_similar
 
 state = st.session_state
 state.setdefault("samples", [])
@@ -103,7 +107,7 @@ for result in results:
             log_feedback(result, result.caption, key)
         if similar.button("Find similar", key=f"similar-{key}"):
             state.search_query = result.source
-            st.switch_page("app_pages/search.py")
+            st.switch_page("pages/search.py")
         if key in state.saved:
             kind, message = state.saved[key]
             (text.success if kind == "success" else text.error)(message)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app_pages._text import plain
-from app_pages.admin_tabs._ui import thumbnails
+from pages.admin_tabs._ui import thumbnails
+from pages.ui.text import plain
 from captioner.feedback import STATUSES, TASKS, FeedbackError, FeedbackLog, FeedbackRow
 from captioner.feedback_snapshot import Snapshot
 from captioner.review import (
@@ -91,8 +91,10 @@ def _actions(log: FeedbackLog, selection: Selection, on_page: set[str], reviewer
     st.caption(f"{len(chosen)} selected" + (f" ({hidden} not on this page)" if hidden else "") + f" · {len(edits)} correction(s) edited")
     approve, reject, delete, save, clear = st.columns(5)
     actions = {
-        approve: (f"Approve selected ({len(chosen)})", not chosen, lambda: f"Approved {set_status(log, chosen, 'approved', reviewer)} row(s)."),
-        reject: (f"Reject selected ({len(chosen)})", not chosen, lambda: f"Rejected {set_status(log, chosen, 'rejected', reviewer)} row(s)."),
+        approve: (f"Approve selected ({len(chosen)})", not chosen,
+                  lambda: f"Approved {set_status(log, chosen, 'approved', reviewer)} row(s)."),
+        reject: (f"Reject selected ({len(chosen)})", not chosen,
+                 lambda: f"Rejected {set_status(log, chosen, 'rejected', reviewer)} row(s)."),
         delete: (f"Delete selected ({len(chosen)})", not chosen, lambda: f"Deleted {delete_rows(log, chosen)} row(s)."),
         save: (f"Save edited corrections ({len(edits)})", not edits,
                lambda: f"Saved {edit_corrections(log, edits, reviewer)} correction(s)."),

@@ -12,8 +12,8 @@ from captioner.index import IndexProblem
 from captioner.models import LoadedModel
 from captioner.options import GenerationOptions
 from captioner.similar import Candidate, confirm, find_similar
-from app_pages import _shared as shared
-from app_pages._text import plain
+from pages.ui import shared
+from pages.ui.text import plain
 
 state = st.session_state
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app_pages._text import plain
+from pages.ui.text import plain
 from captioner.engine import engine_for
 from captioner.feedback import FeedbackLog
 from captioner.loading import DEMO_FALLBACK, WHAT, Served, serve, serving_key
@@ -79,6 +79,13 @@ def chat_model(picked: str) -> LoadedModel:
     served = _served("qa", _served_chat_model, None if picked == config.qa_model else picked)
     show_fallback(served, loud=served.fallback != DEMO_FALLBACK)
     return served.model
+
+
+def chat_model_quietly(picked: str) -> LoadedModel:
+    """The Q&A model chat_model() serves for this pick, leaving the page alone; ModelError if none can answer."""
+    config = settings()
+    asked = None if picked == config.qa_model else picked
+    return _served_chat_model(asked, config, serving_key("qa", config, asked)).model
 
 
 def style_model() -> Served:

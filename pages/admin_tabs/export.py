@@ -8,7 +8,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app_pages._text import plain
+from pages.ui.text import plain
 from captioner.export import ExportError, export
 from captioner.feedback import FeedbackError, FeedbackLog
 

@@ -13,8 +13,8 @@ from captioner.images import ImageError, decode
 from captioner.models import LoadedModel, ModelError
 from captioner.restyle import detail_facts, restyle
 from captioner.styles import CUSTOM, DETAILED, PLAIN, STYLES, Style, StyleError, style_for, style_notice
-from app_pages import _shared as shared
-from app_pages._text import plain
+from pages.ui import shared
+from pages.ui.text import plain
 
 state = st.session_state
 
@@ -91,7 +91,7 @@ def _facts(result: CaptionResult, style: Style) -> list[tuple[str, str]]:
     config = shared.settings()
     spec = state.get("chat_model_live") or config.qa_model
     try:
-        qa = shared._shared_chat_model(spec, config, cache_key(resolve_spec(spec, "qa", config), config))
+        qa = shared.chat_model_quietly(spec)
         return detail_facts(qa, [decode(result.source, max_side=768).image])[0]
     except (ModelError, ImageError, StyleError) as exc:
         st.warning(f"The detailed caption goes without the Q&A model's answers: {plain(exc)}")

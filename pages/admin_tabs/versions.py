@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app_pages._text import plain
+from pages.ui.text import plain
 from captioner import golive, registry
 from captioner.settings import Settings
 

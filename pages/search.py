@@ -1,12 +1,17 @@
 """Search page: gallery images similar to a text, an uploaded image, a gallery image, or a captioned one."""
 
+from pages import inside_the_app
+
+inside_the_app()  # first: a deep link on a fresh server is rerun inside the app before this page loads anything
+
+
 import streamlit as st
 
 from captioner.gallery_scan import gallery_file
 from captioner.images import UPLOAD_TYPES, ImageError, ImageInput, decode, read_file, thumbnail_jpeg
 from captioner.index import IndexProblem, SearchError, search_gallery_image, search_image, search_text, update_index
-from app_pages import _shared as shared
-from app_pages._text import plain
+from pages.ui import shared
+from pages.ui.text import plain
 
 PICKER_LIMIT = 500  # gallery paths offered at once; a filter narrows a big gallery down
 state = st.session_state
