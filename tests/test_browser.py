@@ -262,6 +262,11 @@ def pending_order(home):
 
 
 def tick(page, grid, row):
+    """Click a row's checkbox once the page has finished its run (a grid still being redrawn drops the click)."""
+    from playwright.sync_api import expect
+
+    expect(page.get_by_test_id("stStatusWidget")).to_have_count(0)  # shown while a script run is under way
+    page.wait_for_timeout(300)
     box = grid.bounding_box()
     page.mouse.click(box["x"] + 27, box["y"] + 35 + 35 * row + 18)  # row's checkbox (glide grid: 35 px rows)
 
