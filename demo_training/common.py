@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import shutil
 import tempfile
 import time
@@ -17,9 +16,10 @@ def fit(model, recipe, seed: int, step_loss: Callable, name: str, started: float
     """The demo models' training loop: AdamW, warmup then cosine decay, clipped gradients, a log line every
     200 steps. step_loss(generator) draws a batch and returns its loss."""
     import torch
+    from transformers import get_cosine_schedule_with_warmup
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, recipe.warmup, recipe.steps))
+    schedule = get_cosine_schedule_with_warmup(optimizer, recipe.warmup, recipe.steps)
     generator = torch.Generator().manual_seed(seed)
     model.train()
     for step in range(recipe.steps):
@@ -33,11 +33,6 @@ def fit(model, recipe, seed: int, step_loss: Callable, name: str, started: float
             after_step()
         if step % 200 == 0 or step == recipe.steps - 1:
             log(f"{name}: step {step + 1}/{recipe.steps} loss {loss.item():.4f} ({time.time() - started:.0f}s)")
-
-
-def warmup_cosine(step: int, warmup: int, total: int) -> float:
-    """Learning-rate factor: linear warmup, then cosine decay to zero."""
-    return min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
 
 
 def save_pretrained(model, processor) -> Callable[[Path], Path]:
