@@ -136,11 +136,6 @@ def _remember(key: tuple[str, str], loaded: LoadedModel) -> None:
         free_memory()  # the replaced model, once nothing in progress holds it
 
 
-def last_served(kind: str, settings: Settings) -> LoadedModel | None:
-    """The model this process last served for a kind (under these settings' models folder), if any."""
-    return _LAST_GOOD.get((kind, str(Path(settings.models_dir).resolve())))
-
-
 def serving_key(kind: str, settings: Settings, asked: str | None = None) -> tuple:
     """What decides serve()'s answer without loading anything: a cache key for callers that keep Served objects."""
     state = registry.active_state(settings.models_dir) if kind == "caption" and asked is None else None

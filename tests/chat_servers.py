@@ -9,17 +9,12 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from local_servers import free_port, stop, wait_healthy
 
 
 @contextmanager
@@ -34,7 +29,7 @@ def transformers_serve(log: Path, threads: int = 1, preload: str | None = None, 
     with open(log, "w") as out:
         server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
-        _wait_healthy(f"http://127.0.0.1:{port}", server, log, timeout)
+        wait_healthy(f"http://127.0.0.1:{port}/health", server, "transformers serve", log, timeout)
         if preload:
             request = urllib.request.Request(f"http://127.0.0.1:{port}/load_model", json.dumps({"model": preload}).encode(),
                                              {"Content-Type": "application/json"})  # fmt: skip
@@ -42,26 +37,7 @@ def transformers_serve(log: Path, threads: int = 1, preload: str | None = None, 
                 events.read()  # server-sent progress until the model is ready
         yield f"http://127.0.0.1:{port}/v1"
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-
-
-def _wait_healthy(url: str, server: subprocess.Popen, log: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"transformers serve exited with {server.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as reply:
-                if reply.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.3)
-    raise RuntimeError(f"transformers serve did not come up in {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+        stop(server)
 
 
 def closed_port_url() -> str:
