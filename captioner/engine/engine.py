@@ -26,6 +26,9 @@ from .threads import WorkerThreads
 
 HEARTBEAT_S = 0.25
 _RUNNING: "weakref.WeakSet[CaptionEngine]" = weakref.WeakSet()  # engines whose worker may still be running
+# Their threads, held until they have ended: a worker lets go of its engine (which then leaves _RUNNING) a moment
+# before its thread ends, so waiting for the engines alone can miss a thread still finishing.
+_WORKERS: set[threading.Thread] = set()
 
 
 class EngineClosed(RuntimeError):
@@ -60,6 +63,8 @@ class CaptionEngine:
         self._worker = threading.Thread(target=self._work, name=f"caption-engine[{self.model_version}]", daemon=True)
         self._worker.start()
         _RUNNING.add(self)
+        _WORKERS.difference_update([worker for worker in list(_WORKERS) if not worker.is_alive()])
+        _WORKERS.add(self._worker)
 
     # --- callers ---------------------------------------------------------------------------------------------
     def caption(self, inputs: Sequence[ImageInput], options: GenerationOptions = GenerationOptions(), **job) -> list[CaptionResult]:
@@ -254,7 +259,12 @@ class _Heartbeat:
 def close_all(timeout: float | None = 30) -> None:
     """Close every engine and wait for its worker: at interpreter exit, a worker must not outlive Python."""
     for engine in list(_RUNNING):
-        engine.close(wait=True, timeout=timeout)
+        engine.close(wait=False)
+    for worker in list(_WORKERS):
+        if worker is not threading.current_thread():
+            worker.join(timeout)
+        if not worker.is_alive():
+            _WORKERS.discard(worker)
 
 
 atexit.register(close_all)
