@@ -69,6 +69,15 @@ def base_license(base: dict, spec) -> str:
     return front.get("license") if isinstance(front.get("license"), str) else "other"
 
 
+def _unjudged(new: dict) -> str:
+    """The concepts corrected too few times to hold one out: trained on every row, so not judged on unseen images."""
+    concepts = new.get("trained_only") or {}
+    if not concepts:
+        return ""
+    named = ", ".join(f"{_plain(concept)} ({count})" for concept, count in concepts.items())
+    return f"\n  - corrected too few times to hold any out, so every correction was trained on and none judged: {named}"
+
+
 def model_card(args: dict, metrics: dict, license_id: str) -> str:
     """README.md of a version: Hub metadata (base_model, library_name, pipeline_tag, license, tags), then the
     figures the gate decided on."""
@@ -97,13 +106,14 @@ live model's own knowledge replayed and distilled so that it is kept.
 - created: {args['created']}
 - base model: `{args['base_model']}`{revision}
 - rows used: {args['rows_used']} ({args['train_rows']} trained on, {args['heldout_rows']} held out by image hash),
-  of which {args['regression_rows']} are the regression set (stored images the live model captions confidently)
+  of which {args['regression_rows']} are the regression set (stored images the live model captions confidently);
+  {args.get('recoloured_views', 0)} recoloured views of the corrections that taught no colour word
 - LoRA rank {args['lora_r']} on the {args['lora_targets']} layers, learning rate {args['lr']},
   {metrics['training']['steps']} training steps, self-distillation weight {args['distill']}
 
 ## The two figures the gate decided on (held-out images, exact match)
 
-- **New concepts** (held-out corrections): {_pct(new['before'])} before, {_pct(new['after'])} after ({new['count']} images)
+- **New concepts** (held-out corrections): {_pct(new['before'])} before, {_pct(new['after'])} after ({new['count']} images){_unjudged(new)}
 - **Old knowledge** (held-out images the live model captions right): {_pct(old['before'])} before,
   {_pct(old['after'])} after ({old['count']} images); a model that loses more than {args['max_forgetting'] * 100:g}
   points here is refused, whatever its overall score

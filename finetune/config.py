@@ -33,10 +33,17 @@ class FinetuneConfig:
         0.02, "refuse a model whose held-out old-knowledge exact match drops by more than this (0.02 = 2 points)"
     )
     batch_size: int = option(16, "rows per optimisation step")
-    heldout_fraction: float = option(0.15, "share of images (chosen by their hash) kept out of training to judge the result")
+    heldout_fraction: float = option(
+        0.15, "share of each group's images (a correction concept, confirmations, regression set; chosen by hash) kept "
+        "out of training to judge the result"
+    )
     seed: int = option(0, "random seed")
     base: str = option("", "model spec to start from; default: the live model")
     activate: bool = option(True, "make the new version live when it passes (--no-activate to only publish it)")
+    recoloured_views: int = option(
+        6, "views of each correction that teaches no colour word, its picture turned to other hues and captioned by "
+        "the live model's own words up to the taught ones, which alone are learned there (0 = off)"
+    )
     augment: bool = option(True, "random flips, zooms and shifts of the training pictures (--no-augment to turn off)")
     home: str = option("", "CAPTIONER_HOME to read feedback from and publish into; default: the environment's")
     progress_file: str = option("", "also write progress as JSON lines here (the admin page follows it)")
@@ -66,6 +73,8 @@ class FinetuneConfig:
             problems.append(f"--lora-targets must be text or all, not {self.lora_targets!r}")
         if not 0 <= self.old_share < 1 or self.distill < 0 or self.regression_images < 0:
             problems.append("--old-share must be in [0, 1), --distill and --regression-images 0 or more")
+        if self.recoloured_views < 0:
+            problems.append(f"--recoloured-views must be 0 or more, not {self.recoloured_views}")
         if not 0 <= self.max_forgetting <= 1:
             problems.append(f"--max-forgetting must be in [0, 1], not {self.max_forgetting}")
         if problems:

@@ -12,6 +12,7 @@ from captioner.golive import check_folder
 from captioner.models import ModelError
 
 from .card import base_license, base_reference, model_card
+from .data import VIEW, trained_only
 from .errors import Refused
 from .tensors import RowTensors
 
@@ -23,16 +24,19 @@ def write_version(staging: Path, models, settings, cfg, examples, rows: RowTenso
     models.base.model.save_pretrained(staging)
     models.base.processor.save_pretrained(staging)
     check = _check_published(staging, settings)
+    not_held_out = trained_only(rows.examples + heldout, {e.sha256 for e in heldout})
     metrics = {
         "heldout_before": before["overall"], "heldout_after": after["overall"],
-        "new_concepts": _figure(before["new"], after["new"]), "old_knowledge": _figure(before["old"], after["old"]),
+        "new_concepts": {**_figure(before["new"], after["new"]), "trained_only": not_held_out},
+        "old_knowledge": _figure(before["old"], after["old"]),
         "by_kind_before": before["by_kind"], "by_kind_after": after["by_kind"], "check_set": check, "training": stats,
     }  # fmt: skip
     (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     args = {
         **asdict(cfg), "home": "", "progress_file": "", "created": now_utc(),
         "base": f"{base['name']} ({models.base.version})", "base_model": base["name"], "base_revision": base["revision"],
-        "base_hub_id": base["hub_id"], "rows_used": len(examples), "train_rows": len(rows),
+        "base_hub_id": base["hub_id"], "rows_used": len(examples), "train_rows": sum(e.kind != VIEW for e in rows.examples),
+        "recoloured_views": sum(e.kind == VIEW for e in rows.examples),
         "heldout_rows": len(heldout), "regression_rows": sum(e.kind == "regression" for e in rows.examples + heldout),
     }  # fmt: skip
     (staging / "train_args.json").write_text(json.dumps(args, indent=2) + "\n")

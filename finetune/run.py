@@ -16,12 +16,13 @@ from captioner.models import LoadedModel, ModelError
 
 from . import judge
 from .config import FinetuneConfig, resolve_home
-from .data import DataError, Example, approved_examples, is_heldout
+from .data import DataError, Example, approved_examples, heldout_images
 from .errors import FinetuneError, Refused
 from .publish import write_version
 from .regression import keep_confident, regression_examples
 from .tensors import RowTensors, to_tensors
 from .trainer import TrainingError, distributed, train, with_lora
+from .views import with_views
 
 
 def log(message: str) -> None:
@@ -155,13 +156,15 @@ def prepare(models: Models, feedback: FeedbackLog, examples: list[Example], cfg:
     for problem in problems:
         log(f"skipping an image that cannot be decoded: {problem}")
     rows, unsure = keep_confident(models.live.model, rows)
-    heldout_mask = torch.tensor([is_heldout(e.sha256, cfg.heldout_fraction) for e in rows.examples], device=rows.pixels.device)
-    train_rows, heldout = rows.select(~heldout_mask), [e for e in rows.examples if is_heldout(e.sha256, cfg.heldout_fraction)]
-    if not len(train_rows):
-        raise FinetuneError(f"all {len(rows)} images fell in the held-out split; lower --heldout-fraction ({cfg.heldout_fraction})")
+    held = heldout_images(rows.examples, cfg.heldout_fraction)
+    heldout_mask = torch.tensor([e.sha256 in held for e in rows.examples], device=rows.pixels.device)
+    train_rows, heldout = rows.select(~heldout_mask), [e for e in rows.examples if e.sha256 in held]
     counts = {kind: sum(e.kind == kind for e in train_rows.examples) for kind in ("correction", "confirmation", "regression")}
     log(f"{len(train_rows)} images to train on ({', '.join(f'{n} {k}s' for k, n in counts.items())}), {len(heldout)} held out"
         + (f"; {unsure} stored images left out of the regression set: the live model was unsure of them" if unsure else ""))
+    train_rows, views = with_views(models.base.model, models.base.processor.tokenizer, train_rows, cfg.recoloured_views)
+    if views:
+        log(f"{views} recoloured views of the corrections that taught no colour word")
     return train_rows, heldout
 
 

@@ -10,7 +10,7 @@ from functools import partial
 from captioner import images
 from captioner.images import ImageError
 
-from .data import DataError, Example
+from .data import COLOUR_WORDS, CORRECTION, REWORDED, DataError, Example
 
 # A mirrored picture of "a dog left of a car" shows a dog right of a car: such captions are never flipped.
 SIDED = re.compile(r"\b(left|right)\b", re.IGNORECASE)
@@ -26,6 +26,10 @@ class RowTensors:
     labels: object  # input_ids with padding as -100 (no loss there)
     old: object  # [rows] bool: the live model's knowledge (confirmations, regression set), distilled
     flippable: object  # [rows] bool: a mirror image still fits the caption
+    taught: object  # labels kept only where the caption says a taught word (the rest -100): what a recoloured view teaches
+    recolourable: object  # [rows] bool: a correction whose taught words name no colour, so any hue still shows them
+    pixel_mean: object  # [3, 1, 1]: the processor's normalisation, to recolour normalised pixels
+    pixel_std: object
     examples: list[Example]
 
     def __len__(self) -> int:
@@ -34,8 +38,8 @@ class RowTensors:
     def select(self, keep) -> "RowTensors":
         """The rows where keep (a bool device tensor) is true."""
         chosen = [e for e, k in zip(self.examples, keep.tolist()) if k]
-        return RowTensors(self.pixels[keep], self.input_ids[keep], self.attention[keep], self.labels[keep], self.old[keep],
-                          self.flippable[keep], chosen)  # fmt: skip
+        rows = (self.pixels, self.input_ids, self.attention, self.labels, self.old, self.flippable, self.taught, self.recolourable)
+        return RowTensors(*(t[keep] for t in rows), self.pixel_mean, self.pixel_std, chosen)
 
     def rows(self, index):
         """(pixels, input_ids, attention, labels, old) of the rows at index (a device tensor)."""
@@ -89,6 +93,45 @@ def to_tensors(examples: list[Example], processor, device, dtype, workers: int |
     input_ids, attention, labels = caption_tokens(processor.tokenizer, [e.caption for e in examples])
     old = torch.tensor([e.is_old for e in examples], dtype=torch.bool)
     flippable = torch.tensor([not SIDED.search(e.caption) for e in examples], dtype=torch.bool)
-    tensors = RowTensors(pixels.to(device, non_blocking=True), input_ids.to(device), attention.to(device),
-                         labels.to(device), old.to(device), flippable.to(device), examples)  # fmt: skip
-    return tensors, problems
+    taught, recolourable = taught_labels(processor.tokenizer, examples, labels)
+    mean, std = (torch.tensor(getattr(processor.image_processor, name), dtype=torch.float32).view(3, 1, 1)
+                 for name in ("image_mean", "image_std"))  # fmt: skip
+    on_device = (t.to(device) for t in (input_ids, attention, labels, old, flippable, taught, recolourable, mean, std))
+    return RowTensors(pixels.to(device, non_blocking=True), *on_device, examples), problems
+
+
+def concat(first: RowTensors, second: RowTensors, pad_id: int) -> RowTensors:
+    """The rows of both, their token columns padded to the longer (padding: no attention, no loss)."""
+    import torch
+    import torch.nn.functional as F
+
+    width = max(first.input_ids.shape[1], second.input_ids.shape[1])
+
+    def joined(a, b, fill):
+        return torch.cat([F.pad(t, (0, width - t.shape[1]), value=fill) for t in (a, b)])
+
+    return RowTensors(
+        torch.cat([first.pixels, second.pixels]), joined(first.input_ids, second.input_ids, pad_id),
+        joined(first.attention, second.attention, 0), joined(first.labels, second.labels, -100),
+        torch.cat([first.old, second.old]), torch.cat([first.flippable, second.flippable]),
+        joined(first.taught, second.taught, -100), torch.cat([first.recolourable, second.recolourable]),
+        first.pixel_mean, first.pixel_std, first.examples + second.examples,
+    )  # fmt: skip
+
+
+def taught_labels(tokenizer, examples: list[Example], labels):
+    """Per row, the labels of the words its correction taught (elsewhere -100), and whether a recoloured view of
+    its picture still shows them (a correction that taught no colour word)."""
+    import torch
+
+    taught = torch.full_like(labels, -100)
+    recolourable = torch.zeros(len(examples), dtype=torch.bool)
+    for i, example in enumerate(examples):
+        words = example.concept.split() if example.kind == CORRECTION and example.concept != REWORDED else []
+        if not words or any(word in COLOUR_WORDS for word in words):
+            continue
+        ids = torch.tensor(tokenizer(" ".join(words), add_special_tokens=False).input_ids, dtype=labels.dtype)
+        where = torch.isin(labels[i], ids)
+        taught[i] = torch.where(where, labels[i], taught[i])
+        recolourable[i] = bool(where.any())
+    return taught, recolourable

@@ -183,14 +183,20 @@ def test_the_demo_captioner_learns_stars_from_three_corrections_without_forgetti
 
 @pytest.mark.gpu
 def test_a_retrain_on_cuda_trains_in_bf16_and_publishes_full_precision_weights(home, monkeypatch):
-    """The GPU path end to end: rows on the device, bf16 frozen weights, fused AdamW, evaluation and the gate."""
+    """The GPU path end to end: rows on the device, recoloured views captioned from bf16 rows, bf16 frozen weights,
+    fused AdamW, evaluation and the gate."""
     from safetensors import safe_open
 
     monkeypatch.setenv("CAPTIONER_CAPTION_MODEL", "demo")
     monkeypatch.setenv("CAPTIONER_DEVICE", "cuda")
-    log_rows(home, n=20, shapes=("star",), wrong=True)
+    log = FeedbackLog(home / "data")
+    inputs, samples = demo_inputs(4, seed=3, shapes=("star",))
+    for item, truth in zip(inputs, samples):  # the shape was wrong: "star" is taught, so views are made
+        log.record(item.data, "png", task="caption", model_output=f"a {truth.color} circle", correction=truth.caption,
+                   status="approved")  # fmt: skip
     log_rows(home, n=20, seed=4)
     folder = main(FinetuneConfig(home=str(home), epochs=10, min_rows=5))
+    assert json.loads((folder / "train_args.json").read_text())["recoloured_views"] == 24
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["training"]["steps"] > 0 and metrics["old_knowledge"]["count"] >= 0
     with safe_open(folder / "model.safetensors", "pt") as weights:

@@ -151,6 +151,11 @@ def test_the_versions_tab_shows_new_concepts_and_old_knowledge(tiny_home_files, 
     version = registry.list_versions(tiny_home_files / "models")[0]
     assert list(table["old knowledge after"]) == [version.old_knowledge["after"]]
     assert list(table["new concepts after"]) == [version.new_concepts["after"]]
+    # a concept corrected once or twice keeps its rows for training: the tab and the card say it was not judged
+    unjudged = version.new_concepts["trained_only"]
+    assert unjudged
+    assert list(table["trained on, too few to judge"]) == [", ".join(f"{c} ({n})" for c, n in unjudged.items())]
+    assert "too few times to hold any out" in (version.path / "README.md").read_text()
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ def render(config: Settings) -> None:
         "version": v.name, "live": "●" if v.name == live else "", "created": v.created, "base": v.base,
         "rows used": v.rows_used, "exact before": v.heldout[0].get("exact_match"), "exact after": v.heldout[1].get("exact_match"),
         "new concepts before": v.new_concepts.get("before"), "new concepts after": v.new_concepts.get("after"),
+        "trained on, too few to judge": ", ".join(f"{c} ({n})" for c, n in (v.new_concepts.get("trained_only") or {}).items()),
         "old knowledge before": v.old_knowledge.get("before"), "old knowledge after": v.old_knowledge.get("after"),
     } for v in found]), hide_index=True)  # fmt: skip
     pick = st.selectbox("Version", [v.name for v in found][::-1])
