@@ -13,7 +13,7 @@ CORRECTION, CONFIRMATION, REGRESSION = "correction", "confirmation", "regression
 VIEW = "view"  # a recoloured view of a correction (views.py): trained on, never judged or counted as a row
 REWORDED = "(reworded)"  # the concept of a correction that added no new word
 # English colour terms: a correction that teaches one of these is about colour, so no recoloured view of its picture
-# may teach it (see trainer.recolour)
+# may teach it (views.py)
 COLOUR_WORDS = frozenset(
     "red orange yellow green blue purple violet pink brown black white grey gray beige tan gold golden silver cyan "
     "magenta turquoise teal navy maroon olive lime indigo crimson scarlet ivory cream khaki blond blonde auburn "
