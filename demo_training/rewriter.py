@@ -56,7 +56,7 @@ class RewriterRecipe:
     heads: int = 4
     vocab: int = 1024
     samples: int = 20_000
-    steps: int = 400
+    steps: int = 600  # with transformers' cosine schedule, 400 steps kept the words in 85-86% of 800 fresh images, 600 in 100%
     batch_size: int = 64
     lr: float = 2e-3
     warmup: int = 100
