@@ -1,5 +1,5 @@
-"""What the caption benches share: the model (a spec, or a config folder with random weights), the JPEG files,
-the plain transformers way, and percentiles."""
+"""What the caption benches share: the app's thread policy, the model (a spec, or a config folder with random
+weights), the JPEG files, the plain transformers way, and percentiles."""
 
 from __future__ import annotations
 
@@ -10,14 +10,19 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from captioner import runtime
 
-from captioner.demo.world import sample
-from captioner.engine import EngineLimits, engine_for
-from captioner.models import (
+# Before torch loads: the threads and OpenMP wait policy the app and the CLI run with, so the figures are theirs
+# (under OpenMP's own spinning wait a caption times differently than it does in the app).
+runtime.configure("app")
+
+from captioner.demo.world import sample  # noqa: E402
+from captioner.engine import EngineLimits, engine_for  # noqa: E402
+from captioner.models import (  # noqa: E402
     LoadedModel, ModelSpec, load_captioner, quiet_transformers, resolve_device, resolve_dtype,
 )  # fmt: skip
-from captioner.options import GenerationOptions
-from captioner.settings import Settings
+from captioner.options import GenerationOptions  # noqa: E402
+from captioner.settings import Settings  # noqa: E402
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:

@@ -255,8 +255,8 @@ def test_a_model_replaced_in_place_gets_a_fresh_engine(settings, tiny_blip_dir, 
 
 
 def test_the_worker_leaves_cores_to_decoding_and_no_other_thread_changes_count(demo, world):
-    """While images decode beside it the worker runs on its share; alone, on torch's default; sessions and
-    training keep their count."""
+    """While images decode beside it the worker runs on its share; alone, it tries torch's default first (then
+    whichever count it measures faster, tests/test_engine_threads.py); sessions and training keep their count."""
 
     def fresh_thread_count():
         seen = []

@@ -211,10 +211,12 @@ class CaptionEngine:
 
     def _caption(self, batch: list[Request]) -> list[CaptionResult]:
         started = time.monotonic()
-        self._threads.choose(decoding=self._queue.expecting())
+        self._threads.choose(decoding=self._queue.expecting(), rows=len(batch) * batch[0].options.num_beams)
         pixel_values = self.stage.collate([request.prepared.pixels for request in batch])
         captions, scores = self.step.run(pixel_values, batch[0].options)
-        self._call_s = 0.7 * self._call_s + 0.3 * (time.monotonic() - started)
+        seconds = time.monotonic() - started
+        self._threads.ran(seconds)
+        self._call_s = 0.7 * self._call_s + 0.3 * seconds
         self.batches_run += 1
         self.images_run += len(batch)
         return [
