@@ -78,9 +78,10 @@ class WorkerThreads:
         if len(counts) == 1:
             return counts[0]
         times = self._times.get(key, {})
-        untried = [count for count in counts if count not in times or times[count].samples < self.TRIES]
+        samples = {count: times[count].samples if count in times else 0 for count in counts}
+        untried = [count for count in counts if samples[count] < self.TRIES]
         if untried:
-            return min(untried, key=lambda count: times[count].samples if count in times else 0)
+            return min(untried, key=samples.get)
         calls = self._calls[key] = self._calls.get(key, 0) + 1
         ranked = sorted(counts, key=lambda count: times[count].seconds)
         return ranked[1] if calls % self.explore_every == 0 else ranked[0]
