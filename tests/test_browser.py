@@ -62,6 +62,16 @@ def browser():
         chromium.close()
 
 
+def settle(page):
+    """Wait until the script run under way has ended and its layout stopped moving: a click during a rerun can land
+    on an element that the run then moves (a progress bar appears above it, a card is redrawn) and be lost."""
+    from playwright.sync_api import expect
+
+    page.wait_for_timeout(200)  # the rerun a key press or click asks for has begun
+    expect(page.get_by_test_id("stStatusWidget")).to_have_count(0)  # shown while a script run is under way
+    page.wait_for_timeout(300)
+
+
 def test_a_deep_link_opened_first_shows_the_page_inside_the_app(server, browser):
     from playwright.sync_api import expect
 
@@ -94,8 +104,10 @@ def test_upload_caption_and_save_a_correction_in_chromium(server, browser, tmp_p
     caption = page.get_by_label("Caption", exact=True)
     expect(caption).to_have_value("a blue square")
 
+    settle(page)
     caption.fill("a navy blue square")
     caption.press("Control+Enter")
+    settle(page)
     page.get_by_role("button", name="Save correction").click()
     expect(page.get_by_text("Correction saved.")).to_be_visible()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -126,13 +138,17 @@ def test_fix_similar_confirms_a_look_alike_in_chromium(server, browser, tmp_path
     card = page.locator('[data-testid="stHorizontalBlock"]').filter(has=page.get_by_text("corrected.png", exact=True)).first
     caption = card.get_by_label("Caption", exact=True)
     expect(caption).to_have_value(WRONG)
+    expect(page.get_by_role("button", name="Download captions (JSONL)")).to_be_visible()  # every upload captioned
+    settle(page)
     caption.fill(RIGHT)
     caption.press("Control+Enter")
+    settle(page)
     card.get_by_role("button", name="Save correction").click()
     expect(card.get_by_text("Correction saved.")).to_be_visible()
     offer = card.locator('[data-testid="stHorizontalBlock"]').filter(has_text="look-alike.png · session").last
     expect(offer).to_contain_text(f"proposed: {RIGHT}")
     expect(card.get_by_text("triangle.png · session")).to_have_count(0)  # a real triangle is not a look-alike
+    settle(page)
     offer.get_by_role("button", name="Apply the fix").click()
     expect(card.get_by_text("Fix saved, linked to your correction.")).to_be_visible()
     expect(card.get_by_role("button", name="Apply the fix")).to_have_count(0)  # confirmed: nothing left to press
@@ -237,10 +253,7 @@ def pending_order(home):
 
 def tick(page, grid, row):
     """Click a row's checkbox once the page has finished its run (a grid still being redrawn drops the click)."""
-    from playwright.sync_api import expect
-
-    expect(page.get_by_test_id("stStatusWidget")).to_have_count(0)  # shown while a script run is under way
-    page.wait_for_timeout(300)
+    settle(page)
     box = grid.bounding_box()
     page.mouse.click(box["x"] + 27, box["y"] + 35 + 35 * row + 18)  # row's checkbox (glide grid: 35 px rows)
 
