@@ -1,5 +1,6 @@
 """Q&A backends on tiny models loaded from disk: streaming, history, cutting, errors; and the demo Q&A model."""
 
+import functools
 import threading
 import time
 
@@ -78,7 +79,7 @@ def test_an_answer_left_while_waiting_its_turn_is_dropped_at_once(settings, tiny
     assert_model_free(loaded)
 
 
-def test_eight_sessions_at_once_each_get_their_own_answer(settings, tiny_llava_dir):
+def test_eight_sessions_at_once_each_get_their_own_answer(settings, tiny_llava_dir, monkeypatch):
     from tiny_models import CORPUS
 
     loaded = load_chat_model(str(tiny_llava_dir), settings)
@@ -88,6 +89,14 @@ def test_eight_sessions_at_once_each_get_their_own_answer(settings, tiny_llava_d
         asks.append((Image.new("RGB", (60, 40), (30 * i, 30, 200)), history, CORPUS[i]))
     alone = [answer(loaded, *ask, max_new_tokens=16).read() for ask in asks]
     assert len(set(alone)) == 8  # eight different answers: any leak or mix-up would show
+    forward = loaded.model.forward
+
+    @functools.wraps(forward)  # generate reads forward's signature
+    def a_model_at_a_real_pace(*args, **kwargs):  # tiny models answer in a blink: on a busy machine a reader could
+        time.sleep(0.005)  # wake only after its whole answer, and rightly get it as one piece
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(loaded.model, "forward", a_model_at_a_real_pace)
     together, chunk_counts, start = [None] * 8, [0] * 8, threading.Barrier(8)
 
     def session(i):
