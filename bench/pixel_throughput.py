@@ -1,5 +1,5 @@
 """Image preprocessing throughput: the device image path (captioner/gpu_images.py) against PIL decoding plus
-the model's own processor, on the same JPEG files, in one run.
+the model's own processor, on the same JPEG files, in one run; and the caption engine's CPU image stage.
 
     python -m bench.pixel_throughput                                   # CPU, BLIP-base's processor and ViT-B-32's
     python -m bench.pixel_throughput --device cuda --images 2048
@@ -19,12 +19,20 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
 
 
 from captioner import images
 from captioner.demo.world import sample
-from captioner.gpu_images import PixelSpec, load_pixels
+from captioner.engine.pixels import CpuImageStage
+from captioner.gpu_images import PixelSpec, load_pixels, normalise, resize_picture
 from captioner.images import ImageInput
+
+
+TWO_RESAMPLES = "engine CPU stage, Pillow shrink then torch resize"
+ONE_RESAMPLE = "engine CPU stage (JPEG draft, one torch resize)"
 
 
 def parse_args():
@@ -86,12 +94,29 @@ def main():
         load_pixels(batch, spec, device, torch.float32)
         sync()
 
+    def engine_stage(stage, batch):
+        stage.collate([prepared.pixels for prepared in stage.prepare(batch, thumbnails=False)])
+        sync()
+
+    def shrunk_then_resized(spec, batch):  # the engine's CPU stage before it let the torch resize do all the shrinking
+        def one(item):
+            picture = images.decode(item, max_side=768).image
+            return resize_picture(torch.from_numpy(np.array(picture, dtype=np.uint8)).permute(2, 0, 1), picture.size, spec)
+
+        normalise(torch.stack(list(pool.map(one, batch))), spec, torch.float32).to(device)
+        sync()
+
+    blip_spec = PixelSpec.from_blip(blip)
+    cpu_stage = CpuImageStage(SimpleNamespace(image_processor=blip), device, torch.float32, workers=os.cpu_count())
+
     ways = [
         ("BLIP", "PIL + BlipImageProcessor (torchvision backend)",
          partial(pil_then, lambda p: blip(images=p, return_tensors="pt")["pixel_values"], 768)),
         ("BLIP", "PIL + BlipImageProcessorPil",
          partial(pil_then, lambda p: blip_pil(images=p, return_tensors="pt")["pixel_values"], 768)),
-        ("BLIP", f"gpu_images.load_pixels on {device.type}", partial(ours, PixelSpec.from_blip(blip))),
+        ("BLIP", f"gpu_images.load_pixels on {device.type}", partial(ours, blip_spec)),
+        ("BLIP", TWO_RESAMPLES, partial(shrunk_then_resized, blip_spec)),
+        ("BLIP", ONE_RESAMPLE, partial(engine_stage, cpu_stage)),
         ("CLIP ViT-B-32", "PIL + open_clip transform", partial(pil_then, lambda p: torch.stack([clip(x) for x in p]), 448)),
         ("CLIP ViT-B-32", f"gpu_images.load_pixels on {device.type}", partial(ours, PixelSpec.from_open_clip(clip))),
     ]  # fmt: skip
@@ -104,6 +129,9 @@ def main():
         print(f"{model:<15}{way:<52}{rate:>10.1f}")
     for model, base in (("BLIP", "PIL + BlipImageProcessor (torchvision backend)"), ("CLIP ViT-B-32", "PIL + open_clip transform")):
         print(f"{model}: gpu_images is {rates[(model, f'gpu_images.load_pixels on {device.type}')] / rates[(model, base)]:.1f}x {base}")
+    single, double = rates[("BLIP", ONE_RESAMPLE)], rates[("BLIP", TWO_RESAMPLES)]
+    print(f"BLIP: the engine's CPU stage resampling once is {single / double:.2f}x resampling twice")
+    cpu_stage.close()
 
 
 if __name__ == "__main__":

@@ -42,6 +42,9 @@ ORIENTATION_TRANSPOSE = {
 _HIGH_BIT_GRAY = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 _ALPHA = ("RGBA", "LA", "PA", "La", "RGBa")
 _STRIP_BYTES = 16 << 20
+# A JPEG's draft scale lands between max_side and about 3x it; the caller's own antialiased resize from there
+# costs less than Pillow's shrink plus that resize, and resamples once, as the model's processor does.
+CALLER_RESIZES_SLACK = 4
 
 # The explicit pixel check in decode() runs right after the header is read, before any decoding, and
 # names the declared size; Pillow's own guard would fire first, inside Image.open, with a vaguer message.
@@ -128,8 +131,9 @@ def read_file(path: str | os.PathLike, name: str | None = None) -> ImageInput:
         raise ImageError(name, f"cannot be read ({exc})") from None
 
 
-def decode(source: ImageInput, max_side: int | None = None) -> DecodedImage:
-    """Check and decode an input into an upright RGB image, at most max_side px on its longer side.
+def decode(source: ImageInput, max_side: int | None = None, *, caller_resizes: bool = False) -> DecodedImage:
+    """Check and decode an input into an upright RGB image, at most max_side px on its longer side (caller_resizes:
+    at most CALLER_RESIZES_SLACK times that, as decoded: a caller that resizes anyway is spared a second resample).
     Any failure, whatever raised it, is an ImageError naming the input."""
     name, data = source.name, source.data
     if not data:
@@ -144,7 +148,7 @@ def decode(source: ImageInput, max_side: int | None = None) -> DecodedImage:
         fmt = image.format
         with DECODE_BUDGET.reserve(_check_cost(name, image, max_side)):
             image.load()
-            image = _upright_rgb(image, max_side)
+            image = _upright_rgb(image, max_side, CALLER_RESIZES_SLACK if caller_resizes else 1)
     except ImageError:
         raise
     except UnidentifiedImageError:
@@ -230,12 +234,13 @@ def fitted_size(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
     return max(min(candidates, key=lambda n: abs(aspect - n / max_side)), 1), max_side
 
 
-def _upright_rgb(image: Image.Image, max_side: int | None) -> Image.Image:
-    """A loaded picture of any mode -> upright RGB at most max_side px. RGB and L shrink as Pillow does;
-    every other mode is converted strip by strip (and shrunk on the way), so no full-size copy is made of a
-    picture that ends up small. Shrinking before the transpose is exact: the two commute."""
+def _upright_rgb(image: Image.Image, max_side: int | None, slack: int = 1) -> Image.Image:
+    """A loaded picture of any mode -> upright RGB at most max_side px (left as it is up to slack x max_side).
+    RGB and L shrink as Pillow does; every other mode is converted strip by strip (and shrunk on the way), so no
+    full-size copy is made of a picture that ends up small. Shrinking before the transpose is exact: the two
+    commute."""
     orientation = exif_orientation(image)
-    size = fitted_size(image.size, max_side)
+    size = image.size if max_side and max(image.size) <= slack * max_side else fitted_size(image.size, max_side)
     if image.mode in ("RGB", "L"):
         if size != image.size:
             image.thumbnail(size, Image.Resampling.BICUBIC)

@@ -118,6 +118,18 @@ def test_big_jpeg_is_decoded_small_when_asked():
     assert max(decoded.image.size) == 768 and decoded.image.size[0] > decoded.image.size[1]
 
 
+def test_a_caller_that_resizes_gets_the_jpeg_draft_as_decoded_and_big_pictures_still_shrunk():
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 255, (500, 700, 3), dtype=np.uint8))
+    drafted = decode("photo.jpg", zoo.encode(photo, "JPEG", quality=80), max_side=128, caller_resizes=True)
+    assert drafted.image.size == (350, 250)  # JPEG's 1/2 scale, the smallest that keeps both sides >= 128
+    assert max(decode("photo.jpg", zoo.encode(photo, "JPEG", quality=80), max_side=128).image.size) <= 128  # shrunk
+    assert decode("photo.png", zoo.encode(photo, "PNG"), max_side=200, caller_resizes=True).image.size == (700, 500)
+    assert max(decode("photo.png", zoo.encode(photo, "PNG"), max_side=100, caller_resizes=True).image.size) <= 100
+    upright = decode("rotated.jpg", zoo.jpeg_with_orientation_6(Image.new("RGB", (800, 400), (9, 9, 9))), max_side=128,
+                     caller_resizes=True)  # fmt: skip
+    assert upright.image.size == (400, 200)  # the stored 400 x 800 drafted at 1/2, then turned upright
+
+
 def test_sha256_and_extension_name_the_original_bytes():
     data = zoo.encode(zoo.demo(), "PNG")
     decoded = decode("x.png", data)

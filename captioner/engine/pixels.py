@@ -98,7 +98,7 @@ class CpuImageStage:
     def prepare_one(self, item: ImageInput, thumbnails: bool) -> PreparedImage | ImageError:
         """Decode and resize one input; any failure becomes that input's ImageError, returned, not raised."""
         try:
-            decoded = images.decode(item, max_side=self.decode_side)
+            decoded = images.decode(item, max_side=self.decode_side, caller_resizes=self.spec is not None)
             if self.spec is not None:
                 chw = torch.from_numpy(np.array(decoded.image, dtype=np.uint8)).permute(2, 0, 1)
                 pixels = resize_picture(chw, decoded.image.size, self.spec)
