@@ -38,6 +38,7 @@ def parse_args():
     parser.add_argument("--size", choices=["small", "opt-2.7b"], default="small")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--quantize", default="none", choices=["none", "8bit", "4bit"], help="bitsandbytes, CUDA only")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads here and in the endpoint server (1: on a busy 2-core machine more threads spin)")
     parser.add_argument("--question", default="what color is the shape?")
@@ -137,7 +138,7 @@ def main():
 
     args = parse_args()
     torch.set_num_threads(args.threads)
-    settings = Settings(home=Path.cwd(), device=args.device, dtype=args.dtype)
+    settings = Settings(home=Path.cwd(), device=args.device, dtype=args.dtype, quantize=args.quantize)
     spec, folder = args.model, None
     if args.tiny:
         from tests import tiny_models
@@ -158,7 +159,9 @@ def main():
         rows, runs = measure(ways, loaded, image, args)
     prefill = rows.pop("prefill")[1]
     print(f"model {loaded.name} ({loaded.family}, {sum(p.numel() for p in loaded.model.parameters()) / 1e6:.0f}M parameters) "
-          f"on {loaded.device} {loaded.dtype}, {args.threads} CPU thread(s); median of {args.runs} runs, ways in turn; "
+          f"on {loaded.device} {loaded.dtype}{'' if args.quantize == 'none' else ' ' + args.quantize}, "
+          f"{torch.cuda.max_memory_allocated() / 2**30 if torch.device(loaded.device).type == 'cuda' else 0:.2f} GiB CUDA peak, "
+          f"{args.threads} CPU thread(s); median of {args.runs} runs, ways in turn; "
           f"answer: {rows['plain generate'][3][:40]!r}")  # fmt: skip
     print(f"{'way':<31}{'first text ms':>14}{'total ms':>10}{'tokens':>8}{'tokens/s':>10}{'vs plain':>10}")
     for name, (ttft, total, tokens, _) in rows.items():

@@ -128,8 +128,10 @@ def plain_way(model, processor, examples, cfg, args):
     prepared = time.perf_counter() - started
     from finetune.tensors import RowTensors
 
-    rows = RowTensors(pixels, input_ids, attention, labels, torch.zeros(len(examples), dtype=torch.bool, device=device),
-                      torch.ones(len(examples), dtype=torch.bool, device=device), examples)  # fmt: skip
+    no, yes = (torch.full((len(examples),), value, dtype=torch.bool, device=device) for value in (False, True))
+    stats = [torch.tensor(getattr(processor.image_processor, name), device=device).view(3, 1, 1) for name in ("image_mean", "image_std")]
+    rows = RowTensors(pixels, input_ids, attention, labels, old=no, flippable=yes, taught=labels, recolourable=no,
+                      pixel_mean=stats[0], pixel_std=stats[1], examples=examples)  # fmt: skip: only with_lora reads it
     model = with_lora(model.to(dtype), processor.tokenizer, rows, cfg)
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=cfg.lr)

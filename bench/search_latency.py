@@ -31,7 +31,7 @@ from captioner.search_structure import FLAT_LIMIT, build_search_structure, recal
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
-    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--dim", type=int, help="vector width (default: the --model's, 512 for ViT-B-32)")
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--model", default="config:ViT-B-32", help="text tower for the end-to-end query: "
                         "config:NAME (open_clip architecture, random weights), or a search model spec")  # fmt: skip
@@ -217,6 +217,10 @@ def main():
     faiss.omp_set_num_threads(args.threads)
     print(f"{args.threads} threads; flat (exact) up to {FLAT_LIMIT:,} vectors, IVF above; nprobe tuned on text-like queries")
     print(f"{'vectors':<26}{'way':<44}{'p50 ms':>8}{'p99 ms':>8}{'recall@10':>10}")
+    if args.dim is None:  # the end-to-end query searches these vectors with the model's own text embeddings
+        from captioner.embed import embed_texts
+
+        args.dim = int(embed_texts(load_text_model(args.model), ["a width probe"]).shape[-1])
     rng = np.random.default_rng(0)
     for n in args.sizes:
         space, data, search, layout, trained = measure(n, args.dim, args.queries, rng)

@@ -1,0 +1,41 @@
+"""Every benchmark runs end to end at toy sizes on the CPU and prints its side-by-side verdict: a bench that rots
+(an API it calls changed) is found here, not on the one GPU session that was lent to measure with it."""
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, child_env
+
+BENCHES = {
+    "decoder_speed": (["--batches", "1", "2", "--repeats", "1", "--tokens", "5"], "decoder stats:"),
+    "caption_throughput": (["--images", "8", "--seed-images", "2", "--rounds", "1", "--tokens", "5"], "caption engine (caption_images)"),
+    "caption_latency": (["--samples", "2", "--users", "4", "--rounds", "1", "--tokens", "5"], "4 concurrent users:"),
+    "index_throughput": (["--images", "12", "--plain-images", "4"], "the plain loop"),
+    "pixel_throughput": (["--images", "8", "--batch-size", "4", "--config", "none"], "resampling once is"),
+    "finetune_speed": (["--rows", "8", "--epochs", "1", "--batch-size", "4"], "this project:"),
+    "chat_latency": (["--runs", "1", "--max-new-tokens", "4", "--no-endpoint"], "captioner streaming: throughput"),
+    "search_latency": (["--sizes", "3000", "--queries", "10", "--model", "demo"], "speed-up over the plain way"),
+    "feedback_log": (["--sizes", "0,200", "--repeat", "1", "--cli-repeat", "1"], "admin at 200 rows"),
+}
+
+
+@pytest.mark.parametrize("bench", sorted(BENCHES))
+def test_the_bench_runs_at_toy_sizes_and_prints_its_verdict(bench, tmp_path):
+    arguments, verdict = BENCHES[bench]
+    done = subprocess.run(
+        [sys.executable, "-m", f"bench.{bench}", *arguments], capture_output=True, text=True, timeout=240, cwd=tmp_path,
+        env=child_env(CAPTIONER_DEVICE="cpu", CAPTIONER_HOME=str(tmp_path), HF_HUB_OFFLINE="1"),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert verdict in done.stdout, done.stdout[-2000:]
+
+
+def test_the_device_check_script_knows_every_step_it_documents():
+    script = (ROOT / "bench" / "device_check.sh").read_text()
+    documented = script.split("# Steps: ", 1)[1].split(" (", 1)[0].split()
+    done = subprocess.run(["bash", str(ROOT / "bench" / "device_check.sh"), "no-such-step"], capture_output=True, text=True,
+                          env=child_env(OUT=str(ROOT / "test-artifacts" / "device-check"), PY=sys.executable), timeout=120)  # fmt: skip
+    assert done.returncode == 2 and "unknown step no-such-step" in done.stdout
+    assert all(f"    {step})" in script for step in documented) and f"STEPS=\"{' '.join(documented)}\"" in script
