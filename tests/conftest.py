@@ -60,6 +60,22 @@ def child_env(**extra: str) -> dict[str, str]:
     return {**os.environ, **extra, "PYTHONPATH": os.pathsep.join(paths)}
 
 
+def at_a_real_pace(monkeypatch, model, seconds: float = 0.005) -> None:
+    """Slow every forward call of model by `seconds`: a tiny model answers in a blink, so on a busy machine a reader
+    could wake only after the whole answer and rightly get it in one piece; streaming tests need a model's pace."""
+    import functools
+    import time
+
+    forward = model.forward
+
+    @functools.wraps(forward)  # generate reads forward's signature
+    def paced(*args, **kwargs):
+        time.sleep(seconds)
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", paced)
+
+
 @pytest.fixture
 def home(tmp_path, monkeypatch):
     """A fresh CAPTIONER_HOME for one test; nothing outside it is touched."""

@@ -90,6 +90,7 @@ def test_images_decode_in_threads_while_the_model_works(settings, tiny_blip_dir,
 
     def watched(item, **kwargs):
         decoded_at.append((time.time(), threading.current_thread().name))
+        time.sleep(0.03)  # a real photo's decode: the first batch is taken while later pictures still decode
         return original(item, **kwargs)
 
     monkeypatch.setattr(images, "decode", watched)

@@ -1,6 +1,5 @@
 """Q&A backends on tiny models loaded from disk: streaming, history, cutting, errors; and the demo Q&A model."""
 
-import functools
 import threading
 import time
 
@@ -13,6 +12,7 @@ from captioner.demo.quality import qa_accuracy
 from captioner.loading import serve
 from captioner.models import ModelError, load_chat_model
 from captioner.settings import Settings
+from conftest import at_a_real_pace
 
 PICTURE = Image.new("RGB", (60, 40), (220, 30, 30))
 HISTORY = [Turn("what is in the picture?", "a small dog"), Turn("where is it?", "on the grass")]
@@ -36,9 +36,10 @@ def prompts_seen(monkeypatch, loaded):
     return seen
 
 
-def test_each_backend_loads_and_streams_token_by_token(tiny_chat):
+def test_each_backend_loads_and_streams_token_by_token(tiny_chat, monkeypatch):
     expected = {"vqa": "BlipForQuestionAnswering", "blip2": "Blip2ForConditionalGeneration"}
     assert tiny_chat.family in (*expected.values(), "AutoModelForImageTextToText")
+    at_a_real_pace(monkeypatch, tiny_chat.model)
     stream = answer(tiny_chat, PICTURE, HISTORY, "what color is it?", max_new_tokens=8)
     chunks = list(stream)
     assert len(chunks) > 1 and "".join(chunks) == stream.text and stream.notices == []
@@ -89,14 +90,7 @@ def test_eight_sessions_at_once_each_get_their_own_answer(settings, tiny_llava_d
         asks.append((Image.new("RGB", (60, 40), (30 * i, 30, 200)), history, CORPUS[i]))
     alone = [answer(loaded, *ask, max_new_tokens=16).read() for ask in asks]
     assert len(set(alone)) == 8  # eight different answers: any leak or mix-up would show
-    forward = loaded.model.forward
-
-    @functools.wraps(forward)  # generate reads forward's signature
-    def a_model_at_a_real_pace(*args, **kwargs):  # tiny models answer in a blink: on a busy machine a reader could
-        time.sleep(0.005)  # wake only after its whole answer, and rightly get it as one piece
-        return forward(*args, **kwargs)
-
-    monkeypatch.setattr(loaded.model, "forward", a_model_at_a_real_pace)
+    at_a_real_pace(monkeypatch, loaded.model)
     together, chunk_counts, start = [None] * 8, [0] * 8, threading.Barrier(8)
 
     def session(i):

@@ -15,7 +15,7 @@ from captioner.restyle import detail_facts, restyle, restyle_batch
 from captioner.review import set_status
 from captioner.settings import Settings
 from captioner.styles import INSTRUCTIONS, StyleError, rewrite_messages, style_for
-from conftest import run_cli, start_app
+from conftest import at_a_real_pace, run_cli, start_app
 from finetune.data import approved_examples
 from torch_threads import one_torch_thread  # noqa: F401 (autouse: one torch thread here)
 
@@ -41,8 +41,9 @@ def test_the_demo_rewriter_keeps_the_colour_and_shape_of_fresh_images(demo_model
     assert accuracy >= 0.95, misses[:10]
 
 
-def test_a_styled_caption_streams_and_says_what_the_batch_says(demo_models):
+def test_a_styled_caption_streams_and_says_what_the_batch_says(demo_models, monkeypatch):
     _, _, rewriter = demo_models
+    at_a_real_pace(monkeypatch, rewriter.model)
     for name in INSTRUCTIONS:
         stream = restyle(rewriter, "a purple heart", style_for(name))
         chunks = list(stream)
