@@ -61,19 +61,22 @@ def child_env(**extra: str) -> dict[str, str]:
 
 
 def at_a_real_pace(monkeypatch, model, seconds: float = 0.005) -> None:
-    """Slow every forward call of model by `seconds`: a tiny model answers in a blink, so on a busy machine a reader
-    could wake only after the whole answer and rightly get it in one piece; streaming tests need a model's pace."""
+    """Slow every forward call of model (and of the decoder its generate hands over to: BLIP's text_decoder, BLIP-2's
+    language_model) by `seconds`: a tiny model answers in a blink, so on a busy machine a reader could wake only
+    after the whole answer and rightly get it in one piece; streaming tests need a model's pace."""
     import functools
     import time
 
-    forward = model.forward
+    decoders = (model, getattr(model, "text_decoder", None), getattr(model, "language_model", None))
+    for module in {id(m): m for m in decoders if m is not None}.values():
+        forward = module.forward
 
-    @functools.wraps(forward)  # generate reads forward's signature
-    def paced(*args, **kwargs):
-        time.sleep(seconds)
-        return forward(*args, **kwargs)
+        @functools.wraps(forward)  # generate reads forward's signature
+        def paced(*args, _forward=forward, **kwargs):
+            time.sleep(seconds)
+            return _forward(*args, **kwargs)
 
-    monkeypatch.setattr(model, "forward", paced)
+        monkeypatch.setattr(module, "forward", paced)
 
 
 @pytest.fixture
