@@ -130,14 +130,13 @@ def resident_bytes() -> int:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def text_end_to_end(args, space: ClipLike, root: Path, data: np.ndarray) -> None:
+def text_end_to_end(model, space: ClipLike, root: Path, data: np.ndarray) -> None:
     """A text query as the search page (index open) and the CLI (index opened per query) answer it."""
     import torch
 
     from captioner.embed import embed_texts
     from captioner.index import search_text
 
-    model = load_text_model(args.model)
     things = ["a dog", "two red bicycles", "snow on a mountain road", "a cat asleep", "a bowl of soup", "a harbour"]
     fresh = (f"a photo of {things[i % len(things)]}, number {i}" for i in range(10_000))  # never seen before: no cache
     timings = {name: [] for name in WAYS}
@@ -217,10 +216,11 @@ def main():
     faiss.omp_set_num_threads(args.threads)
     print(f"{args.threads} threads; flat (exact) up to {FLAT_LIMIT:,} vectors, IVF above; nprobe tuned on text-like queries")
     print(f"{'vectors':<26}{'way':<44}{'p50 ms':>8}{'p99 ms':>8}{'recall@10':>10}")
+    model = load_text_model(args.model)
     if args.dim is None:  # the end-to-end query searches these vectors with the model's own text embeddings
         from captioner.embed import embed_texts
 
-        args.dim = int(embed_texts(load_text_model(args.model), ["a width probe"]).shape[-1])
+        args.dim = int(embed_texts(model, ["a width probe"]).shape[-1])
     rng = np.random.default_rng(0)
     for n in args.sizes:
         space, data, search, layout, trained = measure(n, args.dim, args.queries, rng)
@@ -229,7 +229,7 @@ def main():
             write_index(root, data, search, layout, trained)
             print(f"{'':<26}{footprint(root, space.texts(args.queries))}")
             if n == args.sizes[0]:
-                text_end_to_end(args, space, root, data)
+                text_end_to_end(model, space, root, data)
         del data, search
 
 
