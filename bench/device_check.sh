@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The GPU checks in one call of the device machine: `pytest -m gpu`, then the CUDA benchmarks, each step's output
-# in $OUT/STEP.txt (8 files come back at most). Prepare here with bench/device_prep.sh, then, for example:
-#   run(command="bash bench/device_check.sh tests decoder throughput latency index", carry=[".device"], timeout_s=560)
-#   run(command="bash bench/device_check.sh retrain finetune chat", carry=[".device"], timeout_s=560)
+# in $OUT/STEP.txt (8 files come back at most). Prepare here with bench/device_prep.sh. A task's 15 minutes of
+# device time (the machine's start included) hold one full call and a short second one right after it, so the
+# steps go in order of what the open issues need most, and the second call takes what the first had to skip:
+#   run(command="bash bench/device_check.sh tests decoder throughput latency index chat retrain", carry=[".device"], timeout_s=580)
+#   run(command="BUDGET=200 bash bench/device_check.sh <the steps it skipped>", carry=[".device"], timeout_s=230)
 # Steps: tests decoder throughput latency index pixels retrain finetune chat quantized (quantized: carry .device/bnb).
 # A step that would not end before BUDGET seconds (default 540) is skipped and says so.
 # SMOKE=1 DEVICE=cpu runs every step here at toy sizes on the demo models: a check of this script, not a figure.
