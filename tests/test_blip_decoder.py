@@ -240,3 +240,18 @@ def test_bf16_on_cuda_agrees_with_generate_and_graphs_match_eager(tmp_path):
     expected = [d.sequence for d in graphs.decode(pixels[:8], Options(num_beams=3))]
     assert [d.sequence for d in bounded.decode(pixels[:8], Options(num_beams=3))] == expected
     assert bounded.stats["graph_captures"] == 0 and bounded.stats["eager_fallbacks"] > 0
+
+
+def test_greedy_breaks_ties_and_meets_nan_as_generates_argmax():
+    """Equal best scores pick the first, as torch.argmax in HF's greedy search; a NaN row picks what argmax picks."""
+    from captioner.engine.blip_search import DecodePlan, GreedyState, SearchRules, greedy_step
+
+    rules = SearchRules(beams=1, eos=3, pad=0, penalised=False, early_stopping=False)
+    logits = torch.zeros(3, 16)
+    logits[0, [5, 9]] = 2.0
+    logits[1, [11, 2, 7]] = 1.0
+    logits[2, 4] = float("nan")
+    state = GreedyState(3, 8, "cpu")
+    state.start(torch.tensor([[1]] * 3), DecodePlan((1,), 8, 0, 1.0, 1.0, rules))
+    greedy_step(state, logits, rules)
+    assert state.last.tolist() == logits.argmax(dim=-1).tolist() == [5, 2, 4]
