@@ -17,10 +17,12 @@ from pages.ui import shared
 from pages.ui import styles
 from pages.ui.text import plain
 from pages.ui import similar as fix_similar
+from pages.ui import results as kept
 
 state = st.session_state
 state.setdefault("samples", [])
 state.setdefault("captions", {})
+state.setdefault("thumbnails", {})
 state.setdefault("saved", {})
 
 st.title("Caption images")
@@ -64,11 +66,14 @@ todo = [item for item in inputs if result_key(item) not in state.captions]
 if todo:
     bar = st.progress(0.0, text=f"Captioning {len(todo)} image(s)…")
     done = caption_images(
-        loaded, todo, options, thumbnails=True, on_progress=lambda n, total: bar.progress(n / total, f"Captioned {n} of {total}")
-    )
-    state.captions.update({result_key(item): result for item, result in zip(todo, done)})
+        loaded, todo, options, thumbnails=kept.needs_thumbnails(state.thumbnails, todo),
+        on_progress=lambda n, total: bar.progress(n / total, f"Captioned {n} of {total}"),
+    )  # fmt: skip
+    for item, result in zip(todo, done):
+        kept.remember(state.captions, state.thumbnails, result_key(item), item, result)
     bar.empty()
-results: list[CaptionResult] = [state.captions[result_key(item)] for item in inputs]
+results: list[CaptionResult] = [kept.recall(state.captions, result_key(item)) for item in inputs]
+kept.forget(state.captions, state.thumbnails, inputs)
 
 
 def log_feedback(result: CaptionResult, correction: str, key: str) -> None:

@@ -6,6 +6,7 @@ import pytest
 
 import images_zoo as zoo
 from captioner.feedback import FeedbackLog
+from captioner.images import ImageInput
 from conftest import start_app
 from page_text import shown
 
@@ -105,6 +106,27 @@ def test_demo_samples_button_and_generation_settings(app, home):
     app.slider[0].set_value(1)  # beams
     app.run()
     assert not app.exception and all(t.value.startswith("a ") for t in app.text_area)
+
+
+def test_a_session_keeps_a_bounded_memory_of_results_with_one_thumbnail_per_image(app, home):
+    from pages.ui.results import KEPT_PER_IMAGE
+
+    circle, square = zoo.encode(zoo.demo("circle", "red"), "PNG"), zoo.encode(zoo.demo("square", "blue"), "PNG")
+    upload(app, ("circle.png", circle), ("square.png", square))
+    for beams in (1, 2, 4, 5, 3):  # five settings: each captions both images again
+        app.slider[0].set_value(beams)
+        app.run()
+        assert [t.value for t in app.text_area] == ["a red circle", "a blue square"]
+    kept = app.session_state["captions"]
+    assert len(kept) == 2 * KEPT_PER_IMAGE
+    thumbnails = {(key[1], id(result.thumbnail)) for key, result in kept.items()}
+    assert {name for name, _ in thumbnails} == {"circle.png", "square.png"} and len(thumbnails) == 2
+    app.slider[0].set_value(2)  # kept: back at once, with the same caption
+    app.run()
+    assert [t.value for t in app.text_area] == ["a red circle", "a blue square"]
+    upload(app, ("square.png", square))  # the circle removed: its results and thumbnail go with it
+    assert {key[1] for key in app.session_state["captions"]} == {"square.png"}
+    assert list(app.session_state["thumbnails"]) == [(ImageInput("square.png", square).sha256, "square.png")]
 
 
 def test_offline_default_falls_back_to_demo_and_the_sidebar_says_so(home, monkeypatch):

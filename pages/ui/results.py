@@ -1,0 +1,51 @@
+"""What the caption page keeps of its results between reruns: bounded, one thumbnail per image."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+
+from captioner.caption import CaptionResult
+from captioner.images import ImageInput
+
+# Results kept per image for other settings or model versions, so switching back is instant; the rest is dropped,
+# since every result holds a thumbnail and a session may hold hundreds of uploads.
+KEPT_PER_IMAGE = 3
+
+
+def image_key(item: ImageInput) -> tuple[str, str]:
+    return item.sha256, item.name
+
+
+def remember(captions: dict, thumbnails: dict, key, item: ImageInput, result: CaptionResult) -> CaptionResult:
+    """Store a fresh result under key; its image's first thumbnail is kept and shared by all its results."""
+    if result.thumbnail is not None:
+        thumbnails.setdefault(image_key(item), result.thumbnail)
+    result = dataclasses.replace(result, thumbnail=thumbnails.get(image_key(item)))
+    captions[key] = result
+    return result
+
+
+def recall(captions: dict, key) -> CaptionResult:
+    """A stored result, marked as the latest used (what forget() keeps longest)."""
+    captions[key] = captions.pop(key)
+    return captions[key]
+
+
+def forget(captions: dict, thumbnails: dict, inputs: list[ImageInput]) -> None:
+    """Drop results and thumbnails of images no longer on the page, and all but the KEPT_PER_IMAGE latest used
+    results of each image. Keys start with image_key()."""
+    present = {image_key(item) for item in inputs}
+    kept: Counter = Counter()
+    for key in reversed(list(captions)):
+        image = tuple(key[:2])
+        kept[image] += 1
+        if image not in present or kept[image] > KEPT_PER_IMAGE:
+            del captions[key]
+    for image in [image for image in thumbnails if image not in present]:
+        del thumbnails[image]
+
+
+def needs_thumbnails(thumbnails: dict, todo: list[ImageInput]) -> bool:
+    """Whether the engine should make thumbnails for these: some image has none yet."""
+    return any(image_key(item) not in thumbnails for item in todo)
