@@ -9,14 +9,17 @@ All three caption the same JPEG files (480-1024 px) with the same weights and ex
 - plain batched: PIL open in a loop, processor and one generate per --batch-size images, in the model's dtype;
 - engine: caption_images, as the CLI runs it (dynamic batches; pixels made beside the model: on --device cuda
   JPEGs are batch-decoded by nvjpeg and resized on the GPU, on the CPU decoded by Pillow in threads).
-- the engine with the other image stage (the CPU stage on --device cuda; the device path's CPU fallback on the CPU).
+- the engine with the other image stage (the CPU stage on --device cuda; the device path's CPU fallback on the CPU);
+- with --dtype other than fp32 (bfloat16 on a CPU with AMX, say), the engine on an fp32 copy of the model too.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import tempfile
+import threading
 from pathlib import Path
 
 from bench.caption_common import add_model_arguments, describe, load, plain_generate, timed, write_jpegs
@@ -96,14 +99,21 @@ def main() -> None:
         engine(loaded, warm, options)
         other = other_stage_engine(loaded)
         engine(loaded, warm, options, other)
+        fp32 = None
+        if loaded.dtype != torch.float32:  # the same engine on fp32 weights: what the lower precision gains
+            fp32 = dataclasses.replace(loaded, model=model_fp32, dtype=torch.float32, lock=threading.Lock())
+            engine(fp32, warm, options)
         seed_s, _ = timed(seeds_loop, loaded, model_fp32, seed_paths, options)
-        plain_s = engine_s = other_s = float("inf")
+        plain_s = engine_s = other_s = fp32_s = float("inf")
         for _ in range(args.rounds):  # alternating, best of each: other processes on the machine skew one-off timings
             seconds, plain_captions = timed(plain_batched, loaded, paths, options, batch_size)
             plain_s = min(plain_s, seconds)
             seconds, engine_captions = timed(engine, loaded, paths, options)
             engine_s = min(engine_s, seconds)
             other_s = min(other_s, timed(engine, loaded, paths, options, other)[0])
+            if fp32 is not None:
+                seconds, fp32_captions = timed(engine, fp32, paths, options)
+                fp32_s = min(fp32_s, seconds)
     other.close()
     step, pixel_path = engine_for(loaded).step.last_path, engine_for(loaded).stage.describe()
     same = sum(a.strip() == b for a, b in zip(plain_captions, engine_captions))
@@ -119,6 +129,13 @@ def main() -> None:
           f"{engine_rate / seed_rate:>9.1f}x{engine_rate / plain_rate:>9.1f}x")  # fmt: skip
     print(f"{'caption engine, the other pixel path':<52}{len(paths):>7}{other_s:>9.2f}{other_rate:>9.1f}"
           f"{other_rate / seed_rate:>9.1f}x{other_rate / plain_rate:>9.1f}x")  # fmt: skip
+    if fp32 is not None:
+        fp32_rate = len(paths) / fp32_s
+        print(f"{'caption engine, fp32 copy of the model':<52}{len(paths):>7}{fp32_s:>9.2f}{fp32_rate:>9.1f}"
+              f"{fp32_rate / seed_rate:>9.1f}x{fp32_rate / plain_rate:>9.1f}x")  # fmt: skip
+        agree = sum(a == b for a, b in zip(engine_captions, fp32_captions))
+        print(f"the engine in {str(loaded.dtype).removeprefix('torch.')}: {engine_rate / fp32_rate:.1f}x its fp32 img/s; "
+              f"captions identical to fp32's on {agree} of {len(paths)} files")  # fmt: skip
     print(f"engine model step: {step}; captions identical to plain batched on {same} of {len(paths)} files (the engine "
           "decodes big JPEGs in draft mode, and forced tokens past a caption's end follow such small differences)")  # fmt: skip
     print(f"engine pixels: {pixel_path}; the other pixel path: {other.stage.describe()}")
