@@ -18,10 +18,13 @@ files to each, and times that update: its cost should follow the new files, not 
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import io
 import os
 import random
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -113,6 +116,14 @@ def throughput(args) -> None:
         started = time.perf_counter()
         index, report = update_index(loaded, work / "gallery", work / "data")
         ours_s = time.perf_counter() - started
+        fp32_s = None
+        if loaded.dtype != torch.float32:  # the same indexer on fp32 weights: what the lower precision gains
+            fp32 = dataclasses.replace(loaded, model=copy.deepcopy(loaded.model).float(), dtype=torch.float32,
+                                       lock=threading.Lock())  # fmt: skip
+            update_index(fp32, work / "gallery", work / "warm-fp32")
+            started = time.perf_counter()
+            update_index(fp32, work / "gallery", work / "fp32")
+            fp32_s = time.perf_counter() - started
     n = len(paths)
     assert report.embedded == n, report
     threads = torch.get_num_threads()
@@ -123,9 +134,12 @@ def throughput(args) -> None:
         ("plain loop (PIL open, preprocess, encode one image)", len(plain_paths), plain_s),
         ("indexer, PIL decoding + open_clip transform (before)", n, door_s),
         ("indexer (device decode + resize, encode overlapped)", n, ours_s),
+        *([("indexer, fp32 copy of the model", n, fp32_s)] if fp32_s else []),
     ):
         print(f"{name:<58}{count:>7}{seconds:>9.2f}{count / seconds:>10.1f}")
     plain_rate = len(plain_paths) / plain_s
+    if fp32_s:
+        print(f"the indexer in {str(loaded.dtype).removeprefix('torch.')}: {fp32_s / ours_s:.1f}x its fp32 images/s")
     print(f"indexer: {n / ours_s / plain_rate:.1f}x the plain loop, {door_s / ours_s:.1f}x PIL decoding ({index.kind} index)")
 
 
