@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Run here, before a GPU session: fills .device/ (git-ignored) with what bench/device_check.sh needs on the
-# device machine, which has torch, transformers, peft and pytest but not these: open_clip + ftfy + wcwidth,
-# faiss-cpu as wheels for its Python 3.12; pycocoevalcap's bleu/cider folders (its wheel is 104 MB); BLIP-base's
-# config. With `quantized`, bitsandbytes' wheel (43 MB) too: carry that in a call of its own (64 MiB per call).
+# device machine, which has torch, transformers, peft and pytest but not these: pytest-timeout (pytest.ini's
+# addopts need it), open_clip + ftfy + wcwidth, faiss-cpu as wheels for its Python 3.12; pycocoevalcap's
+# bleu/cider folders (its wheel is 104 MB); BLIP-base's config. With `quantized`, bitsandbytes' wheel (43 MB)
+# too: carry that in a call of its own (64 MiB per call).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -12,7 +13,7 @@ download() {
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 \
     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d "$@"
 }
-download .device/wheels open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.9.4 faiss-cpu==1.15.1
+download .device/wheels open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.9.4 faiss-cpu==1.15.1 pytest-timeout==2.4.0
 site=$("$PY" -c "import pycocoevalcap; print(list(pycocoevalcap.__path__)[0])")  # a namespace package
 rm -rf .device/site/pycocoevalcap && mkdir -p .device/site/pycocoevalcap
 cp -r "$site/bleu" "$site/cider" .device/site/pycocoevalcap/

@@ -41,3 +41,11 @@ def test_the_device_check_script_knows_every_step_it_documents():
                           env=child_env(OUT=str(ROOT / "test-artifacts" / "device-check"), PY=sys.executable), timeout=120)  # fmt: skip
     assert done.returncode == 2 and "unknown step no-such-step" in done.stdout
     assert all(f"    {step})" in script for step in documented) and f"STEPS=\"{' '.join(documented)}\"" in script
+
+
+def test_the_device_kit_carries_the_pytest_plugins_the_suite_asks_for():
+    """The device image has pytest but none of its plugins: pytest.ini's --timeout needs pytest-timeout there too,
+    or `pytest -m gpu` stops before collecting (as it did in a dry run on the device's package set)."""
+    addopts = next(line for line in (ROOT / "pytest.ini").read_text().splitlines() if line.startswith("addopts"))
+    prep = (ROOT / "bench" / "device_prep.sh").read_text()
+    assert "--timeout" not in addopts or "pytest-timeout==" in prep
