@@ -4,8 +4,10 @@
 # device time (the machine's start included) hold one full call and a short second one right after it, so the
 # steps go in order of what the open issues need most, and the second call takes what the first had to skip:
 #   run(command="bash bench/device_check.sh tests decoder throughput latency index chat retrain", carry=[".device"], timeout_s=580)
-#   run(command="BUDGET=200 bash bench/device_check.sh <the steps it skipped>", carry=[".device"], timeout_s=230)
-# Steps: tests decoder throughput latency index pixels retrain finetune chat quantized (quantized: carry .device/bnb).
+#   run(command="BUDGET=200 bash bench/device_check.sh <the steps it skipped> finetune suite", carry=[".device"], timeout_s=230)
+# Steps: tests decoder throughput latency index pixels retrain finetune chat suite quantized (quantized: carry
+# .device/bnb). suite: the whole suite on the machine's device (CAPTIONER_TEST_DEVICE=auto), page and server tests
+# skipped where their packages are missing (CAPTIONER_TEST_PARTIAL=1: the device image has no streamlit, openai...).
 # A step that would not end before BUDGET seconds (default 540) is skipped and says so.
 # SMOKE=1 DEVICE=cpu runs every step here at toy sizes on the demo models: a check of this script, not a figure.
 set -u
@@ -14,7 +16,7 @@ OUT=${OUT:-/tmp/device-check}
 DEVICE=${DEVICE:-cuda}
 BUDGET=${BUDGET:-540}
 PY=${PY:-python3}
-STEPS="tests decoder throughput latency index pixels retrain finetune chat quantized"
+STEPS="tests decoder throughput latency index pixels retrain finetune chat suite quantized"
 for name in "$@"; do
   case " $STEPS " in *" $name "*) ;; *) echo "unknown step $name (steps: $STEPS)"; exit 2 ;; esac
 done
@@ -73,6 +75,8 @@ for name in "$@"; do
     finetune) step finetune 150 "$PY" -m bench.finetune_speed $(config_args) --device "$DEVICE" --rows $(small 16 1000) ;;
     chat) step chat 200 "$PY" -m bench.chat_latency --random blip2 --size $(small small opt-2.7b) --device "$DEVICE" \
       --max-new-tokens 30 --runs $(small 1 5) --no-endpoint ;;
+    suite) step suite 300 env CAPTIONER_TEST_DEVICE=auto CAPTIONER_TEST_PARTIAL=1 "$PY" -m pytest -q -p no:cacheprovider \
+      -rfEs tests ;;
     quantized) for bits in 8bit 4bit; do
       step "chat-$bits" 150 "$PY" -m bench.chat_latency --random blip2 --size opt-2.7b --device "$DEVICE" \
         --max-new-tokens 30 --runs 3 --no-endpoint --quantize "$bits"

@@ -10,13 +10,14 @@ from captioner import registry
 from captioner.demo import demo_model_dir
 from captioner.demo.quality import demo_inputs
 from captioner.feedback import FIELDS, FeedbackLog
-from conftest import start_app
+from conftest import needs, start_app
 from page_text import shown as shown_text
 
 
 @pytest.fixture(autouse=True)
 def fresh_login_brake(monkeypatch):
     """Each test starts with no failed logins on record (the guard lives as long as the server process)."""
+    needs("streamlit")
     from pages.admin_tabs import login as login_tab
     from captioner.login import LoginGuard
 

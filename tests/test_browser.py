@@ -13,7 +13,7 @@ import pytest
 import images_zoo as zoo
 from captioner.demo.quality import demo_inputs
 from captioner.feedback import FeedbackLog
-from conftest import ROOT
+from conftest import ROOT, needs
 from local_servers import free_port, stop, wait_healthy
 
 pytestmark = pytest.mark.browser
@@ -25,6 +25,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
+    needs("streamlit")
     if not os.path.exists(CHROMIUM):
         pytest.skip("Debian's chromium is not installed (`make test` installs it with apt-get)")
     home = tmp_path_factory.mktemp("browser-home")
@@ -52,6 +53,7 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
+    needs("playwright")
     from playwright.sync_api import expect, sync_playwright
 
     expect.set_options(timeout=90_000)  # a cold first page run loads models; CI machines are slow

@@ -14,17 +14,19 @@ from captioner.restyle import restyle, restyle_batch
 from captioner.styles import style_for
 from captioner.settings import Settings
 from chat_servers import closed_port_url, key_refusing_server, silent_server, transformers_serve
-from conftest import run_cli, start_app
+from conftest import needs, run_cli, start_app
 from page_text import shown
 from test_chat_page import ask, conversation, with_image
 from torch_threads import one_torch_thread  # noqa: F401 (autouse: one torch thread here)
 
 PICTURE = Image.new("RGB", (60, 40), (220, 30, 30))
+needs("openai")  # the backend's client: without it (the GPU device image) this whole module is skipped
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_llava_dir):
     """One server for the module: starting one costs seconds, so every test here shares it."""
+    needs("fastapi")  # transformers serve's extras
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     with transformers_serve(log, preload=str(tiny_llava_dir)) as base_url:
         yield base_url

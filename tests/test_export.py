@@ -9,6 +9,7 @@ import pytest
 from captioner.export import ExportError, export
 from captioner.feedback import FIELDS, FeedbackLog
 from captioner.review import set_status
+from conftest import needs
 
 
 @pytest.fixture
@@ -23,6 +24,7 @@ def log(tmp_path, demo_png):
 
 
 def test_hf_export_keeps_qa_apart_times_in_utc_and_paths_inside_the_export(log, tmp_path):
+    needs("datasets")
     from datasets import load_dataset
 
     out = tmp_path / "export"

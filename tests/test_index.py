@@ -20,7 +20,7 @@ from captioner.index import (
     update_index,
 )  # fmt: skip
 from captioner.models import ModelError
-from conftest import ROOT
+from conftest import ROOT, child_env
 
 
 @pytest.fixture
@@ -203,7 +203,7 @@ def test_a_crash_in_the_middle_of_an_update_is_recovered(clip, gallery, settings
     update_index(clip, gallery, settings.data_dir)
     (gallery / "5-extra.png").write_bytes(zoo.encode(zoo.demo("triangle", "red"), "PNG"))
     done = subprocess.run([sys.executable, "-c", CRASHER, str(tiny_clip_dir), str(gallery)], cwd=ROOT,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)  # fmt: skip
+                          env=child_env(), timeout=300)  # fmt: skip
     assert done.returncode == -signal.SIGKILL
     root = index_root(settings.data_dir, gallery, clip.name)
     still = load_index(root, gallery.resolve(), clip.name, clip.version)  # searches see the complete old index

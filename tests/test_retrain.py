@@ -8,7 +8,7 @@ import pytest
 from captioner import registry, retrain
 from captioner.feedback import FeedbackLog
 from captioner.settings import Settings
-from conftest import run_cli
+from conftest import needs, run_cli
 from test_finetune import log_rows
 
 
@@ -86,6 +86,7 @@ def test_export_cli_writes_jsonl_and_an_imagefolder_dataset(home, tmp_path):
     assert len(lines) == 3 and all((tmp_path / "jsonl" / line["image"]).is_file() for line in lines)
     done = run_cli("feedback", "export", "--format", "hf", "--out", tmp_path / "hf")
     assert done.returncode == 0, done.stderr
+    needs("datasets")
     from datasets import load_dataset
 
     dataset = load_dataset("imagefolder", data_dir=str(tmp_path / "hf"), split="train")
