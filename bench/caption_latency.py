@@ -25,7 +25,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench.caption_common import add_model_arguments, describe, load, percentile, plain_generate, synchronize, write_jpegs
+from bench.caption_common import add_model_arguments, describe, load, percentile, plain_generate, synchronize, timed, write_jpegs
 
 from captioner import runtime
 from captioner.caption import caption_images
@@ -122,7 +122,7 @@ def work_bound(loaded, users, options, sequential_s: float) -> str:
     threads = torch.get_num_threads()
     use_torch_threads(1)
     try:
-        decode_s, prepared = timed_each(lambda upload: stage.prepare_one(upload, False), users)
+        decode_s, prepared = timed(lambda: [stage.prepare_one(upload, False) for upload in users])
         pixels = stage.collate([item.pixels for item in prepared])
         step.run(pixels, options)  # warm-up
         model_s = min(seconds_of(step.run, pixels, options) for _ in range(3))
@@ -133,13 +133,6 @@ def work_bound(loaded, users, options, sequential_s: float) -> str:
     return (f"the cores' own work for {len(users)} captions, one thread: decoding {decode_s * 1000:.0f} ms + the model on all "
             f"at once {model_s * 1000:.0f} ms; on {cores} cores at best {best_s * 1000:.0f} ms, "
             f"{sequential_s / best_s:.1f}x one at a time")  # fmt: skip
-
-
-def timed_each(fn, items) -> tuple[float, list]:
-    """(total seconds, results) of fn on each item in turn."""
-    started = time.perf_counter()
-    results = [fn(item) for item in items]
-    return time.perf_counter() - started, results
 
 
 def ms(values: list[float], q: float) -> str:

@@ -81,8 +81,7 @@ def plain_loop(loaded, paths):
         pixels = loaded.processor.preprocess(Image.open(path).convert("RGB")).unsqueeze(0).to(loaded.device, loaded.dtype)
         with torch.inference_mode():
             vectors.append(loaded.model.encode_image(pixels, normalize=True).float().cpu())
-    if loaded.device.type == "cuda":
-        torch.cuda.synchronize()
+    synchronize(loaded)
     return vectors
 
 
