@@ -184,30 +184,56 @@ class Selection:
     A table shows one page; its widget key (table_key) names exactly the ids it shows and the selection's
     generation, so ticks and edits made on one table can never land on another row. Any change the admin did
     not make in the table (an action, Clear) starts a new generation: the next table starts from this state.
+    When the rows under a table change before the admin's edit reaches the page (another writer logged a
+    correction), the next run shows a new table: catch_up() folds the edit made on the old one, by its ids.
     """
 
     ids: set[str] = field(default_factory=set)
     edits: dict[str, str] = field(default_factory=dict)
     generation: int = 0
+    shown_key: str = ""  # the table last shown, and its rows as it showed them: (id, ticked, correction, logged)
+    shown: tuple[tuple[str, bool, str, str], ...] = ()
 
     def table_key(self, rows: list[FeedbackRow]) -> str:
         digest = hashlib.blake2b("\n".join(row.id for row in rows).encode(), digest_size=8).hexdigest()
         return f"review-{self.generation}-{digest}"
 
+    def show(self, key: str, rows: list[FeedbackRow]) -> None:
+        """Remember the table about to be shown under key, as this selection lays it out."""
+        self.shown_key = key
+        self.shown = tuple((row.id, row.id in self.ids, self.edits.get(row.id, row.correction), row.correction) for row in rows)
+
+    def catch_up(self, table_edits: dict | None) -> None:
+        """Fold the edits a table recorded ({"edited_rows": {position: {column: value}}}) into the selection:
+        the table last shown, which this run no longer shows; its rows are taken by the ids it showed."""
+        changes = (table_edits or {}).get("edited_rows") or {}
+        by_position = {int(position): columns for position, columns in changes.items()}
+        ticked, corrections = [], []
+        for position, (_, tick, text, _) in enumerate(self.shown):
+            columns = by_position.get(position, {})
+            ticked.append(bool(columns.get("select", tick)))
+            value = columns.get("correction", text)
+            corrections.append("" if value is None else str(value))
+        self._fold(self.shown, ticked, corrections)
+
     def take(self, rows: list[FeedbackRow], ticked: list[bool], corrections: list[str]) -> None:
         """Fold what the table returned for these rows (same order) into the selection and the pending edits."""
-        for row, tick, text in zip(rows, ticked, corrections, strict=True):
-            (self.ids.add if tick else self.ids.discard)(row.id)
-            if text != row.correction:
-                self.edits[row.id] = text
+        self._fold([(row.id, False, "", row.correction) for row in rows], ticked, corrections)
+
+    def _fold(self, rows, ticked: list[bool], corrections: list[str]) -> None:
+        for (row_id, _, _, logged), tick, text in zip(rows, ticked, corrections, strict=True):
+            (self.ids.add if tick else self.ids.discard)(row_id)
+            if text != logged:
+                self.edits[row_id] = text
             else:
-                self.edits.pop(row.id, None)
+                self.edits.pop(row_id, None)
 
     def reset(self) -> None:
-        """Nothing selected, nothing edited, and a fresh table."""
+        """Nothing selected, nothing edited, and a fresh table (the last one's edits are done with)."""
         self.ids.clear()
         self.edits.clear()
         self.generation += 1
+        self.shown_key, self.shown = "", ()
 
 
 def set_status(log: FeedbackLog, ids: set[str], status: str, reviewer: str) -> int:

@@ -8,6 +8,7 @@ import streamlit as st
 
 from pages.ui import shared
 from pages.admin_tabs import export, login, retrain, review, statistics, versions
+from pages.admin_tabs._ui import failure_note
 from pages.ui.text import plain
 from captioner.feedback import FeedbackError
 from captioner.review import warm_up
@@ -21,8 +22,8 @@ if not login.logged_in(shared.admin_password()):
 
 try:
     snapshot = log.snapshot()
-except FeedbackError as exc:  # the log is locked by a writer for too long: say so, no traceback
-    st.error(plain(str(exc)))
+except (FeedbackError, OSError) as exc:  # locked by a writer for too long, or unreadable: say so, no traceback
+    st.error(plain(str(exc) if isinstance(exc, FeedbackError) else f"{exc.filename or 'The log'}: {exc.strerror or exc}"))
     st.stop()
 if snapshot.problems:
     st.warning(f"feedback.csv has {len(snapshot.problems)} broken record(s), left as they are: no action touches them.")
@@ -32,8 +33,8 @@ if snapshot.problems:
             try:
                 moved, kept = log.repair(note="the admin page")
                 st.session_state.admin_note = f"Moved {moved} broken record(s) into {kept}; they are kept there as they were."
-            except FeedbackError as exc:
-                st.session_state.admin_note = f"Not saved: {exc}"
+            except (FeedbackError, OSError) as exc:
+                st.session_state.admin_note = failure_note(exc)
             st.rerun()
 
 tabs = st.tabs(["Review", "Statistics", "Export", "Retrain", "Versions"])

@@ -243,6 +243,24 @@ def test_ticks_on_several_pages_add_up_by_id(many, home):
     assert sorted(r.id for r in rows(home) if r.status == "rejected") == sorted([page_one[0], page_two[2]])
 
 
+def test_ticks_and_typing_on_a_table_that_moved_under_them_land_on_the_rows_shown(many, home, demo_png):
+    """A user logs a correction while the admin works: the page's rows shift, the admin's edits stay on theirs."""
+    shown = shown_ids(many)
+    edit(many, {1: {"select": True}})
+    FeedbackLog(home / "data").record(demo_png(), "png", task="caption", model_output="a blob", correction="just in")
+    edit(many, {1: {"select": False}, 3: {"select": True}, 4: {"correction": "typed by the admin"}})  # on the old table
+    assert shown_ids(many)[1:4] == shown[0:3]  # the new correction came first: the rows moved down
+    assert "1 selected · 1 correction(s) edited" in [c.value for c in many.caption if "selected" in c.value][0]
+    click(many, "Approve selected (1)")
+    assert [r.id for r in rows(home) if r.status == "approved"] == [shown[3]]  # not shown[1], not the new row
+    edit(many, {0: {"correction": "typed again"}})
+    FeedbackLog(home / "data").record(demo_png(), "png", task="caption", model_output="a blob", correction="later")
+    many.run()
+    click(many, "Save edited corrections (1)")
+    corrections = {r.id: r.correction for r in rows(home)}
+    assert corrections[shown_ids(many)[1]] == "typed again" and list(corrections.values()).count("typed again") == 1
+
+
 def test_every_row_is_reachable_and_the_least_confident_come_first(many, home):
     seen = []
     for _ in range(3):
@@ -294,3 +312,21 @@ def test_a_log_locked_too_long_is_one_message_on_the_page(admin, home, monkeypat
     with FileLock(str(home / "data" / "feedback.csv.lock"), thread_local=False):
         login(admin)
     assert len(admin.error) == 1 and "the feedback log is busy" in admin.error[0].value and not admin.exception
+
+
+def test_a_full_disk_during_an_action_is_one_message_and_the_log_is_untouched(admin, home, monkeypatch):
+    import errno
+
+    import captioner.feedback as feedback
+
+    login(admin)
+    before = (home / "data" / "feedback.csv").read_bytes()
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(feedback, "write_atomic", full)
+    edit(admin, {0: {"select": True}})
+    click(admin, "Approve selected (1)")
+    assert len(admin.error) == 1 and "No space left on device" in admin.error[0].value and not admin.exception
+    assert not admin.success and (home / "data" / "feedback.csv").read_bytes() == before

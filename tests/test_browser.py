@@ -315,9 +315,26 @@ def test_admin_reviews_a_log_bigger_than_a_page_by_id_in_chromium(server, browse
     assert sorted(r.id for r in rows if r.status == "rejected") == sorted([order[25], order[2]])
     page.screenshot(path=str(ARTIFACTS / "admin-review.png"), full_page=True)
 
+    # a user logs a correction while the admin works: the rows move down under the admin's table
+    approved_before = {r.id for r in FeedbackLog(home / "data").read()[0] if r.status == "approved"}
+    order = pending_order(home)
+    tick(page, grid, 1)
+    expect(page.get_by_role("button", name="Approve selected (1)")).to_be_enabled()
+    FeedbackLog(home / "data").record(zoo.encode(zoo.demo("square", "blue", 96), "PNG"), "png", task="caption",
+                                      model_output="a blob", correction="logged meanwhile")  # fmt: skip
+    moved = pending_order(home)
+    assert moved[1:3] == order[0:2]
+    tick(page, grid, 1)  # unticks the row the admin sees there: order[1], though the log's row 1 is now another
+    expect(page.get_by_role("button", name="Approve selected (0)")).to_be_disabled()
+    tick(page, grid, 3)  # the table now shows the moved rows
+    page.get_by_role("button", name="Approve selected (1)").click()
+    expect(page.get_by_text("Approved 1 row(s).")).to_be_visible()
+    approved = {r.id for r in FeedbackLog(home / "data").read()[0] if r.status == "approved"}
+    assert approved - approved_before == {moved[3]}
+
     page.get_by_role("tab", name="Statistics").click()
     expect(page.get_by_text("Correction rate per model version")).to_be_visible()
     approved_metric = page.locator('[data-testid="stMetric"]').filter(has_text="approved")
-    expect(approved_metric).to_contain_text("1")
+    expect(approved_metric).to_contain_text("2")
     page.screenshot(path=str(ARTIFACTS / "admin-statistics.png"), full_page=True)
     page.close()

@@ -1,4 +1,4 @@
-"""Table thumbnails for the admin tabs (plain text for every page is pages/ui/text.py)."""
+"""Table thumbnails and failure notes for the admin tabs (plain text for every page is pages/ui/text.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,19 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 
+from captioner.feedback import FeedbackError
 from captioner.images import decode, read_file
+
+FAILED = ("Not saved:", "Could not finish:")  # how a note that reports a failure starts
+
+
+def failure_note(exc: FeedbackError | OSError) -> str:
+    """What the admin reads when an action fails: the log's own reason, or the file and the system's reason
+    (a full disk, a read-only folder) with a hint, since the change may have been written before the failure."""
+    if isinstance(exc, FeedbackError):
+        return f"{FAILED[0]} {exc}"
+    where = f"{exc.filename}: " if exc.filename else ""
+    return f"{FAILED[1]} {where}{exc.strerror or exc}. Reload the page: the table shows what the log holds now."
 
 
 @lru_cache(maxsize=5000)  # process-wide, safe to call from worker threads (unlike st.cache_data)

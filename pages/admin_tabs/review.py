@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from pages.admin_tabs._ui import thumbnails
+from pages.admin_tabs._ui import FAILED, failure_note, thumbnails
 from pages.ui.text import plain
 from captioner.feedback import STATUSES, TASKS, FeedbackError, FeedbackLog, FeedbackRow
 from captioner.feedback_snapshot import Snapshot
@@ -31,9 +31,13 @@ def render(log: FeedbackLog, snapshot: Snapshot) -> None:
         f"Rows {first if page.rows else 0}–{first + len(page.rows) - 1 if page.rows else 0} of {page.matching} "
         f"matching ({page.total} in the log) · page {page.number} of {page.pages}"
     )
+    key = selection.table_key(page.rows)
+    if selection.shown_key and selection.shown_key != key:  # the rows moved under the last table: keep its edits
+        selection.catch_up(state.get(selection.shown_key))
     table = _table(log, page.rows, selection)
+    selection.show(key, page.rows)
     edited = st.data_editor(
-        table, hide_index=True, key=selection.table_key(page.rows), width="stretch",
+        table, hide_index=True, key=key, width="stretch",
         disabled=[c for c in COLUMNS if c not in ("select", "correction")],
         column_config={"select": st.column_config.CheckboxColumn("✓"), "image": st.column_config.ImageColumn("image"),
                        "score": st.column_config.NumberColumn("score", format="%.3f")},
@@ -105,9 +109,9 @@ def _actions(log: FeedbackLog, selection: Selection, on_page: set[str], reviewer
             try:
                 state.admin_note = act()  # on disk (atomic rewrite under the lock) before the page says so
                 selection.reset()  # after an action nothing stays ticked, on any page
-            except FeedbackError as exc:
-                state.admin_note = f"Not saved: {exc}"
+            except (FeedbackError, OSError) as exc:
+                state.admin_note = failure_note(exc)
             st.rerun()
     if state.get("admin_note"):
         note = state.pop("admin_note")
-        (st.error if note.startswith("Not saved") else st.success)(plain(note))
+        (st.error if note.startswith(FAILED) else st.success)(plain(note))
