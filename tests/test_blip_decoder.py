@@ -272,6 +272,29 @@ def test_bf16_on_cuda_agrees_with_generate_and_graphs_match_eager(tmp_path):
     assert bounded.stats["graph_captures"] == 0 and bounded.stats["eager_fallbacks"] > 0
 
 
+@pytest.mark.parametrize("device", [
+    "cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]),
+])  # fmt: skip
+def test_weights_given_new_memory_are_read_there_not_where_the_slots_were_made(tmp_path, device):
+    """finetune's merge of trained token rows gives the word embeddings new memory: the bucket slots made before (on
+    CUDA, graphs that read the old memory) must go, and the next captions come from the new weights."""
+    loaded = load_captioner("demo", Settings(home=tmp_path, device=device, dtype="float32"))
+    tokenizer = loaded.processor.tokenizer
+    decoder = BlipDecoder(loaded.model, tokenizer, bucketed=True)
+    pixels = demo_pixels(loaded, 4, seed=31).to(device)
+    for options in (Options(num_beams=1, max_new_tokens=12), Options(num_beams=3, max_new_tokens=12)):
+        decoder.decode(pixels, options)
+    words = loaded.model.text_decoder.bert.embeddings.word_embeddings
+    with torch.no_grad():
+        words.weight.data = words.weight.data.roll(1, dims=0)  # new memory and new values, as the merge does
+    for options in (Options(num_beams=1, max_new_tokens=12), Options(num_beams=3, max_new_tokens=12)):
+        expected = generate_decoded(loaded.model, tokenizer, pixels, options)
+        assert [d.sequence for d in decoder.decode(pixels, options)] == [d.sequence for d in expected]
+    assert decoder.stats["weight_moves"] == 1
+    if device == "cuda":
+        assert decoder.stats["graph_captures"] == 4 and decoder.stats["graph_replays"] > 0
+
+
 def test_greedy_breaks_ties_and_meets_nan_as_generates_argmax():
     """Equal best scores pick the first, as torch.argmax in HF's greedy search; a NaN row picks what argmax picks."""
     from captioner.engine.blip_search import DecodePlan, GreedyState, SearchRules, greedy_step

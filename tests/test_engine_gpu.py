@@ -47,6 +47,8 @@ def test_the_demo_on_cuda_captions_like_on_the_cpu(cuda_demo):
     on_gpu, on_cpu = caption_images(cuda_demo, inputs, GREEDY), caption_images(cpu, inputs, GREEDY)
     assert [r.caption for r in on_gpu] == [s.caption for s in samples] == [r.caption for r in on_cpu]
     assert [r.score for r in on_gpu] == pytest.approx([r.score for r in on_cpu], abs=1e-3)
+    step = engine_for(cuda_demo).step  # the fast decoder with CUDA graphs served them, not a fallback
+    assert step.last_path == "fast" and step.stats["graph_captures"] > 0 and step.stats["graph_replays"] > 0
 
 
 def test_32_users_on_cuda_each_get_their_own_caption(cuda_demo):
@@ -88,9 +90,10 @@ def test_the_engine_on_cuda_decodes_jpegs_with_nvjpeg_and_a_bad_file_fails_alone
     decoded_on = []
     real = gpu_images._decode_jpegs
 
-    def counted(items, device):
-        decoded_on.append((len(items), device.type))
-        return real(items, device)
+    def counted(items, device):  # the JPEGs nvjpeg decoded (one it refuses comes back None, for the door)
+        decoded = real(items, device)
+        decoded_on.append((sum(tensor is not None for tensor in decoded), device.type))
+        return decoded
 
     monkeypatch.setattr(gpu_images, "_decode_jpegs", counted)
     jpegs, truths = demo_jpegs(40, seed=9)

@@ -12,6 +12,19 @@ from .blip_towers import TextDecoder
 IMAGE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 LENGTH_BUCKETS = (16, 32, 64, 128, 256, 512)
 CHECK_EVERY_CUDA = 4  # reading the stop flag waits for the GPU, so a CUDA loop reads it every few steps only
+# One capture at a time in the process (two engines may capture at once: the go-live check beside the live one),
+# on streams of their own: torch.cuda.Stream() hands out a pool's streams in turn, so a decoding thread's stream
+# could be the one under capture, and its kernels would be recorded into the graph. The high-priority pool is
+# used by nothing else here.
+_CAPTURE_LOCK = threading.Lock()
+_CAPTURE_STREAMS: dict[int, object] = {}
+
+
+def _capture_stream(device: torch.device):
+    """This device's stream for warm-ups and captures (made once)."""
+    if device.index not in _CAPTURE_STREAMS:
+        _CAPTURE_STREAMS[device.index] = torch.cuda.Stream(device, priority=-1)  # clamped to the highest there is
+    return _CAPTURE_STREAMS[device.index]
 
 
 class Slot:
@@ -38,22 +51,28 @@ class Slot:
         self.search(self.text.step(self.state.last, self.state.cur - 1, self.image_kv, self.kv))
 
     def capture(self, plan: DecodePlan) -> None:
-        """Record step() as a CUDA graph, after warming it up on a side stream with a dummy prompt."""
-        dummy = torch.full((self.images, 1), plan.rules.pad, dtype=torch.long, device=self.kv.device)
-        self.state.start(dummy, DecodePlan((plan.rules.pad,), self.length, 0, 1.0, 1.0, plan.rules))
-        before = torch.cuda.memory_reserved(self.kv.device)
-        side = torch.cuda.Stream(self.kv.device)
-        side.wait_stream(torch.cuda.current_stream(self.kv.device))
-        with torch.cuda.stream(side):
-            for _ in range(2):
+        """Record step() as a CUDA graph, after warming it up on the capture stream with a dummy prompt."""
+        device = self.kv.device
+        with _CAPTURE_LOCK, torch.cuda.device(device):  # the graph belongs to the model's GPU, not the thread's
+            dummy = torch.full((self.images, 1), plan.rules.pad, dtype=torch.long, device=device)
+            self.state.start(dummy, DecodePlan((plan.rules.pad,), self.length, 0, 1.0, 1.0, plan.rules))
+            side = _capture_stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    self.step()
+            torch.cuda.current_stream(device).wait_stream(side)
+            # torch.cuda.graph empties the allocator's cache as it starts: measure from an emptied cache too,
+            # so what the capture adds is its private pool, not the activations the cache let go of
+            torch.cuda.synchronize(device)
+            torch.cuda.empty_cache()
+            before = torch.cuda.memory_reserved(device)
+            graph = torch.cuda.CUDAGraph()
+            # thread_local: the engine's other threads (image decoding on the GPU) may keep working during a capture
+            with torch.cuda.graph(graph, stream=side, capture_error_mode="thread_local"):
                 self.step()
-        torch.cuda.current_stream(self.kv.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        # thread_local: the engine's other threads (image decoding on the GPU) may keep working during a capture
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            self.step()
-        self.graph = graph
-        self.graph_bytes = max(0, torch.cuda.memory_reserved(self.kv.device) - before)
+            self.graph = graph
+            self.graph_bytes = max(0, torch.cuda.memory_reserved(device) - before)
 
     def results(self, valid: int, prompt_len: int) -> list[tuple[list[int], float]]:
         """(prompt + generated ids, mean raw log-probability of the generated ones) for the first `valid` images."""
@@ -82,7 +101,10 @@ class DecodeLoop:
         self.slots: dict[tuple, Slot] = {}
         self.check_every = CHECK_EVERY_CUDA if self.device.type == "cuda" else 1  # steps between stop-flag reads
         self.lock = threading.Lock()
-        self.stats = {"graph_captures": 0, "graph_replays": 0, "eager_steps": 0, "eager_fallbacks": 0}
+        self.stats = {"graph_captures": 0, "graph_replays": 0, "eager_steps": 0, "eager_fallbacks": 0, "weight_moves": 0}
+        modules = (text.embeddings, *text.layers, text.head)  # (adapter layers are refused before a decode: blip_support)
+        self._params = [param for module in modules for param in module.parameters()]
+        self._weights = self._weight_addresses()
 
     def pinned_bytes(self) -> int:
         """Memory held between decodes: bucket buffers and captured graphs."""
@@ -96,7 +118,23 @@ class DecodeLoop:
             chunks = [image_embeds[start : start + largest] for start in range(0, image_embeds.shape[0], largest)]
             return [out for chunk in chunks for out in self.run(chunk, plan)]
         with self.lock:
+            self._forget_moved_weights()
             return self._run(image_embeds, plan)
+
+    def _weight_addresses(self) -> tuple[int, ...]:
+        """Where the text decoder's weights live: a captured graph reads them there (20 us for BLIP-base)."""
+        return tuple(map(torch.Tensor.data_ptr, self._params))
+
+    def _forget_moved_weights(self) -> None:
+        """Drop the slots (and their graphs) when a weight was given new memory since they were made: finetune's
+        merge of trained token rows assigns new embedding data, and a graph would replay reads of the freed one."""
+        if not self.bucketed:
+            return  # exact-size slots are made per call
+        addresses = self._weight_addresses()
+        if addresses != self._weights:
+            self._weights = addresses
+            self.slots.clear()
+            self.stats["weight_moves"] += 1
 
     def _run(self, image_embeds, plan: DecodePlan):
         valid, image_tokens = image_embeds.shape[:2]
@@ -180,10 +218,11 @@ class DecodeLoop:
         old = 0 if arena is None else arena[1].numel() * arena[1].element_size() + arena[2].numel() * arena[2].element_size()
         if self.device.type == "cuda" and not self._fits(size * torch.finfo(self.dtype).bits // 8 - old):
             return None
-        if arena is not None:
+        if arena is not None:  # let the old buffers go before making the new ones (_fits counted them as freed)
             self.arenas.pop(key)
             for slot_key in [k for k, s in self.slots.items() if (s.beams, s.length, k[2]) == key]:
                 self.slots.pop(slot_key)
+            del arena
         arena = (images, *self._buffers(images, beams, length, image_tokens))
         self.arenas[key] = arena
         return arena

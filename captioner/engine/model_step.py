@@ -21,6 +21,11 @@ class ModelStep:
         self._fast_broken: str | None = None  # why the fast decoder could not be built for this model
         self.last_path = ""  # "fast" or "generate: <reason>", for benches and tests
 
+    @property
+    def stats(self) -> dict:
+        """The fast decoder's counters (graphs captured and replayed, eager steps...); empty before it ran."""
+        return self._fast.stats if self._fast is not None else {}
+
     def run(self, pixel_values: torch.Tensor, options: GenerationOptions) -> tuple[list[str], list[float]]:
         decoded = self._decode(pixel_values, options)
         if len(decoded) != len(pixel_values):
