@@ -27,7 +27,7 @@ from .feedback_csv import (
     check_row, check_text, format_lines, format_rows, parse_csv, validate_record,
 )  # fmt: skip
 from .feedback_keys import CsvState, EventKeys, event_key
-from .feedback_rewrite import Rewrite, plan
+from .feedback_rewrite import Rewrite, plan, refuse_revived_records
 from .feedback_snapshot import Snapshot, SnapshotCache, gc_paused, rows_after
 from .files import append_durably, fsync_dir, now_utc, remove_stale_temps, write_atomic
 
@@ -211,6 +211,7 @@ class FeedbackLog:
         with gc_paused():
             built = Rewrite(old, plan(old, new_rows, drop), keys.key_by_offset() if state is not None else {})
             payload = built.payload()
+            refuse_revived_records(built, payload)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(self.csv_path, payload)
         state = CsvState.of(self.csv_path)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from .feedback_csv import FIELDS, FeedbackError, FeedbackRow, RowProblem, format_lines, formatted
 from .feedback_keys import CsvState, event_key
-from .feedback_snapshot import Snapshot
+from .feedback_snapshot import Snapshot, parse_bytes
 
 LINE_ENDS = (b"\n", b"\r")
 
@@ -117,3 +117,20 @@ class Rewrite:
         """The new file's snapshot, without parsing it again."""
         header_end = (len(self.parts[0]), 1)
         return Snapshot(state, payload, self.entries, self.spans, columns=FIELDS, header_end=header_end)
+
+
+def refuse_revived_records(built: Rewrite, payload: bytes) -> None:
+    """Refuse a rewrite after which a broken record kept verbatim would parse as a row: a second record with a
+    row's id, once that row is deleted, would become a live row nobody reviewed (and the cache would still call
+    it broken). Only a log with broken records pays for the parse this takes."""
+    if not any(isinstance(entry, RowProblem) for entry in built.entries):
+        return
+    expected = [entry for entry in built.entries if isinstance(entry, FeedbackRow)]
+    parsed = parse_bytes(payload, None).rows
+    if parsed != expected:
+        kept = set(expected)
+        revived = sorted({row.id for row in parsed if row not in kept})
+        raise FeedbackError(
+            f"this would turn broken record(s) into live rows (id {', '.join(i[:40] for i in revived[:3])}): move the "
+            "broken records aside first (the admin page's button, or `python -m captioner feedback repair`); nothing was written"
+        )

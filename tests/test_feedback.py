@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from captioner.feedback import FIELDS, FeedbackError, FeedbackLog, format_rows, parse_csv
+from captioner.feedback import FIELDS, FeedbackError, FeedbackLog, FeedbackRow, format_rows, parse_csv
 from conftest import ROOT, child_env
 
 HOSTILE = [
@@ -329,6 +329,43 @@ def test_a_second_row_with_an_id_already_used_is_reported_not_acted_on(tmp_path)
     rows, problems = log.read()
     assert [r.correction for r in rows] == ["original"]
     assert len(problems) == 1 and "already used" in problems[0].reason
+
+
+def fresh_parse(log):
+    """(rows, problems) of the file as it is on disk, parsed anew (no cache of this process)."""
+    entries = parse_csv(log.csv_path.read_bytes().decode("utf-8"))
+    return [e for e in entries if isinstance(e, FeedbackRow)], [e for e in entries if not isinstance(e, FeedbackRow)]
+
+
+def test_deleting_the_row_a_pasted_copy_shares_its_id_with_is_refused_until_the_copy_is_moved_aside(tmp_path):
+    from captioner.review import delete_rows
+
+    log = FeedbackLog(tmp_path)
+    row, _ = record(log, "original")
+    with open(log.csv_path, "ab") as handle:  # an approved copy nobody reviewed: it must never become a row
+        handle.write(format_rows([row._replace(correction="pasted copy", status="approved")]).encode())
+    before = log.csv_path.read_bytes()
+    with pytest.raises(FeedbackError, match=f"turn broken record.*{row.id}.*move the broken records aside"):
+        delete_rows(log, {row.id})
+    assert log.csv_path.read_bytes() == before
+    assert log.repair()[0] == 1 and delete_rows(log, {row.id}) == 1
+    assert log.read() == ([], []) and fresh_parse(log) == ([], [])
+
+
+def test_after_every_kind_of_rewrite_the_log_reads_as_a_fresh_parse_of_the_file(tmp_path):
+    from captioner.review import delete_rows, edit_corrections, set_status
+
+    log = FeedbackLog(tmp_path)
+    rows = [record(log, f"row {i}")[0] for i in range(6)]
+    with open(log.csv_path, "ab") as handle:
+        handle.write(b'torn,"half a record\r\n')
+    record(log, "after the tear")
+    set_status(log, {rows[1].id}, "approved", "admin")
+    edit_corrections(log, {rows[2].id: "edited"}, "admin")
+    delete_rows(log, {rows[3].id, rows[0].id})
+    cached, fresh = log.read(), fresh_parse(log)
+    assert cached[0] == fresh[0] and [p.reason for p in cached[1]] == [p.reason for p in fresh[1]]
+    assert [r.correction for r in cached[0]] == ["row 1", "edited", "row 4", "row 5", "after the tear"]
 
 
 # --- leftovers, torn records, repair ------------------------------------------------------------------------------
