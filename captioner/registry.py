@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +19,12 @@ from pathlib import Path
 from filelock import FileLock
 
 from .files import now_utc, publish_folder, write_atomic
+from .runtime import process_alive
 
 ACTIVE_FILE = "active.json"
 OWNER_FILE = ".owner-pid"
+LOCK_FILE = ".registry.lock"
+STALE_STAGING_S = 600  # an ownerless staging folder touched more recently may still be on its way to publishing
 VERSION_NAME = re.compile(r"^v(\d{4,})$")
 
 
@@ -153,10 +157,10 @@ def staging_dir(models_dir: Path) -> Path:
 def publish(models_dir: Path, staging: Path) -> str:
     """Rename a complete staging folder to the next version name; returns that name."""
     models_dir = Path(models_dir)
-    (staging / OWNER_FILE).unlink(missing_ok=True)
-    with FileLock(str(models_dir / ".registry.lock")):
+    with FileLock(str(models_dir / LOCK_FILE)):  # remove_stale_staging waits: it never sees this folder ownerless
         numbers = [int(m.group(1)) for p in models_dir.iterdir() if (m := VERSION_NAME.match(p.name))]
         name = f"v{max(numbers, default=0) + 1:04d}"
+        (staging / OWNER_FILE).unlink(missing_ok=True)
         publish_folder(staging, models_dir / name)
     return name
 
@@ -182,11 +186,24 @@ def previous_version(models_dir: Path) -> str | None:
 
 
 def remove_stale_staging(models_dir: Path) -> None:
-    """Staging folders a killed run left behind (their writer is gone); a running one's stays."""
-    for folder in Path(models_dir).glob(".staging-*"):
-        try:
-            os.kill(int((folder / OWNER_FILE).read_text()), 0)
-            continue
-        except (OSError, ValueError):
+    """Staging folders a killed run left behind (their writer is gone); a running one's stays, and so does one
+    without an owner that was touched in the last minutes (under the registry lock, publish leaves none such)."""
+    models_dir = Path(models_dir)
+    if not models_dir.is_dir():
+        return
+    with FileLock(str(models_dir / LOCK_FILE)):
+        for folder in models_dir.glob(".staging-*"):
+            try:
+                owner = (folder / OWNER_FILE).read_text().strip()
+            except OSError:
+                owner = None
+            if owner is not None and owner.isdigit() and process_alive(int(owner)):
+                continue
+            try:
+                young = time.time() - folder.stat().st_mtime < STALE_STAGING_S
+            except OSError:
+                continue  # gone meanwhile
+            if owner is None and young:
+                continue
             shutil.rmtree(folder, ignore_errors=True)
 

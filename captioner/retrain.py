@@ -17,7 +17,10 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from filelock import FileLock
+
 from . import runtime
+from .runtime import process_alive
 from .settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,11 +56,7 @@ class Run:
         child = _CHILDREN.get(self.id)
         if child is not None:
             return child.poll() is None
-        try:
-            os.kill(self.pid, 0)
-        except OSError:
-            return False
-        return self.outcome is None
+        return process_alive(self.pid) and self.outcome is None
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -71,18 +70,21 @@ def runs_dir(settings: Settings) -> Path:
 
 
 def start(settings: Settings, options: list[str]) -> Run:
-    """Start `python -m finetune` for this CAPTIONER_HOME with extra command-line options."""
-    if (current := latest(settings)) and current.running:
-        raise RuntimeError(f"a retrain is already running (started {time.ctime(current.started)})")
-    run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-    folder = runs_dir(settings) / run_id
-    folder.mkdir(parents=True)
-    args = [sys.executable, "-m", "finetune", "--home", str(settings.home), "--progress-file", str(folder / "progress.jsonl"), *options]
-    with open(folder / "log.txt", "w", encoding="utf-8") as log:
-        child = subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                 env={**runtime.child_env("retrain"), "PYTHONUNBUFFERED": "1"})  # fmt: skip
-    _CHILDREN[run_id] = child
-    (folder / "job.json").write_text(json.dumps({"pid": child.pid, "started": time.time(), "args": args}))
+    """Start `python -m finetune` for this CAPTIONER_HOME with extra command-line options (one at a time: two
+    sessions pressing Retrain at once start one run, and the other is told it is running)."""
+    runs_dir(settings).mkdir(parents=True, exist_ok=True)
+    with FileLock(str(runs_dir(settings) / ".start.lock")):
+        if (current := latest(settings)) and current.running:
+            raise RuntimeError(f"a retrain is already running (started {time.ctime(current.started)})")
+        run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        folder = runs_dir(settings) / run_id
+        folder.mkdir(parents=True)
+        args = [sys.executable, "-m", "finetune", "--home", str(settings.home), "--progress-file", str(folder / "progress.jsonl"), *options]
+        with open(folder / "log.txt", "w", encoding="utf-8") as log:
+            child = subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                     env={**runtime.child_env("retrain"), "PYTHONUNBUFFERED": "1"})  # fmt: skip
+        _CHILDREN[run_id] = child
+        (folder / "job.json").write_text(json.dumps({"pid": child.pid, "started": time.time(), "args": args}))
     return _read(folder)
 
 

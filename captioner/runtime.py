@@ -63,3 +63,14 @@ def child_env(role: str) -> dict[str, str]:
     if _OPERATOR_THREADS:
         env["OMP_NUM_THREADS"] = _OPERATOR_THREADS
     return {**env, **policy(role, env)}
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id is running (on any OS; another user's process counts, though it may not
+    be signalled): os.kill(pid, 0) would be a Ctrl+C to the process on Windows."""
+    import psutil  # (accelerate's dependency; listed in requirements.txt)
+
+    try:
+        return psutil.pid_exists(int(pid))
+    except (ValueError, OverflowError, OSError):
+        return False

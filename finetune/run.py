@@ -72,6 +72,9 @@ def main(cfg: FinetuneConfig) -> Path | None:
         return None
     log(f"published models/{version} in {time.time() - started:.0f}s")
     if cfg.activate:
+        problem = registry.version_problem(settings.models_dir / version)  # as published, not as written
+        if problem:
+            raise FinetuneError(f"published {version}, but it is not made live: {problem}")
         registry.activate(settings.models_dir, version)
         log(f"{version} is live")
     return settings.models_dir / version

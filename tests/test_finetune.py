@@ -66,6 +66,23 @@ def test_no_activate_publishes_without_going_live(tiny_home):
     assert [v.name for v in registry.list_versions(tiny_home / "models")] == ["v0001"]
 
 
+def test_a_version_damaged_on_its_way_into_models_is_published_but_not_made_live(tiny_home, monkeypatch):
+    log_rows(tiny_home)
+    main(quick(tiny_home))  # v0001 is live
+    publish = registry.publish
+
+    def publish_then_truncate(models_dir, staging):
+        name = publish(models_dir, staging)
+        weights = models_dir / name / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:-100])  # a disk that lost the file's tail
+        return name
+
+    monkeypatch.setattr(registry, "publish", publish_then_truncate)
+    with pytest.raises(FinetuneError, match="v0002, but it is not made live: v0002/model.safetensors is truncated"):
+        main(quick(tiny_home, seed=1))
+    assert registry.active_version(tiny_home / "models") == "v0001"
+
+
 def test_a_nan_loss_stops_the_run_and_nothing_is_published(tiny_home, tiny_blip_dir, tmp_path):
     poisoned = tmp_path / "poisoned"
     loaded = load_captioner(str(tiny_blip_dir), Settings(home=tmp_path, device="cpu"))

@@ -110,3 +110,87 @@ def test_cli_captions_with_the_default_when_the_live_version_is_corrupt(home, mo
     done = run_cli("caption", picture)
     assert done.returncode == 0 and json.loads(done.stdout)["caption"] == "a blue square"
     assert "could not load active (v0001)" in done.stderr and "captioning with the default model demo instead" in done.stderr
+
+
+def staged(models_dir, tmp_path):
+    """A staging folder holding a whole version (the demo captioner's files), as finetune writes it."""
+    import shutil
+
+    from captioner.demo import demo_model_dir
+
+    folder = registry.staging_dir(models_dir)
+    for path in demo_model_dir("caption").iterdir():
+        shutil.copy(path, folder / path.name)
+    return folder
+
+
+def test_a_version_being_published_is_never_taken_for_a_stale_staging_folder(tmp_path):
+    """Another finetune starting meanwhile waits for the publish (its clean-up would empty the folder being renamed)."""
+    import threading
+
+    from filelock import FileLock
+
+    from captioner.files import publish_folder
+
+    models = tmp_path / "models"
+    folder = staged(models, tmp_path)
+    with FileLock(str(models / registry.LOCK_FILE)):  # publish() under way: the owner file goes, then the rename
+        (folder / registry.OWNER_FILE).unlink()
+        cleaner = threading.Thread(target=registry.remove_stale_staging, args=(models,))
+        cleaner.start()
+        cleaner.join(0.5)
+        assert cleaner.is_alive(), "the clean-up did not wait for the registry lock"
+        publish_folder(folder, models / "v0001")
+    cleaner.join(10)
+    assert registry.version_problem(models / "v0001") is None
+
+
+def test_stale_staging_folders_go_and_live_or_young_ones_stay(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    models = tmp_path / "models"
+    mine, dead, ownerless, old = (staged(models, tmp_path) for _ in range(4))
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    (dead / registry.OWNER_FILE).write_text(str(gone.pid))  # a killed run's
+    (ownerless / registry.OWNER_FILE).unlink()  # a moment from its rename (a crash there leaves it, then it ages)
+    (old / registry.OWNER_FILE).unlink()
+    os.utime(old, (time.time() - 2 * registry.STALE_STAGING_S,) * 2)
+    registry.remove_stale_staging(models)
+    assert sorted(p.name for p in models.glob(".staging-*")) == sorted([mine.name, ownerless.name])
+
+
+def test_two_sessions_pressing_retrain_at_once_start_one_run(home, monkeypatch):
+    """The check for a running retrain and the start are one step: the second press is told a run is going."""
+    import subprocess
+    import sys
+    import threading
+
+    real = subprocess.Popen
+    started = []
+
+    def slow_start(args, **kwargs):  # a real process that runs long enough, standing in for a retrain's start-up
+        started.append(args)
+        time.sleep(0.3)
+        return real([sys.executable, "-c", "import time; time.sleep(20)"], **kwargs)
+
+    monkeypatch.setattr(retrain.subprocess, "Popen", slow_start)
+    settings, outcomes = Settings.from_env(), []
+
+    def press():
+        try:
+            outcomes.append(retrain.start(settings, []))
+        except RuntimeError as exc:
+            outcomes.append(exc)
+
+    presses = [threading.Thread(target=press) for _ in range(2)]
+    for thread in presses:
+        thread.start()
+    for thread in presses:
+        thread.join()
+    runs = [o for o in outcomes if isinstance(o, retrain.Run)]
+    assert len(started) == 1 and len(runs) == 1 and "already running" in str([o for o in outcomes if o not in runs][0])
+    assert runs[0].running
+    retrain.cancel(runs[0])
