@@ -29,7 +29,7 @@ from .feedback_csv import (
 from .feedback_keys import CsvState, EventKeys, event_key
 from .feedback_rewrite import Rewrite, plan, refuse_revived_records
 from .feedback_snapshot import Snapshot, SnapshotCache, gc_paused, rows_after
-from .files import append_durably, fsync_dir, now_utc, remove_stale_temps, write_atomic
+from .files import append_durably, fsync_dir, now_utc, read_at, remove_stale_temps, write_atomic
 
 __all__ = [  # the log's public face; the schema and codec live in feedback_csv, file helpers in files
     "FIELDS", "OPTIONAL_FIELDS", "STATUSES", "TASKS", "FeedbackError", "FeedbackLog", "FeedbackRow", "RowProblem",
@@ -269,7 +269,7 @@ class FeedbackLog:
     def _ends_with_line_end(self) -> bool:
         with open(self.csv_path, "rb") as handle:
             size = os.fstat(handle.fileno()).st_size
-            return size == 0 or os.pread(handle.fileno(), 1, size - 1) in (b"\n", b"\r")
+            return size == 0 or read_at(handle, 1, size - 1) in (b"\n", b"\r")
 
     # --- images --------------------------------------------------------------------------------
     def store_image(self, data: bytes, extension: str) -> tuple[str, str]:

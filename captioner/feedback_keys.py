@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
 
-from .files import write_atomic
+from .files import BINARY, read_at, write_at, write_atomic
 
 MAGIC = b"FBKEYS02"
 HEADER = struct.Struct("<8sQQQQQ16sQQ")  # magic, generation, dev, ino, size, mtime_ns, tail digest, sorted, unsorted
@@ -60,7 +60,7 @@ class CsvState:
 def tail_digest(handle, size: int) -> bytes:
     """Digest of the TAIL bytes before size in an open binary file."""
     start = max(0, size - TAIL)
-    return hashlib.blake2b(os.pread(handle.fileno(), size - start, start), digest_size=16).digest()
+    return hashlib.blake2b(read_at(handle, size - start, start), digest_size=16).digest()
 
 
 class EventKeys:
@@ -126,11 +126,11 @@ class EventKeys:
             self.rebuild(list(zip(flat[0::2], flat[1::2])) + list(pairs), csv)
             return
         payload = b"".join(ENTRY.pack(key, offset) for key, offset in pairs)
-        fd = os.open(self.path, os.O_RDWR)
+        fd = os.open(self.path, os.O_RDWR | BINARY)
         try:
-            os.pwrite(fd, payload, HEADER.size + (self.sorted + self.unsorted) * ENTRY.size)
+            write_at(fd, payload, HEADER.size + (self.sorted + self.unsorted) * ENTRY.size)
             self.unsorted += len(pairs)
-            os.pwrite(fd, self._header(csv), 0)  # last: a crash before it leaves the index behind, never ahead
+            write_at(fd, self._header(csv), 0)  # last: a crash before it leaves the index behind, never ahead
         finally:
             os.close(fd)
         self.covered = csv

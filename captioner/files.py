@@ -2,17 +2,64 @@
 
 Mode policy (every file the app writes): a file it creates gets 0o666 minus the umask, as `open()` would give
 it, whichever way it is written (atomic replace, append, copy); a file it replaces keeps the mode it had.
+
+Portability: Linux, macOS and Windows. Positional reads and writes fall back to seek + read/write where the OS
+lacks pread/pwrite (Windows; callers hold the file's lock); raw descriptors are opened in binary mode (Windows
+would otherwise turn "\n" into "\r\n"); macOS's fsync leaves data in the drive's cache, so F_FULLFSYNC is used.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
+
+
+BINARY = getattr(os, "O_BINARY", 0)  # os.open flag: 0 where files have no text mode
+
+
+def read_at(handle, size: int, offset: int) -> bytes:
+    """Up to size bytes at offset of an open binary file (pread where the OS has it)."""
+    if hasattr(os, "pread"):
+        return os.pread(handle.fileno(), size, offset)
+    handle.seek(offset)
+    return handle.read(size)
+
+
+def write_at(fd: int, payload: bytes, offset: int) -> None:
+    """Write all of payload at offset of a descriptor opened with BINARY (pwrite where the OS has it)."""
+    view = memoryview(payload)
+    while view:
+        if hasattr(os, "pwrite"):
+            written = os.pwrite(fd, view, offset)
+        else:
+            os.lseek(fd, offset, os.SEEK_SET)
+            written = os.write(fd, view)
+        view, offset = view[written:], offset + written
+
+
+def flush_to_disk(fd: int) -> None:
+    """fsync, and on macOS F_FULLFSYNC (its fsync stops at the drive's volatile cache)."""
+    if sys.platform == "darwin":
+        import fcntl
+
+        try:
+            fcntl.fcntl(fd, getattr(fcntl, "F_FULLFSYNC", 51))  # 51: its value in macOS's <fcntl.h>
+            return
+        except OSError:
+            pass  # some file systems (network shares) refuse it; fsync is the best they offer
+    os.fsync(fd)
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file that is already written (Windows can only flush a handle open for writing)."""
+    with open(path, "rb" if os.name != "nt" else "r+b") as handle:
+        flush_to_disk(handle.fileno())
 
 
 def now_utc() -> str:
@@ -50,11 +97,14 @@ def write_atomic(path: Path, payload: bytes) -> None:
         mode = new_file_mode()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, mode)  # mkstemp makes 0600 files; the policy above decides instead
+        if hasattr(os, "fchmod"):  # mkstemp makes 0600 files; the policy above decides instead
+            os.fchmod(fd, mode)
+        else:
+            os.chmod(tmp, mode)  # Windows before 3.13: only the read-only bit means anything there
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)
             handle.flush()
-            os.fsync(handle.fileno())
+            flush_to_disk(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -64,13 +114,13 @@ def write_atomic(path: Path, payload: bytes) -> None:
 
 def append_durably(path: Path, payload: bytes) -> int:
     """Append bytes in one write loop, fsync; creates the file (with the policy's mode). Returns the offset written at."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)  # the kernel applies the umask
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | BINARY, 0o666)  # the kernel applies the umask
     try:
         offset = os.fstat(fd).st_size
         view = memoryview(payload)
         while view:
             view = view[os.write(fd, view) :]
-        os.fsync(fd)
+        flush_to_disk(fd)
     finally:
         os.close(fd)
     return offset
@@ -117,8 +167,7 @@ def publish_folder(staging: Path, target: Path) -> None:
     staging, target = Path(staging), Path(target)
     for path in sorted(staging.rglob("*"), key=lambda p: len(p.parts), reverse=True):
         if path.is_file() and not path.is_symlink():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
+            fsync_path(path)
         elif path.is_dir():
             fsync_dir(path)
     fsync_dir(staging)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import write_atomic
+from .files import fsync_path, write_atomic
 from .index_entries import ENTRY_DTYPE, Entry, EntryTable
 from .search_structure import Layout, SegmentedSearch, read_ivf, segment_structure
 
@@ -238,8 +238,7 @@ def remove_strays(root: Path) -> None:
 def _fsync_files(folder: Path, only: str | None = None) -> None:
     for item in folder.iterdir():
         if item.is_file() and (only is None or item.name == only):
-            with open(item, "rb+") as handle:
-                os.fsync(handle.fileno())
+            fsync_path(item)
 
 
 def _first_line(exc: Exception) -> str:

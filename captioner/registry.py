@@ -19,7 +19,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from .files import now_utc, publish_folder, write_atomic
-from .runtime import process_alive
+from .runtime import process_alive, process_started
 
 ACTIVE_FILE = "active.json"
 OWNER_FILE = ".owner-pid"
@@ -150,7 +150,7 @@ def staging_dir(models_dir: Path) -> Path:
     models_dir.mkdir(parents=True, exist_ok=True)
     folder = models_dir / f".staging-{uuid.uuid4().hex[:12]}"
     folder.mkdir()
-    (folder / OWNER_FILE).write_text(str(os.getpid()))
+    (folder / OWNER_FILE).write_text(f"{os.getpid()} {process_started(os.getpid())}")  # the id, and when it started
     return folder
 
 
@@ -185,6 +185,14 @@ def previous_version(models_dir: Path) -> str | None:
     return names[position - 1] if position > 0 else None
 
 
+def _owner_alive(owner: str) -> bool:
+    pid, _, started = owner.partition(" ")
+    try:
+        return process_alive(int(pid), float(started) if started and started != "None" else None)
+    except ValueError:
+        return False
+
+
 def remove_stale_staging(models_dir: Path) -> None:
     """Staging folders a killed run left behind (their writer is gone); a running one's stays, and so does one
     without an owner that was touched in the last minutes (under the registry lock, publish leaves none such)."""
@@ -197,7 +205,7 @@ def remove_stale_staging(models_dir: Path) -> None:
                 owner = (folder / OWNER_FILE).read_text().strip()
             except OSError:
                 owner = None
-            if owner is not None and owner.isdigit() and process_alive(int(owner)):
+            if owner is not None and _owner_alive(owner):
                 continue
             try:
                 young = time.time() - folder.stat().st_mtime < STALE_STAGING_S

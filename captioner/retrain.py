@@ -1,6 +1,6 @@
 """Retraining as a background job: `python -m finetune` in a subprocess, followed through its progress file.
 
-Each run has a folder models/.runs/<id>/ with job.json (pid, arguments), log.txt (its output) and
+Each run has a folder models/.runs/<id>/ with job.json (pid and when it started, arguments), log.txt (its output) and
 progress.jsonl (steps as JSON lines, then a final record with the outcome), so any session, or a
 restarted app, can show it and cancel it.
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from . import runtime
-from .runtime import process_alive
+from .runtime import process_alive, process_started
 from .settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,6 +36,7 @@ class Run:
     pid: int
     started: float
     args: list[str]
+    pid_started: float | None = None  # when its process started: a later process given the same id is not it
 
     @property
     def progress(self) -> list[dict]:
@@ -56,7 +57,7 @@ class Run:
         child = _CHILDREN.get(self.id)
         if child is not None:
             return child.poll() is None
-        return process_alive(self.pid) and self.outcome is None
+        return process_alive(self.pid, self.pid_started) and self.outcome is None
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -84,7 +85,8 @@ def start(settings: Settings, options: list[str]) -> Run:
             child = subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                      env={**runtime.child_env("retrain"), "PYTHONUNBUFFERED": "1"})  # fmt: skip
         _CHILDREN[run_id] = child
-        (folder / "job.json").write_text(json.dumps({"pid": child.pid, "started": time.time(), "args": args}))
+        job = {"pid": child.pid, "pid_started": process_started(child.pid), "started": time.time(), "args": args}
+        (folder / "job.json").write_text(json.dumps(job))
     return _read(folder)
 
 
@@ -96,7 +98,7 @@ def latest(settings: Settings) -> Run | None:
 
 def _read(folder: Path) -> Run:
     job = json.loads((folder / "job.json").read_text())
-    return Run(folder.name, folder, job["pid"], job["started"], job["args"])
+    return Run(folder.name, folder, job["pid"], job["started"], job["args"], job.get("pid_started"))
 
 
 def cancel(run: Run) -> None:

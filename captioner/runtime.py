@@ -65,12 +65,18 @@ def child_env(role: str) -> dict[str, str]:
     return {**env, **policy(role, env)}
 
 
-def process_alive(pid: int) -> bool:
-    """Whether a process with this id is running (on any OS; another user's process counts, though it may not
-    be signalled): os.kill(pid, 0) would be a Ctrl+C to the process on Windows."""
+def process_started(pid: int) -> float | None:
+    """When the process with this id started (seconds since the epoch), or None when there is none."""
     import psutil  # (accelerate's dependency; listed in requirements.txt)
 
     try:
-        return psutil.pid_exists(int(pid))
-    except (ValueError, OverflowError, OSError):
-        return False
+        return psutil.Process(int(pid)).create_time()
+    except (psutil.Error, ValueError, OverflowError, OSError):
+        return None
+
+
+def process_alive(pid: int, started: float | None = None) -> bool:
+    """Whether the process with this id runs (on any OS: os.kill(pid, 0) would be a Ctrl+C on Windows), and when
+    started is given, whether it is the one that started then, not a later process given the same id."""
+    now = process_started(pid)
+    return now is not None and (started is None or abs(now - started) < 1.0)

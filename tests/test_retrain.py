@@ -194,3 +194,32 @@ def test_two_sessions_pressing_retrain_at_once_start_one_run(home, monkeypatch):
     assert len(started) == 1 and len(runs) == 1 and "already running" in str([o for o in outcomes if o not in runs][0])
     assert runs[0].running
     retrain.cancel(runs[0])
+
+
+def test_a_later_process_given_a_finished_runs_id_is_neither_running_nor_cancelled(home, tmp_path):
+    """Process ids are reused: a run's folder names its process by id and start time, and only that one counts."""
+    import os
+    import subprocess
+    import sys
+
+    settings = Settings.from_env()
+    folder = retrain.runs_dir(settings) / "20260101-000000-abcdef"
+    folder.mkdir(parents=True)
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])  # took the finished run's id
+    try:
+        job = {"pid": stranger.pid, "pid_started": time.time() - 3600, "started": time.time() - 3600, "args": []}
+        (folder / "job.json").write_text(json.dumps(job))
+        run = retrain.latest(settings)
+        assert run.id == folder.name and not run.running
+        retrain.cancel(run)
+        time.sleep(0.2)
+        assert stranger.poll() is None, "cancel signalled a process that is not the run"
+        models = tmp_path / "models"
+        reused = staged(models, tmp_path)
+        (reused / registry.OWNER_FILE).write_text(f"{os.getpid()} {time.time() - 3600}")  # a dead run's, id since reused
+        mine = staged(models, tmp_path)
+        registry.remove_stale_staging(models)
+        assert [p.name for p in models.glob(".staging-*")] == [mine.name]
+    finally:
+        stranger.kill()
+        stranger.wait()

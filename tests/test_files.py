@@ -1,0 +1,67 @@
+"""The file layer where the OS differs: no pread/pwrite/fchmod (Windows), fsync that stops at the drive's cache (macOS)."""
+
+import os
+
+import pytest
+
+from captioner import files
+from captioner.feedback import FeedbackLog, format_rows, parse_csv
+
+
+@pytest.fixture
+def no_positional_io(monkeypatch):
+    """What Windows's os module lacks (fchmod until Python 3.13)."""
+    for name in ("pread", "pwrite", "fchmod"):
+        monkeypatch.delattr(os, name, raising=False)
+
+
+def record(log, text, data=b"img"):
+    return log.record(data, "png", task="caption", model_output="a circle", correction=text)
+
+
+def test_the_feedback_log_works_without_pread_pwrite_or_fchmod(tmp_path, no_positional_io):
+    log = FeedbackLog(tmp_path)
+    logged = [record(log, f"event {i}", data=b"img %d" % (i % 3))[0] for i in range(12)]
+    assert all(record(log, f"event {i}", data=b"img %d" % (i % 3)) == (logged[i], False) for i in range(12))
+    with open(log.csv_path, "ab") as handle:  # another tool appended: the log catches up from the file's tail
+        handle.write(format_rows([logged[0]._replace(id="by-hand", correction="a hand-added row")]).encode())
+    assert record(log, "a hand-added row", data=b"img 0")[1] is False
+    log.csv_path.chmod(0o600)
+    log.rewrite(lambda rows: [r._replace(status="approved") if r.id == logged[1].id else r for r in rows])
+    assert log.csv_path.stat().st_mode & 0o777 == 0o600
+    rows, problems = log.read()
+    assert problems == [] and rows == parse_csv(log.csv_path.read_bytes().decode()) and len(rows) == 13
+    assert b"\r\r\n" not in log.csv_path.read_bytes()
+
+
+def test_positional_writes_land_where_asked_without_pwrite(tmp_path, no_positional_io):
+    path = tmp_path / "blob"
+    path.write_bytes(b"0123456789")
+    fd = os.open(path, os.O_RDWR | files.BINARY)
+    try:
+        files.write_at(fd, b"ab", 8)
+        files.write_at(fd, b"XYZ", 2)
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"01XYZ567ab"
+    with open(path, "rb") as handle:
+        assert files.read_at(handle, 3, 7) == b"7ab" and files.read_at(handle, 5, 9) == b"b"
+
+
+def test_on_macos_every_flush_asks_the_drive_to_empty_its_cache(tmp_path, monkeypatch):
+    import fcntl
+    import sys
+
+    asked = []
+    real_fcntl = fcntl.fcntl
+
+    def fcntl_seen(fd, command, *args):
+        asked.append(command)
+        return real_fcntl(fd, command, *args)  # Linux refuses macOS's command: the flush falls back to fsync
+
+    monkeypatch.setattr(sys, "platform", "darwin")
+    monkeypatch.setattr(fcntl, "fcntl", fcntl_seen)
+    files.append_durably(tmp_path / "log", b"one line\n")
+    files.write_atomic(tmp_path / "state.json", b"{}")
+    assert asked == [getattr(fcntl, "F_FULLFSYNC", 51)] * 2
+    assert (tmp_path / "log").read_bytes() == b"one line\n" and (tmp_path / "state.json").read_bytes() == b"{}"
