@@ -275,3 +275,28 @@ def test_the_worker_leaves_cores_to_decoding_and_no_other_thread_changes_count(d
         engine.caption(world[0][:4], GREEDY)
     assert seen[0] == 1 and seen[-1] == default, seen
     assert (fresh_thread_count(), torch.get_num_threads()) == (default, here)
+
+
+@pytest.mark.parametrize("free_gib", [80, 8, 0.1])
+def test_on_a_gpu_batches_are_sized_by_the_free_memory_it_has(monkeypatch, free_gib):
+    """Blip-base's shapes: a big card fills its share of free memory with sequences; a nearly full one still runs 8."""
+    from transformers import BlipConfig
+
+    from captioner.engine.limits import GPU_MEMORY_SHARE, sequence_bytes
+
+    free = int(free_gib * 2**30)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free, 80 * 2**30))
+    model = type("Blip", (), {"config": BlipConfig()})()
+    limits = {dtype: EngineLimits.for_model(model, "cuda", dtype) for dtype in (torch.bfloat16, torch.float32)}
+    share = free * GPU_MEMORY_SHARE
+    for dtype, limit in limits.items():
+        one = sequence_bytes(model.config, dtype)
+        assert limit.max_sequences == 8 or share - one < limit.max_sequences * one <= share
+    if free_gib == 80:
+        assert limits[torch.bfloat16].rows_for(1) == 256 and limits[torch.bfloat16].rows_for(3) >= 200
+        half = limits[torch.bfloat16].max_sequences // 2  # fp32 sequences take twice the bytes
+        assert half - 1 <= limits[torch.float32].max_sequences <= half + 1
+    if free_gib == 0.1:
+        assert limits[torch.bfloat16].max_sequences == 8
+    odd = type("Odd", (), {"config": object()})()
+    assert EngineLimits.for_model(odd, "cuda", torch.bfloat16).max_sequences == 256
