@@ -272,6 +272,22 @@ def test_bf16_on_cuda_agrees_with_generate_and_graphs_match_eager(tmp_path):
     assert bounded.stats["graph_captures"] == 0 and bounded.stats["eager_fallbacks"] > 0
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_every_setting_replayed_from_cuda_graphs_gives_generates_tokens_in_fp32(tmp_path):
+    """Each case (10 beams, prefix, min tokens, repetition penalty) through captured graphs, in buckets that grow
+    (3 images padded to 4, then 6 to 8: the arena's buffers are made again and the graphs with them)."""
+    loaded = load_captioner("demo", Settings(home=tmp_path, device="cuda", dtype="float32"))
+    decoder = BlipDecoder(loaded.model, loaded.processor.tokenizer)
+    pixels = demo_pixels(loaded, 6, seed=41).to("cuda")
+    for name, options in CASES.items():
+        replays = decoder.stats["graph_replays"]
+        for images in (pixels[:3], pixels):
+            assert_same_as_generate(loaded, images, options, decoder)
+        assert decoder.stats["graph_replays"] > replays, f"{name} was not served from a graph"
+    assert decoder.stats["eager_fallbacks"] == 0
+
+
 @pytest.mark.parametrize("device", [
     "cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]),
 ])  # fmt: skip
