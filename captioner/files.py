@@ -105,11 +105,26 @@ def write_atomic(path: Path, payload: bytes) -> None:
             handle.write(payload)
             handle.flush()
             flush_to_disk(handle.fileno())
-        os.replace(tmp, path)
+        replace_file(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+REPLACE_TRIES = 50 if os.name == "nt" else 1  # Windows refuses to replace a file another handle has open
+
+
+def replace_file(source: Path, target: Path) -> None:
+    """os.replace; on Windows retried for up to about 2.5 s while a reader holds the target open (it reads briefly)."""
+    for attempt in range(REPLACE_TRIES):
+        try:
+            os.replace(source, target)
+            return
+        except PermissionError:
+            if attempt == REPLACE_TRIES - 1:
+                raise
+            time.sleep(0.05)
 
 
 def append_durably(path: Path, payload: bytes) -> int:

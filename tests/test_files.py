@@ -65,3 +65,26 @@ def test_on_macos_every_flush_asks_the_drive_to_empty_its_cache(tmp_path, monkey
     files.write_atomic(tmp_path / "state.json", b"{}")
     assert asked == [getattr(fcntl, "F_FULLFSYNC", 51)] * 2
     assert (tmp_path / "log").read_bytes() == b"one line\n" and (tmp_path / "state.json").read_bytes() == b"{}"
+
+
+def test_a_replace_refused_while_a_reader_has_the_file_open_is_retried_until_it_closes(tmp_path, monkeypatch):
+    """Windows refuses os.replace over a file another handle holds; the reader closes within moments."""
+    real_replace, refusals = os.replace, []
+
+    def replace_after_the_reader_closes(source, target):
+        if len(refusals) < 3:
+            refusals.append(target)
+            raise PermissionError(13, "The process cannot access the file because it is being used by another process")
+        real_replace(source, target)
+
+    target = tmp_path / "feedback.csv"
+    target.write_bytes(b"old")
+    monkeypatch.setattr(os, "replace", replace_after_the_reader_closes)
+    monkeypatch.setattr(files, "REPLACE_TRIES", 50)
+    files.write_atomic(target, b"new")
+    assert target.read_bytes() == b"new" and len(refusals) == 3 and list(tmp_path.iterdir()) == [target]
+    refusals.clear()
+    monkeypatch.setattr(files, "REPLACE_TRIES", 2)  # a reader that never lets go: the error, and no temp file left
+    with pytest.raises(PermissionError):
+        files.write_atomic(target, b"newer")
+    assert target.read_bytes() == b"new" and list(tmp_path.iterdir()) == [target]
