@@ -54,10 +54,11 @@ def caption_stream(
         return
 
 
-def format_captions(rows: list[dict], fmt: str) -> str:
+def format_captions(rows: list[dict], fmt: str, header: bool = True, styled: bool | None = None) -> str:
     """Rows of {path, caption, score, error} (+ styled, with a style) as jsonl (one object per input, in order),
     csv, or txt (captioned only). The score (mean token log-probability) is rounded to 4 decimals; null/empty
-    when there is no caption."""
+    when there is no caption. header=False leaves out the CSV header (rows appended to earlier ones); styled says
+    whether the CSV has a styled column (default: when a row has the key)."""
     import csv
     import io
     import json
@@ -72,8 +73,9 @@ def format_captions(rows: list[dict], fmt: str) -> str:
     if fmt == "csv":
         out = io.StringIO(newline="")
         writer = csv.writer(out, lineterminator="\r\n")
-        styled = any("styled" in r for r in rows)  # the styled column only when a style was asked for
-        writer.writerow(["path", "caption", *(["styled"] if styled else []), "error", "score"])
+        styled = any("styled" in r for r in rows) if styled is None else styled  # only when a style was asked for
+        if header:
+            writer.writerow(["path", "caption", *(["styled"] if styled else []), "error", "score"])
         writer.writerows([
             [r["path"], r["caption"] or "", *([r.get("styled") or ""] if styled else []), r["error"] or "", _csv_score(r.get("score"))]
             for r in rows

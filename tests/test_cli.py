@@ -119,3 +119,50 @@ def test_demo_images_writes_pictures_and_captions(tmp_path):
     assert all((tmp_path / "stars" / r["file"]).stat().st_size > 0 for r in records)
     bad = run_cli("demo", "images", tmp_path / "x", "--shapes", "blob")
     assert bad.returncode == 2 and "blob" in bad.stderr
+
+
+def test_a_folder_bigger_than_memory_is_read_a_chunk_ahead_and_written_as_it_goes(home, tmp_path, monkeypatch):
+    """A curator's folder of any size: files are read at most a chunk ahead of the captioner, and the rows of each
+    finished chunk are in --out before the next is captioned (an interrupted run keeps them)."""
+    from captioner.cli import captions
+    from captioner.cli.parser import build_parser
+    from captioner.settings import Settings
+
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    pictures = [("circle", "red"), ("square", "green"), ("triangle", "blue"), ("circle", "yellow"), ("square", "red")]
+    for i, (shape, colour) in enumerate(pictures * 2):
+        write(folder, f"{i:02d}.png", zoo.encode(zoo.demo(shape, colour), "PNG"))
+    write(folder, "03.png", b"not a picture")  # unreadable as an image: its row says so, in place
+    out = tmp_path / "captions.jsonl"
+    read, seen = [], []
+    real_read, real_caption = captions.read_file, captions.caption_images
+
+    def counted_read(path):
+        read.append(path)
+        return real_read(path)
+
+    def caption_seen(loaded, inputs, *args, **kwargs):
+        seen.append((len(read), out.read_text().count("\n")))
+        return real_caption(loaded, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(captions, "CHUNK_FILES", 3)
+    monkeypatch.setattr(captions, "read_file", counted_read)
+    monkeypatch.setattr(captions, "caption_images", caption_seen)
+    args = build_parser().parse_args(["caption", str(folder), "--model", "demo", "--out", str(out)])
+    assert captions.cmd_caption(args, Settings.from_env()) == 1
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    expected = [f"a {colour} {shape}" for shape, colour in pictures * 2]
+    expected[3] = None
+    assert [line["caption"] for line in lines] == expected and [line["path"][-6:] for line in lines] == [f"{i:02d}.png" for i in range(10)]
+    assert "error" in lines[3] and "error" not in lines[4]
+    assert [rows for _, rows in seen] == [0, 3, 6, 9]  # each chunk's rows were written before the next was captioned
+    assert all(reads <= 3 * (chunk + 2) for chunk, (reads, _) in enumerate(seen))  # one chunk ahead at most
+
+
+def test_an_out_file_that_cannot_be_written_is_one_error_before_any_image_is_captioned(home, tmp_path):
+    picture = write(tmp_path, "p.png", zoo.encode(zoo.demo("square", "yellow"), "PNG"))
+    out = tmp_path / "no-such-folder" / "out.jsonl"
+    done = run_cli("caption", picture, "--model", "demo", "--out", out)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [f"captioner: --out {out}: cannot be written (No such file or directory)"]

@@ -15,6 +15,10 @@ from .common import UserError, say
 from .serving import load_for_cli
 
 
+CHUNK_FILES = 1024  # files read ahead at most: a folder of any size captions in bounded memory
+CHUNK_BYTES = 256 * 2**20  # ... and at most this many of their bytes (camera photos are big)
+
+
 def cmd_caption(args, settings: Settings) -> int:
     options = GenerationOptions(
         num_beams=args.num_beams, max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens,
@@ -29,27 +33,67 @@ def cmd_caption(args, settings: Settings) -> int:
     style = chosen_style(args)
     paths = expand_paths(args.paths)
     loaded = load_for_cli("caption", args.model, settings)
-    inputs, results_by_index = [], {}
-    for index, path in enumerate(paths):
-        try:
-            inputs.append((index, read_file(path)))
-        except ImageError as exc:
-            results_by_index[index] = {"path": str(path), "caption": None, "score": None, "error": exc.reason}
-    results = caption_images(loaded, [item for _, item in inputs], options, batch_size=args.batch_size)
-    for (index, _), result in zip(inputs, results):
-        results_by_index[index] = {"path": str(paths[index]), "caption": result.caption, "score": result.score, "error": result.error}
-    ordered = [results_by_index[i] for i in range(len(paths))]
-    for row in ordered:
+    failed, first = False, True
+    with open_output(args.out) as out:
+        for chunk in read_ahead(paths):  # rows are written a chunk at a time: an interrupted run keeps what it did
+            rows, chunk_failed = caption_chunk(loaded, chunk, options, style, args, settings)
+            out.write(format_captions(rows, args.format, header=first))
+            out.flush()
+            failed, first = failed or chunk_failed, False
+        if first:
+            out.write(format_captions([], args.format, header=True, styled=not style.plain))
+    return 1 if failed else 0
+
+
+def caption_chunk(loaded, chunk: list, options, style, args, settings: Settings) -> tuple[list[dict], bool]:
+    """Rows for a chunk of (path, ImageInput | ImageError), in order; True when any image or its styling failed."""
+    readable = [item for _, item in chunk if not isinstance(item, ImageError)]
+    results = iter(caption_images(loaded, readable, options, batch_size=args.batch_size))
+    rows, captioned = [], []
+    for path, item in chunk:
+        if isinstance(item, ImageError):
+            row, result = {"path": str(path), "caption": None, "score": None, "error": item.reason}, None
+        else:
+            result = next(results)
+            row = {"path": str(path), "caption": result.caption, "score": result.score, "error": result.error}
+        rows.append(row)
         if row["error"]:
-            say(f"{row['path']}: {row['error']}")
+            say(f"{path}: {row['error']}")
+        else:
+            captioned.append((row, result))
     styled_ok = True
     if not style.plain:
-        for row in ordered:
+        for row in rows:
             row["styled"] = None  # every line has the key; a failed image or styling leaves it null
-        captioned = [(results_by_index[index], result) for (index, _), result in zip(inputs, results) if result.ok]
-        styled_ok = add_styled(captioned, style, args, settings)
-    write_captions(ordered, args.format, args.out)
-    return 1 if any(row["error"] for row in ordered) or not styled_ok else 0
+        styled_ok = add_styled(captioned, style, args, settings) if captioned else True
+    return rows, any(row["error"] for row in rows) or not styled_ok
+
+
+def read_ahead(paths: list[Path]):
+    """Chunks of (path, ImageInput or the ImageError reading it gave), each read in a thread while the one before
+    is captioned; at most CHUNK_FILES files and CHUNK_BYTES bytes a chunk."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    queued = iter(paths)
+
+    def read_chunk() -> list:
+        chunk, size = [], 0
+        for path in queued:
+            try:
+                item = read_file(path)
+                size += len(item.data)
+            except ImageError as exc:
+                item = exc
+            chunk.append((path, item))
+            if len(chunk) >= CHUNK_FILES or size >= CHUNK_BYTES:
+                break
+        return chunk
+
+    with ThreadPoolExecutor(1, "read-ahead") as reader:
+        coming = reader.submit(read_chunk)
+        while chunk := coming.result():
+            coming = reader.submit(read_chunk)
+            yield chunk
 
 
 def chosen_style(args):
@@ -123,10 +167,13 @@ def expand_paths(raw: list[str]) -> list[Path]:
     return paths
 
 
-def write_captions(rows: list[dict], fmt: str, out: Path | None) -> None:
-    """The rows in the asked format, to the --out file or stdout."""
-    text = format_captions(rows, fmt)
-    if out:
-        out.write_text(text, encoding="utf-8", newline="")
-    else:
-        sys.stdout.write(text)
+def open_output(out: Path | None):
+    """The --out file (written as rows are done), or stdout; one clear error when it cannot be written."""
+    import contextlib
+
+    if not out:
+        return contextlib.nullcontext(sys.stdout)
+    try:
+        return open(out, "w", encoding="utf-8", newline="")
+    except OSError as exc:
+        raise UserError(f"--out {out}: cannot be written ({exc.strerror or exc})") from None
