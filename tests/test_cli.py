@@ -122,8 +122,8 @@ def test_demo_images_writes_pictures_and_captions(tmp_path):
 
 
 def test_a_folder_bigger_than_memory_is_read_a_chunk_ahead_and_written_as_it_goes(home, tmp_path, monkeypatch):
-    """A curator's folder of any size: files are read at most a chunk ahead of the captioner, and the rows of each
-    finished chunk are in --out before the next is captioned (an interrupted run keeps them)."""
+    """A curator's folder of any size: files are read at most a chunk ahead of the two chunks being captioned, and
+    the rows of each finished chunk are in --out before more is read (an interrupted run keeps them)."""
     from captioner.cli import captions
     from captioner.cli.parser import build_parser
     from captioner.settings import Settings
@@ -156,8 +156,9 @@ def test_a_folder_bigger_than_memory_is_read_a_chunk_ahead_and_written_as_it_goe
     expected[3] = None
     assert [line["caption"] for line in lines] == expected and [line["path"][-6:] for line in lines] == [f"{i:02d}.png" for i in range(10)]
     assert "error" in lines[3] and "error" not in lines[4]
-    assert [rows for _, rows in seen] == [0, 3, 6, 9]  # each chunk's rows were written before the next was captioned
-    assert all(reads <= 3 * (chunk + 2) for chunk, (reads, _) in enumerate(seen))  # one chunk ahead at most
+    assert len(seen) == 4 and all(rows >= 3 * (chunk - 1) for chunk, (_, rows) in enumerate(seen))  # a chunk's rows
+    # are written before the chunk two after it is captioned; files are read at most one chunk ahead of those
+    assert all(reads <= 3 * (chunk + 2) for chunk, (reads, _) in enumerate(seen))
 
 
 def test_an_out_file_that_cannot_be_written_is_one_error_before_any_image_is_captioned(home, tmp_path):
@@ -166,3 +167,23 @@ def test_an_out_file_that_cannot_be_written_is_one_error_before_any_image_is_cap
     done = run_cli("caption", picture, "--model", "demo", "--out", out)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines() == [f"captioner: --out {out}: cannot be written (No such file or directory)"]
+
+
+def test_a_caption_run_stopped_after_its_first_chunk_starts_no_more(home, tmp_path, monkeypatch):
+    """Ctrl-C or a failed write: the chunks under way are abandoned, and nothing further is read or captioned."""
+    from captioner.caption import GenerationOptions
+    from captioner.cli import captions
+    from captioner.models import load_captioner
+    from captioner.settings import Settings
+
+    paths = [write(tmp_path, f"{i}.png", zoo.encode(zoo.demo("circle", "red"), "PNG")) for i in range(12)]
+    calls, real_caption = [], captions.caption_images
+    monkeypatch.setattr(captions, "CHUNK_FILES", 2)
+    monkeypatch.setattr(captions, "caption_images", lambda *a, **k: calls.append(1) or real_caption(*a, **k))
+    loaded = load_captioner("demo", Settings.from_env())
+    chunks = captions.captioned_chunks(loaded, paths, GenerationOptions(), None)
+    chunk, results = next(chunks)
+    assert [r.caption for r in results] == ["a red circle"] * 2
+    started = time.monotonic()
+    chunks.close()
+    assert time.monotonic() - started < 5 and len(calls) <= 3

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import sys
+import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..caption import GenerationOptions, caption_images, format_captions
@@ -15,8 +18,8 @@ from .common import UserError, say
 from .serving import load_for_cli
 
 
-CHUNK_FILES = 1024  # files read ahead at most: a folder of any size captions in bounded memory
-CHUNK_BYTES = 256 * 2**20  # ... and at most this many of their bytes (camera photos are big)
+CHUNK_FILES = 512  # files a chunk holds at most: three chunks in memory, so any folder captions in bounded memory
+CHUNK_BYTES = 128 * 2**20  # ... and at most this many of their bytes (camera photos are big)
 
 
 def cmd_caption(args, settings: Settings) -> int:
@@ -35,8 +38,8 @@ def cmd_caption(args, settings: Settings) -> int:
     loaded = load_for_cli("caption", args.model, settings)
     failed, first = False, True
     with open_output(args.out) as out:
-        for chunk in read_ahead(paths):  # rows are written a chunk at a time: an interrupted run keeps what it did
-            rows, chunk_failed = caption_chunk(loaded, chunk, options, style, args, settings)
+        for chunk, results in captioned_chunks(loaded, paths, options, args.batch_size):  # an interrupted run keeps
+            rows, chunk_failed = chunk_rows(chunk, results, style, args, settings)  # the chunks it wrote
             out.write(format_captions(rows, args.format, header=first))
             out.flush()
             failed, first = failed or chunk_failed, False
@@ -45,10 +48,10 @@ def cmd_caption(args, settings: Settings) -> int:
     return 1 if failed else 0
 
 
-def caption_chunk(loaded, chunk: list, options, style, args, settings: Settings) -> tuple[list[dict], bool]:
-    """Rows for a chunk of (path, ImageInput | ImageError), in order; True when any image or its styling failed."""
-    readable = [item for _, item in chunk if not isinstance(item, ImageError)]
-    results = iter(caption_images(loaded, readable, options, batch_size=args.batch_size))
+def chunk_rows(chunk: list, results: list, style, args, settings: Settings) -> tuple[list[dict], bool]:
+    """Rows for a chunk of (path, ImageInput | ImageError) and its readable files' results, in order (styled when
+    a style is asked for); True when any image or its styling failed."""
+    results = iter(results)
     rows, captioned = [], []
     for path, item in chunk:
         if isinstance(item, ImageError):
@@ -69,11 +72,41 @@ def caption_chunk(loaded, chunk: list, options, style, args, settings: Settings)
     return rows, any(row["error"] for row in rows) or not styled_ok
 
 
-def read_ahead(paths: list[Path]):
-    """Chunks of (path, ImageInput or the ImageError reading it gave), each read in a thread while the one before
-    is captioned; at most CHUNK_FILES files and CHUNK_BYTES bytes a chunk."""
-    from concurrent.futures import ThreadPoolExecutor
+def captioned_chunks(loaded, paths: list[Path], options, batch_size: int | None):
+    """(chunk, results of its readable files) in order. The engine is given the next chunk while this one's last
+    batches run (it never waits for work at a chunk's end), and the chunk after that is read meanwhile."""
+    stop = threading.Event()
 
+    def abandon_if_stopped(done: int, total: int) -> None:
+        if stop.is_set():
+            raise Abandoned  # the caller stopped (Ctrl-C, an error): the engine drops what has not started
+
+    def caption(chunk: list) -> list:
+        readable = [item for _, item in chunk if not isinstance(item, ImageError)]
+        return caption_images(loaded, readable, options, batch_size=batch_size, on_progress=abandon_if_stopped)
+
+    with ThreadPoolExecutor(2, "caption-ahead") as captioner:
+        try:
+            waiting = deque()
+            for chunk in read_ahead(paths):
+                waiting.append((chunk, captioner.submit(caption, chunk)))
+                if len(waiting) == 2:
+                    chunk, job = waiting.popleft()
+                    yield chunk, job.result()
+            while waiting:
+                chunk, job = waiting.popleft()
+                yield chunk, job.result()
+        finally:
+            stop.set()
+
+
+class Abandoned(Exception):
+    """Raised inside a chunk's captioning to stop it."""
+
+
+def read_ahead(paths: list[Path]):
+    """Chunks of (path, ImageInput or the ImageError reading it gave), each read in a thread while the ones before
+    are captioned; at most CHUNK_FILES files and CHUNK_BYTES bytes a chunk."""
     queued = iter(paths)
 
     def read_chunk() -> list:
