@@ -64,6 +64,7 @@ def connect(model: str, base_url: str | None, api_key: str | None, timeout: floa
     """A connection to model at base_url (default: OpenAI's API), checked now: the server answers, accepts the
     key and has the model. A server that lists its models is asked for the list; else one 1-token reply."""
     import openai
+    from openai.types.chat import ChatCompletion
 
     if not model.strip():
         raise EndpointError("the model name after 'openai:' is empty")
@@ -78,10 +79,17 @@ def connect(model: str, base_url: str | None, api_key: str | None, timeout: floa
         # no model list here (transformers serve lists only its hub cache): the probe below decides
     except openai.OpenAIError as exc:
         raise found.failed(exc) from None
+    except Exception:  # a 200 that is no model list (a web page at that address, or a server's own format): probe
+        pass
     try:
-        found.client().chat.completions.create(model=model, messages=[{"role": "user", "content": "Hi"}], max_completion_tokens=1)
+        reply = found.client().chat.completions.create(model=model, messages=[{"role": "user", "content": "Hi"}], max_completion_tokens=1)
     except openai.OpenAIError as exc:
         raise found.failed(exc) from None
+    except Exception:  # the client could not read the 200 it got as a reply
+        reply = None
+    if not isinstance(reply, ChatCompletion):  # e.g. the HTML of a web app: every answer would come back empty
+        raise EndpointError(f"the chat server at {found.base_url} did not answer as an OpenAI-compatible server does "
+                            "(no chat completion came back): is OPENAI_BASE_URL right? It usually ends in /v1")  # fmt: skip
     return found
 
 

@@ -26,9 +26,25 @@ def restyle(rewriter: LoadedModel, caption: str, style: Style, facts: list[tuple
         reply = endpoint.stream_text(rewriter.model, system, user, MAX_STYLED_TOKENS)
         return AnswerStream(_styled(reply), rewriter.name, rewriter.version, stop=reply.close)
     tokenizer = rewriter.processor
-    inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True, return_tensors="pt")
+    inputs = _chat_prompt(tokenizer, messages, return_dict=True, return_tensors="pt")
     tokens = stream_generate(rewriter, inputs, tokenizer, max_new_tokens=MAX_STYLED_TOKENS, do_sample=False)
     return AnswerStream(_styled(tokens), rewriter.name, rewriter.version, stop=tokens.close)
+
+
+def _chat_prompt(tokenizer, messages: list[dict], **kwargs):
+    """The rewriter's request through its chat template; one that refuses a system turn (Gemma's, Mistral's) gets the
+    instruction at the top of the user's turn instead."""
+    from jinja2 import TemplateError
+
+    try:
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, **kwargs)
+    except TemplateError:
+        system, user = messages
+        folded = [{"role": "user", "content": f"{system['content']}\n\n{user['content']}"}]
+    try:
+        return tokenizer.apply_chat_template(folded, add_generation_prompt=True, **kwargs)
+    except TemplateError as exc:
+        raise StyleError(f"the caption rewriter's chat template refused the request: {exc}") from None
 
 
 def _styled(chunks):
@@ -57,10 +73,7 @@ def _generate_batch(rewriter: LoadedModel, conversations: list[list[dict]]) -> l
     import torch
 
     tokenizer = rewriter.processor
-    prompts = [
-        tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
-        for messages in conversations
-    ]
+    prompts = [_chat_prompt(tokenizer, messages, tokenize=True, return_dict=True)["input_ids"] for messages in conversations]
     width = max(len(p) for p in prompts)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     input_ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], device=rewriter.device)

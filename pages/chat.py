@@ -22,6 +22,7 @@ st.title("Chat about an image")
 config = shared.settings()
 picked = st.sidebar.selectbox("Q&A model", config.chat_choices, key="chat_model_pick")
 loaded = shared.chat_model(picked)
+state.chat_model_live = picked  # the caption page's `detailed` asks it too (the widget's key is gone there)
 where = f"server {loaded.version}" if loaded.device is None else f"version {loaded.version} · {loaded.device.type}"
 st.sidebar.caption(f"Answering: `{loaded.name}` · {where}")
 
@@ -71,7 +72,10 @@ def save_correction(key: str, turn: Turn, correction: str) -> None:
         state.chat_saved[key] = f"Not saved: {plain(exc)}"
 
 
-for index, turn in enumerate(history):
+pending = state.pop("chat_pending", None)
+# Regenerate keeps the last turn in the history until its new answer is in: a failed redraw loses nothing.
+redrawing = bool(history) and bool(pending) and pending[0] == source.sha256
+for index, turn in enumerate(history[:-1] if redrawing else history):
     key = hashlib.sha1(f"{source.sha256}|{index}|{turn.question}|{turn.answer}".encode()).hexdigest()[:16]
     with st.chat_message("user"):
         st.text(turn.question)
@@ -87,12 +91,10 @@ for index, turn in enumerate(history):
             if key in state.chat_saved:
                 st.success(state.chat_saved[key])
 
-pending = state.pop("chat_pending", None)
-if pending and pending[0] == source.sha256:
-    ask(pending[1], history, sample=True)
+if redrawing:
+    ask(pending[1], history[:-1], sample=True)
 regenerate, clear = st.columns(2)
 if history and regenerate.button("Regenerate the last answer"):
-    state.chats[source.sha256] = history[:-1]
     state.chat_pending = (source.sha256, history[-1].question)
     st.rerun()
 if history and clear.button("Clear the conversation"):

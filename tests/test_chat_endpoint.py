@@ -1,6 +1,10 @@
 """The OpenAI-compatible chat backend against a real `transformers serve` (the tiny LLaVA as its model), and
 the ways a server fails: down, refusing the key, never answering, lacking the model."""
 
+import threading
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
 import pytest
 from PIL import Image
 
@@ -128,6 +132,51 @@ def test_a_model_the_server_lacks_is_one_clear_error(on_server):
     settings, _ = on_server
     with pytest.raises(ModelError, match=r"could not answer with model 'no/such-model' \(HTTP 500"):
         load_chat_model("openai:no/such-model", settings)
+
+
+class _WebPage(BaseHTTPRequestHandler):
+    """Answers every request with 200 and an HTML page, as a web app at that address does (the Streamlit app itself
+    on OPENAI_BASE_URL by mistake): not an OpenAI-compatible server."""
+
+    body = b"<!doctype html><html><body>Hello</body></html>"
+
+    def _page(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    do_GET = do_POST = _page
+
+    def log_message(self, *args):
+        pass
+
+
+@contextmanager
+def web_page_server():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _WebPage)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_address_that_is_no_chat_server_is_one_clear_error_and_the_page_keeps_the_previous_model(home, monkeypatch):
+    with web_page_server() as url:
+        settings = settings_for(monkeypatch, url)
+        with pytest.raises(ModelError, match=r"openai:some-model: the chat server at .* did not answer as an OpenAI-compatible"):
+            load_chat_model("openai:some-model", settings)
+        monkeypatch.setenv("CAPTIONER_QA_MODEL", "demo")
+        monkeypatch.setenv("CAPTIONER_CHAT_MODELS", "openai:some-model")
+        app = start_app("pages/chat.py")
+        with_image(app)
+        app.sidebar.selectbox[0].set_value("openai:some-model").run()
+        assert not app.exception, app.exception
+        assert any("Still answering with demo" in shown(e.value) and "OpenAI-compatible" in shown(e.value) for e in app.error)
 
 
 def test_an_error_while_answering_is_a_chat_error_and_the_page_keeps_the_previous_model(on_server, monkeypatch):

@@ -90,3 +90,22 @@ def test_switching_models_and_a_model_that_fails_to_load(chat, tiny_blip2_dir):
 def test_a_bad_image_gets_one_clear_error(chat):
     chat.file_uploader[0].set_value(("bad.png", b"\x89PNG\r\n\x1a\n broken", "image/png")).run()
     assert shown(chat.error[0].value).startswith("bad.png: ")
+
+
+def test_a_regenerate_that_fails_keeps_the_answer_it_was_to_replace(chat, monkeypatch):
+    from transformers import BlipForQuestionAnswering
+
+    with_image(chat)
+    ask(chat, "what color is the shape?")
+    working = BlipForQuestionAnswering.generate
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(BlipForQuestionAnswering, "generate", out_of_memory)  # the model fails while drawing again
+    [b for b in chat.button if b.label == "Regenerate the last answer"][0].click().run()
+    assert not chat.exception, chat.exception
+    assert any("failed to answer: CUDA out of memory" in shown(e.value) for e in chat.error)
+    monkeypatch.setattr(BlipForQuestionAnswering, "generate", working)
+    chat.run()
+    assert conversation(chat) == [("user", "what color is the shape?"), ("assistant", "red")]

@@ -111,3 +111,52 @@ def test_the_caption_page_streams_a_styled_caption_and_logs_its_correction_as_a_
     log = FeedbackLog(home / "data")
     assert set_status(log, {row.id}, "approved", "admin") == 1
     assert approved_examples(log)[0] == []  # an approved styled caption never becomes BLIP training data
+
+
+def test_detailed_asks_the_qa_model_picked_on_the_chat_page(home, monkeypatch, tiny_vqa_dir):
+    """The facts come from the Q&A model this session chats with, not the default one loaded in its place (which
+    would also push the picked model out of the shared cache, to be loaded again on the chat page)."""
+    import pages.ui.styles as page_styles
+
+    for name, value in {"CAPTIONER_CAPTION_MODEL": "demo", "CAPTIONER_STYLE_MODEL": "demo", "CAPTIONER_QA_MODEL": "demo",
+                        "CAPTIONER_CHAT_MODELS": str(tiny_vqa_dir)}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    asked, facts = [], page_styles.detail_facts
+    monkeypatch.setattr(page_styles, "detail_facts", lambda qa, images: asked.append(qa.name) or facts(qa, images))
+    app = start_app("pages/chat.py")
+    app.sidebar.selectbox[0].set_value(str(tiny_vqa_dir)).run()
+    assert any(str(tiny_vqa_dir) in c.value for c in app.sidebar.caption)
+    app.switch_page("pages/caption.py").run()
+    app.selectbox(key="caption_style").set_value("detailed").run()
+    app.file_uploader[0].set_value([("pic.png", zoo.encode(zoo.demo("circle", "green"), "PNG"), "image/png")]).run()
+    assert not app.exception, app.exception
+    assert asked == [str(tiny_vqa_dir)]
+
+
+# Gemma's (and Mistral's) templates refuse a system turn: the instruction must then travel in the user's turn.
+NO_SYSTEM_TEMPLATE = (
+    "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+    "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}</s>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def test_a_rewriter_whose_template_refuses_a_system_turn_still_gets_the_instruction(settings, tmp_path, monkeypatch):
+    import shutil
+
+    from captioner.demo import demo_model_dir
+
+    folder = shutil.copytree(demo_model_dir("style"), tmp_path / "no-system-rewriter")
+    (folder / "chat_template.jinja").write_text(NO_SYSTEM_TEMPLATE)
+    rewriter = load_style_model(str(folder), settings)
+    seen, generate = [], rewriter.model.generate
+
+    def recording(*args, **kwargs):
+        seen.append(rewriter.processor.decode(kwargs["input_ids"][-1], skip_special_tokens=True))
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(rewriter.model, "generate", recording)
+    streamed = restyle(rewriter, "a red circle", style_for("social")).read()
+    batched = restyle_batch(rewriter, ["a blue square", "a red circle"], style_for("social"))
+    assert streamed == batched[1]
+    assert len(seen) == 2 and all(INSTRUCTIONS["social"] in prompt and "Caption: a red circle" in prompt for prompt in seen)
