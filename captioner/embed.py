@@ -147,8 +147,16 @@ def embed_images(
         done += count
         if on_progress:
             on_progress(done, total)
-    dim = vectors[0].shape[1] if vectors else int(loaded.model.text_projection.shape[-1])
+    dim = vectors[0].shape[1] if vectors else embedding_dim(loaded)
     return Embedded(np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32), ok, errors)
+
+
+def embedding_dim(loaded: LoadedModel) -> int:
+    """The length of the model's vectors: a CLIP's text projection tells it; other towers (SigLIP, EVA) are asked."""
+    projection = getattr(loaded.model, "text_projection", None)
+    if projection is not None and hasattr(projection, "shape"):  # a Linear, None or no attribute at all: ask
+        return int(projection.shape[-1])
+    return len(embed_texts(loaded, [""])[0])
 
 
 def unit_rows(features):
@@ -226,7 +234,7 @@ def embed_texts(loaded: LoadedModel, texts: Sequence[str]) -> np.ndarray:
             cache.move_to_end(text)
         while len(cache) > TEXT_CACHE_SIZE:
             cache.popitem(last=False)
-    dim = int(loaded.model.text_projection.shape[-1]) if not texts else len(known[texts[0]])
+    dim = embedding_dim(loaded) if not texts else len(known[texts[0]])
     return np.stack([known[text] for text in texts]) if texts else np.zeros((0, dim), np.float32)
 
 

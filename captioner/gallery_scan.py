@@ -15,6 +15,7 @@ from .images import MAX_FILE_BYTES, UPLOAD_TYPES, ImageError
 
 _IMAGE_SUFFIXES = frozenset(UPLOAD_TYPES)
 OUTSIDE = "a symbolic link to outside the gallery; not followed (set CAPTIONER_GALLERY_FOLLOW_LINKS=1 to allow)"
+LOOP = "a symbolic link back into the gallery (loop); not followed"
 
 
 class GalleryProblem(Exception):
@@ -39,9 +40,21 @@ def scan_gallery(gallery: Path, follow_links: bool = False) -> Scan:
         raise GalleryProblem(f"the gallery {gallery} is not a folder")
     root = os.path.realpath(gallery)
     scan, seen = Scan(), {_identity(root)}
-    folders = [(root, "")]
-    while folders:
-        folder, prefix = folders.pop()
+    folders, linked = [(root, "")], []
+    while folders or linked:
+        if folders:
+            folder, prefix = folders.pop()
+        else:  # folders links lead to come after every folder reached without one: a folder keeps its own name
+            folder, prefix = linked.pop()
+            try:
+                identity = _identity(folder)
+            except OSError as exc:
+                scan.skipped.append((prefix.rstrip("/"), f"cannot be read ({exc.strerror})"))
+                continue
+            if identity in seen:
+                scan.ignored.append((prefix.rstrip("/"), LOOP))
+                continue
+            seen.add(identity)
         try:
             with os.scandir(folder) as listing:
                 children = sorted(listing, key=lambda entry: entry.name, reverse=True)
@@ -60,10 +73,12 @@ def scan_gallery(gallery: Path, follow_links: bool = False) -> Scan:
                 is_link = entry.is_symlink()
                 if is_link and not follow_links and not _inside(root, os.path.realpath(entry.path)):
                     scan.ignored.append((relative, OUTSIDE))
+                elif entry.is_dir() and is_link:
+                    linked.append((entry.path, relative + "/"))
                 elif entry.is_dir():
                     identity = _identity(entry.path)
                     if identity in seen:
-                        scan.ignored.append((relative, "a symbolic link back into the gallery (loop); not followed"))
+                        scan.ignored.append((relative, LOOP))
                     else:
                         seen.add(identity)
                         folders.append((entry.path, relative + "/"))

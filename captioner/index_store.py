@@ -124,11 +124,12 @@ def load_index(root: Path, gallery: Path, model: str, version: str) -> GalleryIn
             raise IndexProblem(f"the index has format {meta.get('format')}, this app reads {FORMAT}")
         if (meta.get("model"), meta.get("model_version")) != (model, version):
             raise IndexProblem(f"the index was made by {meta.get('model')} ({meta.get('model_version')}), not by {model} ({version})")
-        table = EntryTable(json.loads((root / name / "paths.json").read_text()), np.load(root / name / "entries.npy"))
+        paths = json.loads((root / name / "paths.json").read_bytes().decode("utf-8", "surrogateescape"))
+        table = EntryTable(paths, np.load(root / name / "entries.npy"))
         return GalleryIndex(Path(gallery), meta, table, *_open_structure(root, meta, table))
     except IndexProblem:
         raise
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, EOFError) as exc:  # numpy: EOFError for an empty file
         raise IndexProblem(f"the index files are damaged ({_first_line(exc)})") from None
 
 
@@ -199,7 +200,8 @@ def write_generation(root: Path, meta: dict, table: EntryTable) -> str:
     name = f"gen-{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:6]}"
     staging = root / f".{name}.tmp"
     staging.mkdir()
-    (staging / "paths.json").write_text(json.dumps(table.paths, ensure_ascii=False))
+    # a file name that is not UTF-8 (Linux allows any bytes) is kept as its own bytes, as os.fsdecode read it
+    (staging / "paths.json").write_bytes(json.dumps(table.paths, ensure_ascii=False).encode("utf-8", "surrogateescape"))
     np.save(staging / "entries.npy", table.columns)
     (staging / "meta.json").write_text(json.dumps({**meta, "format": FORMAT, "generation": name}, indent=1) + "\n")
     _fsync_files(staging)

@@ -81,7 +81,7 @@ def update_index(
             raise IndexProblem(str(exc)) from None
         report.skipped, report.ignored = scan.skipped, scan.ignored
         kept, to_read, known = _compare(scan, old, report)
-        fresh, new_vectors, new_position = _read_and_embed(embedder, gallery, to_read, known, report, on_progress)
+        fresh, new_vectors, new_position, unread = _read_and_embed(embedder, gallery, to_read, known, report, on_progress)
         base = sum(rows for _, rows in old.meta["segments"]) if old else 0
         added = EntryTable.from_rows([
             (relative, sha, *scan.found[relative], base + new_position[sha] if known.get(sha) is None else known.get(sha))
@@ -90,9 +90,9 @@ def update_index(
         table = old.table.take(kept).plus(added) if old else added
         report.changed = sum(1 for relative in fresh if old and old.entry_of(relative) is not None)
         report.added = len(fresh) - report.changed
-        failed = [
+        failed = [  # remembered, never read again; not a file that could not be read (chmod leaves its mtime)
             {"path": path, "size": scan.found[path][0], "mtime_ns": scan.found[path][1], "reason": reason}
-            for path, reason in report.skipped if path in scan.found
+            for path, reason in report.skipped if path in scan.found and path not in unread
         ]  # fmt: skip
         if old and not fresh and not report.removed and failed == old.meta.get("failed", []):
             report.seconds = time.time() - started
@@ -128,8 +128,9 @@ def _compare(scan, old: GalleryIndex | None, report: UpdateReport) -> tuple[np.n
     position = {path: i for i, path in enumerate(old.paths)}
     where = np.fromiter((position.get(path, -1) for path in found), np.int64, len(found))
     size_mtime = np.array([scan.found[path] for path in found], dtype=np.int64).reshape(-1, 2)
-    columns = old.table.columns[np.maximum(where, 0)]
-    same = (where >= 0) & (columns["size"] == size_mtime[:, 0]) & (columns["mtime_ns"] == size_mtime[:, 1])
+    same = where >= 0  # an old table of no entries has no row to look at: only paths it holds are compared
+    columns = old.table.columns[where[same]]
+    same[same] = (columns["size"] == size_mtime[same, 0]) & (columns["mtime_ns"] == size_mtime[same, 1])
     failed_before = {f["path"]: f for f in old.meta.get("failed", [])}
     to_read = []
     for i in np.flatnonzero(~same).tolist():
@@ -154,10 +155,11 @@ def _read_hashed(gallery: Path, relative: str):
 
 def _read_and_embed(embedder, gallery, to_read, known, report, on_progress):
     """Read each file once, reuse vectors of content already indexed, embed the rest (streamed, never all in memory).
-    Returns relative -> sha of every file read, the new vectors, and sha -> position in them."""
+    Returns relative -> sha of every file read, the new vectors, sha -> position in them, and the files not read."""
     from .embed import embed_images
 
     fresh: dict[str, str] = {}
+    unread: set[str] = set()
     handed: list[str] = []  # sha of each input given to the embedder, in order
     started, done = time.time(), 0
 
@@ -167,6 +169,7 @@ def _read_and_embed(embedder, gallery, to_read, known, report, on_progress):
             for relative, item in batch:
                 if isinstance(item, ImageError):
                     report.skipped.append((relative, item.reason))
+                    unread.add(relative)
                     continue
                 fresh[relative] = item.sha256
                 if known.get(item.sha256) is None and item.sha256 not in handed_set:
@@ -186,7 +189,7 @@ def _read_and_embed(embedder, gallery, to_read, known, report, on_progress):
             del fresh[relative]
     report.embedded = len(embedded.ok)
     report.reused = len(fresh) - report.embedded
-    return fresh, embedded.vectors, {handed[position]: j for j, position in enumerate(embedded.ok)}
+    return fresh, embedded.vectors, {handed[position]: j for j, position in enumerate(embedded.ok)}, unread
 
 
 def _arrange(root, old, table: EntryTable, new_vectors, embedder, flat_limit, report):
@@ -203,13 +206,18 @@ def _arrange(root, old, table: EntryTable, new_vectors, embedder, flat_limit, re
         why = f"{len(rows):,} vectors, over {RETRAIN_GROWTH}x the {layout.trained_on:,} its IVF was trained on"
     elif total and (total - len(rows)) / total > DEAD_FRACTION:
         why = f"{total - len(rows):,} of {total:,} vectors belong to no file any more"
+    trained = None
+    if layout is not None and not why and layout.kind == "ivf":
+        try:
+            trained = read_trained(root, layout)
+        except (OSError, RuntimeError):  # FAISS raises RuntimeError for a missing or garbled file
+            why = f"the IVF centroids ({layout.centroids}) are missing or damaged: trained again from the stored vectors"
     if layout is None or why:
         report.rewritten_because = why
         parts = (segment_vectors(root, old.meta) if old else []) + [new_vectors]
         table = table.with_rows(np.searchsorted(rows, table.columns["row"]))  # live rows renumbered 0..n-1
         segments, layout = _build(root, _gather(parts, rows, new_vectors.shape[1]), flat_limit, embedder)
         return table, segments, layout
-    trained = read_trained(root, layout) if layout.kind == "ivf" else None
     segments = list(old_segments)
     if len(new_vectors):
         segments.append((write_segment(root, new_vectors, _ivf_of(new_vectors, trained)), len(new_vectors)))
@@ -250,4 +258,6 @@ def _gather(parts: list[np.ndarray], rows: np.ndarray, dim: int) -> np.ndarray:
 
 
 def _text_dim(embedder) -> int:
-    return int(embedder.model.text_projection.shape[-1])
+    from .embed import embedding_dim
+
+    return embedding_dim(embedder)

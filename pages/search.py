@@ -5,6 +5,8 @@ from pages import inside_the_app
 inside_the_app()  # first: a deep link on a fresh server is rerun inside the app before this page loads anything
 
 
+import os
+
 import streamlit as st
 
 from captioner.gallery_scan import gallery_file
@@ -22,16 +24,21 @@ st.caption(f"Gallery folder: {plain(config.gallery)} (set CAPTIONER_GALLERY to u
 
 
 @st.cache_data(max_entries=1024, show_spinner=False)
-def thumbnail(path: str, size: int, mtime_ns: int) -> bytes:
+def thumbnail(path: bytes, size: int, mtime_ns: int) -> bytes:
     """A small JPEG of a gallery picture, made once per file version: a rerun neither decodes nor encodes it."""
-    return thumbnail_jpeg(read_file(path), 256)
+    return thumbnail_jpeg(read_file(os.fsdecode(path)), 256)
+
+
+def shown_name(relative: str) -> str:
+    """A gallery path as text a browser can take: bytes of a file name that are not UTF-8 (Linux allows any) show as �."""
+    return relative.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def show_thumbnail(column, relative: str) -> None:
     try:
         path = gallery_file(config.gallery.resolve(), relative, config.gallery_follow_links)
-        stat = path.stat()
-        column.image(thumbnail(str(path), stat.st_size, stat.st_mtime_ns), width="stretch")
+        stat = path.stat()  # the path goes to the cache as bytes: a name that is not UTF-8 cannot be hashed as text
+        column.image(thumbnail(os.fsencode(path), stat.st_size, stat.st_mtime_ns), width="stretch")
     except ImageError as exc:
         column.warning(plain(exc.reason))
     except OSError as exc:
@@ -82,7 +89,7 @@ if report:
             st.warning(plain(note))
     if report.skipped or report.ignored:
         with st.expander(f"{len(report.skipped)} skipped, {len(report.ignored)} ignored"):
-            st.dataframe([{"file": p, "why": r} for p, r in report.skipped + report.ignored], hide_index=True)
+            st.dataframe([{"file": shown_name(p), "why": r} for p, r in report.skipped + report.ignored], hide_index=True)
 if index is None:
     st.stop()
 st.caption(f"{len(index)} images indexed ({index.kind} index, updated {plain(index.meta['updated'])})")
@@ -102,7 +109,7 @@ try:
         matches = [p for p in index.paths if needle.lower() in p.lower()] if needle else index.paths
         if len(matches) > PICKER_LIMIT:
             st.caption(f"{len(matches):,} files match; the first {PICKER_LIMIT} are listed, type to narrow them down.")
-        picked = st.selectbox("Query image", matches[:PICKER_LIMIT])
+        picked = st.selectbox("Query image", matches[:PICKER_LIMIT], format_func=shown_name)
         if picked:
             show_thumbnail(st.columns(6)[0], picked)
         hits = search_gallery_image(index, picked, top_k) if picked else None
@@ -132,4 +139,4 @@ for start in range(0, len(shown), 4):
     for column, hit in zip(st.columns(4), shown[start : start + 4]):
         relative = hit.path.relative_to(root).as_posix()
         show_thumbnail(column, relative)
-        column.text(f"{hit.score:.3f} · {relative}" + (" · near-duplicate" if hit.near_duplicate else ""))
+        column.text(f"{hit.score:.3f} · {shown_name(relative)}" + (" · near-duplicate" if hit.near_duplicate else ""))

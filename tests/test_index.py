@@ -138,12 +138,117 @@ def test_bad_files_are_skipped_and_listed_never_fatal(clip, gallery, settings):
     assert report.added == 0 and dict(report.skipped) == skipped  # bad files are remembered, not re-read
 
 
+def test_a_file_that_could_not_be_read_is_read_again_at_the_next_update(clip, gallery, settings, monkeypatch):
+    from captioner import images
+
+    real_read = images.read_file
+
+    def refused(path, name=None):  # as the OS answers for a file without read permission (chmod 000)
+        if name == "1-blue-square.png":
+            raise ImageError(name, "permission denied")
+        return real_read(path, name)
+
+    monkeypatch.setattr(images, "read_file", refused)
+    index, report = update_index(clip, gallery, settings.data_dir)
+    assert dict(report.skipped) == {"1-blue-square.png": "permission denied"} and len(index) == 3
+    monkeypatch.setattr(images, "read_file", real_read)  # the permissions are fixed: size and mtime stay as they were
+    index, report = update_index(clip, gallery, settings.data_dir)
+    assert report.skipped == [] and (report.added, len(index)) == (1, 4) and "1-blue-square.png" in index.paths
+
+
+def test_a_file_name_that_is_not_utf8_is_indexed_and_found(clip, gallery, settings):
+    name = b"caf\xe9-photo.png"  # Latin-1, as a zip made on an old Windows unpacks on Linux
+    try:
+        with open(os.path.join(os.fsencode(gallery), name), "wb") as handle:
+            handle.write(zoo.encode(zoo.demo("star", "blue", 90), "PNG"))
+    except OSError:
+        pytest.skip("this file system refuses names that are not UTF-8")
+    index, report = update_index(clip, gallery, settings.data_dir)
+    assert (report.added, len(index)) == (5, 5) and os.fsdecode(name) in index.paths
+    root = index_root(settings.data_dir, gallery, clip.name)
+    index = load_index(root, gallery.resolve(), clip.name, clip.version)
+    query = ImageInput("q.png", (gallery / os.fsdecode(name)).read_bytes())
+    assert os.fsencode(search_image(clip, index, query, k=1)[0].path.name) == name
+    again, report = update_index(clip, gallery, settings.data_dir)
+    assert (report.unchanged, report.added) == (5, 0)
+
+
+def test_the_search_cli_prints_a_name_that_is_not_utf8_so_json_gives_it_back(home, gallery):
+    from conftest import run_cli
+
+    name = b"caf\xe9-photo.png"
+    try:
+        with open(os.path.join(os.fsencode(gallery), name), "wb") as handle:
+            handle.write(zoo.encode(zoo.demo("circle", "red", 90), "PNG"))
+    except OSError:
+        pytest.skip("this file system refuses names that are not UTF-8")
+    done = run_cli("search", "--text", "a red circle", "-k", "5", "--gallery", gallery, "--model", "demo",
+                   env={"CAPTIONER_HOME": str(home)})  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    found = [json.loads(line)["path"] for line in done.stdout.splitlines()]
+    assert len(found) == 5 and os.path.join(os.fsencode(gallery.resolve()), name) in map(os.fsencode, found)
+
+
 def test_missing_and_empty_galleries(clip, tmp_path, settings):
     with pytest.raises(IndexProblem, match="does not exist"):
         update_index(clip, tmp_path / "nowhere", settings.data_dir)
     (tmp_path / "empty").mkdir()
     index, report = update_index(clip, tmp_path / "empty", settings.data_dir)
     assert len(index) == 0 and search_text(clip, index, "a red circle") == []
+
+
+def test_pictures_added_after_an_update_that_indexed_nothing_are_indexed(clip, gallery, tmp_path, settings):
+    empty = tmp_path / "starts-empty"
+    empty.mkdir()
+    index, _ = update_index(clip, empty, settings.data_dir)
+    assert len(index) == 0
+    (empty / "a.png").write_bytes((gallery / "0-red-circle.png").read_bytes())
+    index, report = update_index(clip, empty, settings.data_dir)
+    assert (report.added, report.embedded, index.paths) == (1, 1, ["a.png"])
+
+    index, _ = update_index(clip, gallery, settings.data_dir)
+    moved = {p.name: p.read_bytes() for p in gallery.glob("*.png")}
+    for name in moved:
+        (gallery / name).unlink()
+    index, report = update_index(clip, gallery, settings.data_dir)  # every file gone: an index of nothing
+    assert (len(index), report.removed) == (0, 4)
+    for name, data in moved.items():
+        (gallery / name).write_bytes(data)
+    index, report = update_index(clip, gallery, settings.data_dir)
+    assert (len(index), report.added) == (4, 4)
+    assert len(search_text(clip, index, "a red circle", k=10)) == 4
+
+
+@pytest.fixture
+def custom_text_clip(settings, tmp_path):
+    """A tiny open_clip CustomTextCLIP (as SigLIP, EVA and MobileCLIP are): its text tower keeps its own projection."""
+    import open_clip
+    import torch
+
+    from captioner.embed import write_open_clip_folder
+    from tiny_models import TINY_CLIP
+
+    folder, config = tmp_path / "custom-text-clip", {**TINY_CLIP, "custom_text": True}
+    preprocess = {"size": 32, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
+    write_open_clip_folder(None, config, preprocess, folder)
+    torch.manual_seed(0)
+    write_open_clip_folder(open_clip.create_model(f"local-dir:{folder}"), config, preprocess, folder)
+    loaded = load_embedder(str(folder), settings)
+    assert type(loaded.model).__name__ == "CustomTextCLIP"
+    return loaded
+
+
+def test_updates_that_embed_nothing_work_with_a_custom_text_tower(custom_text_clip, gallery, tmp_path, settings):
+    index, report = update_index(custom_text_clip, gallery, settings.data_dir)
+    assert (len(index), report.embedded) == (4, 4)
+    index, report = update_index(custom_text_clip, gallery, settings.data_dir)  # nothing new to embed
+    assert (len(index), report.unchanged) == (4, 4)
+    (gallery / "3-yellow-circle.png").unlink()
+    index, report = update_index(custom_text_clip, gallery, settings.data_dir)
+    assert (len(index), report.removed) == (3, 1) and len(search_text(custom_text_clip, index, "a red circle")) == 3
+    (tmp_path / "none").mkdir()
+    index, _ = update_index(custom_text_clip, tmp_path / "none", settings.data_dir)
+    assert len(index) == 0 and search_text(custom_text_clip, index, "a red circle") == []
 
 
 def test_search_by_text_and_image_with_near_duplicates(clip, gallery, settings):
@@ -179,6 +284,18 @@ def test_an_index_made_by_another_model_or_damaged_is_rebuilt(clip, gallery, set
     (generation / "paths.json").write_text(json.dumps(paths))
     for segment in (root / "segments").glob("seg-*"):
         (segment / "vectors.npy").write_bytes(b"garbage")
+    index, report = open_or_build(clip, gallery, settings.data_dir)
+    assert "damaged" in report.rebuilt_because and len(index) == 4
+
+
+@pytest.mark.parametrize("emptied", ["entries.npy", "vectors.npy"])
+def test_an_index_file_left_empty_is_damaged_and_rebuilt(clip, gallery, settings, emptied):
+    update_index(clip, gallery, settings.data_dir)
+    root = index_root(settings.data_dir, gallery, clip.name)
+    folder = root / current_generation(root) if emptied == "entries.npy" else next((root / "segments").glob("seg-*"))
+    (folder / emptied).write_bytes(b"")  # as a disk that filled up, or a copy cut short, leaves it
+    with pytest.raises(IndexProblem, match="damaged"):
+        load_index(root, gallery.resolve(), clip.name, clip.version)
     index, report = open_or_build(clip, gallery, settings.data_dir)
     assert "damaged" in report.rebuilt_because and len(index) == 4
 

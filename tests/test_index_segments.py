@@ -92,6 +92,22 @@ def test_an_ivf_index_grows_by_segments_and_deleted_files_never_come_back(clip, 
     assert not {hit.path.name for hit in hits} & {path.name for path in gone} and len(hits) == 130
 
 
+@pytest.mark.parametrize("damage", ["missing", "garbage"])
+def test_damaged_ivf_centroids_are_retrained_from_the_stored_vectors(clip, gallery, settings, damage):
+    add_pictures(gallery, 12, 108)
+    index, _ = update_index(clip, gallery, settings.data_dir, flat_limit=50)
+    root = index_root(settings.data_dir, gallery, clip.name)
+    centroids = root / "segments" / index.meta["layout"]["centroids"]
+    centroids.unlink() if damage == "missing" else centroids.write_bytes(b"garbage")
+    add_pictures(gallery, 200, 5)
+    index, report = update_index(clip, gallery, settings.data_dir, flat_limit=50)
+    assert "centroids" in report.rewritten_because and (report.added, report.embedded) == (5, 5)
+    assert index.kind == "ivf" and len(index) == 125 and (root / "segments" / index.meta["layout"]["centroids"]).is_file()
+    index.structure.set_nprobe(index.meta["layout"]["nlist"])
+    found, rows = self_hits(index)
+    assert (found == rows).mean() >= 0.98
+
+
 def test_deleting_most_files_compacts_and_many_segments_merge(clip, gallery, settings, monkeypatch):
     update_index(clip, gallery, settings.data_dir)
     monkeypatch.setattr(index_update, "MAX_SEGMENTS", 3)
@@ -132,6 +148,18 @@ def test_links_out_of_the_gallery_are_ignored_unless_allowed(clip, gallery, sett
     assert gallery_file(gallery, "inside-link.png") == gallery / "inside-link.png"
     with pytest.raises(ImageError, match="outside-file.png: leads outside the gallery"):
         gallery_file(gallery, "outside-file.png")
+
+
+def test_a_link_to_a_folder_of_the_gallery_leaves_the_folder_indexed_under_its_own_name(clip, gallery, settings):
+    (gallery / "2023").mkdir()
+    names = add_pictures(gallery / "2023", 400, 2)
+    os.symlink("2023", gallery / "favourites")  # sorts after 2023, and is walked first, whatever the order
+    os.symlink("2023", gallery / "0-latest")
+    index, report = update_index(clip, gallery, settings.data_dir)
+    assert {f"2023/{name}" for name in names} <= set(index.paths)
+    assert not any(p.startswith(("favourites/", "0-latest/")) for p in index.paths)
+    ignored = dict(report.ignored)
+    assert "2023" not in ignored and "loop" in ignored["favourites"] and "loop" in ignored["0-latest"]
 
 
 def clip_like(rng, n: int, dim: int, topics: np.ndarray, cone: np.ndarray) -> np.ndarray:

@@ -1,5 +1,6 @@
 """The search page in AppTest: update the index, query by text, image and gallery image; Find similar."""
 
+import os
 
 import pytest
 
@@ -81,3 +82,23 @@ def test_find_similar_from_the_caption_page(search, gallery):
     click(search, "Find similar")
     assert search.radio[0].value == "Captioned image"
     assert all("blue-square" in r for r in result_captions(search)[:3])
+
+
+def test_a_file_name_that_is_not_utf8_is_shown_and_searchable(search, gallery):
+    name = b"caf\xe9-red-circle.png"  # Latin-1, as a zip made on an old Windows unpacks on Linux
+    try:
+        with open(os.path.join(os.fsencode(gallery), name), "wb") as handle:
+            handle.write(zoo.encode(zoo.demo("circle", "red", 120), "PNG"))
+    except OSError:
+        pytest.skip("this file system refuses names that are not UTF-8")
+    click(search, "Update index")
+    assert "41 added" in search.success[0].value
+    search.text_input[0].set_value("a red circle").run()
+    assert not search.exception, search.exception
+    assert any("caf\ufffd-red-circle.png" in r for r in result_captions(search))
+    search.radio[0].set_value("Gallery image").run()
+    search.text_input[0].set_value("caf").run()
+    search.selectbox[0].select_index(0).run()
+    assert not search.exception, search.exception
+    results = result_captions(search)
+    assert "caf\ufffd-red-circle.png" in results[0] and "near-duplicate" in results[0]

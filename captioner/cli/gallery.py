@@ -81,5 +81,7 @@ def cmd_search(args, settings: Settings) -> int:
         say(str(exc))
         return 1
     for hit in hits:
-        print(json.dumps({"path": str(hit.path), "score": round(hit.score, 6)}, ensure_ascii=False))
+        record = {"path": str(hit.path), "score": round(hit.score, 6)}
+        # a file name that is not UTF-8 (os.fsdecode keeps its bytes as \udcXX) goes as escapes json.loads gives back
+        print(json.dumps(record, ensure_ascii=any("\udc80" <= char <= "\udcff" for char in record["path"])))
     return 0
