@@ -15,7 +15,7 @@ from captioner.restyle import detail_facts, restyle, restyle_batch
 from captioner.review import set_status
 from captioner.settings import Settings
 from captioner.styles import INSTRUCTIONS, StyleError, rewrite_messages, style_for
-from conftest import at_a_real_pace, run_cli, start_app
+from conftest import at_a_real_pace, needs, run_cli, start_app
 from finetune.data import approved_examples
 from torch_threads import one_torch_thread  # noqa: F401 (autouse: one torch thread here)
 
@@ -116,6 +116,7 @@ def test_the_caption_page_streams_a_styled_caption_and_logs_its_correction_as_a_
 def test_detailed_asks_the_qa_model_picked_on_the_chat_page(home, monkeypatch, tiny_vqa_dir):
     """The facts come from the Q&A model this session chats with, not the default one loaded in its place (which
     would also push the picked model out of the shared cache, to be loaded again on the chat page)."""
+    needs("streamlit")  # before the page module's import, which imports it (the GPU device image has none)
     import pages.ui.styles as page_styles
 
     for name, value in {"CAPTIONER_CAPTION_MODEL": "demo", "CAPTIONER_STYLE_MODEL": "demo", "CAPTIONER_QA_MODEL": "demo",
