@@ -24,4 +24,5 @@ from pages.ui import shared  # noqa: E402
 
 shared.admin_password()  # made up and printed to the server log at start when none is configured
 shared.sidebar_models()
+shared.keep_widget_values()  # settings chosen on one page are there when its person comes back
 navigation.run()

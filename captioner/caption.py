@@ -54,19 +54,24 @@ def caption_stream(
         return
 
 
+CORRECTION_COLUMNS = ("correction", "styled_correction")  # the caption page's download: what its person saved
+
+
 def format_captions(rows: list[dict], fmt: str, header: bool = True, styled: bool | None = None) -> str:
-    """Rows of {path, caption, score, error} (+ styled, with a style) as jsonl (one object per input, in order),
-    csv, or txt (captioned only). The score (mean token log-probability) is rounded to 4 decimals; null/empty
-    when there is no caption. header=False leaves out the CSV header (rows appended to earlier ones); styled says
-    whether the CSV has a styled column (default: when a row has the key)."""
+    """Rows of {path, caption, score, error} (+ styled, with a style; + correction and styled_correction, the texts
+    a person saved) as jsonl (one object per input, in order), csv, or txt (captioned only). The score (mean token
+    log-probability) is rounded to 4 decimals; null/empty when there is no caption. header=False leaves out the CSV
+    header (rows appended to earlier ones); styled says whether the CSV has a styled column (default: when a row has
+    the key); the correction columns are there when a row has their key."""
     import csv
     import io
     import json
 
+    saved = [name for name in CORRECTION_COLUMNS if any(name in r for r in rows)]
     if fmt == "jsonl":
         return "".join(
             json.dumps({"path": r["path"], "caption": r["caption"], **({"styled": r["styled"]} if "styled" in r else {}),
-                        "score": _rounded(r.get("score")),
+                        "score": _rounded(r.get("score")), **{name: r[name] for name in saved if name in r},
                         **({"error": r["error"]} if r["error"] else {})}, ensure_ascii=False) + "\n"
             for r in rows
         )  # fmt: skip
@@ -75,9 +80,10 @@ def format_captions(rows: list[dict], fmt: str, header: bool = True, styled: boo
         writer = csv.writer(out, lineterminator="\r\n")
         styled = any("styled" in r for r in rows) if styled is None else styled  # only when a style was asked for
         if header:
-            writer.writerow(["path", "caption", *(["styled"] if styled else []), "error", "score"])
+            writer.writerow(["path", "caption", *(["styled"] if styled else []), "error", "score", *saved])
         writer.writerows([
-            [r["path"], r["caption"] or "", *([r.get("styled") or ""] if styled else []), r["error"] or "", _csv_score(r.get("score"))]
+            [r["path"], r["caption"] or "", *([r.get("styled") or ""] if styled else []), r["error"] or "",
+             _csv_score(r.get("score")), *(r.get(name) or "" for name in saved)]
             for r in rows
         ])  # fmt: skip
         return out.getvalue()

@@ -24,7 +24,7 @@ from filelock import FileLock, Timeout
 
 from .feedback_csv import (
     FIELDS, IMAGE_PATH, OPTIONAL_FIELDS, SAFE_NAME, STATUSES, TASKS, FeedbackError, FeedbackRow, RowProblem,
-    check_row, check_text, format_lines, format_rows, parse_csv, validate_record,
+    check_row, check_text, format_lines, format_rows, parse_csv, tidy_correction, validate_record,
 )  # fmt: skip
 from .feedback_keys import CsvState, EventKeys, event_key
 from .feedback_rewrite import Rewrite, plan, refuse_revived_records
@@ -33,7 +33,7 @@ from .files import append_durably, fsync_dir, now_utc, read_at, remove_stale_tem
 
 __all__ = [  # the log's public face; the schema and codec live in feedback_csv, file helpers in files
     "FIELDS", "OPTIONAL_FIELDS", "STATUSES", "TASKS", "FeedbackError", "FeedbackLog", "FeedbackRow", "RowProblem",
-    "check_text", "format_rows", "parse_csv",
+    "check_text", "format_rows", "parse_csv", "tidy_correction",
 ]  # fmt: skip
 
 LOCK_TIMEOUT_S = 30
@@ -121,6 +121,7 @@ class FeedbackLog:
             raise FeedbackError(f"linked_to {str(linked_to)[:80]!r} is not a row id (letters, digits, . _ -)")
         settings_text = json.dumps(settings or {}, sort_keys=True, ensure_ascii=False)
         check_text("settings", settings_text)
+        correction = tidy_correction(task, correction, model_output)
         sha, image_path = self.store_image(image_bytes, extension)
         row = FeedbackRow(
             id=str(uuid.uuid4()), created_at=now_utc(), image_sha256=sha, image_path=image_path, task=task,

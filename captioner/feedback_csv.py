@@ -271,6 +271,14 @@ def check_text(name: str, value: str, allow_empty: bool = True) -> None:
         ) from None
 
 
+def tidy_correction(task: str, correction: str, model_output: str) -> str:
+    """A typed correction as it is logged: no spaces at either end and, in a caption or an answer, one space between
+    words (a styled caption keeps its line breaks); one that then says what the model said is a confirmation, logged
+    as the model's own words (so a stray newline never turns a confirmation into a correction)."""
+    tidy = (lambda text: text.strip()) if task == "style" else (lambda text: " ".join(text.split()))
+    return model_output if tidy(correction) == tidy(model_output) else tidy(correction)
+
+
 def formatted(row: FeedbackRow) -> bytes:
     """One checked row as the bytes of its CSV record."""
     check_row(row)

@@ -16,6 +16,7 @@ from .images import MAX_FILE_BYTES, UPLOAD_TYPES, ImageError
 _IMAGE_SUFFIXES = frozenset(UPLOAD_TYPES)
 OUTSIDE = "a symbolic link to outside the gallery; not followed (set CAPTIONER_GALLERY_FOLLOW_LINKS=1 to allow)"
 LOOP = "a symbolic link back into the gallery (loop); not followed"
+ALREADY_INDEXED = "a symbolic link to a folder of the gallery, indexed under its own name; not indexed twice"
 
 
 class GalleryProblem(Exception):
@@ -52,7 +53,9 @@ def scan_gallery(gallery: Path, follow_links: bool = False) -> Scan:
                 scan.skipped.append((prefix.rstrip("/"), f"cannot be read ({exc.strerror})"))
                 continue
             if identity in seen:
-                scan.ignored.append((prefix.rstrip("/"), LOOP))
+                link_in = os.path.realpath(os.path.join(root, os.path.dirname(prefix.rstrip("/"))))
+                loop = _inside(os.path.realpath(folder), link_in)  # it leads to a folder it stands in
+                scan.ignored.append((prefix.rstrip("/"), LOOP if loop else ALREADY_INDEXED))
                 continue
             seen.add(identity)
         try:

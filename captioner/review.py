@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from operator import attrgetter
 
-from .feedback import STATUSES, FeedbackError, FeedbackLog, FeedbackRow, check_text
+from .feedback import STATUSES, FeedbackError, FeedbackLog, FeedbackRow, check_text, tidy_correction
 from .feedback_snapshot import Snapshot
 from .files import now_utc
 
@@ -266,8 +266,9 @@ def edit_corrections(log: FeedbackLog, corrections: dict[str, str], reviewer: st
     def transform(rows):
         out = []
         for row in rows:
-            if row.id in corrections and corrections[row.id] != row.correction:
-                row = row._replace(correction=corrections[row.id], reviewed_at=moment, reviewer=reviewer)
+            text = tidy_correction(row.task, corrections[row.id], row.model_output) if row.id in corrections else None
+            if text is not None and text != row.correction:
+                row = row._replace(correction=text, reviewed_at=moment, reviewer=reviewer)
                 changed.append(row.id)
             out.append(row)
         return out

@@ -11,36 +11,40 @@ import streamlit as st
 
 from captioner.caption import CaptionResult, GenerationOptions, caption_images, format_captions
 from captioner.demo.quality import demo_inputs
-from captioner.feedback import FeedbackError
-from captioner.images import UPLOAD_TYPES, ImageInput
+from captioner.feedback import FeedbackError, tidy_correction
+from captioner.images import ImageInput
 from pages.ui import shared
 from pages.ui import styles
 from pages.ui.text import plain
 from pages.ui import similar as fix_similar
 from pages.ui import results as kept
+from pages.ui import uploads
 
 state = st.session_state
 state.setdefault("samples", [])
 state.setdefault("captions", {})
 state.setdefault("thumbnails", {})
-state.setdefault("saved", {})
+state.setdefault("saved", {})  # result key -> (kind, message, the text logged)
+state.setdefault("reviewed", set())  # sha256 of the images whose caption was confirmed or corrected here
 
 st.title("Caption images")
 loaded = shared.caption_model()
-uploads = st.file_uploader("Upload images", type=UPLOAD_TYPES, accept_multiple_files=True)
+uploaded = uploads.uploaded_images()
 make, clear = st.columns(2)
 if make.button("Make demo samples", help="Four fresh images from the demo world"):
     state.samples = demo_inputs(4, seed=random.randrange(2**31))[0]
 if state.samples and clear.button("Clear demo samples"):
     state.samples = []
 
+for key, default in {"gen_beams": 3, "gen_max_new_tokens": 30, "gen_min_new_tokens": 0, "gen_repetition_penalty": 1.0}.items():
+    state.setdefault(key, default)  # defaults here, not in the widgets: their values are kept across pages (shared.py)
 with st.expander("Generation settings"):
     options = GenerationOptions(
-        num_beams=st.slider("Beams", 1, 10, 3),
-        max_new_tokens=st.slider("Max new tokens", 1, 100, 30),
-        min_new_tokens=st.slider("Min new tokens", 0, 50, 0),
-        repetition_penalty=st.slider("Repetition penalty", 1.0, 2.0, 1.0, step=0.05),
-        prompt=st.text_input("Caption prefix (optional)", placeholder="a photograph of"),
+        num_beams=st.slider("Beams", 1, 10, key="gen_beams"),
+        max_new_tokens=st.slider("Max new tokens", 1, 100, key="gen_max_new_tokens"),
+        min_new_tokens=st.slider("Min new tokens", 0, 50, key="gen_min_new_tokens"),
+        repetition_penalty=st.slider("Repetition penalty", 1.0, 2.0, step=0.05, key="gen_repetition_penalty"),
+        prompt=st.text_input("Caption prefix (optional)", placeholder="a photograph of", key="gen_prefix"),
     )
 try:
     options.validate()
@@ -49,11 +53,9 @@ except ValueError as exc:
     st.stop()
 style, rewriter = styles.picker()
 
-known = state.get("uploads", {})  # the same objects every rerun: each file is read and hashed once
-state.uploads = {f.file_id: known.get(f.file_id) or ImageInput(f.name, f.getvalue()) for f in uploads or []}
-uploaded = list(state.uploads.values())
 inputs = list({(item.name, item.sha256): item for item in uploaded + state.samples}.values())  # each image once
 if not inputs:
+    kept.forget(state.captions, state.thumbnails, [])  # the last image removed: the chat and search pages forget it too
     st.info("Upload images, or make a few demo samples, to get captions.")
     st.stop()
 
@@ -85,44 +87,62 @@ def log_feedback(result: CaptionResult, correction: str, key: str) -> None:
             model_version=result.model_version, settings=options.as_dict(), score=result.score,
         )  # fmt: skip
     except (FeedbackError, OSError) as exc:
-        state.saved[key] = ("error", f"Not saved: {plain(exc)}")
+        state.saved[key] = ("error", f"Not saved: {plain(exc)}", None)
         return
     kind = "Confirmation" if row.is_confirmation else "Correction"
-    state.saved[key] = ("success", f"{kind} saved." if created else f"{kind} already saved; nothing added.")
-    if not row.is_confirmation:
-        fix_similar.offer(key, row, result, [r for r in results if r.ok], loaded, options)
+    state.saved[key] = ("success", f"{kind} saved." if created else f"{kind} already saved; nothing added.", row.correction)
+    state.reviewed.add(result.source.sha256)
+    if not row.is_confirmation:  # look-alikes whose caption this session's person already confirmed or fixed are left out
+        unsettled = [r for r in results if r.ok and r.source.sha256 not in state.reviewed]
+        fix_similar.offer(key, row, result, unsettled, loaded, options)
+
+
+def result_key_of(result: CaptionResult) -> str:
+    """The key of a result's widgets and saved notices: its image, name and caption."""
+    return hashlib.sha1(f"{result.source.sha256}|{result.name}|{result.caption}".encode()).hexdigest()[:16]
+
+
+def saved_text(result: CaptionResult) -> str | None:
+    """The caption text this session logged for the result (a correction, or the caption confirmed), if any."""
+    saved = state.saved.get(result_key_of(result)) if result.ok else None
+    return saved[2] if saved and saved[0] == "success" else None
 
 
 for result in results:
     if not result.ok:
         st.error(f"{plain(result.name)}: {plain(result.error)}")
         continue
-    key = hashlib.sha1(f"{result.source.sha256}|{result.name}|{result.caption}".encode()).hexdigest()[:16]
+    key = result_key_of(result)
     with st.container(border=True):
         picture, text = st.columns([1, 2])
         picture.image(result.thumbnail, caption=plain(result.name))
         text.caption(f"{result.model} · version {result.model_version}")  # names the app gave, not data
         if result.score is not None:
-            text.caption(f"confidence {result.score:.2f} (mean token log-probability; 0 is certain)")
-        edited = text.text_area("Caption", value=result.caption, key=f"edit-{key}")
+            text.caption(f"confidence {round(result.score, 2) + 0.0:.2f} (mean token log-probability; 0 is certain)")
+        edited = text.text_area("Caption", value=saved_text(result) or result.caption, key=f"edit-{key}")  # back from
+        # another page (which empties the box), it shows what was saved
         save, confirm, similar = text.columns(3)
         if save.button("Save correction", key=f"save-{key}", type="primary"):
             log_feedback(result, edited, key)
         if confirm.button("Looks right", key=f"ok-{key}"):
             log_feedback(result, result.caption, key)
         if similar.button("Find similar", key=f"similar-{key}"):
-            state.search_query = result.source
+            state.search_query, state.search_mode = result.source, "Captioned image"
             st.switch_page("pages/search.py")
         if key in state.saved:
-            kind, message = state.saved[key]
-            (text.success if kind == "success" else text.error)(message)
+            kind, message, logged = state.saved[key]
+            if kind == "success" and tidy_correction("caption", edited, result.caption) != logged:
+                text.caption("Edited since it was saved: press Save correction to log the new text.")
+            else:
+                (text.success if kind == "success" else text.error)(message)
         fix_similar.show(key, text, options)
         styles.show(result, style, rewriter, text, key)
 
 rows = [
-    {"path": r.name, "caption": r.caption, "score": r.score, "error": r.error, **styles.styled_column(r, style, rewriter)}
+    {"path": r.name, "caption": r.caption, "score": r.score, "error": r.error, "correction": saved_text(r),
+     **(styles.styled_column(r, style, rewriter, result_key_of(r)) if r.ok else {})}
     for r in results
-]
+]  # fmt: skip
 csv_button, jsonl_button = st.columns(2)
 csv_button.download_button("Download captions (CSV)", format_captions(rows, "csv"), "captions.csv", "text/csv")
 jsonl_button.download_button("Download captions (JSONL)", format_captions(rows, "jsonl"), "captions.jsonl", "application/jsonl")

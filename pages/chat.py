@@ -5,6 +5,7 @@ from pages import inside_the_app
 inside_the_app()  # first: a deep link on a fresh server is rerun inside the app before this page loads anything
 
 import hashlib
+from collections import Counter
 
 import streamlit as st
 
@@ -16,7 +17,7 @@ from pages.ui.text import plain
 
 state = st.session_state
 state.setdefault("chats", {})  # image sha256 -> list[Turn]
-state.setdefault("chat_saved", {})
+state.setdefault("chat_saved", {})  # image sha256 -> {answer key: (kind, message)}
 
 st.title("Chat about an image")
 config = shared.settings()
@@ -26,10 +27,14 @@ state.chat_model_live = picked  # the caption page's `detailed` asks it too (the
 where = f"server {loaded.version}" if loaded.device is None else f"version {loaded.version} · {loaded.device.type}"
 st.sidebar.caption(f"Answering: `{loaded.name}` · {where}")
 
-session_images = {r.name: r.source for r in state.get("captions", {}).values() if r.ok}
-session_images.update({item.name: item for item in state.get("samples", [])})
+session_images: dict[str, ImageInput] = {}  # sha256 -> image: two photos that share a file name are both here
+for item in [r.source for r in state.get("captions", {}).values() if r.ok] + state.get("samples", []):
+    session_images.setdefault(item.sha256, item)
+names = Counter(item.name for item in session_images.values())
+labels = {sha: item.name if names[item.name] == 1 else f"{item.name} · {sha[:8]}" for sha, item in session_images.items()}
 upload = st.file_uploader("Upload an image", type=UPLOAD_TYPES)
-choice = st.selectbox("…or pick one captioned in this session", ["—", *session_images], disabled=not session_images)
+choice = st.selectbox("…or pick one captioned in this session", ["—", *session_images], disabled=not session_images,
+                      format_func=lambda sha: labels.get(sha, sha))  # fmt: skip
 source = ImageInput(upload.name, upload.getvalue()) if upload else session_images.get(choice)
 if source is None:
     st.info("Choose an image first: upload one, or caption some on the Caption page.")
@@ -62,14 +67,16 @@ def ask(question: str, earlier: list[Turn], sample: bool = False) -> None:
 
 def save_correction(key: str, turn: Turn, correction: str) -> None:
     """Write the qa row to disk first; only then say it was saved."""
+    saved = state.chat_saved.setdefault(source.sha256, {})  # this image's conversation's notices: Clear drops them
     try:
         _, created = shared.feedback_log().record(
             source.data, picture.extension, task="qa", prompt=turn.question, model_output=turn.answer,
             correction=correction, model=turn.model, model_version=turn.model_version,
         )  # fmt: skip
-        state.chat_saved[key] = "Correction saved." if created else "Already saved; nothing added."
-    except FeedbackError as exc:
-        state.chat_saved[key] = f"Not saved: {plain(exc)}"
+    except (FeedbackError, OSError) as exc:  # a refused text, or a full or read-only disk
+        saved[key] = ("error", f"Not saved: {plain(exc)}")
+        return
+    saved[key] = ("success", "Correction saved." if created else "Already saved; nothing added.")
 
 
 pending = state.pop("chat_pending", None)
@@ -88,8 +95,9 @@ for index, turn in enumerate(history[:-1] if redrawing else history):
             fixed = st.text_input("Correct answer", value=turn.answer, key=f"fix-{key}")
             if st.button("Save correction", key=f"save-qa-{key}"):
                 save_correction(key, turn, fixed)
-            if key in state.chat_saved:
-                st.success(state.chat_saved[key])
+            kind, message = state.chat_saved.get(source.sha256, {}).get(key, (None, None))
+            if message:
+                (st.success if kind == "success" else st.error)(message)
 
 if redrawing:
     ask(pending[1], history[:-1], sample=True)
@@ -99,6 +107,7 @@ if history and regenerate.button("Regenerate the last answer"):
     st.rerun()
 if history and clear.button("Clear the conversation"):
     state.chats[source.sha256] = []
+    state.chat_saved.pop(source.sha256, None)
     st.rerun()
 question = st.chat_input("Ask about the image")
 if question is not None:

@@ -94,21 +94,29 @@ if index is None:
     st.stop()
 st.caption(f"{len(index)} images indexed ({index.kind} index, updated {plain(index.meta['updated'])})")
 
-handed_over = state.get("search_query")  # from "Find similar" on the Caption page
+handed_over = state.get("search_query")  # from "Find similar" on the Caption page, while that image is still there
+on_caption_page = {r.source.sha256 for r in state.get("captions", {}).values() if r.ok}
+if handed_over is not None and handed_over.sha256 not in on_caption_page | {s.sha256 for s in state.get("samples", [])}:
+    handed_over = state.search_query = None
 modes = ["Text", "Upload an image", "Gallery image"] + (["Captioned image"] if handed_over else [])
-mode = st.radio("Search by", modes, horizontal=True, index=len(modes) - 1 if handed_over else 0)
-top_k = st.slider("Results", 1, 50, 12)
-cutoff = st.slider("Hide results below this fraction of the best score", 0.0, 1.0, 0.0, 0.05)
+if state.get("search_mode") not in modes:
+    state.search_mode = modes[0]
+state.setdefault("search_top_k", 12)  # defaults here, not in the widgets: their values are kept across pages
+mode = st.radio("Search by", modes, horizontal=True, key="search_mode")
+top_k = st.slider("Results", 1, 50, key="search_top_k")
+cutoff = st.slider("Hide results below this fraction of the best score", 0.0, 1.0, step=0.05, key="search_cutoff")
 
 try:
     if mode == "Text":
-        text = st.text_input("Describe what you are looking for", placeholder="a red circle")
+        text = st.text_input("Describe what you are looking for", placeholder="a red circle", key="search_text")
         hits = search_text(embedder, index, text, top_k) if text.strip() else None
     elif mode == "Gallery image":
         needle = st.text_input("Filter gallery files by name", placeholder="part of a file name")
         matches = [p for p in index.paths if needle.lower() in p.lower()] if needle else index.paths
         if len(matches) > PICKER_LIMIT:
             st.caption(f"{len(matches):,} files match; the first {PICKER_LIMIT} are listed, type to narrow them down.")
+        if not matches:
+            st.caption(f"No gallery file name contains “{plain(needle)}”.")
         picked = st.selectbox("Query image", matches[:PICKER_LIMIT], format_func=shown_name)
         if picked:
             show_thumbnail(st.columns(6)[0], picked)

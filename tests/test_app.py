@@ -136,3 +136,54 @@ def test_offline_default_falls_back_to_demo_and_the_sidebar_says_so(home, monkey
     assert any("Fallback to the demo captioner" in w and "Salesforce/blip-image-captioning-base" in w for w in warnings)
     upload(app, ("circle.png", zoo.encode(zoo.demo("circle", "blue"), "PNG")))
     assert app.text_area[0].value == "a blue circle"
+
+
+def test_uploads_settings_and_saved_notices_are_there_after_a_visit_to_another_page(app, home):
+    circle, square = zoo.encode(zoo.demo("circle", "red"), "PNG"), zoo.encode(zoo.demo("square", "blue"), "PNG")
+    upload(app, ("circle.png", circle), ("square.png", square))
+    app.slider(key="gen_beams").set_value(1).run()
+    app.text_area[0].set_value("a scarlet circle")
+    button(app, "Save correction").click().run()
+    for page in ("pages/chat.py", "pages/search.py", "pages/caption.py"):  # Streamlit empties the uploader meanwhile
+        app.switch_page(page).run()
+        assert not app.exception, app.exception
+    assert [t.value for t in app.text_area] == ["a scarlet circle", "a blue square"]
+    assert app.slider(key="gen_beams").value == 1 and "Correction saved." in app.success[0].value
+    assert any("2 image(s) uploaded earlier" in c.value for c in app.caption)
+    upload(app, ("triangle.png", zoo.encode(zoo.demo("triangle", "green"), "PNG")))  # added to the kept ones
+    assert [t.value for t in app.text_area] == ["a scarlet circle", "a blue square", "a green triangle"]
+    upload(app)  # the person removes the triangle with the uploader's x: only it goes
+    assert [t.value for t in app.text_area] == ["a scarlet circle", "a blue square"]
+    button(app, "Clear uploads").click().run()
+    assert not app.text_area and "Upload images" in app.info[0].value
+
+
+def test_the_downloads_carry_the_saved_corrections_and_a_changed_text_is_not_called_saved(app, home, monkeypatch):
+    import csv
+    import io
+    import json
+
+    from captioner import caption
+
+    offered = {}
+
+    def recorded(rows, fmt, **kwargs):  # what the page hands its download buttons
+        offered[fmt] = real(rows, fmt, **kwargs)
+        return offered[fmt]
+
+    real = caption.format_captions
+    monkeypatch.setattr(caption, "format_captions", recorded)
+    upload(app, ("circle.png", zoo.encode(zoo.demo("circle", "red"), "PNG")), ("sq.png", zoo.encode(zoo.demo("square", "blue"), "PNG")))
+    app.text_area[0].set_value("a cobalt blue  disc\n")
+    button(app, "Save correction").click().run()
+    button(app, "Looks right", 1).click().run()
+    assert [row.correction for row in rows(home)] == ["a cobalt blue disc", "a blue square"]  # tidied as logged
+    table = list(csv.DictReader(io.StringIO(offered["csv"])))
+    assert [(r["caption"], r["correction"]) for r in table] == [("a red circle", "a cobalt blue disc"), ("a blue square", "a blue square")]
+    lines = [json.loads(line) for line in offered["jsonl"].splitlines()]
+    assert [line["correction"] for line in lines] == ["a cobalt blue disc", "a blue square"]
+    app.text_area[0].set_value("a cobalt disc").run()  # typed after the save: not what was logged
+    assert "Correction saved." not in [s.value for s in app.success]
+    assert any("Edited since it was saved" in c.value for c in app.caption)
+    confidence = next(c.value for c in app.caption if "confidence" in c.value)
+    assert "-0.00" not in confidence

@@ -80,3 +80,13 @@ def test_a_markdown_file_name_shows_literally_in_a_search_result(home, monkeypat
     assert any(t.value.endswith(f" · {HOSTILE}") for t in search.text)  # st.text: never Markdown
     markdown = [e.value for kind in ("markdown", "caption", "error", "warning", "info", "success") for e in getattr(search, kind)]
     assert [m for m in markdown if "BOLD" in m and not shows_literally(m, HOSTILE)] == []
+
+
+def test_a_look_alike_whose_caption_was_already_confirmed_here_is_not_offered(app, home):
+    files = [("corrected.png", shape_png(*CORRECTED)), ("look-alike.png", shape_png(*LOOK_ALIKE))]
+    app.file_uploader[0].set_value([(name, data, "image/png") for name, data in files]).run()
+    click(app, "Looks right", 1)  # the person says the look-alike's caption is right as it stands
+    app.text_area[0].set_value(RIGHT)
+    click(app, "Save correction")
+    assert not [b for b in app.button if b.label == "Apply the fix"]
+    assert any("No look-alike" in c.value for c in app.caption)

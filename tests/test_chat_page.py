@@ -109,3 +109,42 @@ def test_a_regenerate_that_fails_keeps_the_answer_it_was_to_replace(chat, monkey
     monkeypatch.setattr(BlipForQuestionAnswering, "generate", working)
     chat.run()
     assert conversation(chat) == [("user", "what color is the shape?"), ("assistant", "red")]
+
+
+def save_answer_correction(chat, text):
+    chat.text_input(key=[w.key for w in chat.text_input if w.key.startswith("fix-")][0]).set_value(text)
+    [b for b in chat.button if b.label == "Save correction"][0].click().run()
+    assert not chat.exception, chat.exception
+
+
+def test_a_refused_or_failed_save_is_an_error_and_clear_forgets_the_notices(chat, home):
+    with_image(chat, "square", "green")
+    ask(chat, "what shape is it?")
+    save_answer_correction(chat, "   ")
+    assert [shown(e.value) for e in chat.error] == ["Not saved: the correction is empty"] and not chat.success
+    (home / "data").mkdir(exist_ok=True)
+    (home / "data" / "images").write_text("a file where the image folder should be")  # as a full or broken disk refuses
+    save_answer_correction(chat, "a cube")
+    assert len(chat.error) == 1 and shown(chat.error[0].value).startswith("Not saved: ")
+    (home / "data" / "images").unlink()
+    save_answer_correction(chat, "a cube ")
+    assert [s.value for s in chat.success] == ["Correction saved."] and not chat.error
+    [b for b in chat.button if b.label == "Clear the conversation"][0].click().run()
+    ask(chat, "what shape is it?")  # the same question again: a fresh answer, not called saved
+    assert conversation(chat)[-1] == ("assistant", "square") and not chat.success
+    rows, _ = FeedbackLog(home / "data").read()
+    assert [row.correction for row in rows] == ["a cube"]
+
+
+def test_two_photos_with_the_same_file_name_can_both_be_picked(chat):
+    chat.switch_page("pages/caption.py").run()
+    one, two = zoo.encode(zoo.demo("circle", "red"), "PNG"), zoo.encode(zoo.demo("square", "blue"), "PNG")
+    chat.file_uploader[0].set_value([("IMG_0001.PNG", one, "image/png"), ("IMG_0001.PNG", two, "image/png")]).run()
+    assert [t.value for t in chat.text_area] == ["a red circle", "a blue square"]  # two cameras, one file name
+    chat.switch_page("pages/chat.py").run()
+    labels = chat.main.selectbox[0].options[1:]
+    assert len(labels) == 2 and all(label.startswith("IMG_0001.PNG · ") for label in labels)
+    for index, colour in ((1, "red"), (2, "blue")):
+        chat.main.selectbox[0].select_index(index).run()
+        ask(chat, "what color is the shape?")
+        assert conversation(chat)[-1] == ("assistant", colour)

@@ -64,11 +64,29 @@ def test_hostile_text_round_trips_byte_for_byte(tmp_path):
         record(log, text, data=b"img-%d" % i, prompt=text, notes=text)
     rows, problems = log.read()
     assert problems == []
-    assert [row.correction for row in rows] == HOSTILE
+    assert [row.correction for row in rows] == [" ".join(text.split()) for text in HOSTILE]  # a caption's words
     assert [row.prompt for row in rows] == HOSTILE and [row.notes for row in rows] == HOSTILE
     # Any RFC 4180 reader sees the same cells.
     with open(log.csv_path, newline="", encoding="utf-8") as handle:
-        assert [r["correction"] for r in csv.DictReader(handle)] == HOSTILE
+        assert [r["prompt"] for r in csv.DictReader(handle)] == HOSTILE
+
+
+def test_stray_whitespace_never_turns_a_confirmation_into_a_correction(tmp_path):
+    from captioner.review import edit_corrections
+
+    log = FeedbackLog(tmp_path)
+    confirmed, _ = record(log, "a red square\n", model_output="a red square")
+    assert confirmed.is_confirmation and confirmed.correction == "a red square"
+    fixed, _ = record(log, "  a red   box ", data=b"other", model_output="a red square")
+    assert fixed.correction == "a red box" and not fixed.is_confirmation
+    answer, _ = record(log, "an isosceles triangle ", data=b"qa", task="qa", prompt="what shape?", model_output="a triangle")
+    assert answer.correction == "an isosceles triangle"
+    poem = "red circle\n  round and bright\nwhite all around"
+    styled, _ = record(log, f"\n{poem}\n\n", data=b"style", task="style", prompt="poetic", model_output="a red circle")
+    assert styled.correction == poem  # a styled caption keeps its line breaks and indents
+    assert edit_corrections(log, {fixed.id: "a red square \t"}, "admin") == 1  # an admin's edit is tidied alike
+    assert {row.id: row.correction for row in log.read()[0]}[fixed.id] == "a red square"
+    assert edit_corrections(log, {fixed.id: " a red square"}, "admin") == 0  # the same text: nothing changes
 
 
 def test_unloggable_text_gets_a_clear_error(tmp_path):

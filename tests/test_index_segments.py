@@ -10,7 +10,7 @@ import pytest
 import images_zoo as zoo
 from captioner import images, index_update
 from captioner.embed import load_embedder
-from captioner.gallery_scan import OUTSIDE, gallery_file
+from captioner.gallery_scan import ALREADY_INDEXED, LOOP, OUTSIDE, gallery_file
 from captioner.images import ImageError
 from captioner.index import build_search_structure, current_generation, index_root, update_index
 from captioner.search_structure import recall_at_10
@@ -159,7 +159,10 @@ def test_a_link_to_a_folder_of_the_gallery_leaves_the_folder_indexed_under_its_o
     assert {f"2023/{name}" for name in names} <= set(index.paths)
     assert not any(p.startswith(("favourites/", "0-latest/")) for p in index.paths)
     ignored = dict(report.ignored)
-    assert "2023" not in ignored and "loop" in ignored["favourites"] and "loop" in ignored["0-latest"]
+    assert "2023" not in ignored and ignored["favourites"] == ignored["0-latest"] == ALREADY_INDEXED
+    os.symlink("..", gallery / "2023" / "up")  # a link to a folder it stands in is a loop
+    again, report = update_index(clip, gallery, settings.data_dir)
+    assert dict(report.ignored)["2023/up"] == LOOP and again.paths == index.paths
 
 
 def clip_like(rng, n: int, dim: int, topics: np.ndarray, cone: np.ndarray) -> np.ndarray:

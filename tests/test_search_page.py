@@ -82,6 +82,17 @@ def test_find_similar_from_the_caption_page(search, gallery):
     click(search, "Find similar")
     assert search.radio[0].value == "Captioned image"
     assert all("blue-square" in r for r in result_captions(search)[:3])
+    search.switch_page("pages/search.py")  # where the browser now is (AppTest's next run would go back to the caption page)
+    search.radio[0].set_value("Text").run()
+    search.text_input(key="search_text").set_value("a red circle").run()
+    search.switch_page("pages/caption.py").run()
+    search.switch_page("pages/search.py").run()  # back from the sidebar: the person's own query, as left
+    assert search.radio[0].value == "Text" and search.text_input(key="search_text").value == "a red circle"
+    assert all("red-circle" in r for r in result_captions(search)[:3])
+    search.switch_page("pages/caption.py").run()
+    click(search, "Clear uploads")  # the captioned image is gone: so is its search
+    search.switch_page("pages/search.py").run()
+    assert "Captioned image" not in search.radio[0].options and search.radio[0].value == "Text"
 
 
 def test_a_file_name_that_is_not_utf8_is_shown_and_searchable(search, gallery):

@@ -133,6 +133,20 @@ def sidebar_models() -> None:
     show_fallback(served)
 
 
+# Widgets whose value a person sets once and expects to find again after visiting another page (Streamlit forgets
+# a widget's state when a run does not draw it; a key written back on every run is kept).
+KEPT_WIDGETS = ("gen_beams", "gen_max_new_tokens", "gen_min_new_tokens", "gen_repetition_penalty", "gen_prefix",
+                "caption_style", "caption_style_instruction", "chat_model_pick", "search_mode", "search_top_k",
+                "search_cutoff", "search_text")  # fmt: skip
+
+
+def keep_widget_values() -> None:
+    """Called on every run, whatever the page: the KEPT_WIDGETS' values survive pages that do not draw them."""
+    for key in KEPT_WIDGETS:
+        if key in st.session_state:
+            st.session_state[key] = st.session_state[key]
+
+
 _GENERATED_PASSWORD: list[str] = []
 
 

@@ -8,7 +8,7 @@ import hashlib
 import streamlit as st
 
 from captioner.caption import CaptionResult
-from captioner.feedback import FeedbackError
+from captioner.feedback import FeedbackError, tidy_correction
 from captioner.images import ImageError, decode
 from captioner.models import LoadedModel, ModelError
 from captioner.restyle import detail_facts, restyle
@@ -57,7 +57,7 @@ def show(result: CaptionResult, style: Style, rewriter: LoadedModel | None, colu
         return
     done = state.setdefault("styled", {})
     found = (result.source.sha256, result.caption, style, rewriter.name, rewriter.version)
-    styled_key = f"{key}-{hashlib.sha1(repr(found[2:]).encode()).hexdigest()[:10]}"
+    styled_key = _styled_key(key, found)
     if found not in done:
         slot = column.empty()
         try:
@@ -73,15 +73,25 @@ def show(result: CaptionResult, style: Style, rewriter: LoadedModel | None, colu
     if column.button("Save styled correction", key=f"save-styled-{styled_key}"):
         _log(result, style, rewriter, done[found], edited, styled_key)
     if styled_key in state.get("styled_saved", {}):
-        kind, message = state.styled_saved[styled_key]
-        (column.success if kind == "success" else column.error)(message)
+        kind, message, logged = state.styled_saved[styled_key]
+        if kind == "success" and tidy_correction("style", edited, done[found]) != logged:
+            column.caption("Edited since it was saved: press Save styled correction to log the new text.")
+        else:
+            (column.success if kind == "success" else column.error)(message)
 
 
-def styled_column(result: CaptionResult, style: Style, rewriter: LoadedModel | None) -> dict:
-    """{"styled": text} for the downloads once this result's styled caption exists; else nothing."""
+def styled_column(result: CaptionResult, style: Style, rewriter: LoadedModel | None, key: str) -> dict:
+    """{"styled": text, "styled_correction": the text saved for it or None} for the downloads once this result's
+    styled caption exists (key: the result's key on the caption page); else nothing."""
     if style.plain or rewriter is None or not result.ok:
         return {}
-    return {"styled": state.get("styled", {}).get((result.source.sha256, result.caption, style, rewriter.name, rewriter.version))}
+    found = (result.source.sha256, result.caption, style, rewriter.name, rewriter.version)
+    saved = state.get("styled_saved", {}).get(_styled_key(key, found))
+    return {"styled": state.get("styled", {}).get(found), "styled_correction": saved[2] if saved and saved[0] == "success" else None}
+
+
+def _styled_key(key: str, found: tuple) -> str:
+    return f"{key}-{hashlib.sha1(repr(found[2:]).encode()).hexdigest()[:10]}"
 
 
 def _facts(result: CaptionResult, style: Style) -> list[tuple[str, str]]:
@@ -102,12 +112,12 @@ def _log(result: CaptionResult, style: Style, rewriter: LoadedModel, styled: str
     """Write the style row to disk first; only then say it was saved."""
     saved = state.setdefault("styled_saved", {})
     try:
-        _, created = shared.feedback_log().record(
+        row, created = shared.feedback_log().record(
             result.source.data, result.extension, task="style", prompt=style.label, model_output=styled,
             correction=correction, model=rewriter.name, model_version=rewriter.version,
             settings={"caption": result.caption, "caption_model": result.model, "instruction": style.instruction},
         )  # fmt: skip
     except (FeedbackError, OSError) as exc:
-        saved[key] = ("error", f"Not saved: {plain(exc)}")
+        saved[key] = ("error", f"Not saved: {plain(exc)}", None)
         return
-    saved[key] = ("success", "Styled correction saved." if created else "Already saved; nothing added.")
+    saved[key] = ("success", "Styled correction saved." if created else "Already saved; nothing added.", row.correction)
