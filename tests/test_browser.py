@@ -119,8 +119,16 @@ def test_upload_caption_and_save_a_correction_in_chromium(server, browser, tmp_p
     assert problems == []
     assert [(r.model_output, r.correction, r.model) for r in rows] == [("a blue square", "a navy blue square", "demo")]
     assert (home / "data" / rows[0].image_path).read_bytes() == picture.read_bytes()
-    page.close()
 
+    navigation = page.locator('[data-testid="stSidebarNav"]')  # away and back: Streamlit empties the uploader
+    navigation.get_by_role("link", name="Chat").click()
+    expect(page.get_by_text("Chat about an image").first).to_be_visible()
+    settle(page)
+    navigation.get_by_role("link", name="Caption").click()
+    expect(page.get_by_label("Caption", exact=True)).to_have_value("a navy blue square")  # the upload is still here
+    expect(page.get_by_text("Correction saved.")).to_be_visible()
+    expect(page.get_by_text("1 image(s) uploaded earlier in this session are still here.")).to_be_visible()
+    page.close()
 
 
 def test_fix_similar_confirms_a_look_alike_in_chromium(server, browser, tmp_path):
