@@ -114,7 +114,7 @@ live model's own knowledge replayed and distilled so that it is kept.
 ## The two figures the gate decided on (held-out images, exact match)
 
 - **New concepts** (held-out corrections): {_pct(new['before'])} before, {_pct(new['after'])} after ({new['count']} images){_unjudged(new)}
-- **Old knowledge** (held-out images the live model captions right): {_pct(old['before'])} before,
+- **Old knowledge** ({old.get('judged_on') or 'held-out images the live model captions right'}): {_pct(old['before'])} before,
   {_pct(old['after'])} after ({old['count']} images); a model that loses more than {args['max_forgetting'] * 100:g}
   points here is refused, whatever its overall score
 

@@ -45,7 +45,8 @@ def write_version(staging: Path, models, settings, cfg, examples, rows: RowTenso
 
 
 def _figure(before: dict, after: dict) -> dict:
-    return {"before": before["exact_match"], "after": after["exact_match"], "count": after["count"]}
+    judged_on = {"judged_on": after["judged_on"]} if "judged_on" in after else {}  # anchors, when nothing old was held out
+    return {"before": before["exact_match"], "after": after["exact_match"], "count": after["count"], **judged_on}
 
 
 def _portable_adapter_config(folder: Path, base: dict) -> None:

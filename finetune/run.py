@@ -45,6 +45,8 @@ class Baseline:
     live_right: list[bool]  # which of them the live model captions right: their old ones are the regression set
     live: dict  # judge.report of the live model
     before: dict  # judge.report of the model training starts from
+    anchors: list  # when no held-out image holds old knowledge: the images it is judged on instead
+    anchors_live: list[str]  # ... and what the live model says of them
 
 
 def main(cfg: FinetuneConfig) -> Path | None:
@@ -188,10 +190,20 @@ def judge_untrained(models: Models, heldout: list[Example]) -> Baseline:
     live_right = judge.right(live_said, heldout)
     live = judge.report(live_said, heldout, live_right)
     before = live if models.base is models.live else judge.report(judge.captions(models.base, inputs), heldout, live_right)
+    anchors, anchors_live = [], []
+    if not live["old"]["count"]:  # nothing held out shows what the live model knew: judge forgetting on the anchors
+        anchors, anchors_live = judge.anchors(models.live)
+        if anchors:
+            live["old"] = judge.on_anchors(anchors_live, anchors_live)
+            if before is not live:
+                before["old"] = judge.on_anchors(judge.captions(models.base, anchors), anchors_live)
+            log(f"no held-out image holds old knowledge: forgetting is judged on {live['old']['judged_on']}")
+        else:
+            log("no held-out image holds old knowledge, and the live model is sure of no anchor image: forgetting is not judged")
     log(f"held-out before: {_summary(before)}")
     if before is not live:
         log(f"held-out live: {_summary(live)}")
-    return Baseline(inputs, live_right, live, before)
+    return Baseline(inputs, live_right, live, before, anchors, anchors_live)
 
 
 def judge_trained(models: Models, peft_model, heldout: list[Example], baseline: Baseline, cfg: FinetuneConfig) -> dict:
@@ -203,6 +215,9 @@ def judge_trained(models: Models, peft_model, heldout: list[Example], baseline: 
         raise FinetuneError("the trained weights hold NaN or inf values; nothing was published")
     models.base.model = merged
     after = judge.report(judge.captions(models.base, baseline.inputs), heldout, baseline.live_right)
+    if baseline.anchors:
+        after["old"] = judge.on_anchors(judge.captions(models.base, baseline.anchors), baseline.anchors_live)
+        log(f"anchors after: {after['old']['exact_match']:.0%} agree with the live model")
     log(f"held-out after: {_summary(after)}")
     reason = judge.refusal(after, baseline.live, cfg.max_forgetting)
     if reason:

@@ -184,3 +184,20 @@ def test_text_from_corrections_is_plain_text_in_the_card():
     from finetune.card import _plain
 
     assert _plain("correction: **star** [x](y) a|b") == r"correction: \*\*star\*\* \[x\]\(y\) a\|b"
+
+
+def test_with_nothing_old_held_out_forgetting_is_judged_on_fixed_anchor_images(home, monkeypatch, tmp_path, capsys):
+    """A log of star corrections alone (no confirmation, no other stored image): nothing held out shows what the live
+    model knew, so a model that can no longer say "circle" is caught on fixed images the live model captions."""
+    monkeypatch.setenv("CAPTIONER_CAPTION_MODEL", "demo")
+    log = FeedbackLog(home / "data")
+    inputs, samples = demo_inputs(12, seed=41, shapes=("star",))
+    for item, truth in zip(inputs, samples):
+        log.record(item.data, "png", task="caption", model_output=f"a {truth.color} triangle", correction=truth.caption,
+                   status="approved")  # fmt: skip
+    cfg = FinetuneConfig(home=str(home), base=str(crippled_demo(tmp_path / "forgetful")), min_rows=5, epochs=1, seed=3)
+    forgot = r"no held-out image holds old knowledge .* captions only \d+\.\d% of \d+ fixed images the live model is sure of"
+    with pytest.raises(Refused, match=forgot):
+        main(cfg)
+    assert "forgetting is judged on" in capsys.readouterr().err
+    assert registry.list_versions(home / "models") == [] and registry.active_version(home / "models") is None
