@@ -230,24 +230,35 @@ class Selection:
 
     def reset(self) -> None:
         """Nothing selected, nothing edited, and a fresh table (the last one's edits are done with)."""
+        self.done(set(self.edits))
+
+    def done(self, acted_on: set[str]) -> None:
+        """After an action: nothing selected, and a fresh table; typed corrections of rows the action did not take
+        (not ticked) stay pending, to be saved or acted on later."""
         self.ids.clear()
-        self.edits.clear()
+        for row_id in acted_on:
+            self.edits.pop(row_id, None)
         self.generation += 1
         self.shown_key, self.shown = "", ()
 
 
-def set_status(log: FeedbackLog, ids: set[str], status: str, reviewer: str) -> int:
-    """Approve or reject (or reopen) rows by id; returns how many changed."""
+def set_status(log: FeedbackLog, ids: set[str], status: str, reviewer: str, corrections: dict[str, str] | None = None) -> int:
+    """Approve or reject (or reopen) rows by id, with the corrections typed for any of them (by id) in the same
+    atomic rewrite, so an approved row carries the text the admin typed; returns how many rows changed."""
     if status not in STATUSES:
         raise FeedbackError(f"status {status!r} is not one of {', '.join(STATUSES)}")
     check_text("reviewer name", reviewer)
     ids, changed, moment = set(ids), [], now_utc()
+    typed = {row_id: text for row_id, text in (corrections or {}).items() if row_id in ids}
+    for text in typed.values():
+        check_text("correction", text, allow_empty=False)
 
     def transform(rows):
         out = []
         for row in rows:
-            if row.id in ids and row.status != status:
-                row = row._replace(status=status, reviewed_at=moment, reviewer=reviewer)
+            text = tidy_correction(row.task, typed[row.id], row.model_output) if row.id in typed else row.correction
+            if row.id in ids and (row.status != status or text != row.correction):
+                row = row._replace(status=status, correction=text, reviewed_at=moment, reviewer=reviewer)
                 changed.append(row.id)
             out.append(row)
         return out

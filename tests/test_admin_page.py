@@ -89,11 +89,26 @@ def test_edit_a_correction_and_delete_a_row(admin, home):
     login(admin)
     first_id = admin.data_editor[0].value["id"][0]
     edit(admin, {0: {"correction": "a scarlet circle"}})
-    click(admin, "Save edited corrections (1)")
+    click(admin, "Save edits (1)")
     assert {r.id: r.correction for r in rows(home)}[first_id] == "a scarlet circle"
     edit(admin, {0: {"select": True}})
     click(admin, "Delete selected (1)")
     assert first_id not in {r.id for r in rows(home)} and len(rows(home)) == 4
+
+
+def test_a_correction_typed_in_a_ticked_row_goes_with_its_approval_and_one_in_another_row_stays_pending(admin, home):
+    login(admin)
+    ids = list(admin.data_editor[0].value["id"])
+    edit(admin, {0: {"select": True, "correction": "a scarlet  circle "}, 1: {"correction": "a cobalt square"}})
+    click(admin, "Approve selected (1)")
+    assert any("Approved 1 row(s), with 1 edited correction(s)." in s for s in shown(admin.success))
+    logged = {r.id: r for r in rows(home)}
+    assert (logged[ids[0]].status, logged[ids[0]].correction) == ("approved", "a scarlet circle")  # approved as typed
+    assert logged[ids[1]].status == "pending" and logged[ids[1]].correction != "a cobalt square"  # not acted on yet
+    assert [b.label for b in admin.button if b.label.startswith("Save edits")] == ["Save edits (1)"]  # still pending
+    assert not admin.session_state["review_selection"].ids  # nothing stays ticked
+    click(admin, "Save edits (1)")
+    assert {r.id: r.correction for r in rows(home)}[ids[1]] == "a cobalt square"
 
 
 def test_statistics_and_filters(admin, home):
@@ -253,12 +268,13 @@ def test_ticks_and_typing_on_a_table_that_moved_under_them_land_on_the_rows_show
     assert "1 selected · 1 correction(s) edited" in [c.value for c in many.caption if "selected" in c.value][0]
     click(many, "Approve selected (1)")
     assert [r.id for r in rows(home) if r.status == "approved"] == [shown[3]]  # not shown[1], not the new row
-    edit(many, {0: {"correction": "typed again"}})
+    edit(many, {0: {"correction": "typed again"}})  # the first typing (a row not ticked) is still pending beside it
     FeedbackLog(home / "data").record(demo_png(), "png", task="caption", model_output="a blob", correction="later")
     many.run()
-    click(many, "Save edited corrections (1)")
+    click(many, "Save edits (2)")
     corrections = {r.id: r.correction for r in rows(home)}
     assert corrections[shown_ids(many)[1]] == "typed again" and list(corrections.values()).count("typed again") == 1
+    assert corrections[shown[4]] == "typed by the admin" and list(corrections.values()).count("typed by the admin") == 1
 
 
 def test_every_row_is_reachable_and_the_least_confident_come_first(many, home):

@@ -93,22 +93,24 @@ def _actions(log: FeedbackLog, selection: Selection, on_page: set[str], reviewer
     chosen, edits = set(selection.ids), dict(selection.edits)
     hidden = len(chosen - on_page)
     st.caption(f"{len(chosen)} selected" + (f" ({hidden} not on this page)" if hidden else "") + f" · {len(edits)} correction(s) edited")
+    typed = len(chosen & set(edits))  # an approval or rejection takes the corrections typed in its rows with it
+    with_typed = f", with {typed} edited correction(s)" if typed else ""
     approve, reject, delete, save, clear = st.columns(5)
     actions = {
-        approve: (f"Approve selected ({len(chosen)})", not chosen,
-                  lambda: f"Approved {set_status(log, chosen, 'approved', reviewer)} row(s)."),
-        reject: (f"Reject selected ({len(chosen)})", not chosen,
-                 lambda: f"Rejected {set_status(log, chosen, 'rejected', reviewer)} row(s)."),
-        delete: (f"Delete selected ({len(chosen)})", not chosen, lambda: f"Deleted {delete_rows(log, chosen)} row(s)."),
-        save: (f"Save edited corrections ({len(edits)})", not edits,
+        approve: (f"Approve selected ({len(chosen)})", not chosen, chosen,
+                  lambda: f"Approved {set_status(log, chosen, 'approved', reviewer, edits)} row(s){with_typed}."),
+        reject: (f"Reject selected ({len(chosen)})", not chosen, chosen,
+                 lambda: f"Rejected {set_status(log, chosen, 'rejected', reviewer, edits)} row(s){with_typed}."),
+        delete: (f"Delete selected ({len(chosen)})", not chosen, chosen, lambda: f"Deleted {delete_rows(log, chosen)} row(s)."),
+        save: (f"Save edits ({len(edits)})", not edits, set(edits),
                lambda: f"Saved {edit_corrections(log, edits, reviewer)} correction(s)."),
-        clear: ("Clear selection", not chosen and not edits, lambda: None),
+        clear: ("Clear selection", not chosen and not edits, chosen | set(edits), lambda: None),
     }  # fmt: skip
-    for column, (label, disabled, act) in actions.items():
+    for column, (label, disabled, acted_on, act) in actions.items():
         if column.button(label, disabled=disabled):
             try:
                 state.admin_note = act()  # on disk (atomic rewrite under the lock) before the page says so
-                selection.reset()  # after an action nothing stays ticked, on any page
+                selection.done(acted_on)  # nothing stays ticked, on any page; edits of rows not acted on stay
             except (FeedbackError, OSError) as exc:
                 state.admin_note = failure_note(exc)
             st.rerun()
