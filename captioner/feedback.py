@@ -37,6 +37,11 @@ __all__ = [  # the log's public face; the schema and codec live in feedback_csv,
 ]  # fmt: skip
 
 LOCK_TIMEOUT_S = 30
+
+
+class NotWritable(FeedbackError):
+    """The log's folder takes no lock file (read-only, full, another user's): it can be read, not written."""
+
 STALE_IMAGE_TEMP_S = 3600  # an image temp file this old is a killed writer's (images are written outside the lock)
 EXTENSION = re.compile(r"[a-z0-9]{1,8}\Z")
 _SNAPSHOTS = SnapshotCache()
@@ -65,6 +70,8 @@ class FeedbackLog:
                 f"the feedback log is busy: another writer held {self._lock.lock_file} for over {LOCK_TIMEOUT_S} s; "
                 "nothing was written, try again"
             ) from None
+        except OSError as exc:  # a read-only or full data folder, or one this user may not write
+            raise NotWritable(f"the feedback log cannot be written here: {self._lock.lock_file}: {exc.strerror or exc}") from None
         try:
             yield
         finally:
@@ -78,7 +85,7 @@ class FeedbackLog:
         try:
             with self.locked():  # a reader never sees half of an append in flight; parsing happens after
                 read = _SNAPSHOTS.read(self.csv_path)
-        except PermissionError:  # a read-only data folder: no lock file can be made, and no writer can append
+        except NotWritable:  # a read-only data folder: no lock file can be made, and no writer can append
             read = _SNAPSHOTS.read(self.csv_path)
         return _SNAPSHOTS.finish(self.csv_path, read)
 
@@ -284,8 +291,11 @@ class FeedbackLog:
         relative = f"images/{sha}.{extension}"
         target = self.data_dir / relative
         if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(target, data)
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                write_atomic(target, data)
+            except OSError as exc:  # a read-only, full or broken data folder: nothing is logged
+                raise NotWritable(f"the image cannot be stored in {target.parent}: {exc.strerror or exc}") from None
         return sha, relative
 
     def image_file(self, row: FeedbackRow) -> Path:

@@ -170,19 +170,28 @@ def activate(models_dir: Path, version: str | None) -> None:
     models_dir = Path(models_dir)
     if version is not None and not (models_dir / version / "config.json").is_file():
         raise RegistryError(f"version {version!r} does not exist in {models_dir} (see `models list`)")
-    models_dir.mkdir(parents=True, exist_ok=True)
     payload = {"version": version, "activated_at": now_utc()}
-    write_atomic(models_dir / ACTIVE_FILE, (json.dumps(payload, indent=2) + "\n").encode())
+    try:
+        models_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(models_dir / ACTIVE_FILE, (json.dumps(payload, indent=2) + "\n").encode())
+    except OSError as exc:  # a read-only or full models folder: the live model stays
+        raise RegistryError(f"cannot write {models_dir / ACTIVE_FILE}: {exc.strerror or exc}") from None
 
 
 def previous_version(models_dir: Path) -> str | None:
-    """The version before the live one (None: the default model), for rollback."""
-    names = [v.name for v in list_versions(models_dir)]
-    live = active_version(models_dir)
-    if live not in names:
+    """The version before the live one (None: the default model), for rollback. A live version whose folder is gone
+    rolls back to the newest version before it; a corrupt pointer is refused (activate a version by name)."""
+    state = active_state(models_dir)
+    if state.problem:
+        raise RegistryError(f"{state.problem}; activate a version by name to repair it")
+    if state.version is None:
         raise RegistryError("no version is live, so there is nothing to roll back")
-    position = names.index(live)
-    return names[position - 1] if position > 0 else None
+    older = [v.name for v in list_versions(models_dir) if _number(v.name) < _number(state.version)]
+    return older[-1] if older else None
+
+
+def _number(version: str) -> int:
+    return int(VERSION_NAME.match(version).group(1))
 
 
 def _owner_alive(owner: str) -> bool:

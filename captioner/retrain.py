@@ -25,6 +25,7 @@ from .settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 _CHILDREN: dict[str, subprocess.Popen] = {}  # reaped by whoever polls; the app's own runs
+CANCEL_FILE = "cancel-requested"
 
 
 @dataclass(frozen=True)
@@ -48,16 +49,22 @@ class Run:
 
     @property
     def outcome(self) -> dict | None:
-        """The final record (status: published, refused, failed, cancelled), once the run has ended."""
+        """The final record (status: published, refused, failed, cancelled), once the run has ended. A run cancelled
+        before it could write one (still importing torch) is cancelled all the same."""
         final = [record for record in self.progress if record.get("phase") == "done"]
-        return final[-1] if final else None
+        if final:
+            return final[-1]
+        if (self.folder / CANCEL_FILE).exists() and not self.running:
+            return {"phase": "done", "status": "cancelled", "message": "cancelled; nothing was published"}
+        return None
 
     @property
     def running(self) -> bool:
         child = _CHILDREN.get(self.id)
         if child is not None:
             return child.poll() is None
-        return process_alive(self.pid, self.pid_started) and self.outcome is None
+        done = any(record.get("phase") == "done" for record in self.progress)
+        return process_alive(self.pid, self.pid_started) and not done
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -102,6 +109,8 @@ def _read(folder: Path) -> Run:
 
 
 def cancel(run: Run) -> None:
-    """Ask the run to stop (SIGTERM: it cleans up and publishes nothing)."""
+    """Ask the run to stop (SIGTERM: it cleans up and publishes nothing); the request is written down first, so a
+    run stopped before it could say so itself still ends as cancelled."""
     if run.running:
+        (run.folder / CANCEL_FILE).write_text(str(time.time()))
         os.kill(run.pid, signal.SIGTERM)

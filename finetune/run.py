@@ -62,7 +62,10 @@ def main(cfg: FinetuneConfig) -> Path | None:
     except ValueError as exc:
         raise FinetuneError(str(exc)) from None
     settings = resolve_home(cfg)
-    registry.remove_stale_staging(settings.models_dir)
+    try:
+        registry.remove_stale_staging(settings.models_dir)
+    except OSError as exc:  # its lock file cannot be made: a read-only or full models folder
+        raise FinetuneError(f"cannot write into {settings.models_dir}: {exc.strerror or exc}; nothing was trained") from None
     staging = writable_staging(settings, cfg) if int(os.environ.get("RANK", "0")) == 0 else None
     try:
         version = retrain_and_publish(cfg, settings, staging)

@@ -186,6 +186,23 @@ def test_versions_tab_activates_and_rolls_back(admin, home):
     assert registry.active_version(home / "models") == "v0001"
 
 
+def test_versions_tab_with_the_live_folder_gone_or_a_corrupt_pointer(admin, home, tmp_path):
+    make_version(home, "v0001")
+    make_version(home, "v0002")
+    registry.activate(home / "models", "v0002")
+    (home / "models" / "v0002").rename(tmp_path / "v0002")  # someone moved the live version away
+    login(admin)
+    click(admin, "Roll back")
+    assert registry.active_version(home / "models") == "v0001" and "v0001 is live" in shown(admin.success)[0]
+    (home / "models" / "active.json").write_text('{"version": "v00')
+    admin.run()
+    errors = shown(admin.error)
+    assert any("active.json is corrupt" in e and "keeps serving" in e for e in errors), errors
+    assert not [c for c in admin.caption if c.value.startswith("Live:")]  # not guessed as the default model
+    click(admin, "Activate v0001")  # activating a version by name repairs it
+    assert registry.active_state(home / "models") == registry.ActiveState("v0001")
+
+
 def test_start_a_retrain_from_the_page_and_follow_it_to_the_end(home, monkeypatch, tiny_blip_dir):
     import time
 
@@ -203,6 +220,7 @@ def test_start_a_retrain_from_the_page_and_follow_it_to_the_end(home, monkeypatc
     [b for b in app.button if b.label == "Start retrain"][0].click().run()
     run = retrain.latest(Settings.from_env())
     assert run is not None and "--epochs" in run.args
+    assert [b for b in app.button if b.label == "Start retrain"][0].disabled  # one run at a time, even here
     deadline = time.time() + 600
     while run.running and time.time() < deadline:
         time.sleep(0.5)
@@ -210,6 +228,8 @@ def test_start_a_retrain_from_the_page_and_follow_it_to_the_end(home, monkeypatc
     outcome = run.outcome
     assert f"Last retrain: {outcome['message']}" in shown(app.success) + shown(app.error)
     assert any("finetune:" in c.value for c in app.code)
+    assert outcome["status"] == "published", run.log_tail()
+    assert any(c.value == "Live: v0001" for c in app.caption)  # the whole page followed: the versions tab shows it
 
 
 @pytest.fixture

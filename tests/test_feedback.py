@@ -453,6 +453,37 @@ def test_a_lock_held_too_long_is_one_clear_error_in_the_library_and_the_cli(tmp_
     assert "the feedback log is busy" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
+def test_a_read_only_data_folder_is_read_and_a_write_is_one_clear_error(tmp_path, monkeypatch, capsys, demo_png):
+    import errno
+    import json
+
+    from filelock import FileLock
+
+    from captioner.__main__ import main
+    from captioner.review import set_status
+
+    monkeypatch.setenv("CAPTIONER_HOME", str(tmp_path))
+    log = FeedbackLog(tmp_path / "data")
+    first, _ = record(log, "a blue square")
+    picture = tmp_path / "p.png"
+    picture.write_bytes(demo_png())
+
+    def read_only(self, *args, **kwargs):  # as a read-only mount answers (root ignores permission bits, not EROFS)
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(FileLock, "acquire", read_only)
+    assert [row.id for row in FeedbackLog(tmp_path / "data").read()[0]] == [first.id]  # the admin page can still look
+    assert main(["feedback", "list"]) == 0 and json.loads(capsys.readouterr().out)["id"] == first.id
+    with pytest.raises(FeedbackError, match="cannot be written here: .*feedback.csv.lock: Read-only file system"):
+        set_status(FeedbackLog(tmp_path / "data"), {first.id}, "approved", "admin")
+    assert main(["feedback", "add", str(picture), "--correction", "a cube"]) == 2
+    err = capsys.readouterr().err
+    assert "Read-only file system" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    monkeypatch.setattr("captioner.feedback.write_atomic", lambda *args: read_only(None))  # the image folder, too
+    with pytest.raises(FeedbackError, match="the image cannot be stored in .*images: Read-only file system"):
+        record(FeedbackLog(tmp_path / "data"), "a cube", data=b"a picture never stored")
+
+
 def catch(action):
     try:
         action()

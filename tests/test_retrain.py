@@ -54,6 +54,50 @@ def test_cancel_stops_the_run_and_publishes_nothing(tiny_home):
     assert registry.list_versions(settings.models_dir) == [] and registry.active_version(settings.models_dir) is None
 
 
+def test_a_cancel_in_the_first_second_ends_as_cancelled_not_as_a_run_without_a_result(tiny_home):
+    settings = Settings.from_env()
+    run = retrain.start(settings, ["--epochs", "500", "--min-rows", "5"])
+    retrain.cancel(run)  # at once: the child is still importing, before it can catch SIGTERM and say so itself
+    outcome = wait(run, timeout=120)
+    assert (outcome["status"], outcome["message"]) == ("cancelled", "cancelled; nothing was published")
+    assert registry.list_versions(settings.models_dir) == [] and registry.active_version(settings.models_dir) is None
+
+
+def test_a_models_folder_that_cannot_be_written_is_one_clear_refusal(tiny_home, monkeypatch, capsys):
+    import errno
+
+    from filelock import FileLock
+
+    from finetune import FinetuneConfig, FinetuneError, main
+
+    def read_only(self, *args, **kwargs):  # as a read-only mount answers (root ignores permission bits, not EROFS)
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    (tiny_home / "models").mkdir(exist_ok=True)
+    monkeypatch.setattr(FileLock, "acquire", read_only)
+    with pytest.raises(FinetuneError, match=r"cannot write into .*models: Read-only file system; nothing was trained"):
+        main(FinetuneConfig(home=str(tiny_home), min_rows=5, epochs=1))
+    monkeypatch.setattr("captioner.registry.write_atomic", lambda *args: read_only(None))
+    with pytest.raises(registry.RegistryError, match=r"cannot write .*active.json: Read-only file system"):
+        registry.activate(tiny_home / "models", None)
+
+
+def test_roll_back_from_a_live_version_whose_folder_is_gone_or_a_corrupt_pointer(tmp_path):
+    models = tmp_path / "models"
+    for name in ("v0001", "v0002", "v0003"):
+        (models / name).mkdir(parents=True)
+        (models / name / "config.json").write_text("{}")
+    registry.activate(models, "v0003")
+    (models / "v0003").rename(tmp_path / "moved-away")  # the live folder went missing
+    assert registry.previous_version(models) == "v0002"
+    (models / "v0001").rename(tmp_path / "also-gone")
+    (models / "v0002").rename(tmp_path / "gone-too")
+    assert registry.previous_version(models) is None  # nothing older left: the default model
+    (models / registry.ACTIVE_FILE).write_text('{"version": "v00')
+    with pytest.raises(registry.RegistryError, match="corrupt.*activate a version by name"):
+        registry.previous_version(models)
+
+
 def test_a_refused_or_failed_run_says_why(home, monkeypatch, tiny_blip_dir):
     monkeypatch.setenv("CAPTIONER_CAPTION_MODEL", str(tiny_blip_dir))
     run = retrain.start(Settings.from_env(), [])

@@ -26,15 +26,21 @@ def render(config: Settings) -> None:
         options = ["--min-rows", str(min_rows), "--epochs", str(epochs), "--lr", str(lr), "--lora-r", str(lora_r)]
         try:
             retrain.start(config, options + ([] if activate else ["--no-activate"]))
-        except RuntimeError as exc:
-            st.error(plain(str(exc)))
+            st.rerun()  # the form again, its button disabled while the run goes on
+        except (RuntimeError, OSError) as exc:  # one already running; a models folder that cannot be written
+            st.error(plain(f"The retrain did not start: {exc}"))
 
-    @st.fragment(run_every=2)
+    @st.fragment(run_every=2 if running else None)  # polls only while a run goes on
     def follow() -> None:
         current = retrain.latest(config)
         if current is None:
             st.info("No retrain has run yet.")
             return
+        if current.running:
+            st.session_state.retrain_followed = current.id
+        elif st.session_state.get("retrain_followed") == current.id:  # it ended while this page followed it:
+            st.session_state.retrain_followed = None  # the whole page again, so versions and sidebar show the new one
+            st.rerun()
         steps = [p for p in current.progress if p.get("phase") == "train"]
         outcome = current.outcome
         if steps:

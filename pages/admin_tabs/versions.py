@@ -12,9 +12,13 @@ from captioner.settings import Settings
 
 def render(config: Settings) -> None:
     state = st.session_state
-    live = registry.active_version(config.models_dir)
+    pointer = registry.active_state(config.models_dir)
+    live = pointer.version
     found = registry.list_versions(config.models_dir)
-    st.caption(f"Live: {live or 'the default model (' + config.caption_model + ')'}")
+    if pointer.problem:  # never guessed as the default: the sidebar says which model still serves
+        st.error(plain(f"{pointer.problem}. The model last served keeps serving; activate a version to repair it."))
+    else:
+        st.caption(f"Live: {live or 'the default model (' + config.caption_model + ')'}")
     if not found:
         st.info("No fine-tuned versions yet: retrain from approved corrections.")
         return
@@ -27,11 +31,11 @@ def render(config: Settings) -> None:
     } for v in found]), hide_index=True)  # fmt: skip
     pick = st.selectbox("Version", [v.name for v in found][::-1])
     make_live, back = st.columns(2)
-    target = pick if make_live.button(f"Activate {pick}") else None
-    if live and back.button("Roll back"):
-        target = registry.previous_version(config.models_dir) or "default"
-    if target:
+    activate = make_live.button(f"Activate {pick}")
+    roll_back = bool(live) and back.button("Roll back")
+    if activate or roll_back:
         try:
+            target = pick if activate else registry.previous_version(config.models_dir) or "default"
             golive.activate_checked(config, None if target == "default" else target)
             state.version_note = f"{target if target != 'default' else 'The default model'} is live; every session's next caption uses it."
         except registry.RegistryError as exc:
