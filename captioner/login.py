@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -39,9 +40,9 @@ class Verdict:
         if self.locked:
             return f"Too many wrong passwords: locked out for {max(1, round(self.wait_s / 60))} more minute(s)."
         if not self.checked:
-            return f"Too many wrong passwords: wait {self.wait_s:.0f} s before trying again (this attempt was not checked)."
+            return f"Too many wrong passwords: wait {math.ceil(self.wait_s)} s before trying again (this attempt was not checked)."
         if self.wait_s > 0:
-            return f"Wrong password. Wait {self.wait_s:.0f} s before the next attempt."
+            return f"Wrong password. Wait {math.ceil(self.wait_s)} s before the next attempt."
         return "Wrong password."
 
 

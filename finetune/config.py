@@ -39,12 +39,13 @@ class FinetuneConfig:
     )
     seed: int = option(0, "random seed")
     base: str = option("", "model spec to start from; default: the live model")
-    activate: bool = option(True, "make the new version live when it passes (--no-activate to only publish it)")
+    # a bool's help is its --no-NAME flag's: what turning it off does
+    activate: bool = option(True, "only publish the new version (by default it is made live when it passes)")
     recoloured_views: int = option(
         6, "views of each correction that teaches no colour word, its picture turned to other hues and captioned by "
         "the live model's own words up to the taught ones, which alone are learned there (0 = off)"
     )
-    augment: bool = option(True, "random flips, zooms and shifts of the training pictures (--no-augment to turn off)")
+    augment: bool = option(True, "train on the pictures as they are (by default they are flipped, zoomed and shifted at random)")
     home: str = option("", "CAPTIONER_HOME to read feedback from and publish into; default: the environment's")
     progress_file: str = option("", "also write progress as JSON lines here (the admin page follows it)")
 
@@ -77,6 +78,8 @@ class FinetuneConfig:
             problems.append(f"--recoloured-views must be 0 or more, not {self.recoloured_views}")
         if not 0 <= self.max_forgetting <= 1:
             problems.append(f"--max-forgetting must be in [0, 1], not {self.max_forgetting}")
+        if self.home and not Path(self.home).is_dir():
+            problems.append(f"--home {self.home} is not a folder")
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -40,15 +40,17 @@ def caption_scores(predictions: list[str], references: list[str]) -> dict:
     if not predictions:
         return {"exact_match": None, "bleu4": None, "cider": None, "count": 0}
     said, truths = [normalise(p) for p in predictions], [normalise(r) for r in references]
-    # pycocoevalcap expects pre-tokenised text; an empty hypothesis is scored as a single placeholder token.
-    cider, _ = Cider().compute_score({i: [t] for i, t in enumerate(truths)}, {i: [s or "<empty>"] for i, s in enumerate(said)})
+    cider = None  # CIDEr weighs n-grams by how few references hold them: over one image every weight is 0
+    if len(said) > 1:  # pycocoevalcap expects pre-tokenised text; an empty hypothesis is one placeholder token
+        score, _ = Cider().compute_score({i: [t] for i, t in enumerate(truths)}, {i: [s or "<empty>"] for i, s in enumerate(said)})
+        cider = round(float(score), 4)
     exact = sum(s == t for s, t in zip(said, truths)) / len(said)
     bleu = sum(smoothed_bleu4(s, t) for s, t in zip(said, truths)) / len(said)
-    return {"exact_match": round(exact, 4), "bleu4": round(bleu, 4), "cider": round(float(cider), 4), "count": len(said)}
+    return {"exact_match": round(exact, 4), "bleu4": round(bleu, 4), "cider": cider, "count": len(said)}
 
 
 def worse(after: dict, before: dict) -> bool:
     """Is `after` worse than `before`: lower exact match, or equal and lower CIDEr."""
     if not after.get("count"):
         return False
-    return (after["exact_match"], after["cider"]) < (before["exact_match"], before["cider"] - 1e-9)
+    return (after["exact_match"], after["cider"] or 0.0) < (before["exact_match"], (before["cider"] or 0.0) - 1e-9)

@@ -90,6 +90,8 @@ def test_bleu_is_smoothed_so_a_right_three_word_caption_scores_one():
     assert smoothed_bleu4("", "a red star") == 0.0 and smoothed_bleu4("blue", "a red star") == 0.0
     scores = caption_scores(["a red star", "a blue star"], ["a red star", "a red star"])
     assert scores["exact_match"] == 0.5 and scores["bleu4"] > 0.7
+    one = caption_scores(["a red star"], ["a red star"])  # CIDEr over one image is 0 by construction: not reported
+    assert (one["exact_match"], one["cider"]) == (1.0, None)
 
 
 def test_the_card_is_hub_metadata_and_the_adapter_names_its_base_portably(home, monkeypatch, tiny_blip_dir, tmp_path):

@@ -23,6 +23,9 @@ def test_failures_slow_down_then_lock_out_and_are_logged(caplog):
     assert verdicts[-1].wait_s == login.FIRST_DELAY_S and "Wait 2 s" in verdicts[-1].message()
     refused = guard.attempt("10.0.0.7", "secret", "secret")  # even the right password waits its turn
     assert not refused.ok and not refused.checked and "not checked" in refused.message()
+    clock.now += login.FIRST_DELAY_S - 0.3  # a fraction of a second left is said as 1 s, never as "wait 0 s"
+    assert "wait 1 s before trying again" in guard.attempt("10.0.0.7", "secret", "secret").message()
+    clock.now += 0.3
     for _ in range(login.LOCKOUT_AFTER - login.FREE_FAILURES):
         clock.now += login.MAX_DELAY_S + 1
         last = guard.attempt("10.0.0.7", "guess", "secret")

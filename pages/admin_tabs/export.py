@@ -16,7 +16,7 @@ from captioner.feedback import FeedbackError, FeedbackLog
 def render(log: FeedbackLog, data_dir: Path) -> None:
     state = st.session_state
     fmt = st.radio("Format", ["hf", "jsonl"], horizontal=True,
-                   format_func={"hf": "Hugging Face dataset (captions and Q&A apart)", "jsonl": "JSONL"}.get)  # fmt: skip
+                   format_func={"hf": "Hugging Face dataset (captions, Q&A and styled captions apart)", "jsonl": "JSONL"}.get)  # fmt: skip
     if st.button("Export approved rows"):
         target = data_dir / "exports" / f"{time.strftime('%Y%m%d-%H%M%S')}-{fmt}"
         try:
@@ -25,6 +25,8 @@ def render(log: FeedbackLog, data_dir: Path) -> None:
             state.export_done = (report.count, report.by_config, report.skipped, str(target), archive)
         except (ExportError, FeedbackError) as exc:
             st.error(plain(str(exc)))
+        except OSError as exc:  # a full or read-only data folder
+            st.error(plain(f"The export could not be written to {target}: {exc.strerror or exc}"))
     if state.get("export_done"):
         count, by_config, skipped, target, archive = state.export_done
         parts = ", ".join(f"{config}: {n}" for config, n in by_config.items())
@@ -32,4 +34,5 @@ def render(log: FeedbackLog, data_dir: Path) -> None:
         if skipped:
             st.warning(f"{len(skipped)} approved row(s) were left out:")
             st.code("\n".join(skipped), language=None, wrap_lines=True)
-        st.download_button("Download the export (zip)", Path(archive).read_bytes(), Path(archive).name, "application/zip")
+        # read when pressed, not on every rerun of the page (a photo export can be large)
+        st.download_button("Download the export (zip)", lambda: Path(archive).read_bytes(), Path(archive).name, "application/zip")
