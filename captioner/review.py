@@ -154,14 +154,16 @@ def _moment(text: str) -> float:
 
 
 def statistics(rows: list[FeedbackRow]) -> dict:
-    """Rows by status, correction rate per model version (share not confirmations), rows per day and status."""
+    """Rows by status, the captioner's correction rate per model version (share of caption rows that are not
+    confirmations; Q&A and style rows come from other models), rows per day and status."""
     by_version: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     per_day: dict[str, Counter] = defaultdict(Counter)
     by_status = Counter()
     for row in rows:
-        counts = by_version[row.model_version or "(unknown)"]
-        counts[0] += 1
-        counts[1] += row.correction != row.model_output
+        if row.task == "caption":
+            counts = by_version[row.model_version or "(unknown)"]
+            counts[0] += 1
+            counts[1] += row.correction != row.model_output
         per_day[row.created_at[:10]][row.status] += 1
         by_status[row.status] += 1
     return {

@@ -82,6 +82,14 @@ def test_actions_touch_exactly_the_ids_given(tmp_path):
     assert statistics(log.read()[0])["by_status"] == {"pending": 47, "approved": 2, "rejected": 0}
 
 
+def test_the_correction_rate_counts_caption_rows_only():
+    rows = make_rows(30)  # every tenth row is a Q&A answer, which another model gave
+    rows[1] = rows[1]._replace(correction=rows[1].model_output)  # one confirmation, by v1
+    figures = statistics(rows)
+    assert figures["rows_per_version"] == {"v0": 9, "v1": 9, "v2": 9}  # rows 0, 10, 20 (v0, v1, v2) are Q&A
+    assert figures["correction_rate"] == {"v0": 1.0, "v1": 0.8889, "v2": 1.0}
+
+
 def test_the_selection_is_by_id_and_a_reset_gives_a_fresh_table():
     rows = make_rows(4)
     selection = Selection()
