@@ -238,6 +238,12 @@ def embed_texts(loaded: LoadedModel, texts: Sequence[str]) -> np.ndarray:
     return np.stack([known[text] for text in texts]) if texts else np.zeros((0, dim), np.float32)
 
 
+def text_is_cut(loaded: LoadedModel, text: str) -> bool:
+    """Whether the model reads only the start of this text: more words after it would not change its tokens."""
+    tokenize = loaded.processor.tokenizer
+    return bool((tokenize([text.strip()]) == tokenize([text.strip() + " and more"])).all())
+
+
 def _text_features(model, tokens):
     """model.encode_text, computed over the tokens up to the last end-of-text only when that is exact: a causal
     text tower pooled at the end-of-text token never looks past it, and a short query then costs a few

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .embed import embed_images, embed_texts
+from .embed import embed_images, embed_texts, text_is_cut
 from .images import ImageError, ImageInput
 from .index_entries import Entry
 from .index_store import FORMAT, NEAR_DUPLICATE, GalleryIndex, Hit, IndexProblem, current_generation, index_root, load_index
@@ -20,7 +20,7 @@ from .search_structure import FLAT_LIMIT, RECALL_TARGET, build_search_structure
 __all__ = [  # the index's public names, in one place
     "FLAT_LIMIT", "FORMAT", "NEAR_DUPLICATE", "RECALL_TARGET", "Entry", "GalleryIndex", "Hit", "IndexProblem",
     "SearchError", "UpdateReport", "build_search_structure", "current_generation", "index_root", "load_index",
-    "open_or_build", "search_gallery_image", "search_image", "search_text", "update_index",
+    "open_or_build", "search_gallery_image", "search_image", "search_text", "text_is_cut", "update_index",
 ]  # fmt: skip
 
 

@@ -11,7 +11,9 @@ import streamlit as st
 
 from captioner.gallery_scan import gallery_file
 from captioner.images import UPLOAD_TYPES, ImageError, ImageInput, decode, read_file, thumbnail_jpeg
-from captioner.index import IndexProblem, SearchError, search_gallery_image, search_image, search_text, update_index
+from captioner.index import (
+    IndexProblem, SearchError, search_gallery_image, search_image, search_text, text_is_cut, update_index,
+)  # fmt: skip
 from pages.ui import shared
 from pages.ui.text import plain
 
@@ -110,6 +112,8 @@ try:
     if mode == "Text":
         text = st.text_input("Describe what you are looking for", placeholder="a red circle", key="search_text")
         hits = search_text(embedder, index, text, top_k) if text.strip() else None
+        if hits is not None and text_is_cut(embedder, text):
+            st.caption("The search model reads only the start of a long text: the end of this one was left out.")
     elif mode == "Gallery image":
         needle = st.text_input("Filter gallery files by name", placeholder="part of a file name")
         matches = [p for p in index.paths if needle.lower() in p.lower()] if needle else index.paths

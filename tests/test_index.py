@@ -187,6 +187,11 @@ def test_the_search_cli_prints_a_name_that_is_not_utf8_so_json_gives_it_back(hom
     assert done.returncode == 0, done.stderr
     found = [json.loads(line)["path"] for line in done.stdout.splitlines()]
     assert len(found) == 5 and os.path.join(os.fsencode(gallery.resolve()), name) in map(os.fsencode, found)
+    assert "reads only the start" not in done.stderr
+    long = run_cli("search", "--text", "a red circle on white " * 20, "-k", "2", "--gallery", gallery, "--model", "demo",
+                   env={"CAPTIONER_HOME": str(home)})  # fmt: skip
+    assert long.returncode == 0 and len(long.stdout.splitlines()) == 2
+    assert "note: the search model reads only the start of a long text" in long.stderr
 
 
 def test_missing_and_empty_galleries(clip, tmp_path, settings):

@@ -113,3 +113,12 @@ def test_a_file_name_that_is_not_utf8_is_shown_and_searchable(search, gallery):
     assert not search.exception, search.exception
     results = result_captions(search)
     assert "caf\ufffd-red-circle.png" in results[0] and "near-duplicate" in results[0]
+
+
+def test_a_text_longer_than_the_search_model_reads_says_so(search):
+    click(search, "Update index")
+    search.text_input(key="search_text").set_value("a red circle").run()
+    assert not any("reads only the start" in c.value for c in search.caption)
+    search.text_input(key="search_text").set_value("a red circle on a white background " * 10).run()
+    assert any("reads only the start of a long text" in c.value for c in search.caption)
+    assert result_captions(search)  # still searched, with what the model read

@@ -8,7 +8,7 @@ import sys
 from tqdm import tqdm
 
 from ..images import ImageError, read_file
-from ..index import IndexProblem, SearchError, open_or_build, search_image, search_text, update_index
+from ..index import IndexProblem, SearchError, open_or_build, search_image, search_text, text_is_cut, update_index
 from ..settings import Settings
 from .common import UserError, say
 from .serving import load_for_cli
@@ -80,6 +80,8 @@ def cmd_search(args, settings: Settings) -> int:
     except ImageError as exc:
         say(str(exc))
         return 1
+    if args.text is not None and text_is_cut(loaded, args.text):
+        say("note: the search model reads only the start of a long text: the end of this query was left out")
     for hit in hits:
         record = {"path": str(hit.path), "score": round(hit.score, 6)}
         # a file name that is not UTF-8 (os.fsdecode keeps its bytes as \udcXX) goes as escapes json.loads gives back
