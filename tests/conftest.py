@@ -65,6 +65,17 @@ def needs(module: str) -> None:
         pytest.importorskip(module, reason=f"{module} is not installed here (CAPTIONER_TEST_PARTIAL=1)")
 
 
+def write_non_utf8_name(folder, name: bytes, data: bytes) -> bytes:
+    """Write data under a file name that is not UTF-8 (Latin-1, as a zip made on an old Windows unpacks on Linux);
+    the calling test is skipped where the file system refuses such names."""
+    try:
+        with open(os.path.join(os.fsencode(folder), name), "wb") as handle:
+            handle.write(data)
+    except OSError:
+        pytest.skip("this file system refuses names that are not UTF-8")
+    return name
+
+
 def child_env(**extra: str) -> dict[str, str]:
     """This process's environment for a child process, plus extra, with the repository put first on PYTHONPATH
     (extended, never replaced: a GPU machine's PYTHONPATH may carry what torch needs)."""

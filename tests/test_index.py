@@ -20,7 +20,7 @@ from captioner.index import (
     update_index,
 )  # fmt: skip
 from captioner.models import ModelError
-from conftest import ROOT, child_env
+from conftest import ROOT, child_env, write_non_utf8_name
 
 
 @pytest.fixture
@@ -157,12 +157,7 @@ def test_a_file_that_could_not_be_read_is_read_again_at_the_next_update(clip, ga
 
 
 def test_a_file_name_that_is_not_utf8_is_indexed_and_found(clip, gallery, settings):
-    name = b"caf\xe9-photo.png"  # Latin-1, as a zip made on an old Windows unpacks on Linux
-    try:
-        with open(os.path.join(os.fsencode(gallery), name), "wb") as handle:
-            handle.write(zoo.encode(zoo.demo("star", "blue", 90), "PNG"))
-    except OSError:
-        pytest.skip("this file system refuses names that are not UTF-8")
+    name = write_non_utf8_name(gallery, b"caf\xe9-photo.png", zoo.encode(zoo.demo("star", "blue", 90), "PNG"))
     index, report = update_index(clip, gallery, settings.data_dir)
     assert (report.added, len(index)) == (5, 5) and os.fsdecode(name) in index.paths
     root = index_root(settings.data_dir, gallery, clip.name)
@@ -176,12 +171,7 @@ def test_a_file_name_that_is_not_utf8_is_indexed_and_found(clip, gallery, settin
 def test_the_search_cli_prints_a_name_that_is_not_utf8_so_json_gives_it_back(home, gallery):
     from conftest import run_cli
 
-    name = b"caf\xe9-photo.png"
-    try:
-        with open(os.path.join(os.fsencode(gallery), name), "wb") as handle:
-            handle.write(zoo.encode(zoo.demo("circle", "red", 90), "PNG"))
-    except OSError:
-        pytest.skip("this file system refuses names that are not UTF-8")
+    name = write_non_utf8_name(gallery, b"caf\xe9-photo.png", zoo.encode(zoo.demo("circle", "red", 90), "PNG"))
     done = run_cli("search", "--text", "a red circle", "-k", "5", "--gallery", gallery, "--model", "demo",
                    env={"CAPTIONER_HOME": str(home)})  # fmt: skip
     assert done.returncode == 0, done.stderr

@@ -1,12 +1,11 @@
 """The search page in AppTest: update the index, query by text, image and gallery image; Find similar."""
 
-import os
 
 import pytest
 
 import images_zoo as zoo
 from captioner.demo.quality import demo_inputs
-from conftest import start_app
+from conftest import start_app, write_non_utf8_name
 from page_text import shown
 
 
@@ -96,12 +95,7 @@ def test_find_similar_from_the_caption_page(search, gallery):
 
 
 def test_a_file_name_that_is_not_utf8_is_shown_and_searchable(search, gallery):
-    name = b"caf\xe9-red-circle.png"  # Latin-1, as a zip made on an old Windows unpacks on Linux
-    try:
-        with open(os.path.join(os.fsencode(gallery), name), "wb") as handle:
-            handle.write(zoo.encode(zoo.demo("circle", "red", 120), "PNG"))
-    except OSError:
-        pytest.skip("this file system refuses names that are not UTF-8")
+    write_non_utf8_name(gallery, b"caf\xe9-red-circle.png", zoo.encode(zoo.demo("circle", "red", 120), "PNG"))
     click(search, "Update index")
     assert "41 added" in search.success[0].value
     search.text_input[0].set_value("a red circle").run()
