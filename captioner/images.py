@@ -13,6 +13,7 @@ import hashlib
 import io
 import math
 import os
+import stat
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -115,12 +116,21 @@ def read_file(path: str | os.PathLike, name: str | None = None) -> ImageInput:
     path = Path(path)
     name = name or str(path)
     try:
-        size = path.stat().st_size
-        if path.is_dir():
+        mode = path.stat().st_mode
+        if stat.S_ISDIR(mode):
             raise ImageError(name, "is a folder, not an image file")
-        if size > MAX_FILE_BYTES:
-            raise ImageError(name, f"file is {size / 2**20:.0f} MiB, over the {MAX_FILE_BYTES / 2**20:.0f} MiB limit")
-        return ImageInput(name, path.read_bytes())
+        if not stat.S_ISREG(mode):  # a pipe would block, a device (/dev/zero) never ends: neither is opened
+            raise ImageError(name, "is not a regular file (a pipe, socket or device)")
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size  # the file opened, not whatever the path names by now
+            if size > MAX_FILE_BYTES:
+                raise ImageError(name, f"file is {size / 2**20:.0f} MiB, over the {MAX_FILE_BYTES / 2**20:.0f} MiB limit")
+            data = handle.read(MAX_FILE_BYTES + 1)  # bounded, whatever the size said (a file still growing)
+        if len(data) > MAX_FILE_BYTES:
+            raise ImageError(name, f"file is over the {MAX_FILE_BYTES / 2**20:.0f} MiB limit")
+        return ImageInput(name, data)
+    except ImageError:
+        raise
     except FileNotFoundError:
         raise ImageError(name, "no such file") from None
     except PermissionError:

@@ -9,6 +9,7 @@ answer) keeps answers from every session in one FIFO queue, one `generate` at a 
 
 from __future__ import annotations
 
+import atexit
 import queue
 import threading
 import weakref
@@ -198,6 +199,22 @@ def _retire(key: int) -> None:
         worker = _WORKERS.pop(key, None)
     if worker is not None:
         worker.stop()
+
+
+def stop_all(timeout: float = 30) -> None:
+    """At interpreter exit: every worker finishes its request and ends first. A worker still letting go of its
+    tensors while Python shuts down aborts the process ('terminate called without an active exception')."""
+    with _WORKERS_LOCK:
+        workers = list(_WORKERS.values())
+        _WORKERS.clear()
+    for worker in workers:
+        worker.stop()
+    for worker in workers:
+        if worker._thread is not threading.current_thread():
+            worker._thread.join(timeout)
+
+
+atexit.register(stop_all)
 
 
 def stream_generate(loaded, inputs: dict, tokenizer, **generate_kwargs) -> TokenStream:

@@ -55,8 +55,20 @@ def test_unsupported_format_is_refused():
 def test_missing_file_and_folder_name_the_path(tmp_path):
     with pytest.raises(ImageError, match="no such file"):
         images.read_file(tmp_path / "gone.png")
-    with pytest.raises(ImageError, match="folder"):
+    with pytest.raises(ImageError, match="folder") as refused_folder:
         images.read_file(tmp_path)
+    assert str(refused_folder.value) == f"{tmp_path}: is a folder, not an image file"  # named once, not twice
+
+
+def test_a_pipe_or_a_device_is_refused_before_it_is_opened(tmp_path):
+    import os
+
+    fifo = tmp_path / "camera.jpg"
+    os.mkfifo(fifo)  # opening it would wait forever for a writer
+    with pytest.raises(ImageError, match="not a regular file"):
+        images.read_file(fifo)
+    with pytest.raises(ImageError, match="not a regular file"):
+        images.read_file("/dev/zero")  # its size says 0, and a read never ends
 
 
 def test_cmyk_jpeg_becomes_rgb_with_its_colors():
