@@ -68,11 +68,11 @@ def format_captions(rows: list[dict], fmt: str, header: bool = True, styled: boo
     import json
 
     saved = [name for name in CORRECTION_COLUMNS if any(name in r for r in rows)]
-    if fmt == "jsonl":
+    if fmt == "jsonl":  # a file name that is not UTF-8 (its bytes kept as \udcXX) goes as escapes json.loads gives back
         return "".join(
             json.dumps({"path": r["path"], "caption": r["caption"], **({"styled": r["styled"]} if "styled" in r else {}),
                         "score": _rounded(r.get("score")), **{name: r[name] for name in saved if name in r},
-                        **({"error": r["error"]} if r["error"] else {})}, ensure_ascii=False) + "\n"
+                        **({"error": r["error"]} if r["error"] else {})}, ensure_ascii=_undecodable(r["path"])) + "\n"
             for r in rows
         )  # fmt: skip
     if fmt == "csv":
@@ -87,9 +87,20 @@ def format_captions(rows: list[dict], fmt: str, header: bool = True, styled: boo
             for r in rows
         ])  # fmt: skip
         return out.getvalue()
-    if fmt == "txt":
-        return "".join(f"{r['path']}\t{r['caption']}\n" for r in rows if not r["error"])
+    if fmt == "txt":  # one line a captioned image: path, caption (and the styled caption), tab-separated
+        fields = [("path", "caption", "styled") if "styled" in r else ("path", "caption") for r in rows]
+        return "".join("\t".join(_one_line(r.get(name) or "") for name in names) + "\n"
+                       for r, names in zip(rows, fields) if not r["error"])  # fmt: skip
     raise ValueError(f"unknown format {fmt!r}; use jsonl, csv or txt")
+
+
+def _undecodable(text: str) -> bool:
+    return any("\udc80" <= char <= "\udcff" for char in text)
+
+
+def _one_line(text: str) -> str:
+    """Text for one tab-separated line: a tab or a line break in it (a file name may hold them) written as \\t, \\n."""
+    return str(text).replace("\\", "\\\\").replace("\t", "\\t").replace("\r", "\\r").replace("\n", "\\n")
 
 
 def _rounded(score: float | None) -> float | None:

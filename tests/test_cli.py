@@ -51,6 +51,48 @@ def test_caption_a_folder_to_csv_and_txt_files(home, tmp_path):
     assert done.stdout.splitlines()[1].endswith("2.png\ta blue circle")
 
 
+def test_a_folder_is_walked_as_the_index_walks_it_and_odd_names_come_out_whole(home, tmp_path):
+    import os
+
+    from conftest import write_non_utf8_name
+
+    folder, elsewhere = tmp_path / "shoot", tmp_path / "elsewhere"
+    (folder / "day1").mkdir(parents=True)
+    elsewhere.mkdir()
+    write(folder / "day1", "a.png", zoo.encode(zoo.demo("circle", "red"), "PNG"))
+    write(elsewhere, "b.png", zoo.encode(zoo.demo("square", "blue"), "PNG"))
+    os.symlink(elsewhere, folder / "day2")  # a card's second folder, linked in: followed
+    os.symlink(folder / "day1", folder / "alias")  # the same folder twice: once
+    write(folder, "._a.png", b"\x00\x05\x16\x07 AppleDouble")  # a Mac's resource fork: hidden, passed over
+    write(folder, "notes.heic", b"not read")
+    write(folder, "tab\tname.png", zoo.encode(zoo.demo("triangle", "green"), "PNG"))
+    write_non_utf8_name(folder, b"caf\xe9.png", zoo.encode(zoo.demo("circle", "yellow"), "PNG"))
+    out = tmp_path / "o.jsonl"
+    done = run_cli("caption", folder, "--model", "demo", "--out", out)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    lines = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]  # valid UTF-8 JSON
+    assert [os.fsencode(line["path"])[len(os.fsencode(folder)) + 1 :] for line in lines] == [
+        b"caf\xe9.png", b"day1/a.png", b"day2/b.png", b"tab\tname.png"]  # fmt: skip
+    assert [line["caption"] for line in lines] == ["a yellow circle", "a red circle", "a blue square", "a green triangle"]
+    assert "note: " in done.stderr and "2 file(s) left out, such as notes.heic (not an image file type)" in done.stderr  # and the alias
+    run_cli("caption", folder, "--model", "demo", "--format", "txt", "--out", tmp_path / "o.txt")
+    lines = (tmp_path / "o.txt").read_bytes().splitlines()  # a name as its own bytes; a tab in it written as \t
+    assert [line.split(b"\t")[0].rsplit(b"/", 1)[1] for line in lines] == [b"caf\xe9.png", b"a.png", b"b.png", b"tab\\tname.png"]
+
+
+def test_output_that_cannot_be_written_is_one_line_and_a_closed_pipe_is_quiet(home, tmp_path):
+    picture = write(tmp_path, "p.png", zoo.encode(zoo.demo("square", "yellow"), "PNG"))
+    done = run_cli("caption", picture, picture, "--model", "demo", "--out", "/dev/full")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "/dev/full: cannot be written (No space left on device)" in done.stderr
+    command = [sys.executable, "-m", "captioner", "caption", *[str(picture)] * 600, "--model", "demo"]  # 2 chunks
+    reader = subprocess.Popen(["head", "-1"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    writer = subprocess.run(command, stdout=reader.stdin, stderr=subprocess.PIPE, text=True, cwd=ROOT, timeout=300)
+    reader.stdin.close()
+    assert json.loads(reader.stdout.read())["caption"] == "a yellow square"
+    assert writer.returncode == 1 and "Traceback" not in writer.stderr and "BrokenPipe" not in writer.stderr
+
+
 def test_default_model_offline_falls_back_with_a_note(home, tmp_path):
     picture = write(tmp_path, "p.png", zoo.encode(zoo.demo("square", "yellow"), "PNG"))
     done = run_cli("caption", picture, env={"CAPTIONER_CAPTION_MODEL": ""})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from collections import deque
@@ -11,6 +12,7 @@ from pathlib import Path
 from ..caption import GenerationOptions, caption_images, format_captions
 from ..chat import ChatError, answer
 from ..images import UPLOAD_TYPES, ImageError, decode, read_file
+from ..gallery_scan import scan_gallery
 from ..restyle import detail_facts, restyle_batch
 from ..settings import Settings
 from ..styles import DETAILED, StyleError, style_for, style_notice
@@ -34,17 +36,24 @@ def cmd_caption(args, settings: Settings) -> int:
     if args.batch_size is not None and args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, not {args.batch_size}")
     style = chosen_style(args)
-    paths = expand_paths(args.paths)
+    paths, failed = expand_paths(args.paths)
     loaded = load_for_cli("caption", args.model, settings)
-    failed, first = False, True
-    with open_output(args.out) as out:
-        for chunk, results in captioned_chunks(loaded, paths, options, args.batch_size):  # an interrupted run keeps
-            rows, chunk_failed = chunk_rows(chunk, results, style, args, settings)  # the chunks it wrote
-            out.write(format_captions(rows, args.format, header=first))
-            out.flush()
-            failed, first = failed or chunk_failed, False
-        if first:
-            out.write(format_captions([], args.format, header=True, styled=not style.plain))
+    first = True
+    try:
+        with open_output(args.out) as out:
+            for chunk, results in captioned_chunks(loaded, paths, options, args.batch_size):  # an interrupted run
+                rows, chunk_failed = chunk_rows(chunk, results, style, args, settings)  # keeps the chunks it wrote
+                out.write(format_captions(rows, args.format, header=first))
+                out.flush()
+                failed, first = failed or chunk_failed, False
+            if first:
+                out.write(format_captions([], args.format, header=True, styled=not style.plain))
+    except BrokenPipeError:  # the reader stopped reading (`| head`): nothing to say, the rest is not wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the flush at exit does not complain
+        return 1
+    except OSError as exc:  # a full disk, a removed drive: what was written before stays
+        say(f"{args.out or 'standard output'}: cannot be written ({exc.strerror or exc}); the rows before were written")
+        return 1
     return 1 if failed else 0
 
 
@@ -185,28 +194,41 @@ def cmd_ask(args, settings: Settings) -> int:
     return 0
 
 
-def expand_paths(raw: list[str]) -> list[Path]:
-    """Files as given; folders replaced by the image files inside them, sorted."""
+def expand_paths(raw: list[str]) -> tuple[list[Path], bool]:
+    """Files as given; folders replaced by the image files inside them, sorted, walked as the gallery index walks
+    them (hidden files passed over, linked folders followed once); True when part of a folder could not be read.
+    An image file that cannot be used (empty, too big) stays an input: its row says why."""
     paths: list[Path] = []
+    unreadable = False
     for item in raw:
         path = Path(item)
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower().lstrip(".") in UPLOAD_TYPES)
-            if not found:
-                say(f"{path}: folder holds no image files")
-            paths.extend(found)
-        else:
+        if not path.is_dir():
             paths.append(path)
-    return paths
+            continue
+        scan = scan_gallery(path, follow_links=True)  # the person named this folder: where its links lead is theirs
+        image_files = {relative for relative, _ in scan.skipped if relative.rpartition(".")[2].lower() in UPLOAD_TYPES}
+        for relative, reason in scan.skipped:
+            if relative not in image_files:  # a folder or link that cannot be read: no input to give a row
+                say(f"{path / relative}: {reason}")
+                unreadable = True
+        found = sorted(set(scan.found) | image_files)
+        if not found:
+            say(f"{path}: folder holds no image files")
+        if scan.ignored:
+            first, why = scan.ignored[0]
+            say(f"note: {path}: {len(scan.ignored)} file(s) left out, such as {first} ({why})")
+        paths.extend(path / relative for relative in found)
+    return paths, unreadable
 
 
 def open_output(out: Path | None):
     """The --out file (written as rows are done), or stdout; one clear error when it cannot be written."""
     import contextlib
 
-    if not out:
+    if not out:  # a file name that is not UTF-8 (Linux allows any bytes) goes out as its own bytes in CSV and text
+        sys.stdout.reconfigure(errors="surrogateescape")
         return contextlib.nullcontext(sys.stdout)
     try:
-        return open(out, "w", encoding="utf-8", newline="")
+        return open(out, "w", encoding="utf-8", errors="surrogateescape", newline="")
     except OSError as exc:
         raise UserError(f"--out {out}: cannot be written ({exc.strerror or exc})") from None
