@@ -74,10 +74,16 @@ def export(log: FeedbackLog, out_dir: Path, fmt: str) -> ExportReport:
             report.skipped.append(str(exc))
     if not sources:
         raise ExportError(f"none of the {len(rows)} approved rows can be exported: {report.skipped[0]}")
-    staging = staging_folder(out_dir)
+    try:
+        staging = staging_folder(out_dir)
+    except OSError as exc:  # a read-only, full or missing place: nothing was written
+        raise ExportError(f"cannot write the export into {Path(out_dir).parent}: {exc.strerror or exc}") from None
     try:
         (_write_hf if fmt == "hf" else _write_jsonl)(sources, staging, report)
         publish_folder(staging, out_dir)
+    except OSError as exc:
+        discard_folder(staging)
+        raise ExportError(f"the export into {out_dir} could not be written: {exc.strerror or exc}; nothing was kept") from None
     except BaseException:
         discard_folder(staging)
         raise

@@ -120,6 +120,8 @@ class FeedbackLog:
             check_text(name, value)
         if task not in TASKS:
             raise FeedbackError(f"task {task!r} is not one of {', '.join(TASKS)}")
+        if task != "caption" and not prompt.strip():  # a Q&A row's question; a styled caption's style
+            raise FeedbackError(f"a {task} row needs its {'question' if task == 'qa' else 'style'} as the prompt")
         if status not in ("pending", "approved"):
             raise FeedbackError(f"a new row's status must be pending or approved, not {status!r}")
         if score is not None and not math.isfinite(score):

@@ -12,6 +12,7 @@ of them belong to no file, or (the small ones merged) when there are more than M
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -70,10 +71,10 @@ def update_index(
     """Bring the gallery's index up to date: embed new and changed files, drop deleted ones, skip the rest."""
     started, gallery = time.time(), Path(gallery).resolve()
     root = index_root(data_dir, gallery, embedder.name)
-    root.mkdir(parents=True, exist_ok=True)
     report = UpdateReport()
-    with FileLock(str(root / "update.lock"), timeout=3600):
-        remove_strays(root)
+    with _update_lock(root) as cannot_write:
+        if not cannot_write:
+            remove_strays(root)
         old = _previous_index(root, gallery, embedder, report)
         try:
             scan = scan_gallery(gallery, follow_links)
@@ -81,6 +82,9 @@ def update_index(
             raise IndexProblem(str(exc)) from None
         report.skipped, report.ignored = scan.skipped, scan.ignored
         kept, to_read, known = _compare(scan, old, report)
+        if cannot_write and (old is None or to_read or report.removed):  # before any reading or embedding
+            raise IndexProblem(f"the index in {root} cannot be {'updated' if old else 'made'} ({cannot_write})"
+                               + (f": {len(to_read) + report.removed} file(s) are new, changed or gone" if old else ""))  # fmt: skip
         fresh, new_vectors, new_position, unread = _read_and_embed(embedder, gallery, to_read, known, report, on_progress)
         base = sum(rows for _, rows in old.meta["segments"]) if old else 0
         added = EntryTable.from_rows([
@@ -108,6 +112,23 @@ def update_index(
         index = load_index(root, gallery, embedder.name, embedder.version)
     report.seconds = time.time() - started
     return index, report
+
+
+@contextmanager
+def _update_lock(root: Path):
+    """Hold the index's update lock; yields why the index cannot be written ("" when it can). A folder that takes
+    no lock file (read-only, full) is read without one: no other process can write it either."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(root / "update.lock"), timeout=3600)
+        lock.acquire()
+    except OSError as exc:
+        yield exc.strerror or str(exc)
+        return
+    try:
+        yield ""
+    finally:
+        lock.release()
 
 
 def _previous_index(root: Path, gallery: Path, embedder, report: UpdateReport) -> GalleryIndex | None:

@@ -106,12 +106,14 @@ def test_user_errors_are_one_line_without_traceback(home, tmp_path):
     for args, expected in [
         (("caption", picture, "--model", "./no/such/model"), "model folder './no/such/model' does not exist"),
         (("caption", picture, "--model", "demo", "--num-beams", "0"), "beams must be 1 to 10"),
-        (("feedback", "add", tmp_path / "nope.png", "--correction", "x"), "nope.png: no such file"),
         (("feedback", "add", picture, "--correction", " "), "the correction is empty"),
+        (("feedback", "add", picture, "--correction", "red", "--task", "qa"), "a qa row needs its question as the prompt"),
     ]:
         done = run_cli(*args)
         assert done.returncode == 2 and "Traceback" not in done.stderr
         assert done.stderr.count("\n") == 1 and expected in done.stderr, done.stderr
+    done = run_cli("feedback", "add", tmp_path / "nope.png", "--correction", "x")  # a failed input: 1, as caption says
+    assert done.returncode == 1 and done.stderr == f"captioner: {tmp_path / 'nope.png'}: no such file\n"
     done = run_cli("caption", picture, env={"CAPTIONER_DEVICE": "gpu"})
     assert done.returncode == 2 and "CAPTIONER_DEVICE='gpu'" in done.stderr
 
@@ -161,6 +163,12 @@ def test_demo_images_writes_pictures_and_captions(tmp_path):
     assert all((tmp_path / "stars" / r["file"]).stat().st_size > 0 for r in records)
     bad = run_cli("demo", "images", tmp_path / "x", "--shapes", "blob")
     assert bad.returncode == 2 and "blob" in bad.stderr
+    (tmp_path / "a-file").write_text("not a folder")
+    for outdir, why in ((tmp_path / "a-file", "File exists"), (tmp_path / "a-file" / "below", "Not a directory")):
+        done = run_cli("demo", "images", outdir, "--n", "2")
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        assert done.stderr.strip() == f"captioner: {outdir}: cannot write the images there ({why})"
+    assert run_cli("demo", "images", tmp_path / "y", "--n", "0").stderr.strip() == "captioner: --n must be at least 1, not 0"
 
 
 def test_a_folder_bigger_than_memory_is_read_a_chunk_ahead_and_written_as_it_goes(home, tmp_path, monkeypatch):

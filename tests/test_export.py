@@ -3,6 +3,7 @@
 import json
 import os
 from datetime import timezone
+from pathlib import Path
 
 import pytest
 
@@ -97,6 +98,23 @@ def test_an_export_into_a_folder_in_use_is_refused(log, tmp_path):
     with pytest.raises(ExportError, match="not an empty folder"):
         export(log, busy, "hf")
     assert [p.name for p in busy.iterdir()] == ["keep.txt"]
+
+
+def test_an_export_that_cannot_be_written_is_one_clear_error_and_leaves_nothing(log, tmp_path, monkeypatch):
+    import errno
+
+    from captioner import export as export_module
+
+    with pytest.raises(ExportError, match="cannot write the export into /proc"):
+        export(log, Path("/proc/approved"), "jsonl")
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(export_module.shutil, "copyfile", disk_full)
+    with pytest.raises(ExportError, match="could not be written: No space left on device; nothing was kept"):
+        export(log, tmp_path / "out", "jsonl")
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*.partial"))
 
 
 def test_the_readme_recipe_reads_the_log_with_pandas_keeping_empty_fields_and_words_as_text(tmp_path):

@@ -184,6 +184,30 @@ def test_the_search_cli_prints_a_name_that_is_not_utf8_so_json_gives_it_back(hom
     assert "note: the search model reads only the start of a long text" in long.stderr
 
 
+def test_a_home_that_cannot_be_written_still_searches_and_an_update_says_why(clip, gallery, settings, monkeypatch):
+    import errno
+
+    from filelock import FileLock
+
+    update_index(clip, gallery, settings.data_dir)
+    real_acquire = FileLock.acquire
+
+    def read_only(self, *args, **kwargs):  # as a read-only mount answers (root ignores permission bits, not EROFS)
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(FileLock, "acquire", read_only)
+    index, report = update_index(clip, gallery, settings.data_dir)  # nothing changed: nothing to write
+    assert (report.unchanged, len(index)) == (4, 4) and len(search_text(clip, index, "a red circle")) == 4
+    (gallery / "0-red-circle.png").unlink()
+    with pytest.raises(IndexProblem, match=r"cannot be updated \(Read-only file system\): 1 file\(s\) are new, changed or gone"):
+        update_index(clip, gallery, settings.data_dir)
+    with pytest.raises(IndexProblem, match=r"cannot be made \(Read-only file system\)"):
+        update_index(clip, gallery, settings.data_dir / "elsewhere")  # no index there yet
+    monkeypatch.setattr(FileLock, "acquire", real_acquire)
+    index, report = update_index(clip, gallery, settings.data_dir)  # writable again: it catches up
+    assert (report.removed, len(index)) == (1, 3)
+
+
 def test_missing_and_empty_galleries(clip, tmp_path, settings):
     with pytest.raises(IndexProblem, match="does not exist"):
         update_index(clip, tmp_path / "nowhere", settings.data_dir)

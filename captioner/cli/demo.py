@@ -13,12 +13,17 @@ def cmd_demo(args, settings: Settings) -> int:
         shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
         colors = [c.strip() for c in args.colors.split(",") if c.strip()]
         unknown = [s for s in shapes if s not in ALL_SHAPES] + [c for c in colors if c not in ALL_COLORS]
-        if unknown or not shapes or not colors or args.n < 1:
+        if args.n < 1:
+            raise UserError(f"--n must be at least 1, not {args.n}")
+        if unknown or not shapes or not colors:
             raise UserError(
                 f"unknown or empty shapes/colors {unknown or ''} (shapes: {', '.join(ALL_SHAPES)}; "
-                f"colors: {', '.join(ALL_COLORS)}; --n at least 1)"
+                f"colors: {', '.join(ALL_COLORS)})"
             )
-        written = write_images(args.outdir, args.n, args.seed, shapes, colors, args.format)
+        try:
+            written = write_images(args.outdir, args.n, args.seed, shapes, colors, args.format)
+        except OSError as exc:  # a file where the folder should be, a place that cannot be written
+            raise UserError(f"{args.outdir}: cannot write the images there ({exc.strerror or exc})") from None
         say(f"wrote {len(written)} images and captions.jsonl to {args.outdir}")
         return 0
     from demo_training.build import build_all  # training code (and torch) only for `demo build`

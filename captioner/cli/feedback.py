@@ -26,8 +26,9 @@ def feedback_action(args, log, fields) -> int:
 
         try:
             decoded = decode(read_file(args.image))
-        except ImageError as exc:
-            raise UserError(str(exc)) from None
+        except ImageError as exc:  # the one input failed (1), as `caption` and `ask` say for a bad image
+            say(str(exc))
+            return 1
         row, created = log.record(
             decoded.source.data, decoded.extension, task=args.task, model_output=args.model_output,
             correction=args.correction, prompt=args.prompt, model=args.model,
@@ -45,7 +46,8 @@ def feedback_action(args, log, fields) -> int:
             raise UserError(str(exc)) from None
         for reason in report.skipped:
             say(f"left out: {reason}")
-        say(f"exported {report.count} approved rows to {args.out} ({', '.join(f'{k}: {n}' for k, n in report.by_config.items())})")
+        configs = ", ".join(f"{config}: {n}" for config, n in report.by_config.items())
+        say(f"exported {report.count} approved row{'' if report.count == 1 else 's'} to {args.out} ({configs})")
         return 1 if report.skipped else 0
     if args.action == "repair":
         moved, kept = log.repair(note="feedback repair")
