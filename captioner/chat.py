@@ -46,6 +46,7 @@ class AnswerStream:
     notices: list[str] = field(default_factory=list)
     text: str = ""
     stop: Callable[[], None] = field(default=lambda: None, repr=False)
+    asked: str | None = None  # the question as the model got it, when it was cut to fit
 
     def __iter__(self) -> Iterator[str]:
         try:
@@ -72,8 +73,8 @@ class AnswerStream:
         return self.text.strip()
 
     def turn(self, question: str) -> "Turn":
-        """The finished exchange, for the history."""
-        return Turn(question, self.text.strip(), self.model, self.model_version, tuple(self.notices))
+        """The finished exchange, for the history (with the question as the model got it)."""
+        return Turn(self.asked or question, self.text.strip(), self.model, self.model_version, tuple(self.notices))
 
 
 def answer(
@@ -102,15 +103,38 @@ def _as_chat_errors(chunks, name: str) -> Iterator[str]:
 
 
 def _endpoint_answer(loaded, image, history, question, max_new_tokens, sample) -> AnswerStream:
-    """The whole conversation as messages, the image as a data URL in the first user turn; the answer streams."""
+    """The whole conversation as messages, the image as a data URL in the first user turn; the answer streams.
+    The server's context is unknown here: a conversation it refuses as too long is sent again without its older
+    half, until it fits (said in the turn's notices)."""
     question = _check(image, question)
     notices = []
     if len(question) > ENDPOINT_QUESTION_CHARS:
         notices.append(f"The question was cut to its first {ENDPOINT_QUESTION_CHARS} characters (it had {len(question)}).")
         question = question[:ENDPOINT_QUESTION_CHARS]
-    messages = endpoint.conversation(image, [(t.question, t.answer) for t in history], question)
-    reply = endpoint.stream_chat(loaded.model, messages, max_new_tokens, temperature=0.7 if sample else 0.0)
-    return AnswerStream(_as_chat_errors(reply, loaded.name), loaded.name, loaded.version, notices, stop=reply.close)
+    replies = []
+
+    def chunks() -> Iterator[str]:
+        kept = list(history)
+        while True:
+            messages = endpoint.conversation(image, [(t.question, t.answer) for t in kept], question)
+            replies.append(endpoint.stream_chat(loaded.model, messages, max_new_tokens, temperature=0.7 if sample else 0.0))
+            said = False
+            try:
+                for chunk in replies[-1]:
+                    said = True
+                    yield chunk
+                break
+            except endpoint.EndpointError as exc:
+                if said or not kept or not exc.too_long:
+                    raise
+                kept = kept[len(kept) // 2 + 1 :]  # the older half goes (and at least one turn)
+        if len(kept) < len(history):
+            notices.append(f"The oldest {len(history) - len(kept)} turn(s) were left out to fit the model's context.")
+
+    stream = AnswerStream(_as_chat_errors(chunks(), loaded.name), loaded.name, loaded.version, notices,
+                          stop=lambda: replies[-1].close() if replies else None)  # fmt: skip
+    stream.asked = question  # the history keeps what was sent: a cut question is not sent whole next time
+    return stream
 
 
 def _tokenizer(loaded: LoadedModel):

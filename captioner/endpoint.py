@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 import threading
 from typing import Iterator
 from urllib.parse import urlparse
@@ -18,6 +19,15 @@ IMAGE_SIDE = 768  # the longest side sent to a server: plenty for a vision-langu
 
 class EndpointError(RuntimeError):
     """A server that cannot be used: down, refusing the key, too slow, or without the model; says which."""
+
+    def __init__(self, message: str, status_code: int | None = None, detail: str = ""):
+        super().__init__(message)
+        self.status_code, self.detail = status_code, detail
+
+    @property
+    def too_long(self) -> bool:
+        """The server refused the request for its length (the conversation outgrew the model's context)."""
+        return self.status_code in (400, 413, 422) and bool(re.search(r"token|context|length|too long", self.detail, re.I))
 
 
 class Endpoint:
@@ -49,8 +59,12 @@ class Endpoint:
 
     def failed(self, exc: Exception) -> EndpointError:
         """The error to raise for a failed request; fresh connections for the next one."""
+        import openai
+
         with self._lock:
             self._client = None  # requests in flight keep the old client alive until they finish
+        if isinstance(exc, openai.APIStatusError):
+            return EndpointError(describe(exc, self), exc.status_code, _server_message(exc))
         return EndpointError(describe(exc, self))
 
 
@@ -160,10 +174,17 @@ class Reply:
             self.response = self.endpoint.client().chat.completions.create(
                 model=self.endpoint.model, messages=self.messages, stream=True, **self.options
             )
+            finished = None
             for event in self.response:
-                for choice in event.choices:
+                for choice in event.choices or []:
                     if choice.delta and choice.delta.content:
                         yield choice.delta.content
+                    finished = choice.finish_reason or finished
+            if finished is None and not self.closed:  # every compatible server ends an answer with a finish_reason
+                raise EndpointError(f"the chat server at {self.endpoint.base_url} ended the answer before it was "
+                                    "complete (no finish reason came; a dropped connection, or a reply it could not parse)")  # fmt: skip
+        except EndpointError:
+            raise
         except Exception as exc:  # openai's errors, and the HTTP library's own when a stream breaks mid-way
             raise self.endpoint.failed(exc) from None
         finally:

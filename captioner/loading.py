@@ -13,7 +13,8 @@ The model last served per kind and models folder is remembered for the process: 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import registry
@@ -30,6 +31,7 @@ LOADERS = {"caption": load_blip, "qa": load_chat_model_at, "style": load_style_a
 WHAT = {"caption": "captioner", "qa": "Q&A model", "style": "caption rewriter", "search": "search model"}
 DOING = {"caption": "captioning", "qa": "answering", "style": "rewriting", "search": "searching"}
 DEMO_FALLBACK, LAST_GOOD, OTHER_VERSION, DEFAULT = "demo", "last good", "other version", "default"
+RETRY_FAILED_S = 30  # a model that failed to load (a server down) is tried again this long after
 
 _LAST_GOOD: dict[tuple[str, str], LoadedModel] = {}
 _GUARDS = {kind: threading.Lock() for kind in LOADERS}  # one load at a time per kind
@@ -43,6 +45,12 @@ class Served:
     asked: str
     fallback_reason: str | None = None
     fallback: str | None = None  # demo | last good | other version | default: which rule picked it
+    at: float = field(default_factory=time.monotonic)  # when it was decided: a failed load is worth trying again
+
+    def worth_retrying(self) -> bool:
+        """A model asked for failed to load and the last good one stands in: after RETRY_FAILED_S, try again (the
+        server may be back); a model that loaded, or the demo for a hub model not cached, is kept."""
+        return self.fallback == LAST_GOOD and time.monotonic() - self.at > RETRY_FAILED_S
 
 
 def configured_spec(kind: str, settings: Settings) -> str:
@@ -82,7 +90,8 @@ def serve(kind: str, settings: Settings, asked: str | None = None) -> Served:
 
 def _fallback(kind: str, text: str, settings: Settings, exc: ModelError, previous: LoadedModel | None, explicit: bool) -> Served:
     if previous is not None:
-        reason = f"{exc}. Still {DOING[kind]} with {previous.name} ({previous.version})."
+        said = str(exc).rstrip()
+        reason = f"{said}{'' if said.endswith(('.', '?', '!')) else '.'} Still {DOING[kind]} with {previous.name} ({previous.version})."
         return Served(previous, text, reason, LAST_GOOD)
     if explicit:
         raise exc

@@ -85,3 +85,54 @@ def key_refusing_server():
     finally:
         server.shutdown()
         server.server_close()
+
+
+class _BrokenStream(BaseHTTPRequestHandler):
+    """An OpenAI-compatible server that lists model "m" and breaks its streamed answers: `cutoff` sends three
+    chunks and drops the connection (a proxy that timed out), `badjson` answers with a body cut mid-JSON."""
+
+    protocol_version = "HTTP/1.1"
+    mode = "cutoff"
+
+    def _send(self, body: bytes, kind: str = "application/json") -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        self._send(json.dumps({"object": "list", "data": [{"id": "m", "object": "model", "created": 0, "owned_by": "x"}]}).encode())
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.mode == "badjson":
+            return self._send(b'{"id": "x", "choices": [')
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        for text in ("Hello", " there", " friend"):
+            chunk = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                     "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}  # fmt: skip
+            self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            self.wfile.flush()
+        self.close_connection = True
+        self.connection.shutdown(socket.SHUT_RDWR)
+
+    def log_message(self, *args):
+        pass
+
+
+@contextmanager
+def broken_stream_server(mode: str, port: int = 0):
+    """A real HTTP server (on port, or a free one) listing model "m", whose streamed answers break (mode: cutoff
+    or badjson)."""
+    server = ThreadingHTTPServer(("127.0.0.1", port), type("Broken", (_BrokenStream,), {"mode": mode}))
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()

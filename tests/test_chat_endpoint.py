@@ -17,7 +17,7 @@ from captioner.models import ModelError, load_chat_model, load_style_model
 from captioner.restyle import restyle, restyle_batch
 from captioner.styles import style_for
 from captioner.settings import Settings
-from chat_servers import closed_port_url, key_refusing_server, silent_server, transformers_serve
+from chat_servers import broken_stream_server, closed_port_url, key_refusing_server, silent_server, transformers_serve
 from conftest import needs, run_cli, start_app
 from page_text import shown
 from test_chat_page import ask, conversation, with_image
@@ -194,3 +194,44 @@ def test_an_error_while_answering_is_a_chat_error_and_the_page_keeps_the_previou
     assert any("Still answering with demo" in shown(e.value) and "no/such-model" in shown(e.value) for e in app.error)
     ask(app, "what color is the shape?")
     assert conversation(app)[-1] == ("assistant", "red")
+
+
+@pytest.mark.parametrize("mode", ["cutoff", "badjson"])
+def test_an_answer_the_server_breaks_off_or_garbles_is_an_error_not_a_short_answer(home, monkeypatch, mode):
+    with broken_stream_server(mode) as url:
+        loaded = load_chat_model("openai:m", settings_for(monkeypatch, url))  # it lists the model: the pick passes
+        with pytest.raises(ChatError, match="ended the answer before it was complete"):
+            answer(loaded, PICTURE, [], "what is it?").read()
+
+
+def test_a_pick_that_failed_is_tried_again_once_its_server_is_back(home, monkeypatch):
+    from captioner import loading
+    from local_servers import free_port
+
+    port = free_port()  # nothing listens there yet: the server is down
+    settings_for(monkeypatch, f"http://127.0.0.1:{port}/v1", CAPTIONER_QA_MODEL="demo", CAPTIONER_CHAT_MODELS="openai:m")
+    app = start_app("pages/chat.py")
+    with_image(app)
+    app.sidebar.selectbox[0].set_value("openai:m").run()
+    assert any("cannot be reached" in shown(e.value) and "Still answering with demo" in shown(e.value) for e in app.error)
+    assert not any("right?." in shown(e.value) for e in app.error)  # one stop after the question mark, not two
+    monkeypatch.setattr(loading, "RETRY_FAILED_S", 0.0)
+    with broken_stream_server("cutoff", port):  # the server is back
+        app.run()
+        assert not app.exception and not app.sidebar.error, [shown(e.value) for e in app.sidebar.error]
+        assert any("Answering: `openai:m`" in c.value for c in app.sidebar.caption)
+
+
+def test_a_conversation_longer_than_the_servers_model_reads_drops_its_oldest_turns(on_server):
+    settings, spec = on_server
+    loaded = load_chat_model(spec, settings)
+    said = "a red square on white, " * 12  # each turn some hundred tokens: the tiny model reads 256 at most
+    history = [Turn(f"question {i}: {said}", f"answer {i}: {said}") for i in range(4)]
+    stream = answer(loaded, PICTURE, history, "and now?")
+    assert stream.read() is not None  # answered, not "HTTP 400: the prompt has ... tokens"
+    turn = stream.turn("and now?")
+    assert any("oldest" in notice and "left out to fit the model's context" in notice for notice in turn.notices)
+    long_question = "why? " * 3000
+    cut = answer(loaded, PICTURE, [], long_question)
+    cut.close()  # not sent at all: the cut is made when it is asked
+    assert len(cut.turn(long_question).question) == 8000  # the history keeps what was sent, not the whole text

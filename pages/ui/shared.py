@@ -50,7 +50,11 @@ def _served_rewriter(asked: None, _settings: Settings, key: tuple) -> Served:
 def _served(kind: str, cached, asked: str | None = None) -> Served:
     config = settings()
     try:
-        return cached(asked, config, serving_key(kind, config, asked))
+        served = cached(asked, config, serving_key(kind, config, asked))
+        if served.worth_retrying():  # the model asked for failed a while ago: its server may be back
+            cached.clear()
+            served = cached(asked, config, serving_key(kind, config, asked))
+        return served
     except ModelError as exc:
         st.error(f"The {WHAT[kind]} cannot be loaded: {plain(exc)}")
         st.stop()
