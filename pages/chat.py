@@ -57,7 +57,9 @@ def ask(question: str, earlier: list[Turn], sample: bool = False) -> None:
             with answer(loaded, picture.image, earlier, question, sample=sample) as stream:  # a rerun frees the model
                 for notice in stream.notices:
                     st.info(plain(notice))
-                st.write_stream(plain(chunk) for chunk in stream)  # escaping is per character: chunk by chunk is exact
+                slot = st.empty()
+                for _ in stream:  # as text, never Markdown: a model's links, layout and HTML show as written
+                    slot.text(stream.text, width="stretch")
         except ChatError as exc:
             st.error(plain(exc))
             return
@@ -89,7 +91,10 @@ for index, turn in enumerate(history[:-1] if redrawing else history):
     with st.chat_message("assistant"):
         for notice in turn.notices:
             st.info(plain(notice))
-        st.markdown(plain(turn.answer) if turn.answer else "*(no answer)*")
+        if turn.answer:
+            st.text(turn.answer, width="stretch")  # as written: no link, no Markdown, spaces kept
+        else:
+            st.caption("(no answer)")
         st.caption(f"{turn.model} · version {turn.model_version}")  # names the app gave, not data
         with st.expander("Correct this answer"):
             fixed = st.text_input("Correct answer", value=turn.answer, key=f"fix-{key}")

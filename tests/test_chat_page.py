@@ -148,3 +148,16 @@ def test_two_photos_with_the_same_file_name_can_both_be_picked(chat):
         chat.main.selectbox[0].select_index(index).run()
         ask(chat, "what color is the shape?")
         assert conversation(chat)[-1] == ("assistant", colour)
+
+
+def test_an_answer_is_shown_as_written_never_as_markdown_or_links(chat):
+    from captioner.chat import Turn
+    from captioner.images import ImageInput
+
+    data = zoo.encode(zoo.demo("circle", "red"), "PNG")
+    chat.file_uploader[0].set_value(("pic.png", data, "image/png")).run()
+    written = "see https://example.com or www.example.com, **bold**\n    indented <b>tag</b>"
+    chat.session_state["chats"] = {ImageInput("pic.png", data).sha256: [Turn("where?", written, "m", "v")]}
+    chat.run()
+    [assistant] = [m for m in chat.get("chat_message") if m.name == "assistant"]
+    assert [t.value for t in assistant.text] == [written] and not assistant.markdown  # st.text: no autolink, no bold
