@@ -87,7 +87,10 @@ def answer(
     """
     if loaded.family == ENDPOINT_FAMILY:
         return _endpoint_answer(loaded, image, history, question, max_new_tokens, sample)
-    inputs, notices = build_inputs(loaded, image, history, question, max_new_tokens)
+    notices: list[str] = []
+    max_new_tokens = _answer_room(loaded, max_new_tokens, notices)
+    inputs, cut = build_inputs(loaded, image, history, question, max_new_tokens)
+    notices += cut
     sampling = {"do_sample": True, "temperature": 0.7, "top_p": 0.9} if sample else {"do_sample": False}
     tokens = stream_generate(loaded, inputs, _tokenizer(loaded), max_new_tokens=max_new_tokens, **sampling)
     return AnswerStream(_as_chat_errors(tokens, loaded.name), loaded.name, loaded.version, notices, stop=tokens.close)
@@ -202,6 +205,22 @@ def _chat_template_inputs(loaded, image, history, question, max_new_tokens, noti
     if len(kept) < len(history):
         notices.append(f"The oldest {len(history) - len(kept)} turn(s) were left out to fit the model's context.")
     return inputs
+
+
+def _answer_room(loaded: LoadedModel, max_new_tokens: int, notices: list[str]) -> int:
+    """max_new_tokens, or less where the model's context could not hold that many beside a question (and, for
+    BLIP-2, its query tokens); said when cut."""
+    config = loaded.model.config
+    if loaded.family == VQA:  # the answer decoder starts afresh: its positions hold the answer alone
+        room = _text_limit(loaded, config.text_config.max_position_embeddings) - 2
+    elif loaded.family == BLIP2:  # one context holds the query tokens, the question and the answer
+        room = _text_limit(loaded, config.text_config.max_position_embeddings) - config.num_query_tokens - 24
+    else:
+        room = _text_limit(loaded, getattr(_text_config(config), "max_position_embeddings", 4096)) // 2
+    room = max(1, room)
+    if max_new_tokens > room:
+        notices.append(f"The answer is limited to {room} tokens: the model's context holds no more beside the question.")
+    return min(max_new_tokens, room)
 
 
 def _text_config(config):

@@ -145,6 +145,13 @@ def test_a_10000_character_question_is_cut_with_a_notice(tiny_chat):
     assert isinstance(stream.read(), str)
 
 
+def test_an_answer_longer_than_the_model_can_hold_is_limited_with_a_notice(tiny_chat):
+    stream = answer(tiny_chat, PICTURE, [], "what is it? " * 40, max_new_tokens=1000)  # more than its context holds
+    assert any("The answer is limited to" in notice for notice in stream.notices), stream.notices
+    assert not any("first -" in notice for notice in stream.notices)  # never "cut to its first -95 tokens"
+    assert isinstance(stream.read(), str)  # answered: no "index out of range" from the position embeddings
+
+
 def test_a_long_history_drops_its_oldest_turns_with_a_notice(settings, tiny_blip2_dir):
     loaded = load_chat_model(str(tiny_blip2_dir), settings)
     stream = answer(loaded, PICTURE, HISTORY * 20, "and now?", max_new_tokens=3)

@@ -235,3 +235,12 @@ def test_a_conversation_longer_than_the_servers_model_reads_drops_its_oldest_tur
     cut = answer(loaded, PICTURE, [], long_question)
     cut.close()  # not sent at all: the cut is made when it is asked
     assert len(cut.turn(long_question).question) == 8000  # the history keeps what was sent, not the whole text
+
+
+def test_ask_whose_answer_breaks_off_keeps_the_part_on_its_own_line_and_exits_1(home, tmp_path):
+    image = tmp_path / "red.png"
+    PICTURE.save(image)
+    with broken_stream_server("cutoff") as url:
+        done = run_cli("ask", image, "what is it?", "--model", "openai:m", env={"OPENAI_BASE_URL": url})
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stdout == "Hello there friend\n" and "ended the answer before it was complete" in done.stderr

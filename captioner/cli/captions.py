@@ -181,6 +181,7 @@ def cmd_ask(args, settings: Settings) -> int:
         say(str(exc))
         return 1
     loaded = load_for_cli("qa", args.model, settings)
+    written = False
     try:
         with answer(loaded, picture.image, [], args.question, max_new_tokens=args.max_new_tokens) as stream:
             for notice in stream.notices:
@@ -188,8 +189,13 @@ def cmd_ask(args, settings: Settings) -> int:
             for chunk in stream:
                 sys.stdout.write(chunk)
                 sys.stdout.flush()
-    except ChatError as exc:
-        raise UserError(str(exc)) from None
+                written = True
+    except ChatError as exc:  # the model or its server failed while answering: the answer is incomplete
+        if written:
+            sys.stdout.write("\n")  # the partial answer keeps its own line; the error goes on stderr
+            sys.stdout.flush()
+        say(str(exc))
+        return 1
     sys.stdout.write("\n")
     return 0
 
