@@ -161,3 +161,16 @@ def test_a_rewriter_whose_template_refuses_a_system_turn_still_gets_the_instruct
     batched = restyle_batch(rewriter, ["a blue square", "a red circle"], style_for("social"))
     assert streamed == batched[1]
     assert len(seen) == 2 and all(INSTRUCTIONS["social"] in prompt and "Caption: a red circle" in prompt for prompt in seen)
+
+
+def test_the_cli_loads_its_rewriter_before_captioning_and_detailed_goes_on_without_a_qa_model(home, tmp_path):
+    picture = tmp_path / "p.png"
+    picture.write_bytes(zoo.encode(zoo.demo("circle", "blue"), "PNG"))
+    env = {"CAPTIONER_STYLE_MODEL": "demo", "CAPTIONER_QA_MODEL": "./no/such/qa-model"}
+    done = run_cli("caption", picture, "--model", "demo", "--style", "detailed", env=env)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    [line] = [json.loads(line) for line in done.stdout.splitlines()]
+    assert line["caption"] == "a blue circle" and line["styled"]  # restyled, without the Q&A model's answers
+    assert "the Q&A model that 'detailed' asks cannot be loaded" in done.stderr
+    gone = run_cli("caption", picture, "--model", "demo", "--style", "poetic", "--style-model", "./no/such/rewriter")
+    assert gone.returncode == 2 and gone.stdout == "" and "no/such/rewriter" in gone.stderr  # before any captioning

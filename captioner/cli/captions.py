@@ -7,6 +7,7 @@ import sys
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..caption import GenerationOptions, caption_images, format_captions
@@ -38,11 +39,13 @@ def cmd_caption(args, settings: Settings) -> int:
     style = chosen_style(args)
     paths, failed = expand_paths(args.paths)
     loaded = load_for_cli("caption", args.model, settings)
+    styling = Styling.load(style, args.style_model, settings)  # before any captioning: a missing rewriter is
+    # one error up front, not after the first chunk's work
     first = True
     try:
         with open_output(args.out) as out:
             for chunk, results in captioned_chunks(loaded, paths, options, args.batch_size):  # an interrupted run
-                rows, chunk_failed = chunk_rows(chunk, results, style, args, settings)  # keeps the chunks it wrote
+                rows, chunk_failed = chunk_rows(chunk, results, styling)  # keeps the chunks it wrote
                 out.write(format_captions(rows, args.format, header=first))
                 out.flush()
                 failed, first = failed or chunk_failed, False
@@ -57,7 +60,7 @@ def cmd_caption(args, settings: Settings) -> int:
     return 1 if failed else 0
 
 
-def chunk_rows(chunk: list, results: list, style, args, settings: Settings) -> tuple[list[dict], bool]:
+def chunk_rows(chunk: list, results: list, styling: "Styling") -> tuple[list[dict], bool]:
     """Rows for a chunk of (path, ImageInput | ImageError) and its readable files' results, in order (styled when
     a style is asked for); True when any image or its styling failed."""
     results = iter(results)
@@ -74,10 +77,10 @@ def chunk_rows(chunk: list, results: list, style, args, settings: Settings) -> t
         else:
             captioned.append((row, result))
     styled_ok = True
-    if not style.plain:
+    if not styling.style.plain:
         for row in rows:
             row["styled"] = None  # every line has the key; a failed image or styling leaves it null
-        styled_ok = add_styled(captioned, style, args, settings) if captioned else True
+        styled_ok = styling.add(captioned) if captioned else True
     return rows, any(row["error"] for row in rows) or not styled_ok
 
 
@@ -149,25 +152,44 @@ def chosen_style(args):
     return style
 
 
-def add_styled(captioned: list[tuple[dict, object]], style, args, settings: Settings) -> bool:
-    """Each captioned (row, result)'s caption in the style, under "styled"; False (said on stderr) if that failed."""
-    rewriter = load_for_cli("style", args.style_model, settings)
-    notice = style_notice(rewriter, style)
-    if notice:
-        say(f"note: {notice}")
-    results = [result for _, result in captioned]
-    try:
-        facts = None
+@dataclass
+class Styling:
+    """The style asked for, with its rewriter and (for `detailed`) the Q&A model, loaded once for the whole run."""
+
+    style: object
+    rewriter: object = None
+    qa: object = None
+
+    @classmethod
+    def load(cls, style, style_model: str | None, settings: Settings) -> "Styling":
+        if style.plain:
+            return cls(style)
+        rewriter = load_for_cli("style", style_model, settings)  # UserError (exit 2) when it cannot serve
+        notice = style_notice(rewriter, style)
+        if notice:
+            say(f"note: {notice}")
+        qa = None
         if style.name == DETAILED:
-            qa = load_for_cli("qa", None, settings)
-            facts = detail_facts(qa, [decode(result.source, max_side=768).image for result in results])
-        styled = restyle_batch(rewriter, [result.caption for result in results], style, facts)
-    except StyleError as exc:
-        say(f"styling failed: {exc}")
-        return False
-    for (row, _), text in zip(captioned, styled):
-        row["styled"] = text
-    return True
+            try:
+                qa = load_for_cli("qa", None, settings)
+            except UserError as exc:  # as the caption page does: the captions are restyled without its facts
+                say(f"note: the Q&A model that 'detailed' asks cannot be loaded ({exc}); restyling without its answers")
+        return cls(style, rewriter, qa)
+
+    def add(self, captioned: list[tuple[dict, object]]) -> bool:
+        """Each captioned (row, result)'s caption in the style, under "styled"; False (said on stderr) if that failed."""
+        results = [result for _, result in captioned]
+        try:
+            facts = None
+            if self.qa is not None:
+                facts = detail_facts(self.qa, [decode(result.source, max_side=768).image for result in results])
+            styled = restyle_batch(self.rewriter, [result.caption for result in results], self.style, facts)
+        except StyleError as exc:
+            say(f"styling failed: {exc}")
+            return False
+        for (row, _), text in zip(captioned, styled):
+            row["styled"] = text
+        return True
 
 
 def cmd_ask(args, settings: Settings) -> int:
