@@ -106,6 +106,7 @@ class _BrokenStream(BaseHTTPRequestHandler):
 
     def do_POST(self):
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.posts.append(self.path)
         if self.mode == "badjson":
             return self._send(b'{"id": "x", "choices": [')
         self.send_response(200)
@@ -125,10 +126,11 @@ class _BrokenStream(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def broken_stream_server(mode: str, port: int = 0):
+def broken_stream_server(mode: str, port: int = 0, posts: list | None = None):
     """A real HTTP server (on port, or a free one) listing model "m", whose streamed answers break (mode: cutoff
-    or badjson)."""
-    server = ThreadingHTTPServer(("127.0.0.1", port), type("Broken", (_BrokenStream,), {"mode": mode}))
+    or badjson); posts, when given, collects the path of each request it answered."""
+    handler = type("Broken", (_BrokenStream,), {"mode": mode, "posts": [] if posts is None else posts})
+    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:

@@ -244,3 +244,21 @@ def test_ask_whose_answer_breaks_off_keeps_the_part_on_its_own_line_and_exits_1(
         done = run_cli("ask", image, "what is it?", "--model", "openai:m", env={"OPENAI_BASE_URL": url})
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert done.stdout == "Hello there friend\n" and "ended the answer before it was complete" in done.stderr
+
+
+def test_a_rewriter_that_fails_is_not_asked_again_at_every_rerun_of_the_caption_page(home, monkeypatch):
+    posts = []
+    with broken_stream_server("cutoff", posts=posts) as url:
+        settings_for(monkeypatch, url, CAPTIONER_CAPTION_MODEL="demo", CAPTIONER_STYLE_MODEL="openai:m")
+        app = start_app()
+        app.selectbox(key="caption_style").set_value("social").run()
+        pictures = [(f"{c}.png", zoo.encode(zoo.demo("circle", c), "PNG"), "image/png") for c in ("red", "blue")]
+        app.file_uploader[0].set_value(pictures).run()
+        assert not app.exception, app.exception
+        asked = len([p for p in posts if p.endswith("/chat/completions")])
+        assert asked == 1  # the first image failed: the second says so without waiting on the server again
+        assert len([e for e in app.error if "ended the answer before it was complete" in shown(e.value)]) == 2
+        app.run()  # any click reruns the page: the server is not asked again
+        assert len([p for p in posts if p.endswith("/chat/completions")]) == asked
+        [b for b in app.button if b.label == "Try the style again"][0].click().run()
+        assert len([p for p in posts if p.endswith("/chat/completions")]) == asked + 1  # asked again, on request

@@ -4,6 +4,7 @@ its plain one, with its own correction (logged as task `style`, never as BLIP tr
 from __future__ import annotations
 
 import hashlib
+import time
 
 import streamlit as st
 
@@ -17,6 +18,7 @@ from pages.ui import shared
 from pages.ui.text import plain
 
 state = st.session_state
+RETRY_AFTER_S = 60  # a rewriter that failed is not asked again for this long (unless the person asks)
 
 
 def picker() -> tuple[Style, LoadedModel | None]:
@@ -59,12 +61,20 @@ def show(result: CaptionResult, style: Style, rewriter: LoadedModel | None, colu
     found = (result.source.sha256, result.caption, style, rewriter.name, rewriter.version)
     styled_key = _styled_key(key, found)
     if found not in done:
+        failure = _recent_failure(rewriter)
+        if failure:  # the rewriter failed a moment ago: say so, rather than wait out its timeout at every rerun
+            column.error(f"{plain(style.label)} caption: {plain(failure)}")
+            if column.button("Try the style again", key=f"retry-styled-{styled_key}"):
+                state.rewriter_failed = None
+                st.rerun()
+            return
         slot = column.empty()
         try:
             with restyle(rewriter, result.caption, style, _facts(result, style)) as stream:
                 for _ in stream:
                     slot.text(stream.text)  # as text: a hashtag must not turn into a heading
         except StyleError as exc:
+            state.rewriter_failed = (rewriter.name, rewriter.version, time.monotonic(), str(exc))
             slot.error(f"{plain(style.label)} caption: {plain(exc)}")
             return
         done[found] = stream.text.strip()
@@ -78,6 +88,14 @@ def show(result: CaptionResult, style: Style, rewriter: LoadedModel | None, colu
             column.caption("Edited since it was saved: press Save styled correction to log the new text.")
         else:
             (column.success if kind == "success" else column.error)(message)
+
+
+def _recent_failure(rewriter: LoadedModel) -> str | None:
+    """Why this rewriter failed in the last RETRY_AFTER_S in this session, if it did."""
+    failed = state.get("rewriter_failed")
+    if failed and failed[:2] == (rewriter.name, rewriter.version) and time.monotonic() - failed[2] < RETRY_AFTER_S:
+        return failed[3]
+    return None
 
 
 def styled_column(result: CaptionResult, style: Style, rewriter: LoadedModel | None, key: str) -> dict:
