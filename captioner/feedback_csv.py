@@ -272,11 +272,16 @@ def check_text(name: str, value: str, allow_empty: bool = True) -> None:
 
 
 def tidy_correction(task: str, correction: str, model_output: str) -> str:
-    """A typed correction as it is logged: no spaces at either end and, in a caption or an answer, one space between
-    words (a styled caption keeps its line breaks); one that then says what the model said is a confirmation, logged
-    as the model's own words (so a stray newline never turns a confirmation into a correction)."""
-    tidy = (lambda text: text.strip()) if task == "style" else (lambda text: " ".join(text.split()))
+    """A typed correction as it is logged: one space between words, none at either end; a styled caption keeps its
+    line breaks (one blank line at most between lines). One that then says what the model said is a confirmation,
+    logged as the model's own words (so a stray space or newline never turns a confirmation into a correction)."""
+    tidy = _tidy_lines if task == "style" else (lambda text: " ".join(text.split()))
     return model_output if tidy(correction) == tidy(model_output) else tidy(correction)
+
+
+def _tidy_lines(text: str) -> str:
+    lines = [" ".join(line.split()) for line in text.strip().splitlines()]
+    return "\n".join(line for i, line in enumerate(lines) if line or (i and lines[i - 1]))
 
 
 def formatted(row: FeedbackRow) -> bytes:

@@ -20,6 +20,8 @@ def restyle(rewriter: LoadedModel, caption: str, style: Style, facts: list[tuple
     """The caption in a style, streamed as the rewriter writes it (plain: the caption itself)."""
     if style.plain:
         return AnswerStream(iter([caption]), "", "")
+    if not (caption or "").strip():  # a rewriter given nothing would make a caption up
+        raise StyleError("there is no caption to restyle")
     messages = rewrite_messages(caption, style, facts)
     if rewriter.family == ENDPOINT_FAMILY:
         system, user = messages[0]["content"], messages[1]["content"]
@@ -61,6 +63,13 @@ def restyle_batch(rewriter: LoadedModel, captions: list[str], style: Style, fact
     facts = facts or [[] for _ in captions]
     if style.plain:
         return list(captions)
+    said = [i for i, caption in enumerate(captions) if (caption or "").strip()]  # nothing to restyle stays nothing:
+    if len(said) < len(captions):  # a rewriter given no caption would make one up
+        styled = restyle_batch(rewriter, [captions[i] for i in said], style, [facts[i] for i in said]) if said else []
+        out = [""] * len(captions)
+        for i, text in zip(said, styled):
+            out[i] = text
+        return out
     if rewriter.family == ENDPOINT_FAMILY:
         with ThreadPoolExecutor(8) as pool:
             return list(pool.map(lambda pair: restyle(rewriter, pair[0], style, pair[1]).read(), zip(captions, facts)))

@@ -81,9 +81,11 @@ def test_stray_whitespace_never_turns_a_confirmation_into_a_correction(tmp_path)
     assert fixed.correction == "a red box" and not fixed.is_confirmation
     answer, _ = record(log, "an isosceles triangle ", data=b"qa", task="qa", prompt="what shape?", model_output="a triangle")
     assert answer.correction == "an isosceles triangle"
-    poem = "red circle\n  round and bright\nwhite all around"
+    poem = "red circle\n  round  and bright \n\n\n\nwhite all around"
     styled, _ = record(log, f"\n{poem}\n\n", data=b"style", task="style", prompt="poetic", model_output="a red circle")
-    assert styled.correction == poem  # a styled caption keeps its line breaks and indents
+    assert styled.correction == "red circle\nround and bright\n\nwhite all around"  # its line breaks kept, one blank
+    same, _ = record(log, "A red  circle, round. \n", data=b"style2", task="style", prompt="social", model_output="A red circle, round.")
+    assert same.is_confirmation  # a stray space in a styled caption is no correction either
     assert edit_corrections(log, {fixed.id: "a red square \t"}, "admin") == 1  # an admin's edit is tidied alike
     assert {row.id: row.correction for row in log.read()[0]}[fixed.id] == "a red square"
     assert edit_corrections(log, {fixed.id: " a red square"}, "admin") == 0  # the same text: nothing changes

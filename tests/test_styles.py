@@ -174,3 +174,12 @@ def test_the_cli_loads_its_rewriter_before_captioning_and_detailed_goes_on_witho
     assert "the Q&A model that 'detailed' asks cannot be loaded" in done.stderr
     gone = run_cli("caption", picture, "--model", "demo", "--style", "poetic", "--style-model", "./no/such/rewriter")
     assert gone.returncode == 2 and gone.stdout == "" and "no/such/rewriter" in gone.stderr  # before any captioning
+
+
+def test_an_empty_caption_is_not_restyled_into_one_made_up(demo_models):
+    _, _, rewriter = demo_models
+    for empty in ("", "   "):
+        with pytest.raises(StyleError, match="no caption to restyle"):
+            restyle(rewriter, empty, style_for("social"))
+        styled = restyle_batch(rewriter, ["a red circle", empty], style_for("social"))
+        assert "red circle" in styled[0].lower() and styled[1] == ""  # nothing to restyle stays nothing
