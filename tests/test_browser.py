@@ -342,7 +342,7 @@ def test_admin_reviews_a_log_bigger_than_a_page_by_id_in_chromium(server, browse
     assert approved - approved_before == {moved[3]}
 
     page.get_by_role("tab", name="Statistics").click()
-    expect(page.get_by_text("Correction rate per model version")).to_be_visible()
+    expect(page.get_by_text("Correction rate per captioner version")).to_be_visible()
     approved_metric = page.locator('[data-testid="stMetric"]').filter(has_text="approved")
     expect(approved_metric).to_contain_text("2")
     page.screenshot(path=str(ARTIFACTS / "admin-statistics.png"), full_page=True)
