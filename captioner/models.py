@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import threading
 from dataclasses import dataclass, field
@@ -319,8 +320,11 @@ def hub_kwargs(spec: ModelSpec) -> dict:
         return {}
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") or not hub_reachable():
         if not _in_hub_cache(spec.location):
+            hint = ""
+            if re.fullmatch(r"v\d{4,}", spec.location):  # a version's name, given where a spec is asked for
+                hint = f" (a fine-tuned version is `active`, or its folder: models/{spec.location})"
             raise ModelError(
-                f"{spec.location} is not in the local Hugging Face cache and {HUB_HOST} cannot be reached (offline)"
+                f"{spec.location} is not in the local Hugging Face cache and {HUB_HOST} cannot be reached (offline){hint}"
             )
         return {"local_files_only": True}
     return {}

@@ -42,7 +42,7 @@ class Settings:
     openai_timeout: float = 60.0
 
     def __post_init__(self):
-        if not self.openai_timeout > 0:
+        if not 0 < self.openai_timeout < float("inf"):  # inf or nan would never time out, or never wait
             raise SettingsError(f"CAPTIONER_OPENAI_TIMEOUT={self.openai_timeout!r} must be a number of seconds above 0")
         _check("CAPTIONER_DEVICE", self.device, DEVICES, allow_index=True)
         _check("CAPTIONER_DTYPE", self.dtype, DTYPES)

@@ -108,12 +108,15 @@ def test_user_errors_are_one_line_without_traceback(home, tmp_path):
         (("caption", picture, "--model", "demo", "--num-beams", "0"), "beams must be 1 to 10"),
         (("feedback", "add", picture, "--correction", " "), "the correction is empty"),
         (("feedback", "add", picture, "--correction", "red", "--task", "qa"), "a qa row needs its question as the prompt"),
+        (("caption", picture, "--model", "v0001"), "a fine-tuned version is `active`, or its folder: models/v0001"),
     ]:
         done = run_cli(*args)
         assert done.returncode == 2 and "Traceback" not in done.stderr
         assert done.stderr.count("\n") == 1 and expected in done.stderr, done.stderr
     done = run_cli("feedback", "add", tmp_path / "nope.png", "--correction", "x")  # a failed input: 1, as caption says
     assert done.returncode == 1 and done.stderr == f"captioner: {tmp_path / 'nope.png'}: no such file\n"
+    done = run_cli("ask", picture, "what?", "--model", "demo", env={"CAPTIONER_OPENAI_TIMEOUT": "inf"})
+    assert done.returncode == 2 and "CAPTIONER_OPENAI_TIMEOUT=inf must be a number of seconds above 0" in done.stderr
     done = run_cli("caption", picture, env={"CAPTIONER_DEVICE": "gpu"})
     assert done.returncode == 2 and "CAPTIONER_DEVICE='gpu'" in done.stderr
 
