@@ -75,16 +75,21 @@ class _RefuseKey(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def key_refusing_server():
-    """A real HTTP server on a free port answering 401 with OpenAI's error body."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _RefuseKey)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+def serving(handler, port: int = 0):
+    """A real HTTP server with this handler on 127.0.0.1 (port, or a free one), in a thread; yields its /v1 URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}/v1"
     finally:
         server.shutdown()
         server.server_close()
+
+
+def key_refusing_server():
+    """A real HTTP server on a free port answering 401 with OpenAI's error body."""
+    return serving(_RefuseKey)
 
 
 class _BrokenStream(BaseHTTPRequestHandler):
@@ -125,16 +130,7 @@ class _BrokenStream(BaseHTTPRequestHandler):
         pass
 
 
-@contextmanager
 def broken_stream_server(mode: str, port: int = 0, posts: list | None = None):
     """A real HTTP server (on port, or a free one) listing model "m", whose streamed answers break (mode: cutoff
     or badjson); posts, when given, collects the path of each request it answered."""
-    handler = type("Broken", (_BrokenStream,), {"mode": mode, "posts": [] if posts is None else posts})
-    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    finally:
-        server.shutdown()
-        server.server_close()
+    return serving(type("Broken", (_BrokenStream,), {"mode": mode, "posts": [] if posts is None else posts}), port)

@@ -1,9 +1,7 @@
 """The OpenAI-compatible chat backend against a real `transformers serve` (the tiny LLaVA as its model), and
 the ways a server fails: down, refusing the key, never answering, lacking the model."""
 
-import threading
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 from PIL import Image
@@ -17,7 +15,7 @@ from captioner.models import ModelError, load_chat_model, load_style_model
 from captioner.restyle import restyle, restyle_batch
 from captioner.styles import style_for
 from captioner.settings import Settings
-from chat_servers import broken_stream_server, closed_port_url, key_refusing_server, silent_server, transformers_serve
+from chat_servers import broken_stream_server, closed_port_url, key_refusing_server, serving, silent_server, transformers_serve
 from conftest import needs, run_cli, start_app
 from page_text import shown
 from test_chat_page import ask, conversation, with_image
@@ -154,15 +152,8 @@ class _WebPage(BaseHTTPRequestHandler):
         pass
 
 
-@contextmanager
 def web_page_server():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _WebPage)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    finally:
-        server.shutdown()
-        server.server_close()
+    return serving(_WebPage)
 
 
 def test_an_address_that_is_no_chat_server_is_one_clear_error_and_the_page_keeps_the_previous_model(home, monkeypatch):
