@@ -6,6 +6,7 @@ from typing import Callable, Iterator, Sequence
 
 from .engine import CaptionResult, EngineClosed, engine_for
 from .engine.pixels import THUMBNAIL_SIDE
+from .files import has_undecodable
 from .images import ImageInput
 from .models import LoadedModel
 from .options import GenerationOptions
@@ -72,7 +73,7 @@ def format_captions(rows: list[dict], fmt: str, header: bool = True, styled: boo
         return "".join(
             json.dumps({"path": r["path"], "caption": r["caption"], **({"styled": r["styled"]} if "styled" in r else {}),
                         "score": _rounded(r.get("score")), **{name: r[name] for name in saved if name in r},
-                        **({"error": r["error"]} if r["error"] else {})}, ensure_ascii=_undecodable(r["path"])) + "\n"
+                        **({"error": r["error"]} if r["error"] else {})}, ensure_ascii=has_undecodable(r["path"])) + "\n"
             for r in rows
         )  # fmt: skip
     if fmt == "csv":
@@ -92,10 +93,6 @@ def format_captions(rows: list[dict], fmt: str, header: bool = True, styled: boo
         return "".join("\t".join(_one_line(r.get(name) or "") for name in names) + "\n"
                        for r, names in zip(rows, fields) if not r["error"])  # fmt: skip
     raise ValueError(f"unknown format {fmt!r}; use jsonl, csv or txt")
-
-
-def _undecodable(text: str) -> bool:
-    return any("\udc80" <= char <= "\udcff" for char in text)
 
 
 def _one_line(text: str) -> str:

@@ -134,10 +134,9 @@ def _endpoint_answer(loaded, image, history, question, max_new_tokens, sample) -
         if len(kept) < len(history):
             notices.append(f"The oldest {len(history) - len(kept)} turn(s) were left out to fit the model's context.")
 
-    stream = AnswerStream(_as_chat_errors(chunks(), loaded.name), loaded.name, loaded.version, notices,
-                          stop=lambda: replies[-1].close() if replies else None)  # fmt: skip
-    stream.asked = question  # the history keeps what was sent: a cut question is not sent whole next time
-    return stream
+    return AnswerStream(_as_chat_errors(chunks(), loaded.name), loaded.name, loaded.version, notices,
+                        stop=lambda: replies[-1].close() if replies else None,
+                        asked=question)  # the history keeps what was sent: a cut question is not sent whole again  # fmt: skip
 
 
 def _tokenizer(loaded: LoadedModel):

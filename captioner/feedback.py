@@ -37,14 +37,13 @@ __all__ = [  # the log's public face; the schema and codec live in feedback_csv,
 ]  # fmt: skip
 
 LOCK_TIMEOUT_S = 30
+STALE_IMAGE_TEMP_S = 3600  # an image temp file this old is a killed writer's (images are written outside the lock)
+EXTENSION = re.compile(r"[a-z0-9]{1,8}\Z")
+_SNAPSHOTS = SnapshotCache()
 
 
 class NotWritable(FeedbackError):
     """The log's folder takes no lock file (read-only, full, another user's): it can be read, not written."""
-
-STALE_IMAGE_TEMP_S = 3600  # an image temp file this old is a killed writer's (images are written outside the lock)
-EXTENSION = re.compile(r"[a-z0-9]{1,8}\Z")
-_SNAPSHOTS = SnapshotCache()
 _KEYS: dict[str, EventKeys] = {}
 _KEYS_GUARD = threading.Lock()
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple
 
+from .files import UNDECODABLE, has_undecodable
+
 FIELDS = [
     "id", "created_at", "image_sha256", "image_path", "task", "prompt", "model", "model_version",
     "model_output", "correction", "status", "reviewed_at", "reviewer", "notes", "settings", "score", "linked_to",
@@ -23,7 +25,6 @@ TASK_NAMES, STATUS_NAMES = {t: t for t in TASKS}, {s: s for s in STATUSES}
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")  # ids become file names in exports
 IMAGE_PATH = re.compile(r"images/[A-Za-z0-9][A-Za-z0-9._-]{0,199}\Z")  # one file directly inside data/images
 _EOL = re.compile(r"\r\n?|\n")
-_UNDECODABLE = re.compile("[\udc80-\udcff]")  # bytes that were not UTF-8, kept by errors="surrogateescape"
 MAX_TEXT_CHARS = 20_000
 csv.field_size_limit(16 * 1024 * 1024)
 
@@ -104,11 +105,6 @@ class _Collector:
 
     def __init__(self, parts: list[str]):
         self.write = parts.append
-
-
-def has_undecodable(text: str) -> bool:
-    """True when text holds bytes that were not UTF-8 (decoded with errors="surrogateescape")."""
-    return _UNDECODABLE.search(text) is not None
 
 
 @dataclass
@@ -211,7 +207,7 @@ def _validate(record: list[str], columns: list[str], shared: dict, valid_setting
         values = {name: "" for name in OPTIONAL_FIELDS} | dict(zip(columns, record))
         record = [values[name] for name in FIELDS]
     row_id, created_at, _, image_path, task, _, model, version, _, _, status, _, reviewer, _, settings, score, linked_to = record
-    if check_utf8 and any(_UNDECODABLE.search(value) for value in record):
+    if check_utf8 and any(UNDECODABLE.search(value) for value in record):
         return "not valid UTF-8"
     if task not in TASKS:
         return f"task {task[:80]!r} is not one of {', '.join(TASKS)}"

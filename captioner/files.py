@@ -11,6 +11,7 @@ would otherwise turn "\n" into "\r\n"); macOS's fsync leaves data in the drive's
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -21,6 +22,13 @@ from pathlib import Path
 
 
 BINARY = getattr(os, "O_BINARY", 0)  # os.open flag: 0 where files have no text mode
+UNDECODABLE = re.compile("[\udc80-\udcff]")  # bytes that were not UTF-8, kept by errors="surrogateescape"
+
+
+def has_undecodable(text: str) -> bool:
+    """True when text holds bytes that were not UTF-8 (a file name read with os.fsdecode, a log decoded with
+    errors="surrogateescape")."""
+    return UNDECODABLE.search(text) is not None
 
 
 def read_at(handle, size: int, offset: int) -> bytes:

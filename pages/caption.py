@@ -25,7 +25,6 @@ state.setdefault("samples", [])
 state.setdefault("captions", {})
 state.setdefault("thumbnails", {})
 state.setdefault("saved", {})  # result key -> (kind, message, the text logged)
-state.setdefault("reviewed", set())  # sha256 of the images whose caption was confirmed or corrected here
 
 st.title("Caption images")
 loaded = shared.caption_model()
@@ -91,9 +90,8 @@ def log_feedback(result: CaptionResult, correction: str, key: str) -> None:
         return
     kind = "Confirmation" if row.is_confirmation else "Correction"
     state.saved[key] = ("success", f"{kind} saved." if created else f"{kind} already saved; nothing added.", row.correction)
-    state.reviewed.add(result.source.sha256)
     if not row.is_confirmation:  # look-alikes whose caption this session's person already confirmed or fixed are left out
-        unsettled = [r for r in results if r.ok and r.source.sha256 not in state.reviewed]
+        unsettled = [r for r in results if r.ok and saved_text(r) is None]
         fix_similar.offer(key, row, result, unsettled, loaded, options)
 
 

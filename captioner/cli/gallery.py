@@ -7,6 +7,7 @@ import sys
 
 from tqdm import tqdm
 
+from ..files import has_undecodable
 from ..images import ImageError, read_file
 from ..index import IndexProblem, SearchError, open_or_build, search_image, search_text, text_is_cut, update_index
 from ..settings import Settings
@@ -85,5 +86,5 @@ def cmd_search(args, settings: Settings) -> int:
     for hit in hits:
         record = {"path": str(hit.path), "score": round(hit.score, 6)}
         # a file name that is not UTF-8 (os.fsdecode keeps its bytes as \udcXX) goes as escapes json.loads gives back
-        print(json.dumps(record, ensure_ascii=any("\udc80" <= char <= "\udcff" for char in record["path"])))
+        print(json.dumps(record, ensure_ascii=has_undecodable(record["path"])))
     return 0
