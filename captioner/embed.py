@@ -125,9 +125,11 @@ def default_batch_size(loaded: LoadedModel) -> int:
 def embed_images(
     loaded: LoadedModel, inputs: Iterable[ImageInput | Path], batch_size: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    on_vectors: Callable[[list[int], np.ndarray], None] | None = None,
 ) -> Embedded:  # fmt: skip
     """Embed images (bytes or file paths, any iterable) batch by batch: the next batches are read, decoded and
-    preprocessed on the model's device (gpu_images) while this one is encoded. A bad one is reported by position."""
+    preprocessed on the model's device (gpu_images) while this one is encoded. A bad one is reported by position;
+    on_vectors gets each batch's input positions and vectors as soon as they are made."""
     import torch
 
     batch_size = batch_size or default_batch_size(loaded)
@@ -144,6 +146,8 @@ def embed_images(
                 features = loaded.model.encode_image(pixels)
             vectors.append(unit_rows(features).cpu().numpy())
             ok.extend(done + i for i in batch.ok)
+            if on_vectors:
+                on_vectors([done + i for i in batch.ok], vectors[-1])
         done += count
         if on_progress:
             on_progress(done, total)

@@ -26,6 +26,7 @@ from .files import now_utc
 from .gallery_scan import GalleryProblem, scan_gallery
 from .images import ImageError
 from .index_entries import ENTRY_DTYPE, EntryTable, ShaRows
+from .index_journal import Journal
 from .index_store import (
     GalleryIndex, IndexProblem, index_root, load_index, read_trained, remove_strays, segment_vectors, write_generation,
     write_segment, write_trained,
@@ -56,6 +57,7 @@ class UpdateReport:
     removed: int = 0
     unchanged: int = 0
     embedded: int = 0
+    resumed: int = 0  # embedded by an update that was interrupted, kept in its journal
     reused: int = 0  # same content already embedded under another path
     skipped: list[tuple[str, str]] = field(default_factory=list)  # image files that failed: (path, reason)
     ignored: list[tuple[str, str]] = field(default_factory=list)  # other files, links out, loops: (path, reason)
@@ -85,7 +87,14 @@ def update_index(
         if cannot_write and (old is None or to_read or report.removed):  # before any reading or embedding
             raise IndexProblem(f"the index in {root} cannot be {'updated' if old else 'made'} ({cannot_write})"
                                + (f": {len(to_read) + report.removed} file(s) are new, changed or gone" if old else ""))  # fmt: skip
-        fresh, new_vectors, new_position, unread = _read_and_embed(embedder, gallery, to_read, known, report, on_progress)
+        journal = Journal.open(root, embedder.version) if not cannot_write else None
+        try:
+            fresh, new_vectors, new_position, unread = _read_and_embed(
+                embedder, gallery, to_read, known, report, on_progress, journal,
+            )  # fmt: skip
+        finally:
+            if journal is not None:
+                journal.close()
         base = sum(rows for _, rows in old.meta["segments"]) if old else 0
         added = EntryTable.from_rows([
             (relative, sha, *scan.found[relative], base + new_position[sha] if known.get(sha) is None else known.get(sha))
@@ -100,6 +109,8 @@ def update_index(
         ]  # fmt: skip
         if old and not fresh and not report.removed and failed == old.meta.get("failed", []):
             report.seconds = time.time() - started
+            if journal is not None:
+                journal.discard()
             return old, report  # nothing changed: the live generation stays
         table, segments, layout = _arrange(root, old, table, new_vectors, embedder, flat_limit, report)
         dim = new_vectors.shape[1] if len(new_vectors) else old.meta["dim"] if old else _text_dim(embedder)
@@ -109,6 +120,8 @@ def update_index(
             "failed": failed, "layout": layout.to_json(), "segments": segments,
         }  # fmt: skip
         write_generation(root, meta, table)
+        if journal is not None:
+            journal.discard()  # every vector it kept is in the live generation now
         index = load_index(root, gallery, embedder.name, embedder.version)
     report.seconds = time.time() - started
     return index, report
@@ -174,9 +187,10 @@ def _read_hashed(gallery: Path, relative: str):
     return relative, item
 
 
-def _read_and_embed(embedder, gallery, to_read, known, report, on_progress):
-    """Read each file once, reuse vectors of content already indexed, embed the rest (streamed, never all in memory).
-    Returns relative -> sha of every file read, the new vectors, sha -> position in them, and the files not read."""
+def _read_and_embed(embedder, gallery, to_read, known, report, on_progress, journal: Journal | None):
+    """Read each file once, reuse vectors of content already indexed (or in the journal of an interrupted update),
+    embed the rest (streamed, never all in memory; each batch journaled). Returns relative -> sha of every file
+    read, the new vectors, sha -> position in them, and the files not read."""
     from .embed import embed_images
 
     fresh: dict[str, str] = {}
@@ -195,6 +209,9 @@ def _read_and_embed(embedder, gallery, to_read, known, report, on_progress):
                 fresh[relative] = item.sha256
                 if known.get(item.sha256) is None and item.sha256 not in handed_set:
                     handed_set.add(item.sha256)
+                    if item.sha256 in resumable:
+                        resumed.append(item.sha256)
+                        continue
                     handed.append(item.sha256)
                     yield item
             done += len(batch)
@@ -202,15 +219,26 @@ def _read_and_embed(embedder, gallery, to_read, known, report, on_progress):
                 on_progress(done, len(to_read), done / max(time.time() - started, 1e-9))
 
     handed_set: set[str] = set()
-    embedded = embed_images(embedder, new_content())
+    resumable, resumed = journal.rows if journal else {}, []  # sha of each input the journal had, in order
+
+    def keep(positions, vectors):
+        journal.add([handed[position] for position in positions], vectors)
+
+    embedded = embed_images(embedder, new_content(), on_vectors=keep if journal else None)
     failed = {handed[position]: reason for position, reason in embedded.errors.items()}
     for relative, sha in list(fresh.items()):
         if sha in failed:
             report.skipped.append((relative, failed[sha]))
             del fresh[relative]
-    report.embedded = len(embedded.ok)
-    report.reused = len(fresh) - report.embedded
-    return fresh, embedded.vectors, {handed[position]: j for j, position in enumerate(embedded.ok)}, unread
+    report.embedded, report.resumed = len(embedded.ok), len(resumed)
+    report.reused = len(fresh) - report.embedded - report.resumed
+    position = {sha: j for j, sha in enumerate(resumed)}
+    position.update({handed[at]: len(resumed) + j for j, at in enumerate(embedded.ok)})
+    if resumed:
+        vectors = np.concatenate([np.stack([resumable[sha] for sha in resumed]), embedded.vectors])
+    else:
+        vectors = embedded.vectors
+    return fresh, vectors, position, unread
 
 
 def _arrange(root, old, table: EntryTable, new_vectors, embedder, flat_limit, report):

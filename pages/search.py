@@ -83,7 +83,8 @@ if report:
     st.success(
         f"Index updated in {report.seconds:.1f}s: {report.added} added, {report.changed} changed, "
         f"{report.removed} removed, {report.unchanged} unchanged; {report.embedded} embedded, "
-        f"{report.reused} duplicates reused."
+        f"{report.reused} duplicates reused"
+        + (f"; {report.resumed} kept from an interrupted update." if report.resumed else ".")
     )
     for note in (report.rebuilt_because and f"The index was rebuilt: {report.rebuilt_because}",
                  report.rewritten_because and f"All vectors were rewritten: {report.rewritten_because}"):  # fmt: skip

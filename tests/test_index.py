@@ -349,6 +349,76 @@ def test_a_crash_in_the_middle_of_an_update_is_recovered(clip, gallery, settings
     assert len(list(root.glob("gen-*"))) <= 2 and not list(root.glob(".gen-*"))
 
 
+def interrupt_on_call(model, monkeypatch, call: int) -> None:
+    """The model's image tower is stopped (as by Ctrl-C) when asked for its batch number `call`."""
+    calls, encode = [], model.encode_image
+
+    def encode_image(pixels):
+        calls.append(1)
+        if len(calls) == call:
+            raise KeyboardInterrupt
+        return encode(pixels)
+
+    monkeypatch.setattr(model, "encode_image", encode_image)
+
+
+def add_pictures(gallery, count):
+    for i in range(count):
+        shape, color = ("circle", "square", "triangle")[i % 3], ("red", "green", "blue", "yellow")[i % 4]
+        (gallery / f"more-{i}.png").write_bytes(zoo.encode(zoo.demo(shape, color, 70 + 9 * i), "PNG"))
+
+
+def test_an_interrupted_update_resumes_without_embedding_again_what_it_had_done(
+    clip, gallery, settings, tmp_path, monkeypatch,
+):  # fmt: skip
+    monkeypatch.setattr("captioner.embed.DEFAULT_BATCH_SIZE", 2)
+    add_pictures(gallery, 6)  # 10 pictures: 5 batches
+    interrupt_on_call(clip.model, monkeypatch, 4)
+    with pytest.raises(KeyboardInterrupt):
+        update_index(clip, gallery, settings.data_dir)
+    monkeypatch.undo()
+    monkeypatch.setattr("captioner.embed.DEFAULT_BATCH_SIZE", 2)
+
+    index, report = update_index(clip, gallery, settings.data_dir)
+    assert (report.resumed, report.embedded, report.added, len(index)) == (6, 4, 10, 10)
+    assert not (index_root(settings.data_dir, gallery, clip.name) / "unfinished").exists()
+    clean, _ = update_index(clip, gallery, tmp_path / "clean")  # the same gallery indexed in one go
+    for entry in clean.entries:
+        resumed_vector = index.vector(index.entry_of(entry.path).row)
+        np.testing.assert_allclose(resumed_vector, clean.vector(entry.row), atol=1e-6)
+    assert [r.path for r in search_text(clip, index, "a red circle", 10)] == [
+        r.path for r in search_text(clip, clean, "a red circle", 10)
+    ]  # fmt: skip
+
+
+def test_a_journal_keeps_only_whole_rows_of_its_own_model_version(clip, gallery, settings, monkeypatch):
+    monkeypatch.setattr("captioner.embed.DEFAULT_BATCH_SIZE", 2)
+    interrupt_on_call(clip.model, monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        update_index(clip, gallery, settings.data_dir)  # 4 pictures: the first batch of 2 journaled, then stopped
+    journal = index_root(settings.data_dir, gallery, clip.name) / "unfinished"
+    vectors = journal / "vectors.f32"
+    vectors.write_bytes(vectors.read_bytes()[:-5])  # the last row torn, as by a power cut
+    with open(journal / "shas.txt", "a") as shas:
+        shas.write("f" * 20)  # a hash line cut short
+    monkeypatch.undo()
+    _, report = update_index(clip, gallery, settings.data_dir)
+    assert (report.resumed, report.embedded) == (1, 3)
+
+    interrupt_on_call(clip.model, monkeypatch, 1)
+    (gallery / "new.png").write_bytes(zoo.encode(zoo.demo("square", "green"), "PNG"))
+    (gallery / "new2.png").write_bytes(zoo.encode(zoo.demo("circle", "blue"), "PNG"))
+    with pytest.raises(KeyboardInterrupt):
+        update_index(clip, gallery, settings.data_dir)
+    assert not (journal / "vectors.f32").exists()  # stopped before its first batch: nothing to keep
+    monkeypatch.undo()
+    (journal).mkdir(exist_ok=True)
+    (journal / "meta.json").write_text(json.dumps({"model_version": "another", "dim": 4}))
+    (journal / "vectors.f32").write_bytes(np.ones((2, 4), np.float32).tobytes())
+    _, report = update_index(clip, gallery, settings.data_dir)
+    assert (report.resumed, report.embedded, report.added) == (0, 2, 2)
+
+
 def test_demo_clip_reaches_precision_at_5(settings, tmp_path):
     from captioner.demo.quality import demo_inputs
 

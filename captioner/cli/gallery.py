@@ -30,6 +30,8 @@ def report_update(report) -> None:
         say(f"ignored {path}: {reason}")
     for path, reason in report.skipped:
         say(f"skipped {path}: {reason}")
+    if report.resumed:
+        say(f"resumed an interrupted update: {report.resumed} image(s) it had embedded were not embedded again")
     say(
         f"index: {report.added} added, {report.changed} changed, {report.removed} removed, "
         f"{report.unchanged} unchanged; {report.embedded} embedded, {report.reused} duplicates reused, "
