@@ -36,6 +36,8 @@ _INTERPOLATIONS = {0: "nearest-exact", 1: "lanczos", 2: "bilinear", 3: "bicubic"
 _PASS_THROUGH = {"MaybeConvertMode", "MaybeToTensor", "ToTensor", "_convert_to_rgb", "ConvertImageDtype"}
 REDUCED_SCALE_MARGIN = 2  # a file at least twice this over the needed size decodes at reduced scale
 DEVICE_MAX_PIXELS = 16_000_000  # bigger JPEGs (a long panorama) go through the door and its memory budget
+STRIP_ASPECT = 32  # a picture longer than this many times its width (a 1 x 300,000 strip) is resized in steps
+STRIP_PIXELS = 4_000_000  # ... when a squash's first pass would make more pixels than this (12 MB)
 
 
 @dataclass(frozen=True)
@@ -336,8 +338,45 @@ def resize_picture(picture: "torch.Tensor", full_size: tuple[int, int], spec: Pi
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms.v2 import functional as F
 
-    picture = F.resize(picture, resized_size(spec, *full_size), interpolation=InterpolationMode(spec.interpolation), antialias=True)
+    mode = InterpolationMode(spec.interpolation)
+    size = resized_size(spec, *full_size)
+    height, width = picture.shape[-2:]
+    if max(height, width) >= STRIP_ASPECT * min(height, width):
+        return _resize_strip(picture, size, spec, mode)
+    picture = F.resize(picture, size, interpolation=mode, antialias=True)
     return F.center_crop(picture, [spec.height, spec.width]) if spec.crop else picture
+
+
+def _resize_strip(picture: "torch.Tensor", size: list[int], spec: PixelSpec, mode) -> "torch.Tensor":
+    """resize_picture for a strip far longer than wide (a 1 x 300,000 PNG), which in one step would go through an
+    intermediate of gigabytes (its short side scaled up along the whole long side). A squash shrinks the long side
+    alone first (the first pass of the same separable resize). A shortest-side resize scales up only the middle
+    the centre crop keeps (and the filter's reach), cut where the source and output pixel grids line up."""
+    import torch
+    from torchvision.transforms.v2 import functional as F
+
+    axis, across = (-2, -1) if picture.shape[-2] >= picture.shape[-1] else (-1, -2)
+    length, target = picture.shape[axis], size[axis]
+    if not spec.crop:
+        if length > target and length * size[across] > STRIP_PIXELS:  # kept in fp32 between the passes
+            shape = list(picture.shape[-2:])
+            shape[axis] = target
+            picture = F.resize(picture.float(), shape, interpolation=mode, antialias=True)
+            return F.resize(picture, size, interpolation=mode, antialias=True).round().clamp(0, 255).to(torch.uint8)
+        return F.resize(picture, size, interpolation=mode, antialias=True)
+    ratio = target / length  # output pixels per source pixel
+    offset = int(round((target - spec.height) / 2.0))  # where torchvision's centre crop starts
+    reach = math.ceil(3 + 3 / ratio)  # source pixels a bicubic (antialiased when shrinking) output pixel reads
+    span = min(64, max(1, math.ceil(32 / ratio)))  # source pixels searched for a cut on the output grid
+    low = max(0, math.floor(offset / ratio) - reach)
+    first = min(range(max(0, low - span), low + 1), key=lambda a: abs(a * ratio - round(a * ratio)))
+    high = min(length, math.ceil((offset + spec.height) / ratio) + reach)
+    last = min(range(high, min(length, high + span) + 1), key=lambda b: abs((b - first) * ratio - round((b - first) * ratio)))
+    strip = picture.narrow(axis, first, last - first)
+    shape = list(size)
+    shape[axis] = max(1, round((last - first) * ratio))
+    strip = F.resize(strip, shape, interpolation=mode, antialias=True)
+    return strip.narrow(axis, offset - round(first * ratio), spec.height)
 
 
 def normalise(batch: "torch.Tensor", spec: PixelSpec, dtype) -> "torch.Tensor":

@@ -6,6 +6,8 @@ Tolerances, in normalised pixel units (one 8-bit level is about 0.015 after CLIP
 - open_clip, JPEG or any other file at full scale: within 1 level of open_clip's transform on a PIL picture.
 - a JPEG at least 4x the model's input decodes at reduced scale: mean difference at most 0.02 (about 1.3 levels).
 - CUDA against CPU: within 1 level (nvjpeg's and libjpeg-turbo's IDCTs may round differently).
+- a strip (one side 32x the other or more): open_clip as above; a BLIP squash so big that its long side is shrunk
+  first (a 1 x 300,000 PNG), within 3 levels.
 """
 
 import io
@@ -100,6 +102,34 @@ def test_big_jpegs_decode_at_reduced_scale_within_tolerance(clip_transform, monk
     assert asked and asked[0] is not None and asked[0] < 900  # through the door, asking for a smaller decode
     expected = clip_transform(decode(big).image)[None]
     assert (pixels - expected).abs().mean() <= 0.02
+
+
+@pytest.mark.parametrize("size", [(8, 1000), (1000, 8), (3, 200)])
+def test_a_long_strip_matches_the_models_transform_and_is_never_blown_up(size, clip_transform, blip_processor, monkeypatch):
+    from torchvision.transforms.v2 import functional as F
+
+    strip = ImageInput("strip.png", zoo.encode(photo(*size, 3), "PNG"))
+    made, resize = [], F.resize
+    monkeypatch.setattr(F, "resize", lambda picture, shape, **kw: made.append(shape[0] * shape[1]) or resize(picture, shape, **kw))
+    clip = load_pixels([strip], PixelSpec.from_open_clip(clip_transform), "cpu", torch.float32).pixels
+    expected = clip_transform(images.decode(strip).image)[None]
+    assert (clip - expected).abs().mean() <= 0.02  # the same middle of the strip, within a fraction of a pixel
+    assert max(made) <= 56 * 56 * 6  # only that middle was scaled up (in one step: 56 x 7,000)
+    blip, expected = (
+        load_pixels([strip], PixelSpec.from_blip(blip_processor), "cpu", torch.float32).pixels,
+        torch.from_numpy(blip_processor(images.decode(strip).image, return_tensors="np")["pixel_values"]),
+    )  # fmt: skip
+    assert (blip - expected).abs().max() <= 1e-6  # a strip this small is squashed in one step, exactly
+    monkeypatch.setattr(gpu_images, "STRIP_PIXELS", 0)  # as if it were 1 x 300,000: the long side shrinks first
+    made.clear()
+    blip = load_pixels([strip], PixelSpec.from_blip(blip_processor), "cpu", torch.float32).pixels
+    assert (blip - expected).abs().max() <= 3 * LEVEL and max(made) <= 64 * 48
+
+
+def test_a_one_pixel_strip_of_300000_costs_no_more_than_a_photo(clip_transform):
+    strip = ImageInput("thin.png", zoo.encode(Image.new("RGB", (1, 300_000), (255, 0, 0)), "PNG"))
+    batch = load_pixels([strip], PixelSpec.from_open_clip(clip_transform), "cpu", torch.float32)  # was 45 GB at 224 px
+    assert batch.ok == [0] and torch.allclose(batch.pixels[0, 0], batch.pixels[0, 0, 0, 0])  # all red, as the strip
 
 
 def test_the_header_reader_sends_only_plain_jpegs_to_the_device():
