@@ -24,7 +24,7 @@ from filelock import FileLock, Timeout
 
 from .feedback_csv import (
     FIELDS, IMAGE_PATH, OPTIONAL_FIELDS, SAFE_NAME, STATUSES, TASKS, FeedbackError, FeedbackRow, RowProblem,
-    check_row, check_text, format_lines, format_rows, parse_csv, tidy_correction, validate_record,
+    check_row, check_text, format_lines, format_rows, parse_csv, record_closer, tidy_correction, validate_record,
 )  # fmt: skip
 from .feedback_keys import CsvState, EventKeys, event_key
 from .feedback_rewrite import Rewrite, plan, refuse_revived_records
@@ -154,7 +154,7 @@ class FeedbackLog:
             if not created and self._header() != FIELDS:
                 self._replace([], lambda old: old)  # an older log gains the new columns before rows that have them
                 state = CsvState.of(self.csv_path)
-            keys = self._synced_keys(state)
+            keys, whole_to = self._synced_keys(state)
             offsets_of = (lambda key: []) if created else keys.lookup()  # noqa: E731 - a new log holds nothing
             fresh, keyed, pending = [], [], {}
             for row in rows:
@@ -168,7 +168,7 @@ class FeedbackLog:
                 return []
             header = format_lines([], header=True)[0].encode() if created else b""
             lines = [line.encode("utf-8") for line in format_lines(fresh)]
-            prefix = b"\r\n" if not created and not self._ends_with_line_end() else b""  # a torn last line stays its own
+            prefix = b"" if created else record_closer(self._bytes_from(whole_to))  # a torn record stays its own
             offset = append_durably(self.csv_path, prefix + header + b"".join(lines)) + len(prefix) + len(header)
             if created:
                 fsync_dir(self.data_dir)
@@ -201,7 +201,7 @@ class FeedbackLog:
             for index, problem in problems:
                 raw = snapshot.raw(index)
                 header = f"# moved aside at {now_utc()}{' by ' + note if note else ''}: {problem}\n"
-                kept.write(header.encode("utf-8", "backslashreplace") + raw + (b"" if raw.endswith((b"\n", b"\r")) else b"\r\n"))
+                kept.write(header.encode("utf-8", "backslashreplace") + raw + record_closer(raw))
             append_durably(self.broken_path, kept.getvalue())
             self._replace([i for i, _ in problems], lambda rows: rows)
             return len(problems), self.broken_path
@@ -216,7 +216,7 @@ class FeedbackLog:
         state = CsvState.of(self.csv_path)
         old = _SNAPSHOTS.current(self.csv_path) if state is not None else Snapshot(None, b"")
         new_rows = transform(list(old.rows))
-        keys = self._synced_keys(state)
+        keys, _ = self._synced_keys(state)
         with gc_paused():
             built = Rewrite(old, plan(old, new_rows, drop), keys.key_by_offset() if state is not None else {})
             payload = built.payload()
@@ -234,20 +234,24 @@ class FeedbackLog:
         with _KEYS_GUARD:
             return _KEYS.setdefault(str(self.keys_path), EventKeys(self.keys_path, self.csv_path))
 
-    def _synced_keys(self, state: CsvState | None) -> EventKeys:
-        """The index, brought up to the CSV's state (under the lock): a tail parse, or a rebuild when it must."""
+    def _synced_keys(self, state: CsvState | None) -> tuple[EventKeys, int]:
+        """The index, brought up to the CSV's state (under the lock): a tail parse, or a rebuild when it must; and a
+        byte offset at which a record begins, after which the log holds only whole rows or a torn last record."""
         keys = self._keys()
         if state is None or state.size == 0:
-            return keys
+            return keys, 0
         status = keys.sync(state)
-        if status == "behind":
-            pairs = [(event_key(r.event_text()), at) for r, at in rows_after(self.csv_path, keys.covered.size, self._header())]
+        whole_to = state.size  # "current": the index saw every byte, and appends write whole lines
+        if status == "behind":  # appended by a writer that died before it updated the index, maybe mid-row
+            whole_to = keys.covered.size
+            pairs = [(event_key(r.event_text()), at) for r, at in rows_after(self.csv_path, whole_to, self._header())]
             keys.extend(pairs, state)
         elif status == "stale":
             snapshot = _SNAPSHOTS.current(self.csv_path)
+            whole_to = snapshot.resume_point()[0]
             rows = [(e, span[0]) for e, span in zip(snapshot.entries, snapshot.spans) if isinstance(e, FeedbackRow)]
             keys.rebuild([(event_key(r.event_text()), at) for r, at in rows], state)
-        return keys
+        return keys, whole_to
 
     def _logged(self, offsets: list[int], row: FeedbackRow) -> bool:
         return any((old := self._row_at(at)) is not None and row.same_event(old) for at in offsets)
@@ -275,10 +279,9 @@ class FeedbackLog:
         with open(self.csv_path, encoding="utf-8", errors="surrogateescape", newline="") as handle:
             return next(csv.reader([handle.readline().removeprefix("\ufeff")]), [])
 
-    def _ends_with_line_end(self) -> bool:
+    def _bytes_from(self, offset: int) -> bytes:
         with open(self.csv_path, "rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
-            return size == 0 or read_at(handle, 1, size - 1) in (b"\n", b"\r")
+            return read_at(handle, max(0, os.fstat(handle.fileno()).st_size - offset), offset)
 
     # --- images --------------------------------------------------------------------------------
     def store_image(self, data: bytes, extension: str) -> tuple[str, str]:

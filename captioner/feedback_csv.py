@@ -29,6 +29,18 @@ MAX_TEXT_CHARS = 20_000
 csv.field_size_limit(16 * 1024 * 1024)
 
 
+def record_closer(raw: bytes) -> bytes:
+    """What ends a record cut short (a writer killed mid-way) so that every CSV reader steps past it, not only this
+    log's own: a quote left open is closed, then a line end. Nothing for a whole record, or for nothing at all."""
+    if not raw:
+        return b""
+    if raw.count(b'"') % 2:  # inside a quoted field: what follows would be read as part of it
+        return b'"\r\n'
+    if raw.endswith(b"\r"):  # cut between the \r and \n this log writes: a lone \r trips some readers
+        return b"\n"
+    return b"" if raw.endswith(b"\n") else b"\r\n"
+
+
 class FeedbackError(ValueError):
     """A correction that cannot be logged, or a log that cannot be written; the message says which and why."""
 

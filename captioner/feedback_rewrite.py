@@ -7,7 +7,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from dataclasses import dataclass
 
-from .feedback_csv import FIELDS, FeedbackError, FeedbackRow, RowProblem, format_lines, formatted
+from .feedback_csv import FIELDS, FeedbackError, FeedbackRow, RowProblem, format_lines, formatted, record_closer
 from .feedback_keys import CsvState, event_key
 from .feedback_snapshot import Snapshot, parse_bytes
 
@@ -97,8 +97,7 @@ class Rewrite:
         self.line += line_end - line_begin
 
     def _add(self, entry: FeedbackRow | RowProblem, raw: bytes) -> None:
-        if not raw.endswith(LINE_ENDS):
-            raw += b"\r\n"
+        raw += record_closer(raw)
         lines = raw.count(b"\n") + raw.count(b"\r") - raw.count(b"\r\n")  # as csv counts lines: \r, \n or \r\n
         if isinstance(entry, RowProblem):
             entry = RowProblem(self.line + 1, entry.reason, entry.raw, self.line + lines)

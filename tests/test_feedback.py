@@ -159,6 +159,28 @@ def test_a_torn_last_line_is_reported_and_later_rows_survive(tmp_path):
     assert len(problems) == 1 and problems[0].line == 3
 
 
+def test_rows_written_after_a_record_torn_anywhere_are_read_by_pandas_and_csv_too(tmp_path):
+    import csv
+    import io
+    import pandas as pd
+
+    log = FeedbackLog(tmp_path / "model")
+    torn_row = record(log, 'what, "shape"\nis it?, said she')[0]._replace(id="torn")
+    line = format_rows([torn_row]).encode()
+    for cut in range(1, len(line), 3):  # killed after any byte of the row (every third, for time)
+        log = FeedbackLog(tmp_path / f"cut{cut}")
+        record(log, "before")
+        with open(log.csv_path, "ab") as handle:
+            handle.write(line[:cut])
+        after = [record(log, f"after {i}")[0].id for i in range(2)]
+        assert len(log.read()[1]) <= 1
+        frame = pd.read_csv(log.csv_path, keep_default_na=False, dtype=str)
+        assert set(after) <= set(frame["id"]), f"cut after byte {cut}: {line[:cut]!r}"
+        with open(log.csv_path, newline="", encoding="utf-8") as handle:
+            ids = {record_[0] for record_ in csv.reader(io.StringIO(handle.read(), newline=""))}
+        assert set(after) <= ids
+
+
 def test_broken_rows_are_reported_by_line_and_kept_by_a_rewrite(tmp_path):
     log = FeedbackLog(tmp_path)
     for text in ("one", "two", "three"):
