@@ -48,7 +48,7 @@ def show_thumbnail(column, relative: str) -> None:
 
 
 def run_update() -> None:
-    """Embed what is new or changed, with progress; keep the report to show after the rerun."""
+    """Embed what is new or changed, with progress; keep the report (or why it failed) to show after the rerun."""
     bar = st.progress(0.0, "Scanning the gallery…")
 
     def progress(done: int, total: int, rate: float) -> None:
@@ -58,9 +58,9 @@ def run_update() -> None:
         _, state.index_report = update_index(
             embedder, config.gallery, config.data_dir, progress, follow_links=config.gallery_follow_links
         )
+        state.index_error = None
     except IndexProblem as exc:
-        state.index_report = None
-        st.error(plain(str(exc)))
+        state.index_report, state.index_error = None, str(exc)
     bar.empty()
 
 
@@ -78,6 +78,8 @@ except IndexProblem as problem:
 if st.button("Update index", help="Embed new and changed images, forget deleted ones"):
     run_update()
     st.rerun()
+if state.get("index_error"):
+    st.error(f"The index could not be updated: {plain(state.index_error)}")
 report = state.get("index_report")
 if report:
     st.success(

@@ -53,6 +53,16 @@ def test_update_index_then_search_by_text(search):
     assert 1 <= len(result_captions(search)) <= 3
 
 
+def test_update_index_says_why_when_the_gallery_folder_is_missing(home, monkeypatch, tmp_path):
+    monkeypatch.setenv("CAPTIONER_SEARCH_MODEL", "demo")
+    monkeypatch.setenv("CAPTIONER_GALLERY", str(tmp_path / "no-such-gallery"))
+    search = start_app("pages/search.py")  # a fresh install: data/gallery is not there yet
+    click(search, "Update index")
+    assert len(search.error) == 1 and shown(search.error[0].value).endswith("no-such-gallery does not exist")
+    search.run()  # still said on the next rerun, until an update works
+    assert len(search.error) == 1
+
+
 def test_search_by_gallery_image_marks_the_near_duplicate(search, gallery):
     click(search, "Update index")
     search.radio[0].set_value("Gallery image").run()
