@@ -40,7 +40,11 @@ def cli(argv: list[str] | None = None) -> int:
 
 
 def _final(cfg: FinetuneConfig, status: str, message: str, version: str | None = None) -> None:
-    if cfg.progress_file:
+    if not cfg.progress_file:
+        return
+    try:
         with open(cfg.progress_file, "a", encoding="utf-8") as handle:
             handle.write(json.dumps({"time": time.time(), "phase": "done", "status": status, "message": message,
                                      "version": version}) + "\n")  # fmt: skip
+    except OSError:
+        pass  # a progress file that cannot be written was said on stderr; the exit status still tells the outcome

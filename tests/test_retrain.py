@@ -119,6 +119,16 @@ def test_the_outcome_tells_refused_from_failed_by_the_exception(home, monkeypatc
         assert json.loads(progress.read_text().splitlines()[-1])["status"] == status
 
 
+def test_a_progress_file_that_cannot_be_written_is_one_line_not_a_traceback(home, tmp_path, capsys):
+    import finetune.cli
+
+    (tmp_path / "a-file").write_text("")
+    for where in (tmp_path / "no-such-folder" / "p.jsonl", tmp_path / "a-file" / "p.jsonl"):
+        assert finetune.cli.cli(["--progress-file", str(where)]) == 1
+        said = capsys.readouterr().err.strip().splitlines()
+        assert len(said) == 1 and said[0].startswith(f"finetune: cannot write the progress file {where}")
+
+
 def test_export_cli_writes_jsonl_and_an_imagefolder_dataset(home, tmp_path):
     done = run_cli("feedback", "export", "--format", "jsonl", "--out", tmp_path / "nothing")
     assert done.returncode == 2 and "no approved rows" in done.stderr
