@@ -186,13 +186,17 @@ def staging_folder(target: Path) -> Path:
 
 
 def publish_folder(staging: Path, target: Path) -> None:
-    """Fsync every file under staging, then rename it to target (absent or an empty folder): all or nothing."""
+    """Give every file under staging the umask's mode and fsync it, then rename staging to target (absent or an
+    empty folder): all or nothing."""
     staging, target = Path(staging), Path(target)
     for path in sorted(staging.rglob("*"), key=lambda p: len(p.parts), reverse=True):
         if path.is_file() and not path.is_symlink():
-            fsync_path(path)
-        elif path.is_dir():
+            os.chmod(path, new_file_mode())  # writers that go through a temp file (safetensors' save) leave 0600:
+            fsync_path(path)  # another user's server could not load the weights it was told to serve
+        elif path.is_dir() and not path.is_symlink():
+            os.chmod(path, 0o777 & ~UMASK)
             fsync_dir(path)
+    os.chmod(staging, 0o777 & ~UMASK)
     fsync_dir(staging)
     if target.is_dir() and not target.is_symlink():
         target.rmdir()  # only an empty folder may be replaced; rmdir refuses anything else

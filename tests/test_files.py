@@ -88,3 +88,21 @@ def test_a_replace_refused_while_a_reader_has_the_file_open_is_retried_until_it_
     with pytest.raises(PermissionError):
         files.write_atomic(target, b"newer")
     assert target.read_bytes() == b"new" and list(tmp_path.iterdir()) == [target]
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX modes")
+def test_a_published_folder_gets_the_umask_modes_whatever_wrote_its_files(tmp_path):
+    import tempfile
+
+    staging = files.staging_folder(tmp_path / "v0001")
+    (staging / "adapter").mkdir(mode=0o700)
+    fd, name = tempfile.mkstemp(dir=staging / "adapter")  # 0600, as safetensors' save through a temp file leaves it
+    os.close(fd)
+    os.replace(name, staging / "adapter" / "adapter_model.safetensors")
+    (staging / "config.json").write_text("{}")
+    files.publish_folder(staging, tmp_path / "v0001")
+    published = tmp_path / "v0001"
+    for path in published.rglob("*"):
+        expected = 0o666 & ~files.UMASK if path.is_file() else 0o777 & ~files.UMASK
+        assert path.stat().st_mode & 0o777 == expected, path
+    assert published.stat().st_mode & 0o777 == 0o777 & ~files.UMASK
