@@ -127,8 +127,8 @@ def _utc(text: str) -> datetime | None:
 def _card(by_config: dict[str, int]) -> str:
     """A dataset card whose front matter names the configs, so load_dataset(folder[, config]) finds them."""
     lines = ["---", "configs:"]
-    for position, (config, _) in enumerate(by_config.items()):
-        lines += [f"- config_name: {config}", f"  data_dir: {config}"] + (["  default: true"] if position == 0 else [])
+    for config in by_config:  # only captions are the default: load_dataset(folder) must never give Q&A or styles
+        lines += [f"- config_name: {config}", f"  data_dir: {config}"] + (["  default: true"] if config == "captions" else [])
     lines += ["---", "", "# Approved feedback", "", "Exported from the image captioning studio's feedback log.", ""]
     lines += [f"- `{config}`: {count} rows (`text` is the approved correction)" for config, count in by_config.items()]
     return "\n".join(lines) + "\n"

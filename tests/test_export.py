@@ -127,3 +127,20 @@ def test_the_readme_recipe_reads_the_log_with_pandas_keeping_empty_fields_and_wo
     assert frame["correction"].tolist() == ["null", "N/A"] and frame["notes"].tolist() == ["nan", ""]
     assert frame["model_output"].tolist() == ["NA", ""] and frame["score"].tolist() == ["", ""]
     assert not frame.isna().any().any()
+
+
+def test_an_export_without_caption_rows_never_gives_qa_rows_as_the_captions(tmp_path, demo_png):
+    needs("datasets")
+    from datasets import load_dataset
+
+    log = FeedbackLog(tmp_path / "data")
+    for question, answer in (("what shape is it?", "circle"), ("what color is the shape?", "red")):
+        log.record(demo_png("circle", "red"), "png", task="qa", prompt=question, model_output="x", correction=answer)
+    log.record(demo_png("square", "blue"), "png", task="style", prompt="poetic", model_output="a", correction="b")
+    set_status(log, {r.id for r in log.read()[0]}, "approved", "tester")
+    out = tmp_path / "export"
+    assert export(log, out, "hf").by_config == {"qa": 2, "styles": 1}
+    cache = str(tmp_path / "hf-cache")
+    with pytest.raises(ValueError, match="qa.*styles|styles.*qa"):  # no default: the caller must name one
+        load_dataset(str(out), split="train", cache_dir=cache)
+    assert sorted(load_dataset(str(out), "qa", split="train", cache_dir=cache)["text"]) == ["circle", "red"]
