@@ -6,7 +6,7 @@ from typing import Callable, Iterator, Sequence
 
 from .engine import CaptionResult, EngineClosed, engine_for
 from .engine.pixels import THUMBNAIL_SIDE
-from .files import has_undecodable
+from .files import has_undecodable, spreadsheet_safe
 from .images import ImageInput
 from .models import LoadedModel
 from .options import GenerationOptions
@@ -83,8 +83,9 @@ def format_captions(rows: list[dict], fmt: str, header: bool = True, styled: boo
         if header:
             writer.writerow(["path", "caption", *(["styled"] if styled else []), "error", "score", *saved])
         writer.writerows([
-            [r["path"], r["caption"] or "", *([r.get("styled") or ""] if styled else []), r["error"] or "",
-             _csv_score(r.get("score")), *(r.get(name) or "" for name in saved)]
+            [*map(spreadsheet_safe, [r["path"], r["caption"] or "", *([r.get("styled") or ""] if styled else []),
+                                     r["error"] or ""]),
+             _csv_score(r.get("score")), *(spreadsheet_safe(r.get(name) or "") for name in saved)]
             for r in rows
         ])  # fmt: skip
         return out.getvalue()

@@ -31,6 +31,15 @@ def has_undecodable(text: str) -> bool:
     return UNDECODABLE.search(text) is not None
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what makes a spreadsheet run a cell as a formula (OWASP)
+
+
+def spreadsheet_safe(text: str) -> str:
+    """Text for a CSV cell people open in a spreadsheet: one that would run as a formula (a correction typed as
+    =HYPERLINK(...), a file named =cmd.jpg) gets a leading apostrophe, which spreadsheets show as text."""
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
 def read_at(handle, size: int, offset: int) -> bytes:
     """Up to size bytes at offset of an open binary file (pread where the OS has it)."""
     if hasattr(os, "pread"):

@@ -1,5 +1,8 @@
 """caption_images on a tiny BLIP loaded from disk: order, errors, prompts, batch caps, decoding beside the model."""
 
+import csv
+import io
+import json
 import math
 import threading
 import time
@@ -153,6 +156,11 @@ def test_thumbnails_are_small_and_exports_keep_order(tiny):
     assert [line.split('"')[3] for line in jsonl] == ["big.png", "bad.gif"] and '"error"' in jsonl[1]
     assert '"score": null' in jsonl[1]
     assert format_captions(rows, "csv").startswith("path,caption,error,score\r\nbig.png,")
+    typed = [{**rows[0], "path": "=cmd|' /C calc'!A0.png", "caption": "-2+3", "correction": "@SUM(A1)"}]
+    cells = next(csv.DictReader(io.StringIO(format_captions(typed, "csv"))))
+    assert (cells["path"], cells["caption"], cells["correction"]) == ("'=cmd|' /C calc'!A0.png", "'-2+3", "'@SUM(A1)")
+    assert float(cells["score"]) == round(rows[0]["score"], 4)  # a number stays a number
+    assert json.loads(format_captions(typed, "jsonl"))["caption"] == "-2+3"  # JSONL keeps every text exactly
     assert format_captions(rows, "txt").count("\n") == 1
 
 

@@ -133,6 +133,9 @@ def test_feedback_add_and_list_round_trip_hostile_text(home, tmp_path):
     assert [row["correction"] for row in listed] == [" ".join(text.split()) for text in HOSTILE[:4]] + ["a red circle"]
     approved = run_cli("feedback", "list", "--status", "approved", "--format", "csv").stdout
     assert list(csv.DictReader(io.StringIO(approved)))[0]["status"] == "approved"
+    as_csv = list(csv.DictReader(io.StringIO(run_cli("feedback", "list", "--format", "csv").stdout)))
+    assert as_csv[3]["correction"] == "'" + listed[3]["correction"]  # =HYPERLINK(...) shows as text in a spreadsheet
+    assert [row["correction"] for row in as_csv[:3]] == [row["correction"] for row in listed[:3]]
     assert len(list((home / "data" / "images").iterdir())) == 1
 
 

@@ -8,6 +8,7 @@ import sys
 
 from ..export import ExportError, export
 from ..feedback import FIELDS, FeedbackError, FeedbackLog
+from ..files import spreadsheet_safe
 from ..images import ImageError, decode, read_file
 from ..settings import Settings
 from .common import UserError, say
@@ -63,5 +64,6 @@ def feedback_action(args, log, fields) -> int:
     else:
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(fields)
-        writer.writerows(rows)
+        writer.writerows([[value if name == "score" else spreadsheet_safe(value) for name, value in zip(fields, row)]
+                          for row in rows])  # fmt: skip
     return 1 if problems else 0
