@@ -115,6 +115,9 @@ def test_user_errors_are_one_line_without_traceback(home, tmp_path):
         assert done.stderr.count("\n") == 1 and expected in done.stderr, done.stderr
     done = run_cli("feedback", "add", tmp_path / "nope.png", "--correction", "x")  # a failed input: 1, as caption says
     assert done.returncode == 1 and done.stderr == f"captioner: {tmp_path / 'nope.png'}: no such file\n"
+    forger = write(tmp_path, "bad\r\ncaptioner: ok.jpg: fine.jpg", b"")  # a name that would print a line of its own
+    done = run_cli("caption", forger, "--model", "demo")
+    assert done.returncode == 1 and done.stderr == f"captioner: {tmp_path}/bad\\r\\ncaptioner: ok.jpg: fine.jpg: empty file (0 bytes)\n"
     done = run_cli("ask", picture, "what?", "--model", "demo", env={"CAPTIONER_OPENAI_TIMEOUT": "inf"})
     assert done.returncode == 2 and "CAPTIONER_OPENAI_TIMEOUT=inf must be a number of seconds above 0" in done.stderr
     done = run_cli("caption", picture, env={"CAPTIONER_DEVICE": "gpu"})

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import sys
 
 PROG = "captioner"
+CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # every control character but the tab
 
 
 class UserError(Exception):
@@ -12,5 +14,7 @@ class UserError(Exception):
 
 
 def say(message: str) -> None:
-    """One line on stderr, prefixed with the program name."""
+    """One line on stderr, prefixed with the program name. A line break or other control character in it (a file
+    name may hold them) is written as its escape, so a file name cannot split a message or forge another line."""
+    message = CONTROL.sub(lambda found: repr(found.group())[1:-1], message)
     print(f"{PROG}: {message}", file=sys.stderr, flush=True)
