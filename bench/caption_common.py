@@ -59,8 +59,8 @@ def _load(args) -> LoadedModel:
     from transformers import BlipConfig, BlipForConditionalGeneration, BlipProcessor
 
     quiet_transformers()
-    device = resolve_device(args.device)
-    dtype = resolve_dtype(args.dtype, device)
+    device = resolve_device(args.device, "--device")
+    dtype = resolve_dtype(args.dtype, device, "--dtype")
     torch.manual_seed(0)
     model = BlipForConditionalGeneration(BlipConfig.from_pretrained(args.config)).to(device, dtype).eval()
     processor = BlipProcessor.from_pretrained(args.config)

@@ -20,7 +20,8 @@ from . import images
 from .gpu_images import PixelBatch, PixelSpec, load_pixels
 from .images import ImageError, ImageInput
 from .models import (
-    LoadedModel, ModelError, ModelSpec, hub_kwargs, quiet_transformers, resolve_device, resolve_dtype, resolve_spec,
+    LoadedModel, ModelError, ModelSpec, SpecError, hub_kwargs, quiet_transformers, resolve_device, resolve_dtype,
+    resolve_spec,
 )  # fmt: skip
 from .settings import Settings
 
@@ -81,10 +82,10 @@ def _open_clip_names(spec: ModelSpec) -> tuple[str, str | None]:
     import open_clip
 
     if name not in open_clip.list_models():
-        raise ModelError(f"{spec.text}: {name!r} is not an open_clip model name (e.g. ViT-B-32/laion2b_s34b_b79k)")
+        raise SpecError(f"{spec.text}: {name!r} is not an open_clip model name (e.g. ViT-B-32/laion2b_s34b_b79k)")
     if not pretrained:
         tags = ", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none"
-        raise ModelError(f"{spec.text} names no pretrained weights; add a tag: {name}/TAG (tags: {tags})")
+        raise SpecError(f"{spec.text} names no pretrained weights; add a tag: {name}/TAG (tags: {tags})")
     return name, pretrained
 
 

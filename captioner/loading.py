@@ -22,14 +22,15 @@ from .embed import load_open_clip
 from .engine import retire_engine
 from .golive import check_captioner
 from .models import (
-    ACTIVE, DEMO, LoadedModel, ModelError, ModelSpec, cache_key, default_caption_spec, free_memory, live_caption_spec,
-    load_blip, load_chat_model_at, load_style_at, resolve_spec, version_spec,
+    ACTIVE, DEMO, LoadedModel, ModelError, ModelSpec, SpecError, cache_key, default_caption_spec, free_memory,
+    live_caption_spec, load_blip, load_chat_model_at, load_style_at, resolve_spec, version_spec,
 )  # fmt: skip
 from .settings import Settings
 
 LOADERS = {"caption": load_blip, "qa": load_chat_model_at, "style": load_style_at, "search": load_open_clip}
 WHAT = {"caption": "captioner", "qa": "Q&A model", "style": "caption rewriter", "search": "search model"}
 DOING = {"caption": "captioning", "qa": "answering", "style": "rewriting", "search": "searching"}
+VARIABLE = {kind: f"CAPTIONER_{kind.upper()}_MODEL" for kind in LOADERS}  # where a configured spec comes from
 DEMO_FALLBACK, LAST_GOOD, OTHER_VERSION, DEFAULT = "demo", "last good", "other version", "default"
 RETRY_FAILED_S = 30  # a model that failed to load (a server down) is tried again this long after
 
@@ -102,7 +103,11 @@ def _fallback(kind: str, text: str, settings: Settings, exc: ModelError, previou
 
 def _other_caption_version(settings: Settings, exc: ModelError) -> Served:
     """The live version cannot serve: the newest other version that loads and passes the check set, else the default."""
-    live = registry.active_state(settings.models_dir).version
+    state = registry.active_state(settings.models_dir)
+    live, default = state.version, default_caption_spec(settings)
+    if live is None and state.problem is None:  # no version is live: `active` was the default, and that failed
+        served = _demo_instead("caption", default, settings, exc)
+        return Served(served.model, ACTIVE, served.fallback_reason, served.fallback)
     for version in reversed(registry.list_versions(settings.models_dir)):
         if version.name == live:
             continue
@@ -112,7 +117,6 @@ def _other_caption_version(settings: Settings, exc: ModelError) -> Served:
             continue
         reason = f"{exc}. Captioning with {version.name}, the newest version that loads and passes the check set."
         return Served(loaded, ACTIVE, reason, OTHER_VERSION)
-    default = default_caption_spec(settings)
     try:
         loaded = load_spec(resolve_spec(default, "caption", settings), settings)
     except ModelError as inner:
@@ -122,13 +126,14 @@ def _other_caption_version(settings: Settings, exc: ModelError) -> Served:
 
 
 def _demo_instead(kind: str, text: str, settings: Settings, exc: ModelError) -> Served:
-    """A hub model that cannot be had gives way to the embedded demo model; anything else is an error."""
+    """A hub model that cannot be had gives way to the embedded demo model; anything else (a folder that is not
+    there, a name that is no model) is an error that names the variable it came from."""
     try:
         hub = resolve_spec(text, kind, settings).source == "hub"
     except ModelError:
         hub = False
-    if not hub:
-        raise exc
+    if not hub or isinstance(exc, SpecError):
+        raise ModelError(f"{exc} ({VARIABLE[kind]}={text})") from exc
     loaded = load_spec(resolve_spec(DEMO, kind, settings), settings)
     return Served(loaded, text, f"{exc}; using the embedded demo {WHAT[kind]} instead", DEMO_FALLBACK)
 

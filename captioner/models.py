@@ -24,6 +24,10 @@ class ModelError(RuntimeError):
     """A model spec that cannot be resolved or loaded; the message names the spec and the reason."""
 
 
+class SpecError(ModelError):
+    """A spec that names no model at all (a typo): never stood in for by the demo model, unlike one not at hand."""
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """A model spec resolved to where its files are and which version they are."""
@@ -100,8 +104,8 @@ def _demo_version(folder: Path) -> str:
 
 
 # --- device, dtype, quantization -----------------------------------------------------------------
-def resolve_device(name: str = "auto"):
-    """auto -> cuda, then mps, then cpu; an explicit device that is not there is a clear error."""
+def resolve_device(name: str = "auto", source: str = "CAPTIONER_DEVICE"):
+    """auto -> cuda, then mps, then cpu; an explicit device that is not there is a clear error naming its source."""
     import torch
 
     if name == "auto":
@@ -112,20 +116,20 @@ def resolve_device(name: str = "auto"):
         return torch.device("cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ModelError(f"device {name!r} was asked for, but no CUDA GPU is available")
+        raise ModelError(f"{source}={name} asks for a CUDA GPU, but none is available (auto or cpu work here)")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ModelError(f"device {name!r} was asked for, but Apple MPS is not available")
+        raise ModelError(f"{source}={name} asks for Apple MPS, but it is not available (auto or cpu work here)")
     return device
 
 
-def resolve_dtype(name: str, device):
+def resolve_dtype(name: str, device, source: str = "CAPTIONER_DTYPE"):
     """auto -> bf16 where the GPU supports it, else fp16 on a GPU, fp32 on the CPU."""
     import torch
 
     if name != "auto":
         dtype = getattr(torch, name)
         if device.type == "cpu" and dtype == torch.float16:
-            raise ModelError("dtype float16 is not supported on the CPU; use float32 or bfloat16")
+            raise ModelError(f"{source}=float16 is not supported on the CPU; use float32 or bfloat16")
         return dtype
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

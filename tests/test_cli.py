@@ -99,6 +99,17 @@ def test_default_model_offline_falls_back_with_a_note(home, tmp_path):
     assert done.returncode == 0
     assert json.loads(done.stdout)["caption"] == "a yellow square"
     assert "note: Salesforce/blip-image-captioning-base is not in the local Hugging Face cache" in done.stderr
+    assert done.stderr.count("not in the local Hugging Face cache") == 1 and "instead;" not in done.stderr  # said once
+
+
+def test_a_configured_model_that_names_nothing_is_an_error_naming_its_variable(home, tmp_path):
+    picture = write(tmp_path, "p.png", zoo.encode(zoo.demo("square", "yellow"), "PNG"))
+    done = run_cli("caption", picture, env={"CAPTIONER_CAPTION_MODEL": "/no/such/folder"})
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert "model folder '/no/such/folder' does not exist (CAPTIONER_CAPTION_MODEL=/no/such/folder)" in done.stderr
+    done = run_cli("search", "--text", "a red circle", "--gallery", tmp_path, env={"CAPTIONER_SEARCH_MODEL": "ViT-B-3"})
+    assert done.returncode == 2 and "'ViT-B-3' is not an open_clip model name" in done.stderr  # a typo: never the demo
+    assert "(CAPTIONER_SEARCH_MODEL=ViT-B-3)" in done.stderr and done.stdout == ""
 
 
 def test_user_errors_are_one_line_without_traceback(home, tmp_path):

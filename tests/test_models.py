@@ -85,13 +85,13 @@ def test_device_dtype_and_quantization_rules():
     assert cpu.type == ("cuda" if torch.cuda.is_available() else cpu.type)
     assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
     assert resolve_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
-    with pytest.raises(ModelError, match="float16 is not supported on the CPU"):
+    with pytest.raises(ModelError, match="CAPTIONER_DTYPE=float16 is not supported on the CPU"):
         resolve_dtype("float16", torch.device("cpu"))
     with pytest.raises(ModelError, match="needs a CUDA GPU"):
         check_quantization("8bit", torch.device("cpu"))
     check_quantization("none", torch.device("cpu"))
     if not torch.cuda.is_available():
-        with pytest.raises(ModelError, match="no CUDA GPU"):
+        with pytest.raises(ModelError, match="CAPTIONER_DEVICE=cuda asks for a CUDA GPU, but none is available"):
             resolve_device("cuda")
 
 
