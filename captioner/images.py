@@ -204,10 +204,11 @@ def bytes_per_pixel(mode: str) -> int:
 
 def decode_cost(image: Image.Image, max_side: int | None) -> int:
     """Bytes a decode of this opened (not yet loaded) picture holds at its peak: the decoded pixels, plus
-    the RGB result (4 bytes a pixel) while it is full size; a shrunk result is small beside the source."""
+    the RGB result (4 bytes a pixel) while it is full size, unless the decoded picture is that result already;
+    a shrunk result is small beside the source."""
     pixels = image.size[0] * image.size[1]
     shrinks = bool(max_side) and max(image.size) > max_side
-    result = 1 if shrinks else 0 if image.mode == "RGB" else 4
+    result = 1 if shrinks else 0 if _is_plain(image) and image.mode == "RGB" else 4
     return pixels * (bytes_per_pixel(image.mode) + result)
 
 
@@ -220,6 +221,11 @@ def _check_cost(name: str, image: Image.Image, max_side: int | None) -> int:
             f"over the {MAX_DECODE_BYTES / 2**20:,.0f} MiB limit (refused before decoding)",
         )  # fmt: skip
     return cost
+
+
+def _is_plain(image: Image.Image) -> bool:
+    """RGB or 8-bit gray with nothing to flatten: Pillow's own resize and convert give its RGB picture."""
+    return image.mode in ("RGB", "L") and "transparency" not in image.info  # a colour key (PNG tRNS) is flattened
 
 
 def exif_orientation(image: Image.Image) -> int:
@@ -246,12 +252,12 @@ def fitted_size(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
 
 def _upright_rgb(image: Image.Image, max_side: int | None, slack: int = 1) -> Image.Image:
     """A loaded picture of any mode -> upright RGB at most max_side px (left as it is up to slack x max_side).
-    RGB and L shrink as Pillow does; every other mode is converted strip by strip (and shrunk on the way), so no
+    Plain RGB and L shrink as Pillow does; every other mode is converted strip by strip (and shrunk on the way), so no
     full-size copy is made of a picture that ends up small. Shrinking before the transpose is exact: the two
     commute."""
     orientation = exif_orientation(image)
     size = image.size if max_side and max(image.size) <= slack * max_side else fitted_size(image.size, max_side)
-    if image.mode in ("RGB", "L"):
+    if _is_plain(image):
         if size != image.size:
             image.thumbnail(size, Image.Resampling.BICUBIC)
         image = image.convert("RGB") if image.mode == "L" else image
@@ -285,17 +291,29 @@ def _convert_by_strips(image: Image.Image, size: tuple[int, int]) -> Image.Image
 
 def _strip_to_rgb(strip: Image.Image, divisor) -> Image.Image:
     if divisor is not None:
-        values = np.asarray(strip)
-        if values.dtype.itemsize == 2:  # 16-bit samples: one table lookup each
-            table = np.clip(np.rint(np.arange(65536, dtype=np.float32) / divisor), 0, 255).astype(np.uint8)
-            return Image.fromarray(np.take(table, values), "L")
-        return Image.fromarray(np.clip(np.rint(values.astype(np.float32) / divisor), 0, 255).astype(np.uint8), "L")
-    if strip.mode in _ALPHA or (strip.mode == "P" and "transparency" in strip.info):
+        return _gray_levels(strip, divisor)
+    if strip.mode in _ALPHA or "transparency" in strip.info:  # an alpha channel, a palette's or a colour key
         rgba = strip.convert("RGBA")
         flat = Image.new("RGB", strip.size, WHITE)
         flat.paste(rgba, mask=rgba)
         return flat
     return strip.convert("RGB")
+
+
+def _gray_levels(strip: Image.Image, divisor) -> Image.Image:
+    """A 16/32-bit gray strip as 8-bit gray: samples divided and clipped, the colour-keyed one (PNG tRNS) white."""
+    values = np.asarray(strip)
+    key = strip.info.get("transparency")
+    key = key if isinstance(key, int) else None
+    if values.dtype.itemsize == 2:  # 16-bit samples: one table lookup each
+        table = np.clip(np.rint(np.arange(65536, dtype=np.float32) / divisor), 0, 255).astype(np.uint8)
+        if key is not None and 0 <= key < len(table):
+            table[key] = 255
+        return Image.fromarray(np.take(table, values), "L")
+    levels = np.clip(np.rint(values.astype(np.float32) / divisor), 0, 255).astype(np.uint8)
+    if key is not None:
+        levels[values == key] = 255
+    return Image.fromarray(levels, "L")
 
 
 Item, Prepared = TypeVar("Item"), TypeVar("Prepared")

@@ -153,3 +153,33 @@ def test_a_thumbnail_is_a_small_jpeg_of_the_upright_picture():
     upright = Image.new("RGB", (800, 400), (220, 30, 30))
     small = Image.open(io.BytesIO(images.thumbnail_jpeg(ImageInput("big.jpg", zoo.jpeg_with_orientation_6(upright)))))
     assert small.format == "JPEG" and small.size == (256, 128)
+
+
+def keyed_picture() -> tuple[Image.Image, np.ndarray]:
+    """A red square on a background of pure black that is meant to be transparent, and that background's mask."""
+    picture = Image.new("RGB", (120, 90), (0, 0, 0))
+    picture.paste((200, 30, 30), (30, 20, 90, 70))
+    return picture, (np.asarray(picture) == 0).all(axis=-1)
+
+
+@pytest.mark.parametrize("max_side", [None, 40])
+def test_a_colour_keyed_png_decodes_onto_white_like_the_same_picture_with_alpha(max_side):
+    picture, clear = keyed_picture()
+    rgba = np.dstack([np.asarray(picture), np.where(clear, 0, 255).astype(np.uint8)])
+    alpha = decode("alpha.png", zoo.encode(Image.fromarray(rgba), "PNG"), max_side=max_side).image
+    keyed = decode("keyed.png", zoo.encode(picture, "PNG", transparency=(0, 0, 0)), max_side=max_side).image
+    assert keyed.getpixel((0, 0)) == (255, 255, 255)
+    assert np.array_equal(np.asarray(keyed), np.asarray(alpha))
+    webp = decode("alpha.webp", zoo.encode(Image.fromarray(rgba), "WEBP", lossless=True), max_side=max_side).image
+    assert np.array_equal(np.asarray(keyed), np.asarray(webp))
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_a_colour_keyed_gray_png_decodes_onto_white(bits):
+    picture, clear = keyed_picture()
+    gray = np.asarray(picture.convert("L"))
+    gray_alpha = Image.fromarray(np.dstack([gray, np.where(clear, 0, 255).astype(np.uint8)]), "LA")
+    samples = Image.fromarray(gray.astype(np.uint16) * 257) if bits == 16 else Image.fromarray(gray)
+    keyed = decode(f"keyed{bits}.png", zoo.encode(samples, "PNG", transparency=0)).image
+    assert keyed.getpixel((0, 0)) == (255, 255, 255)
+    assert np.array_equal(np.asarray(keyed), np.asarray(decode("la.png", zoo.encode(gray_alpha, "PNG")).image))
