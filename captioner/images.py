@@ -274,13 +274,11 @@ def _convert_by_strips(image: Image.Image, size: tuple[int, int]) -> Image.Image
     resizes."""
     width, height = image.size
     factor_x, factor_y = (max(1, int(old / new / 2.0)) for old, new in zip(image.size, size))  # thumbnail's reducing_gap
-    divisor = None
-    if image.mode in _HIGH_BIT_GRAY:
-        divisor = np.float32(257.0 if image.getextrema()[1] > 255 else 1.0)  # above 255 means a 16-bit range
-    canvas = Image.new("L" if divisor else "RGB", (-(-width // factor_x), -(-height // factor_y)))
+    scale = _gray_scale(image) if image.mode in _HIGH_BIT_GRAY else None
+    canvas = Image.new("RGB" if scale is None else "L", (-(-width // factor_x), -(-height // factor_y)))
     step = max(factor_y, _STRIP_BYTES // max(1, width * 4) // factor_y * factor_y)
     for top in range(0, height, step):
-        strip = _strip_to_rgb(image.crop((0, top, width, min(height, top + step))), divisor)
+        strip = _strip_to_rgb(image.crop((0, top, width, min(height, top + step))), scale)
         if factor_x > 1 or factor_y > 1:
             strip = strip.reduce((factor_x, factor_y))
         canvas.paste(strip, (0, top // factor_y))
@@ -289,9 +287,19 @@ def _convert_by_strips(image: Image.Image, size: tuple[int, int]) -> Image.Image
     return canvas.convert("RGB") if canvas.mode == "L" else canvas
 
 
-def _strip_to_rgb(strip: Image.Image, divisor) -> Image.Image:
-    if divisor is not None:
-        return _gray_levels(strip, divisor)
+def _gray_scale(image: Image.Image) -> np.float32:
+    """What a 16/32-bit gray picture's samples are multiplied by to give 8-bit levels: set by its mode, not by how
+    bright it happens to be (one white pixel must not darken the rest)."""
+    if image.mode.startswith("I;16") or (image.mode == "I" and image.format == "PNG"):  # older Pillow: 16-bit PNG as I
+        return np.float32(1 / 257)  # 0..65535 onto 0..255
+    if image.mode == "F" and image.getextrema()[1] <= 1.0:
+        return np.float32(255)  # floats in 0..1, the usual convention; any sample past 1 means 8-bit levels (clipped)
+    return np.float32(1)  # 32-bit integers and larger floats: 8-bit levels, clipped, as Pillow's convert("L") does
+
+
+def _strip_to_rgb(strip: Image.Image, scale) -> Image.Image:
+    if scale is not None:
+        return _gray_levels(strip, scale)
     if strip.mode in _ALPHA or "transparency" in strip.info:  # an alpha channel, a palette's or a colour key
         rgba = strip.convert("RGBA")
         flat = Image.new("RGB", strip.size, WHITE)
@@ -300,17 +308,17 @@ def _strip_to_rgb(strip: Image.Image, divisor) -> Image.Image:
     return strip.convert("RGB")
 
 
-def _gray_levels(strip: Image.Image, divisor) -> Image.Image:
-    """A 16/32-bit gray strip as 8-bit gray: samples divided and clipped, the colour-keyed one (PNG tRNS) white."""
+def _gray_levels(strip: Image.Image, scale) -> Image.Image:
+    """A 16/32-bit gray strip as 8-bit gray: samples scaled and clipped, the colour-keyed one (PNG tRNS) white."""
     values = np.asarray(strip)
     key = strip.info.get("transparency")
     key = key if isinstance(key, int) else None
     if values.dtype.itemsize == 2:  # 16-bit samples: one table lookup each
-        table = np.clip(np.rint(np.arange(65536, dtype=np.float32) / divisor), 0, 255).astype(np.uint8)
+        table = np.clip(np.rint(np.arange(65536, dtype=np.float32) * scale), 0, 255).astype(np.uint8)
         if key is not None and 0 <= key < len(table):
             table[key] = 255
         return Image.fromarray(np.take(table, values), "L")
-    levels = np.clip(np.rint(values.astype(np.float32) / divisor), 0, 255).astype(np.uint8)
+    levels = np.clip(np.rint(values.astype(np.float32) * scale), 0, 255).astype(np.uint8)
     if key is not None:
         levels[values == key] = 255
     return Image.fromarray(levels, "L")

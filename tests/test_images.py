@@ -183,3 +183,30 @@ def test_a_colour_keyed_gray_png_decodes_onto_white(bits):
     keyed = decode(f"keyed{bits}.png", zoo.encode(samples, "PNG", transparency=0)).image
     assert keyed.getpixel((0, 0)) == (255, 255, 255)
     assert np.array_equal(np.asarray(keyed), np.asarray(decode("la.png", zoo.encode(gray_alpha, "PNG")).image))
+
+
+def test_16_bit_gray_brightness_follows_the_samples_not_the_brightest_pixel():
+    flat = np.full((64, 64), 250 * 257, np.uint16)
+    spot = flat.copy()
+    spot[0, 0] = 65535  # one white pixel does not darken the rest
+    dark = np.linspace(10, 200, 64 * 64).reshape(64, 64).astype(np.uint16)  # nearly black in 16 bits
+    for fmt in ("PNG", "TIFF"):
+        assert decode("flat", zoo.encode(Image.fromarray(flat), fmt)).image.getpixel((9, 9)) == (250, 250, 250)
+        assert decode("spot", zoo.encode(Image.fromarray(spot), fmt)).image.getpixel((9, 9)) == (250, 250, 250)
+        assert decode("dark", zoo.encode(Image.fromarray(dark), fmt)).image.getextrema() == ((0, 1),) * 3
+    low = np.full((64, 64), 250, np.uint16)  # 250 of 65535: black, with or without one sample of 256
+    bumped = low.copy()
+    bumped[0, 0] = 256
+    assert decode("low.png", zoo.encode(Image.fromarray(low), "PNG")).image.getpixel((9, 9)) == (1, 1, 1)
+    assert decode("bumped.png", zoo.encode(Image.fromarray(bumped), "PNG")).image.getpixel((9, 9)) == (1, 1, 1)
+
+
+def test_a_float_tiff_in_0_to_1_is_scaled_and_one_past_1_is_clipped_as_8_bit_levels():
+    unit = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
+    decoded = decode("unit.tiff", zoo.encode(Image.fromarray(unit, "F"), "TIFF")).image
+    assert decoded.getpixel((0, 0)) == (0, 0, 0) and decoded.getpixel((63, 63)) == (255, 255, 255)
+    assert decoded.getpixel((0, 32)) == (round(unit[32, 0] * 255),) * 3
+    levels = np.full((64, 64), 128.0, np.float32)
+    levels[0, 0] = 300.0
+    decoded = decode("levels.tiff", zoo.encode(Image.fromarray(levels, "F"), "TIFF")).image
+    assert decoded.getpixel((9, 9)) == (128, 128, 128) and decoded.getpixel((0, 0)) == (255, 255, 255)
