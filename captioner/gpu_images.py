@@ -6,7 +6,8 @@ BLIP's image processor (resize to a fixed size, bicubic with antialiasing, resca
 open_clip's transform (shortest edge, centre crop, its mean and std). Every other input goes through the
 image door (`images.decode`) exactly as elsewhere, so what is refused, and why, does not change; so does
 any JPEG that the device decoder refuses (CMYK, a truncated or odd stream), any JPEG big enough to
-decode at reduced scale (libjpeg's DCT scaling, which no device decoder offers), and any over 16 MP. The rule that picks a
+decode at reduced scale (libjpeg's DCT scaling, which no device decoder offers), any over 16 MP, and any whose
+orientation may come from XMP (Pillow reads it when EXIF has none). The rule that picks a
 path depends on the file alone, so the CPU and a GPU give the same pixels, up to the last bit of a
 decoder's rounding (see tests/test_gpu_images.py for the tolerances).
 """
@@ -164,15 +165,16 @@ def _plan(item: ImageInput, spec: PixelSpec):
 
 
 _SOF = {0xC0, 0xC1, 0xC2}  # baseline, extended, progressive Huffman: what every JPEG decoder reads
+_XMP = b"http://ns.adobe.com/xap/1.0/\0"  # the APP1 segment Pillow reads XMP from
 
 
 def jpeg_header(data: bytes) -> tuple[int, int, int] | None:
     """(width, height, EXIF orientation) of a plain 8-bit gray or YCbCr JPEG, read from its markers up to the
-    scan (no decoding, no Pillow); None for anything else (CMYK, arithmetic coding, MPO, odd or broken files),
-    which then goes through the image door."""
+    scan (no decoding, no Pillow); None for anything else (CMYK, arithmetic coding, MPO, an orientation in XMP
+    alone, odd or broken files), which then goes through the image door."""
     if data[:3] != b"\xff\xd8\xff":
         return None
-    at, size, orientation, exif_seen = 2, None, 1, False
+    at, size, orientation, exif_seen, xmp_orientation = 2, None, None, False, False
     while at + 4 <= len(data):
         if data[at] != 0xFF:
             return None
@@ -191,7 +193,9 @@ def jpeg_header(data: bytes) -> tuple[int, int, int] | None:
         if length < 2 or len(segment) != length - 2:
             return None
         if marker == 0xDA:  # start of scan: the header is complete
-            return (*size, orientation) if size else None
+            if orientation is None and xmp_orientation:
+                return None  # Pillow turns it by its XMP: the door decodes it, so both paths turn it alike
+            return (*size, orientation or 1) if size else None
         if marker in _SOF:
             if size or len(segment) < 6 or segment[0] != 8 or segment[5] not in (1, 3):
                 return None
@@ -204,6 +208,8 @@ def jpeg_header(data: bytes) -> tuple[int, int, int] | None:
             return None
         elif marker == 0xE1 and segment[:6] == b"Exif\0\0" and not exif_seen:  # the first one counts, as in Pillow
             orientation, exif_seen = _exif_orientation(segment), True
+        elif marker == 0xE1 and segment.startswith(_XMP) and b"Orientation" in segment:
+            xmp_orientation = True
         elif marker == 0xE2 and segment[:4] == b"MPF\0":
             return None  # a multi-picture file: Pillow reads it as MPO
         elif marker == 0xEE and segment[:5] == b"Adobe" and len(segment) > 11 and segment[11] == 0:
@@ -228,14 +234,17 @@ def _pillow_reads(marker: int, segment: bytes) -> bool:
     return True
 
 
-def _exif_orientation(segment: bytes) -> int:
-    """The orientation in an APP1 Exif segment, read by Pillow's own EXIF reader (as images.decode reads it)."""
+def _exif_orientation(segment: bytes) -> int | None:
+    """The orientation in an APP1 Exif segment, read by Pillow's own EXIF reader (as images.decode reads it);
+    None when the segment has no orientation tag or cannot be read."""
     try:
         exif = Image.Exif()
         exif.load(segment)
-        value = int(exif.get(0x0112, 1))
+        if 0x0112 not in exif:
+            return None  # Pillow then looks for one in XMP
+        value = int(exif[0x0112])
     except Exception:  # a broken EXIF block does not make the picture unusable
-        return 1
+        return None
     return value if value in images.ORIENTATION_TRANSPOSE else 1
 
 

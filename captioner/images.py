@@ -204,10 +204,11 @@ def bytes_per_pixel(mode: str) -> int:
 
 def decode_cost(image: Image.Image, max_side: int | None) -> int:
     """Bytes a decode of this opened (not yet loaded) picture holds at its peak: the decoded pixels, plus
-    the RGB result (4 bytes a pixel) while it is full size; a shrunk result is small beside the source."""
+    the RGB result (4 bytes a pixel) while it is full size, unless the decoded picture is that result already;
+    a shrunk result is small beside the source."""
     pixels = image.size[0] * image.size[1]
     shrinks = bool(max_side) and max(image.size) > max_side
-    result = 1 if shrinks else 0 if image.mode == "RGB" else 4
+    result = 1 if shrinks else 0 if _is_plain(image) and image.mode == "RGB" else 4
     return pixels * (bytes_per_pixel(image.mode) + result)
 
 
@@ -220,6 +221,11 @@ def _check_cost(name: str, image: Image.Image, max_side: int | None) -> int:
             f"over the {MAX_DECODE_BYTES / 2**20:,.0f} MiB limit (refused before decoding)",
         )  # fmt: skip
     return cost
+
+
+def _is_plain(image: Image.Image) -> bool:
+    """RGB or 8-bit gray with nothing to flatten: Pillow's own resize and convert give its RGB picture."""
+    return image.mode in ("RGB", "L") and "transparency" not in image.info  # a colour key (PNG tRNS) is flattened
 
 
 def exif_orientation(image: Image.Image) -> int:
@@ -246,12 +252,12 @@ def fitted_size(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
 
 def _upright_rgb(image: Image.Image, max_side: int | None, slack: int = 1) -> Image.Image:
     """A loaded picture of any mode -> upright RGB at most max_side px (left as it is up to slack x max_side).
-    RGB and L shrink as Pillow does; every other mode is converted strip by strip (and shrunk on the way), so no
+    Plain RGB and L shrink as Pillow does; every other mode is converted strip by strip (and shrunk on the way), so no
     full-size copy is made of a picture that ends up small. Shrinking before the transpose is exact: the two
     commute."""
     orientation = exif_orientation(image)
     size = image.size if max_side and max(image.size) <= slack * max_side else fitted_size(image.size, max_side)
-    if image.mode in ("RGB", "L"):
+    if _is_plain(image):
         if size != image.size:
             image.thumbnail(size, Image.Resampling.BICUBIC)
         image = image.convert("RGB") if image.mode == "L" else image
@@ -268,13 +274,11 @@ def _convert_by_strips(image: Image.Image, size: tuple[int, int]) -> Image.Image
     resizes."""
     width, height = image.size
     factor_x, factor_y = (max(1, int(old / new / 2.0)) for old, new in zip(image.size, size))  # thumbnail's reducing_gap
-    divisor = None
-    if image.mode in _HIGH_BIT_GRAY:
-        divisor = np.float32(257.0 if image.getextrema()[1] > 255 else 1.0)  # above 255 means a 16-bit range
-    canvas = Image.new("L" if divisor else "RGB", (-(-width // factor_x), -(-height // factor_y)))
+    scale = _gray_scale(image) if image.mode in _HIGH_BIT_GRAY else None
+    canvas = Image.new("RGB" if scale is None else "L", (-(-width // factor_x), -(-height // factor_y)))
     step = max(factor_y, _STRIP_BYTES // max(1, width * 4) // factor_y * factor_y)
     for top in range(0, height, step):
-        strip = _strip_to_rgb(image.crop((0, top, width, min(height, top + step))), divisor)
+        strip = _strip_to_rgb(image.crop((0, top, width, min(height, top + step))), scale)
         if factor_x > 1 or factor_y > 1:
             strip = strip.reduce((factor_x, factor_y))
         canvas.paste(strip, (0, top // factor_y))
@@ -283,19 +287,41 @@ def _convert_by_strips(image: Image.Image, size: tuple[int, int]) -> Image.Image
     return canvas.convert("RGB") if canvas.mode == "L" else canvas
 
 
-def _strip_to_rgb(strip: Image.Image, divisor) -> Image.Image:
-    if divisor is not None:
-        values = np.asarray(strip)
-        if values.dtype.itemsize == 2:  # 16-bit samples: one table lookup each
-            table = np.clip(np.rint(np.arange(65536, dtype=np.float32) / divisor), 0, 255).astype(np.uint8)
-            return Image.fromarray(np.take(table, values), "L")
-        return Image.fromarray(np.clip(np.rint(values.astype(np.float32) / divisor), 0, 255).astype(np.uint8), "L")
-    if strip.mode in _ALPHA or (strip.mode == "P" and "transparency" in strip.info):
+def _gray_scale(image: Image.Image) -> np.float32:
+    """What a 16/32-bit gray picture's samples are multiplied by to give 8-bit levels: set by its mode, not by how
+    bright it happens to be (one white pixel must not darken the rest)."""
+    if image.mode.startswith("I;16") or (image.mode == "I" and image.format == "PNG"):  # older Pillow: 16-bit PNG as I
+        return np.float32(1 / 257)  # 0..65535 onto 0..255
+    if image.mode == "F" and image.getextrema()[1] <= 1.0:
+        return np.float32(255)  # floats in 0..1, the usual convention; any sample past 1 means 8-bit levels (clipped)
+    return np.float32(1)  # 32-bit integers and larger floats: 8-bit levels, clipped, as Pillow's convert("L") does
+
+
+def _strip_to_rgb(strip: Image.Image, scale) -> Image.Image:
+    if scale is not None:
+        return _gray_levels(strip, scale)
+    if strip.mode in _ALPHA or "transparency" in strip.info:  # an alpha channel, a palette's or a colour key
         rgba = strip.convert("RGBA")
         flat = Image.new("RGB", strip.size, WHITE)
         flat.paste(rgba, mask=rgba)
         return flat
     return strip.convert("RGB")
+
+
+def _gray_levels(strip: Image.Image, scale) -> Image.Image:
+    """A 16/32-bit gray strip as 8-bit gray: samples scaled and clipped, the colour-keyed one (PNG tRNS) white."""
+    values = np.asarray(strip)
+    key = strip.info.get("transparency")
+    key = key if isinstance(key, int) else None
+    if values.dtype.itemsize == 2:  # 16-bit samples: one table lookup each
+        table = np.clip(np.rint(np.arange(65536, dtype=np.float32) * scale), 0, 255).astype(np.uint8)
+        if key is not None and 0 <= key < len(table):
+            table[key] = 255
+        return Image.fromarray(np.take(table, values), "L")
+    levels = np.clip(np.rint(values.astype(np.float32) * scale), 0, 255).astype(np.uint8)
+    if key is not None:
+        levels[values == key] = 255
+    return Image.fromarray(levels, "L")
 
 
 Item, Prepared = TypeVar("Item"), TypeVar("Prepared")

@@ -154,6 +154,29 @@ def test_exif_orientation_is_applied_on_the_tensor(orientation, blip_processor):
     assert torch.equal(pixels, blip_processor(images=[upright], return_tensors="pt")["pixel_values"])
 
 
+def xmp_orientation(orientation: int) -> bytes:
+    """An XMP packet that says how to turn the picture, as photo editors write it."""
+    return (
+        b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="%d"/></rdf:RDF></x:xmpmeta>'
+        % orientation
+    )
+
+
+@pytest.mark.parametrize("exif_orientation, xmp", [(None, 6), (None, 3), (6, 3), (1, 8)])
+def test_a_jpeg_turned_by_xmp_is_as_upright_on_the_device_path_as_through_the_door(exif_orientation, xmp, blip_processor):
+    exif = Image.Exif()
+    if exif_orientation is not None:
+        exif[0x0112] = exif_orientation  # when EXIF has an orientation, Pillow ignores XMP's
+    item = ImageInput("xmp.jpg", jpeg(photo(120, 80, xmp), exif=exif.tobytes(), xmp=xmp_orientation(xmp)))
+    upright = images.decode(item).image
+    assert upright.size == ((80, 120) if (exif_orientation or xmp) in (6, 8) else (120, 80))
+    pixels = load_pixels([item], PixelSpec.from_blip(blip_processor), "cpu", torch.float32).pixels
+    assert torch.equal(pixels, blip_processor(images=[upright], return_tensors="pt")["pixel_values"])
+    on_device = None if exif_orientation is None else (120, 80, exif_orientation)  # XMP alone: through the door
+    assert gpu_images.jpeg_header(item.data) == on_device
+
+
 def test_bad_inputs_get_the_doors_own_errors(jpegs, blip_processor):
     good = jpegs[0].data
     inputs = [

@@ -57,6 +57,8 @@ def test_memory_cost_counts_bytes_not_pixels():
     rgba = opened(zoo.big_png(2000, 1000, "rgba"))
     assert images.decode_cost(gray16, None) == 2000 * 1000 * (2 + 4)  # 16-bit samples, then the RGB result
     assert images.decode_cost(rgba, 768) == 2000 * 1000 * (4 + 1)  # shrunk: the result is small
+    keyed = opened(zoo.encode(images.Image.new("RGB", (200, 100)), "PNG", transparency=(0, 0, 0)))
+    assert images.decode_cost(keyed, None) == 200 * 100 * (4 + 4)  # its colour key is flattened into a new picture
 
 
 def test_a_picture_too_costly_to_decode_is_refused_before_decoding(monkeypatch):

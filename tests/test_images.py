@@ -153,3 +153,60 @@ def test_a_thumbnail_is_a_small_jpeg_of_the_upright_picture():
     upright = Image.new("RGB", (800, 400), (220, 30, 30))
     small = Image.open(io.BytesIO(images.thumbnail_jpeg(ImageInput("big.jpg", zoo.jpeg_with_orientation_6(upright)))))
     assert small.format == "JPEG" and small.size == (256, 128)
+
+
+def keyed_picture() -> tuple[Image.Image, np.ndarray]:
+    """A red square on a background of pure black that is meant to be transparent, and that background's mask."""
+    picture = Image.new("RGB", (120, 90), (0, 0, 0))
+    picture.paste((200, 30, 30), (30, 20, 90, 70))
+    return picture, (np.asarray(picture) == 0).all(axis=-1)
+
+
+@pytest.mark.parametrize("max_side", [None, 40])
+def test_a_colour_keyed_png_decodes_onto_white_like_the_same_picture_with_alpha(max_side):
+    picture, clear = keyed_picture()
+    rgba = np.dstack([np.asarray(picture), np.where(clear, 0, 255).astype(np.uint8)])
+    alpha = decode("alpha.png", zoo.encode(Image.fromarray(rgba), "PNG"), max_side=max_side).image
+    keyed = decode("keyed.png", zoo.encode(picture, "PNG", transparency=(0, 0, 0)), max_side=max_side).image
+    assert keyed.getpixel((0, 0)) == (255, 255, 255)
+    assert np.array_equal(np.asarray(keyed), np.asarray(alpha))
+    webp = decode("alpha.webp", zoo.encode(Image.fromarray(rgba), "WEBP", lossless=True), max_side=max_side).image
+    assert np.array_equal(np.asarray(keyed), np.asarray(webp))
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_a_colour_keyed_gray_png_decodes_onto_white(bits):
+    picture, clear = keyed_picture()
+    gray = np.asarray(picture.convert("L"))
+    gray_alpha = Image.fromarray(np.dstack([gray, np.where(clear, 0, 255).astype(np.uint8)]), "LA")
+    samples = Image.fromarray(gray.astype(np.uint16) * 257) if bits == 16 else Image.fromarray(gray)
+    keyed = decode(f"keyed{bits}.png", zoo.encode(samples, "PNG", transparency=0)).image
+    assert keyed.getpixel((0, 0)) == (255, 255, 255)
+    assert np.array_equal(np.asarray(keyed), np.asarray(decode("la.png", zoo.encode(gray_alpha, "PNG")).image))
+
+
+def test_16_bit_gray_brightness_follows_the_samples_not_the_brightest_pixel():
+    flat = np.full((64, 64), 250 * 257, np.uint16)
+    spot = flat.copy()
+    spot[0, 0] = 65535  # one white pixel does not darken the rest
+    dark = np.linspace(10, 200, 64 * 64).reshape(64, 64).astype(np.uint16)  # nearly black in 16 bits
+    for fmt in ("PNG", "TIFF"):
+        assert decode("flat", zoo.encode(Image.fromarray(flat), fmt)).image.getpixel((9, 9)) == (250, 250, 250)
+        assert decode("spot", zoo.encode(Image.fromarray(spot), fmt)).image.getpixel((9, 9)) == (250, 250, 250)
+        assert decode("dark", zoo.encode(Image.fromarray(dark), fmt)).image.getextrema() == ((0, 1),) * 3
+    low = np.full((64, 64), 250, np.uint16)  # 250 of 65535: black, with or without one sample of 256
+    bumped = low.copy()
+    bumped[0, 0] = 256
+    assert decode("low.png", zoo.encode(Image.fromarray(low), "PNG")).image.getpixel((9, 9)) == (1, 1, 1)
+    assert decode("bumped.png", zoo.encode(Image.fromarray(bumped), "PNG")).image.getpixel((9, 9)) == (1, 1, 1)
+
+
+def test_a_float_tiff_in_0_to_1_is_scaled_and_one_past_1_is_clipped_as_8_bit_levels():
+    unit = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
+    decoded = decode("unit.tiff", zoo.encode(Image.fromarray(unit, "F"), "TIFF")).image
+    assert decoded.getpixel((0, 0)) == (0, 0, 0) and decoded.getpixel((63, 63)) == (255, 255, 255)
+    assert decoded.getpixel((0, 32)) == (round(unit[32, 0] * 255),) * 3
+    levels = np.full((64, 64), 128.0, np.float32)
+    levels[0, 0] = 300.0
+    decoded = decode("levels.tiff", zoo.encode(Image.fromarray(levels, "F"), "TIFF")).image
+    assert decoded.getpixel((9, 9)) == (128, 128, 128) and decoded.getpixel((0, 0)) == (255, 255, 255)
