@@ -35,8 +35,9 @@ def check_folder(folder: Path, settings: Settings, name: str) -> list[str]:
     return check_captioner(load_blip(version_spec(Path(folder), name), settings))
 
 
-def activate_checked(settings: Settings, version: str | None) -> None:
-    """Make a version live only if it loads and captions the check set (None: back to the default model)."""
+def activate_checked(settings: Settings, version: str | None, rollback: bool = False) -> None:
+    """Make a version live only if it loads and captions the check set (None: back to the default model);
+    rollback: it is the one live before (registry.previous_version), and the history winds back to it."""
     if version is not None:
         folder = Path(settings.models_dir) / version
         if not (folder / "config.json").is_file():
@@ -45,4 +46,4 @@ def activate_checked(settings: Settings, version: str | None) -> None:
             check_folder(folder, settings, version)
         except ModelError as exc:
             raise registry.RegistryError(f"{version} cannot go live: {exc}") from None
-    registry.activate(settings.models_dir, version)
+    registry.activate(settings.models_dir, version, rollback=rollback)

@@ -1,7 +1,8 @@
 """Model versions under models/ (v0001, v0002, ...) and the active pointer models/active.json.
 
 A version folder appears only when complete: it is written as models/.staging-*/ and renamed into place.
-active.json is replaced atomically; rollback is pointing it at an older version (or at none: the default).
+active.json is replaced atomically, under the registry lock, and keeps the versions live before (null: the
+default model): rollback points it back at the one live before, not at the next lower number.
 No torch here: listing and pointing must answer at once.
 """
 
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from .files import now_utc, publish_folder, write_atomic
+from .files import now_utc, publish_folder, remove_stale_temps, write_atomic
 from .runtime import process_alive, process_started
 
 ACTIVE_FILE = "active.json"
@@ -26,6 +27,8 @@ OWNER_FILE = ".owner-pid"
 LOCK_FILE = ".registry.lock"
 STALE_STAGING_S = 600  # an ownerless staging folder touched more recently may still be on its way to publishing
 VERSION_NAME = re.compile(r"^v(\d{4,})$")
+HISTORY_KEPT = 100  # versions live before the current one that active.json remembers for rollback
+ANY = object()  # activate(expected=ANY): whatever is live now may be replaced
 
 
 class RegistryError(ValueError):
@@ -65,6 +68,7 @@ class ActiveState:
 
     version: str | None
     problem: str | None = None
+    history: tuple = ()  # the versions live before, oldest first (None: the default model)
 
 
 def active_state(models_dir: Path) -> ActiveState:
@@ -83,7 +87,8 @@ def active_state(models_dir: Path) -> ActiveState:
     version = data["version"]
     if version is not None and not (isinstance(version, str) and VERSION_NAME.match(version)):
         return ActiveState(None, f"{path} is corrupt (version {version!r} is not a version name)")
-    return ActiveState(version)
+    history = data.get("history") if isinstance(data.get("history"), list) else []  # written before it was kept: none
+    return ActiveState(version, None, tuple(v for v in history if v is None or (isinstance(v, str) and VERSION_NAME.match(v))))
 
 
 def active_version(models_dir: Path) -> str | None:
@@ -165,27 +170,44 @@ def publish(models_dir: Path, staging: Path) -> str:
     return name
 
 
-def activate(models_dir: Path, version: str | None) -> None:
-    """Point active.json at a version (None: back to the default model), atomically."""
+def activate(models_dir: Path, version: str | None, expected=ANY, rollback: bool = False) -> None:
+    """Point active.json at a version (None: back to the default model), atomically. expected: only if that is
+    still what is live (a retrain judged against it must not undo an activation made while it trained).
+    rollback: the history is wound back to before `version`, instead of remembering the version replaced."""
     models_dir = Path(models_dir)
     if version is not None and not (models_dir / version / "config.json").is_file():
         raise RegistryError(f"version {version!r} does not exist in {models_dir} (see `models list`)")
-    payload = {"version": version, "activated_at": now_utc()}
     try:
         models_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(models_dir / ACTIVE_FILE, (json.dumps(payload, indent=2) + "\n").encode())
+        with FileLock(str(models_dir / LOCK_FILE)):
+            state = active_state(models_dir)
+            if expected is not ANY and (state.problem or state.version != expected):
+                now = "an unreadable active.json" if state.problem else state.version or "the default model"
+                raise RegistryError(f"the live model changed meanwhile ({expected or 'the default model'} -> {now})")
+            history = list(state.history)
+            if rollback:
+                if version in history:  # back to before its last time live
+                    history = history[: len(history) - history[::-1].index(version) - 1]
+            elif not state.problem and state.version != version:
+                history = (history + [state.version])[-HISTORY_KEPT:]
+            payload = {"version": version, "activated_at": now_utc(), "history": history}
+            write_atomic(models_dir / ACTIVE_FILE, (json.dumps(payload, indent=2) + "\n").encode())
     except OSError as exc:  # a read-only or full models folder: the live model stays
         raise RegistryError(f"cannot write {models_dir / ACTIVE_FILE}: {exc.strerror or exc}") from None
 
 
 def previous_version(models_dir: Path) -> str | None:
-    """The version before the live one (None: the default model), for rollback. A live version whose folder is gone
-    rolls back to the newest version before it; a corrupt pointer is refused (activate a version by name)."""
+    """The version live before the live one (None: the default model), for rollback: the newest one in active.json's
+    history whose folder is still there; without a history (written before it was kept, or a version whose folder
+    is gone), the newest version numbered below the live one. A corrupt pointer is refused (activate one by name)."""
     state = active_state(models_dir)
     if state.problem:
         raise RegistryError(f"{state.problem}; activate a version by name to repair it")
     if state.version is None:
         raise RegistryError("no version is live, so there is nothing to roll back")
+    for earlier in reversed(state.history):
+        if earlier != state.version and (earlier is None or (Path(models_dir) / earlier / "config.json").is_file()):
+            return earlier
     older = [v.name for v in list_versions(models_dir) if _number(v.name) < _number(state.version)]
     return older[-1] if older else None
 
@@ -209,6 +231,7 @@ def remove_stale_staging(models_dir: Path) -> None:
     if not models_dir.is_dir():
         return
     with FileLock(str(models_dir / LOCK_FILE)):
+        remove_stale_temps(models_dir, f".{ACTIVE_FILE}.*.tmp")  # a killed activation's: activations hold this lock
         for folder in models_dir.glob(".staging-*"):
             try:
                 owner = (folder / OWNER_FILE).read_text().strip()

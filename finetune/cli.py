@@ -8,7 +8,7 @@ import time
 import warnings
 
 from .config import FinetuneConfig, parse_args
-from .errors import FinetuneError, Refused
+from .errors import FinetuneError, NotLive, Refused
 from .run import log, main
 
 
@@ -17,12 +17,17 @@ def _interrupt(signum, frame):
 
 
 def cli(argv: list[str] | None = None) -> int:
-    """`python -m finetune ...`: exit 0 when a version was published, 1 when refused or failed, 130 when cancelled."""
+    """`python -m finetune ...`: exit 0 when a version was published (and made live, unless --no-activate), 1 when
+    refused, failed or published but not made live, 130 when cancelled."""
     warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notes, not the user's business
     cfg = parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)  # Cancel on the admin page: clean up like Ctrl-C
     try:
         folder = main(cfg)
+    except NotLive as exc:  # published, but not made live: the outcome names the version all the same
+        log(str(exc))
+        _final(cfg, exc.status, str(exc), exc.version)
+        return 130 if exc.status == "cancelled" else 1
     except FinetuneError as exc:
         log(str(exc))
         _final(cfg, "refused" if isinstance(exc, Refused) else "failed", str(exc))

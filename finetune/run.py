@@ -6,8 +6,11 @@ import os
 import shutil
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+from filelock import FileLock, Timeout
 
 from captioner import images, registry
 from captioner.feedback import FeedbackLog
@@ -17,12 +20,15 @@ from captioner.models import LoadedModel, ModelError
 from . import judge
 from .config import FinetuneConfig, resolve_home
 from .data import DataError, Example, approved_examples, heldout_images
-from .errors import FinetuneError, Refused
+from .errors import FinetuneError, NotLive, Refused
 from .publish import write_version
 from .regression import keep_confident, regression_examples
 from .tensors import RowTensors, to_tensors
 from .trainer import TrainingError, distributed, train, with_lora
 from .views import with_views
+
+
+RUN_LOCK = ".finetune.lock"  # one retrain at a time per models folder, however it was started
 
 
 def log(message: str) -> None:
@@ -62,33 +68,57 @@ def main(cfg: FinetuneConfig) -> Path | None:
     except ValueError as exc:
         raise FinetuneError(str(exc)) from None
     settings = resolve_home(cfg)
+    check_progress_file(cfg)
+    examples = approved(FeedbackLog(settings.data_dir), cfg)  # before anything is written: a refused run writes nothing
+    if int(os.environ.get("RANK", "0")) != 0:  # another process of `accelerate launch`: it only trains
+        retrain_and_publish(cfg, settings, examples, None)
+        return None
+    if settings.models_dir.exists() and not settings.models_dir.is_dir():
+        raise FinetuneError(f"cannot write into {settings.models_dir}: it is a file, not a folder; nothing was trained")
     try:
         registry.remove_stale_staging(settings.models_dir)
+        run_lock = FileLock(str(settings.models_dir / RUN_LOCK), timeout=0)
+        run_lock.acquire()
+    except Timeout:
+        raise FinetuneError(f"another retrain is running on {settings.models_dir}; nothing was trained") from None
     except OSError as exc:  # its lock file cannot be made: a read-only or full models folder
         raise FinetuneError(f"cannot write into {settings.models_dir}: {exc.strerror or exc}; nothing was trained") from None
-    staging = writable_staging(settings, cfg) if int(os.environ.get("RANK", "0")) == 0 else None
     try:
-        version = retrain_and_publish(cfg, settings, staging)
-    except BaseException:
-        if staging is not None:
+        live = registry.active_state(settings.models_dir)  # what the run is judged against must still be live at the end
+        staging = writable_staging(settings)
+        try:
+            version = retrain_and_publish(cfg, settings, examples, staging)
+        except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if version is None:
-        return None
-    log(f"published models/{version} in {time.time() - started:.0f}s")
-    if cfg.activate:
+            raise
+        log(f"published models/{version} in {time.time() - started:.0f}s")
+        if cfg.activate:
+            make_live(settings, version, registry.ANY if live.problem else live.version)
+        return settings.models_dir / version
+    finally:
+        run_lock.release()
+
+
+def make_live(settings, version: str, judged_against) -> None:
+    """Activate the published version, only if the model it was judged against is still the live one."""
+    try:
         problem = registry.version_problem(settings.models_dir / version)  # as published, not as written
         if problem:
-            raise FinetuneError(f"published {version}, but it is not made live: {problem}")
-        registry.activate(settings.models_dir, version)
-        log(f"{version} is live")
-    return settings.models_dir / version
+            raise NotLive(f"published {version}, but it is not made live: {problem}", version)
+        registry.activate(settings.models_dir, version, expected=judged_against)
+    except registry.RegistryError as exc:
+        raise NotLive(f"published {version}, but it is not made live: {exc}; it was judged against "
+                      f"{judged_against or 'the default model'}: compare it on the admin page and activate it by name",
+                      version) from None  # fmt: skip
+    except KeyboardInterrupt:
+        raise NotLive(f"cancelled after publishing {version}: it is not live (activate it by name to use it)",
+                      version, "cancelled") from None  # fmt: skip
+    log(f"{version} is live")
 
 
-def retrain_and_publish(cfg: FinetuneConfig, settings, staging: Path | None) -> str | None:
+def retrain_and_publish(cfg: FinetuneConfig, settings, examples: list[Example], staging: Path | None) -> str | None:
     """The steps of a run, in order; returns the published version (None in a process that only trains)."""
     feedback = FeedbackLog(settings.data_dir)
-    examples = approved(feedback, cfg)
     models = load_models(cfg, settings)
     rows, heldout = prepare(models, feedback, examples, cfg)
     if staging is None:
@@ -96,15 +126,39 @@ def retrain_and_publish(cfg: FinetuneConfig, settings, staging: Path | None) -> 
         return None
     baseline = judge_untrained(models, heldout)
     peft_model, stats = train_model(models, rows, cfg, Path(cfg.progress_file) if cfg.progress_file else None)
-    peft_model.save_pretrained(staging / "adapter")
+    with writing(settings):
+        peft_model.save_pretrained(staging / "adapter")
     after = judge_trained(models, peft_model, heldout, baseline, cfg)
-    write_version(staging, models, settings, cfg, examples, rows, heldout, baseline.before, after, stats)
-    return registry.publish(settings.models_dir, staging)
+    with writing(settings):
+        write_version(staging, models, settings, cfg, examples, rows, heldout, baseline.before, after, stats)
+        return registry.publish(settings.models_dir, staging)
 
 
-def writable_staging(settings, cfg: FinetuneConfig) -> Path:
-    """The folder the new version is written into, made before any training: an unwritable models/ (or
-    progress file) is one clear error up front, not a traceback after minutes of work."""
+@contextmanager
+def writing(settings):
+    """A disk that fills up or turns read-only while the version is written: one clear error, nothing published."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (OSError, SafetensorError) as exc:
+        said = getattr(exc, "strerror", None) or str(exc).strip().splitlines()[0]
+        raise FinetuneError(f"cannot write the new version into {settings.models_dir}: {said}; nothing was published") from None
+
+
+def check_progress_file(cfg: FinetuneConfig) -> None:
+    """An unwritable progress file is one clear error up front, not a traceback after minutes of work."""
+    if cfg.progress_file:
+        try:
+            with open(cfg.progress_file, "a", encoding="utf-8"):
+                pass
+        except OSError as exc:
+            raise FinetuneError(f"cannot write the progress file {cfg.progress_file}: {exc.strerror or exc}") from None
+
+
+def writable_staging(settings) -> Path:
+    """The folder the new version is written into, made before any training: an unwritable models/ is one clear
+    error up front, not a traceback after minutes of work."""
     try:
         staging = registry.staging_dir(settings.models_dir)
         (staging / ".write-check").write_bytes(b"ok")
@@ -113,13 +167,6 @@ def writable_staging(settings, cfg: FinetuneConfig) -> Path:
         raise FinetuneError(
             f"cannot write the new version into {settings.models_dir}: {exc.strerror or exc}; nothing was trained"
         ) from None
-    if cfg.progress_file:
-        try:
-            with open(cfg.progress_file, "a", encoding="utf-8"):
-                pass
-        except OSError as exc:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise FinetuneError(f"cannot write the progress file {cfg.progress_file}: {exc.strerror or exc}") from None
     return staging
 
 
@@ -141,7 +188,7 @@ def load_models(cfg: FinetuneConfig, settings) -> Models:
     if distributed() and settings.device in ("auto", "cuda"):  # each process of `accelerate launch` on its own GPU
         settings = replace(settings, device=f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
     try:
-        base = serve("caption", replace(settings, dtype="float32"), cfg.base or None)  # "": the live model
+        base = serve("caption", replace(settings, dtype="float32"), base_spec(cfg.base, settings) or None)  # "": live
         live = serve("caption", settings) if cfg.base else base
     except ModelError as exc:
         raise FinetuneError(f"cannot load the model to start from: {exc}") from None
@@ -149,6 +196,14 @@ def load_models(cfg: FinetuneConfig, settings) -> Models:
         if served.fallback_reason:
             log(f"note: {served.fallback_reason}")
     return Models(base.model, live.model)
+
+
+def base_spec(text: str, settings) -> str:
+    """--base as given; a relative folder that is not here but is under CAPTIONER_HOME (models/v0001, as model cards
+    and adapters name their base) is that one, wherever the run was started."""
+    if text and not Path(text).is_absolute() and not Path(text).exists() and (Path(settings.home) / text).exists():
+        return str(Path(settings.home) / text)
+    return text
 
 
 def prepare(models: Models, feedback: FeedbackLog, examples: list[Example], cfg: FinetuneConfig) -> tuple[RowTensors, list[Example]]:

@@ -122,7 +122,7 @@ def test_the_card_is_hub_metadata_and_the_adapter_names_its_base_portably(home, 
 def test_an_unwritable_models_folder_is_one_clear_error_before_any_training(tiny_home_files, capsys):
     home = tiny_home_files
     (home / "models").write_text("not a folder")
-    with pytest.raises(FinetuneError, match="cannot write the new version into .*models.*nothing was trained"):
+    with pytest.raises(FinetuneError, match="cannot write into .*models: it is a file, not a folder; nothing was trained"):
         main(FinetuneConfig(home=str(home), epochs=1, min_rows=5, heldout_fraction=0.0))
     assert "held-out before" not in capsys.readouterr().err
 

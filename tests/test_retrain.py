@@ -82,12 +82,29 @@ def test_a_models_folder_that_cannot_be_written_is_one_clear_refusal(tiny_home, 
         registry.activate(tiny_home / "models", None)
 
 
+def test_roll_back_goes_to_the_version_live_before_not_the_next_lower_number(tmp_path):
+    models = tmp_path / "models"
+    for name in ("v0001", "v0002", "v0003", "v0004"):
+        (models / name).mkdir(parents=True)
+        (models / name / "config.json").write_text("{}")
+    registry.activate(models, "v0002")
+    registry.activate(models, "v0004")  # v0003: a candidate published with --no-activate, never live
+    assert registry.previous_version(models) == "v0002"
+    registry.activate(models, "v0002", rollback=True)
+    assert registry.previous_version(models) is None  # before v0002, the default model was live
+    registry.activate(models, None, rollback=True)
+    assert registry.active_state(models) == registry.ActiveState(None, None, ())
+    (models / registry.ACTIVE_FILE).write_text('{"version": "v0004"}')  # written before the history was kept
+    assert registry.previous_version(models) == "v0003"
+
+
 def test_roll_back_from_a_live_version_whose_folder_is_gone_or_a_corrupt_pointer(tmp_path):
     models = tmp_path / "models"
     for name in ("v0001", "v0002", "v0003"):
         (models / name).mkdir(parents=True)
         (models / name / "config.json").write_text("{}")
-    registry.activate(models, "v0003")
+    for name in ("v0001", "v0002", "v0003"):
+        registry.activate(models, name)
     (models / "v0003").rename(tmp_path / "moved-away")  # the live folder went missing
     assert registry.previous_version(models) == "v0002"
     (models / "v0001").rename(tmp_path / "also-gone")
@@ -277,3 +294,72 @@ def test_a_later_process_given_a_finished_runs_id_is_neither_running_nor_cancell
     finally:
         stranger.kill()
         stranger.wait()
+
+
+def quick(home, **options):
+    from finetune import FinetuneConfig
+
+    return FinetuneConfig(home=str(home), min_rows=5, epochs=1, heldout_fraction=0.0, **options)
+
+
+def test_a_rollback_made_while_a_retrain_trains_stands_and_the_run_says_its_version_is_not_live(tiny_home, monkeypatch, tmp_path):
+    import finetune.cli
+    from finetune import main, run
+
+    models = tiny_home / "models"
+    first = main(quick(tiny_home)).name  # v0001 live
+    judge = run.judge_trained
+
+    def admin_rolls_back(*args, **kwargs):  # while the second run trains, the admin goes back to the default model
+        registry.activate(models, None, rollback=True)
+        return judge(*args, **kwargs)
+
+    monkeypatch.setattr(run, "judge_trained", admin_rolls_back)
+    progress = tmp_path / "progress.jsonl"
+    assert finetune.cli.cli(["--home", str(tiny_home), "--min-rows", "5", "--epochs", "1", "--heldout-fraction", "0",
+                             "--progress-file", str(progress)]) == 1  # fmt: skip
+    outcome = json.loads(progress.read_text().splitlines()[-1])
+    assert (outcome["status"], outcome["version"]) == ("not live", "v0002")
+    assert f"the live model changed meanwhile ({first} -> the default model)" in outcome["message"]
+    assert registry.active_version(models) is None and (models / "v0002" / "config.json").is_file()
+
+
+def test_one_retrain_at_a_time_per_models_folder_and_a_refused_one_writes_nothing(tiny_home, tmp_path):
+    from filelock import FileLock
+
+    from finetune import FinetuneError, main
+    from finetune.run import RUN_LOCK
+
+    empty = tmp_path / "empty-home"
+    empty.mkdir()
+    with pytest.raises(FinetuneError, match="only 0 approved caption row"):
+        main(quick(empty))
+    assert not (empty / "models").exists()
+    (tiny_home / "models").mkdir()
+    with FileLock(str(tiny_home / "models" / RUN_LOCK)):  # a run started elsewhere (CLI, another app) holds it
+        with pytest.raises(FinetuneError, match="another retrain is running on .*models; nothing was trained"):
+            main(quick(tiny_home))
+    assert registry.list_versions(tiny_home / "models") == []
+
+
+def test_a_disk_that_fills_while_the_version_is_written_is_one_clear_error(tiny_home, monkeypatch):
+    import errno
+
+    from finetune import FinetuneError, main, run
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(run, "write_version", full)
+    with pytest.raises(FinetuneError, match="cannot write the new version into .*: No space left on device; nothing was published"):
+        main(quick(tiny_home))
+    assert list((tiny_home / "models").glob("v*")) == [] and list((tiny_home / "models").glob(".staging-*")) == []
+
+
+def test_a_base_named_relative_to_captioner_home_is_found_from_any_folder(tiny_home, monkeypatch, tmp_path):
+    from finetune import main
+
+    first = main(quick(tiny_home, activate=False))
+    monkeypatch.chdir(tmp_path)  # as the admin page's child runs, from the project's folder
+    second = main(quick(tiny_home, base=f"models/{first.name}", activate=False))
+    assert json.loads((second / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] == "models/v0001"

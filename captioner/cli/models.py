@@ -15,7 +15,7 @@ def cmd_models(args, settings: Settings) -> int:
 
     try:
         target = args.version if args.action == "activate" else registry.previous_version(settings.models_dir)
-        activate_checked(settings, target)
+        activate_checked(settings, target, rollback=args.action == "rollback")
     except registry.RegistryError as exc:
         raise UserError(str(exc)) from None
     say(f"live: {target or 'the default model (' + settings.caption_model + ')'}")

@@ -36,7 +36,7 @@ def render(config: Settings) -> None:
     if activate or roll_back:
         try:
             target = pick if activate else registry.previous_version(config.models_dir) or "default"
-            golive.activate_checked(config, None if target == "default" else target)
+            golive.activate_checked(config, None if target == "default" else target, rollback=not activate)
             state.version_note = f"{target if target != 'default' else 'The default model'} is live; every session's next caption uses it."
         except registry.RegistryError as exc:
             state.version_note = f"Not changed: {exc}"
