@@ -79,14 +79,15 @@ class AnswerStream:
 
 def answer(
     loaded: LoadedModel, image: Image.Image, history: list[Turn], question: str,
-    max_new_tokens: int = MAX_NEW_TOKENS, sample: bool = False,
+    max_new_tokens: int | None = None, sample: bool = False,
 ) -> AnswerStream:  # fmt: skip
     """Answer a question about an image, given the conversation so far; the text streams token by token.
 
     sample=True draws the answer (temperature 0.7) instead of taking the likeliest, as Regenerate does.
+    max_new_tokens: None is MAX_NEW_TOKENS, or what the model's context holds if less (said only when asked for).
     """
     if loaded.family == ENDPOINT_FAMILY:
-        return _endpoint_answer(loaded, image, history, question, max_new_tokens, sample)
+        return _endpoint_answer(loaded, image, history, question, max_new_tokens or MAX_NEW_TOKENS, sample)
     notices: list[str] = []
     max_new_tokens = _answer_room(loaded, max_new_tokens, notices)
     inputs, cut = build_inputs(loaded, image, history, question, max_new_tokens)
@@ -206,9 +207,9 @@ def _chat_template_inputs(loaded, image, history, question, max_new_tokens, noti
     return inputs
 
 
-def _answer_room(loaded: LoadedModel, max_new_tokens: int, notices: list[str]) -> int:
-    """max_new_tokens, or less where the model's context could not hold that many beside a question (and, for
-    BLIP-2, its query tokens); said when cut."""
+def _answer_room(loaded: LoadedModel, max_new_tokens: int | None, notices: list[str]) -> int:
+    """max_new_tokens (None: MAX_NEW_TOKENS), or less where the model's context could not hold that many beside a
+    question (and, for BLIP-2, its query tokens); said when a number asked for is cut, not the default."""
     config = loaded.model.config
     if loaded.family == VQA:  # the answer decoder starts afresh: its positions hold the answer alone
         room = _text_limit(loaded, config.text_config.max_position_embeddings) - 2
@@ -217,9 +218,9 @@ def _answer_room(loaded: LoadedModel, max_new_tokens: int, notices: list[str]) -
     else:
         room = _text_limit(loaded, getattr(_text_config(config), "max_position_embeddings", 4096)) // 2
     room = max(1, room)
-    if max_new_tokens > room:
+    if max_new_tokens is not None and max_new_tokens > room:
         notices.append(f"The answer is limited to {room} tokens: the model's context holds no more beside the question.")
-    return min(max_new_tokens, room)
+    return min(max_new_tokens or MAX_NEW_TOKENS, room)
 
 
 def _text_config(config):

@@ -150,6 +150,8 @@ def test_an_answer_longer_than_the_model_can_hold_is_limited_with_a_notice(tiny_
     assert any("The answer is limited to" in notice for notice in stream.notices), stream.notices
     assert not any("first -" in notice for notice in stream.notices)  # never "cut to its first -95 tokens"
     assert isinstance(stream.read(), str)  # answered: no "index out of range" from the position embeddings
+    unasked = answer(tiny_chat, PICTURE, [], "what is it? " * 40)  # the default: what fits, without a notice
+    assert not any("limited to" in notice for notice in unasked.notices) and isinstance(unasked.read(), str)
 
 
 def test_a_long_history_drops_its_oldest_turns_with_a_notice(settings, tiny_blip2_dir):

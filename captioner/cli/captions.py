@@ -195,7 +195,7 @@ class Styling:
 def cmd_ask(args, settings: Settings) -> int:
     if not args.question.strip():
         raise UserError("the question is empty")
-    if not 1 <= args.max_new_tokens <= 1024:
+    if args.max_new_tokens is not None and not 1 <= args.max_new_tokens <= 1024:
         raise UserError(f"--max-new-tokens must be 1 to 1024, not {args.max_new_tokens}")
     try:
         picture = decode(read_file(args.image), max_side=768)

@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("image", type=Path)
     ask.add_argument("question")
     ask.add_argument("--model", help="Q&A model spec, or openai:MODEL (default: CAPTIONER_QA_MODEL or BLIP VQA base)")
-    ask.add_argument("--max-new-tokens", type=int, default=64)
+    ask.add_argument("--max-new-tokens", type=int, default=None, help="at most this many (default 64, or what the model's context holds)")
 
     index = commands.add_parser("index", help="build or update the search index of a gallery folder")
     index.add_argument("folder", type=Path)
