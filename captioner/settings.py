@@ -48,6 +48,8 @@ class Settings:
         _check("CAPTIONER_DTYPE", self.dtype, DTYPES)
         _check("CAPTIONER_QUANTIZE", self.quantize, QUANTIZATIONS)
         object.__setattr__(self, "home", Path(self.home).expanduser().resolve())
+        if self.home.exists() and not self.home.is_dir():  # a folder not there yet is made by the first write
+            raise SettingsError(f"CAPTIONER_HOME={self.home} is a file, not a folder")
         gallery = Path(self.gallery).expanduser() if self.gallery else Path("data/gallery")
         object.__setattr__(self, "gallery", gallery if gallery.is_absolute() else self.home / gallery)
 

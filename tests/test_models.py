@@ -110,6 +110,10 @@ def test_bad_settings_name_the_variable(home, monkeypatch):
     monkeypatch.setenv("CAPTIONER_QUANTIZE", "3bit")
     with pytest.raises(SettingsError, match="CAPTIONER_QUANTIZE"):
         Settings.from_env()
+    monkeypatch.setenv("CAPTIONER_QUANTIZE", "none")
+    monkeypatch.setenv("CAPTIONER_HOME", __file__)
+    with pytest.raises(SettingsError, match="CAPTIONER_HOME=.*test_models.py is a file, not a folder"):
+        Settings.from_env()
 
 
 def test_settings_paths_follow_captioner_home(home):
