@@ -100,6 +100,8 @@ def test_default_model_offline_falls_back_with_a_note(home, tmp_path):
     assert json.loads(done.stdout)["caption"] == "a yellow square"
     assert "note: Salesforce/blip-image-captioning-base is not in the local Hugging Face cache" in done.stderr
     assert done.stderr.count("not in the local Hugging Face cache") == 1 and "instead;" not in done.stderr  # said once
+    listed = run_cli("models", "list", env={"CAPTIONER_CAPTION_MODEL": ""}).stdout.splitlines()
+    assert listed[-1].startswith("* the demo captioner (Salesforce/blip-image-captioning-base is not in the local")
 
 
 def test_a_configured_model_that_names_nothing_is_an_error_naming_its_variable(home, tmp_path):

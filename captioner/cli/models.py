@@ -27,11 +27,13 @@ def list_versions(settings: Settings) -> int:
     state = registry.active_state(settings.models_dir)
     versions = registry.list_versions(settings.models_dir)
     problem = state.problem or (state.version and registry.version_problem(settings.models_dir / state.version))
-    serving, broken = state.version, None
+    serving, broken, default = state.version, None, f"default model: {settings.caption_model}"
     if problem:
         broken = state.version
-        serving, fallback = served_instead(settings)
+        serving, default, fallback = served_instead(settings)
         say(f"{problem}; {fallback}")
+    elif serving is None:
+        default = default_served(settings)
     print(f"{'':2}{'version':<9}{'created':<27}{'rows':>6}  {'held-out exact before -> after':<32}base")
     for v in versions:
         before, after = v.heldout
@@ -39,19 +41,33 @@ def list_versions(settings: Settings) -> int:
         mark = "*" if v.name == serving else "!" if v.name == broken else " "
         print(f"{mark:2}{v.name:<9}{v.created:<27}{v.rows_used:>6}  {change:<32}{v.base}" + ("  (broken)" if mark == "!" else ""))
     if serving is None:
-        print(f"* default model: {settings.caption_model}")
+        print(f"* {default}")
     return 1 if problem else 0
 
 
-def served_instead(settings: Settings) -> tuple[str | None, str]:
-    """The version the loading policy serves instead of a broken live one (None: a default model), and a line saying so."""
+def default_served(settings: Settings) -> str:
+    """What serves when no version is live: the default model, or the demo captioner when that cannot be had (a hub
+    model offline and not cached; asked of the cache, nothing loaded)."""
+    from ..models import ModelError, hub_kwargs, resolve_spec
+
+    try:
+        hub_kwargs(resolve_spec(settings.caption_model, "caption", settings))
+    except ModelError as exc:
+        return f"the demo captioner ({exc})"
+    return f"default model: {settings.caption_model}"
+
+
+def served_instead(settings: Settings) -> tuple[str | None, str, str]:
+    """The version the loading policy serves instead of a broken live one (None: a model that is no version), the
+    table's line for such a model, and a line saying so."""
     from ..loading import serve  # loads the model: only when active.json or the live version is broken
     from ..models import ModelError
 
     try:
         served = serve("caption", settings)
     except ModelError as exc:
-        return None, f"and nothing else can serve: {exc}"
+        return None, "nothing can serve", f"and nothing else can serve: {exc}"
     loaded = served.model
     version = loaded.version if loaded.spec.source == "version" else None
-    return version, f"serving {version or loaded.name + ' (' + loaded.version + ')'} instead"
+    label = f"{loaded.name} ({loaded.version})"
+    return version, label, f"serving {version or label} instead"
