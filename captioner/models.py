@@ -311,11 +311,15 @@ def free_memory() -> None:
 
 
 def quiet_transformers() -> None:
-    """Keep transformers' progress bars and advice out of the CLI's stderr and the server log."""
+    """Keep transformers' and the hub client's progress bars, advice and retries out of the CLI's stderr and the
+    server log: what failed is said once, by the error that names the spec."""
+    import logging
+
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
 
 
 def hub_kwargs(spec: ModelSpec) -> dict:
