@@ -121,6 +121,7 @@ def test_user_errors_are_one_line_without_traceback(home, tmp_path):
         (("caption", picture, "--model", "demo", "--num-beams", "0"), "beams must be 1 to 10"),
         (("feedback", "add", picture, "--correction", " "), "the correction is empty"),
         (("feedback", "add", picture, "--correction", "red", "--task", "qa"), "a qa row needs its question as the prompt"),
+        (("feedback", "add", picture, "--correction", "red", "--task", "style"), "a style row needs its style as the prompt"),
         (("caption", picture, "--model", "v0001"), "a fine-tuned version is `active`, or its folder: models/v0001"),
     ]:
         done = run_cli(*args)

@@ -55,8 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("image", type=Path)
     add.add_argument("--correction", required=True)
     add.add_argument("--model-output", default="", help="what the model said (equal to --correction: a confirmation)")
-    add.add_argument("--task", choices=["caption", "qa"], default="caption")
-    add.add_argument("--prompt", default="", help="the question (qa) or caption prefix")
+    add.add_argument("--task", choices=["caption", "qa", "style"], default="caption",
+                     help="style: a corrected styled caption (never captioner training data)")
+    add.add_argument("--prompt", default="", help="the question (qa), the style (style) or the caption prefix")
     add.add_argument("--status", choices=["pending", "approved"], default="pending")
     add.add_argument("--model", default="", help="the model spec that made the output")
     add.add_argument("--model-version", default="")
