@@ -54,7 +54,7 @@ def _filter_controls(snapshot: Snapshot) -> tuple[Filters, str, int]:
     versions = right.multiselect("Model version", model_versions(snapshot))
     text, period, order, size = st.columns([3, 3, 2, 1])
     needle = text.text_input("Text contains")
-    since, until = ([*period.date_input("Created between", value=(), format="YYYY-MM-DD")] + [None, None])[:2]
+    since, until = ([*period.date_input("Created between (UTC dates)", value=(), format="YYYY-MM-DD")] + [None, None])[:2]
     sort = order.selectbox("Order", list(SORTS), format_func=SORTS.get)
     page_size = size.selectbox("Rows a page", PAGE_SIZES)
     return Filters(tuple(statuses), tuple(tasks), tuple(versions), since, until, needle), sort, page_size

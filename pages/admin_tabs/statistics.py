@@ -18,7 +18,7 @@ def render(snapshot: Snapshot) -> None:
     rates = pd.DataFrame({"correction rate": figures["correction_rate"], "caption rows": figures["rows_per_version"]})
     st.bar_chart(rates["correction rate"])
     st.dataframe(rates, column_config={"correction rate": st.column_config.NumberColumn(format="percent")})
-    st.subheader("Rows per day")
+    st.subheader("Rows per day (UTC)")
     per_day = pd.DataFrame.from_dict(figures["per_day"], orient="index").fillna(0)
     if len(per_day):  # a time axis: days without a row show as empty, not left out
         per_day.index = pd.to_datetime(per_day.index)
