@@ -179,16 +179,20 @@ def test_versions_tab_activates_and_rolls_back(admin, home):
     make_version(home, "v0002")
     login(admin)
     assert "default model" in [c.value for c in admin.caption if c.value.startswith("Live:")][0]
-    [s for s in admin.selectbox if s.label == "Version"][0].set_value("v0002").run()
-    click(admin, "Activate v0002")
-    assert registry.active_version(home / "models") == "v0002"
+    for name in ("v0001", "v0002"):
+        [s for s in admin.selectbox if s.label == "Version"][0].set_value(name).run()
+        click(admin, f"Activate {name}")
+        assert registry.active_version(home / "models") == name
     click(admin, "Roll back")
     assert registry.active_version(home / "models") == "v0001"
+    click(admin, "Roll back")  # v0001 went live over the default model: back to that
+    assert registry.active_version(home / "models") is None
 
 
 def test_versions_tab_with_the_live_folder_gone_or_a_corrupt_pointer(admin, home, tmp_path):
     make_version(home, "v0001")
     make_version(home, "v0002")
+    registry.activate(home / "models", "v0001")
     registry.activate(home / "models", "v0002")
     (home / "models" / "v0002").rename(tmp_path / "v0002")  # someone moved the live version away
     login(admin)
