@@ -1,12 +1,17 @@
-"""What a published version says about itself: a portable name for its base, and a Hub-valid model card."""
+"""What a published version says about itself: a portable name for its base, train_args.json, a Hub-valid card."""
 
 from __future__ import annotations
 
 import json
 import re
+from dataclasses import asdict
 from pathlib import Path
 
 import yaml
+
+from captioner.files import now_utc
+
+from .data import REGRESSION, VIEW
 
 TAGS = ["image-captioning", "blip", "lora", "peft", "captioning-studio"]
 
@@ -24,6 +29,19 @@ def base_reference(spec, home: Path) -> dict:
     except ValueError:
         name = location.name
     return {"name": name, "revision": None, "hub_id": _lineage_root(location)}
+
+
+def train_args(cfg, base: dict, base_version: str, examples: list, rows, heldout: list) -> dict:
+    """train_args.json: every option as given, then what the run worked out from them, each under a name of its own."""
+    trained = [e for e in rows.examples if e.kind != VIEW]
+    return {
+        **asdict(cfg), "home": "", "progress_file": "",  # this machine's paths: they name nothing elsewhere
+        "base": base["name"] if Path(cfg.base).is_absolute() else cfg.base,  # the portable name of a local folder
+        "created": now_utc(), "base_description": f"{base['name']} ({base_version})", "base_model": base["name"],
+        "base_revision": base["revision"], "base_hub_id": base["hub_id"], "rows_used": len(examples),
+        "train_rows": len(trained), "recoloured_views_made": len(rows.examples) - len(trained),
+        "heldout_rows": len(heldout), "regression_rows": sum(e.kind == REGRESSION for e in trained + heldout),
+    }  # fmt: skip
 
 
 def _lineage_root(folder: Path) -> str | None:
@@ -69,13 +87,37 @@ def base_license(base: dict, spec) -> str:
     return front.get("license") if isinstance(front.get("license"), str) else "other"
 
 
-def _unjudged(new: dict) -> str:
-    """The concepts corrected too few times to hold one out: trained on every row, so not judged on unseen images."""
+def _new_concepts(args: dict, new: dict) -> str:
+    """The held-out corrections' figure, or why there is none."""
+    if not args["heldout_fraction"]:
+        return "not judged: no held-out set (--heldout-fraction 0), so every correction was trained on"
+    line = f"{_pct(new['before'])} before, {_pct(new['after'])} after ({_images(new['count'])})"
     concepts = new.get("trained_only") or {}
     if not concepts:
-        return ""
+        return line
     named = ", ".join(f"{_plain(concept)} ({count})" for concept, count in concepts.items())
-    return f"\n  - corrected too few times to hold any out, so every correction was trained on and none judged: {named}"
+    return f"{line}\n  - corrected too few times to hold any out, so every correction was trained on and none judged: {named}"
+
+
+def _rows(args: dict) -> str:
+    """Where the rows came from and where they went, in figures that add up; then the recoloured views."""
+    approved, regression = args["rows_used"], args["regression_rows"]
+    trained, held = args["train_rows"], args["heldout_rows"]
+    came = f"{approved} approved caption rows"
+    if regression:
+        came += (f" + {regression} regression images (stored images nobody corrected that the live model captions "
+                 f"confidently) = {approved + regression}")  # fmt: skip
+    went = f"{trained} trained on, " + (f"{held} held out by image hash" if args["heldout_fraction"] else
+                                        "none held out (--heldout-fraction 0)")  # fmt: skip
+    undecodable = approved + regression - trained - held  # approved rows whose images could not be decoded
+    if undecodable > 0:
+        went += f", {undecodable} left out (their images cannot be decoded)"
+    line = f"- rows used: {came}: {went}"
+    # where publish.py does not yet record through train_args(), recoloured_views holds the count, not the option
+    views = args.get("recoloured_views_made", args.get("recoloured_views", 0))
+    if views:
+        line += f"\n- {views} recoloured views of the corrections that taught no colour word, trained on besides those {trained}"
+    return line
 
 
 def model_card(args: dict, metrics: dict, license_id: str) -> str:
@@ -90,7 +132,7 @@ def model_card(args: dict, metrics: dict, license_id: str) -> str:
         f"| {_plain(kind)} | {scores['count']} | {_pct(metrics['by_kind_before'].get(kind, {}).get('exact_match'))} "
         f"| {_pct(scores['exact_match'])} |"
         for kind, scores in metrics["by_kind_after"].items()
-    ) or "| (no held-out images) | 0 | n/a | n/a |"
+    ) or f"| (no held-out images{'' if args['heldout_fraction'] else ': --heldout-fraction 0'}) | 0 | n/a | n/a |"
     rows = "\n".join(f"| {name} | {_number(before.get(name))} | {_number(after.get(name))} |" for name in ("exact_match", "bleu4", "cider"))
     checks = "\n".join(caption.replace("`", "'") for caption in metrics["check_set"])
     revision = f" (revision {args['base_revision']})" if args.get("base_revision") else ""
@@ -105,17 +147,15 @@ live model's own knowledge replayed and distilled so that it is kept.
 
 - created: {args['created']}
 - base model: `{args['base_model']}`{revision}
-- rows used: {args['rows_used']} ({args['train_rows']} trained on, {args['heldout_rows']} held out by image hash),
-  of which {args['regression_rows']} are the regression set (stored images the live model captions confidently);
-  {args.get('recoloured_views', 0)} recoloured views of the corrections that taught no colour word
+{_rows(args)}
 - LoRA rank {args['lora_r']} on the {args['lora_targets']} layers, learning rate {args['lr']},
   {metrics['training']['steps']} training steps, self-distillation weight {args['distill']}
 
 ## The two figures the gate decided on (held-out images, exact match)
 
-- **New concepts** (held-out corrections): {_pct(new['before'])} before, {_pct(new['after'])} after ({new['count']} images){_unjudged(new)}
+- **New concepts** (held-out corrections): {_new_concepts(args, new)}
 - **Old knowledge** ({old.get('judged_on') or 'held-out images the live model captions right'}): {_pct(old['before'])} before,
-  {_pct(old['after'])} after ({old['count']} images); a model that loses more than {args['max_forgetting'] * 100:g}
+  {_pct(old['after'])} after ({_images(old['count'])}); a model that loses more than {args['max_forgetting'] * 100:g}
   points here is refused, whatever its overall score
 
 | kind | images | before | after |
@@ -145,6 +185,10 @@ The merged model and processor (`from_pretrained` this folder), `adapter/` (the 
 def _plain(text: str) -> str:
     """Text from corrections, shown as itself in Markdown: every character Markdown could read is escaped."""
     return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~])", r"\\\1", text)
+
+
+def _images(count: int) -> str:
+    return f"{count} image" + ("" if count == 1 else "s")
 
 
 def _number(value) -> str:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
+
+MAX_SEED = 2**63 - 1  # torch takes 64-bit seeds, and training also seeds a generator with seed + 1
 
 
 def option(default, help: str):
@@ -61,28 +64,42 @@ class FinetuneConfig:
         return self.epochs * per_pass if self.epochs else max(-(-4000 // self.batch_size), 3 * per_pass)
 
     def validate(self) -> "FinetuneConfig":
-        problems = []
-        if self.min_rows < 1:
-            problems.append(f"--min-rows must be at least 1, not {self.min_rows}")
-        if self.epochs < 0 or self.batch_size < 1 or self.lora_r < 1:
-            problems.append("--epochs must be 0 or more, --batch-size and --lora-r at least 1")
-        if not 0 < self.lr < 1:
-            problems.append(f"--lr must be between 0 and 1, not {self.lr}")
-        if not 0 <= self.heldout_fraction < 1:
-            problems.append(f"--heldout-fraction must be in [0, 1), not {self.heldout_fraction}")
-        if self.lora_targets not in ("text", "all"):
-            problems.append(f"--lora-targets must be text or all, not {self.lora_targets!r}")
-        if not 0 <= self.old_share < 1 or self.distill < 0 or self.regression_images < 0:
-            problems.append("--old-share must be in [0, 1), --distill and --regression-images 0 or more")
-        if self.recoloured_views < 0:
-            problems.append(f"--recoloured-views must be 0 or more, not {self.recoloured_views}")
-        if not 0 <= self.max_forgetting <= 1:
-            problems.append(f"--max-forgetting must be in [0, 1], not {self.max_forgetting}")
+        """Every option out of range, named in one ValueError, before any data is read or anything written."""
+        floats = [item.name for item in fields(self) if str(item.type) == "float"]
+        not_finite = [name for name in floats if not math.isfinite(getattr(self, name))]
+        problems = [f"{_flag(name)} must be a finite number, not {getattr(self, name)}" for name in not_finite]
+
+        def need(name: str, ok: bool, rule: str) -> None:
+            if name not in not_finite and not ok:  # NaN fails every comparison: it was named once, above
+                problems.append(f"{_flag(name)} must be {rule}, not {getattr(self, name)!r}")
+
+        need("min_rows", self.min_rows >= 1, "at least 1")
+        need("epochs", self.epochs >= 0, "0 or more")
+        need("batch_size", self.batch_size >= 1, "at least 1")
+        if self.batch_size == 1 and "old_share" not in not_finite and self.old_share > 0:  # each batch mixes new and old
+            problems.append(f"--batch-size 1 cannot hold both new and old rows (--old-share {self.old_share:g}): "
+                            "use 2 or more, or --old-share 0")  # fmt: skip
+        need("lr", 0 < self.lr < 1, "between 0 and 1")
+        need("lora_r", self.lora_r >= 1, "at least 1")
+        need("lora_alpha", self.lora_alpha >= 0, "0 (twice the rank) or more")
+        need("lora_dropout", 0 <= self.lora_dropout < 1, "in [0, 1)")
+        need("lora_targets", self.lora_targets in ("text", "all"), "text or all")
+        need("old_share", 0 <= self.old_share < 1, "in [0, 1)")
+        need("distill", self.distill >= 0, "0 or more")
+        need("regression_images", self.regression_images >= 0, "0 or more")
+        need("max_forgetting", 0 <= self.max_forgetting <= 1, "in [0, 1]")
+        need("heldout_fraction", 0 <= self.heldout_fraction < 1, "in [0, 1)")
+        need("seed", 0 <= self.seed <= MAX_SEED, f"between 0 and {MAX_SEED}")
+        need("recoloured_views", self.recoloured_views >= 0, "0 or more")
         if self.home and not Path(self.home).is_dir():
             problems.append(f"--home {self.home} is not a folder")
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def parse_args(argv: list[str] | None = None) -> FinetuneConfig:

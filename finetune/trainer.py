@@ -238,8 +238,10 @@ def train(model, tensors: RowTensors, cfg: FinetuneConfig, progress_file: Path |
                 if (step + 1) % CHECK_EVERY == 0 or step + 1 == steps:
                     _check(losses, step, steps, cfg, progress, epochs)
         except torch.cuda.OutOfMemoryError:
-            smaller = max(1, cfg.batch_size // 2)
-            raise TrainingError(f"CUDA ran out of memory with --batch-size {cfg.batch_size}; try --batch-size {smaller}") from None
+            smallest = 2 if cfg.old_share > 0 else 1  # the least a batch of new and old rows can be (config.validate)
+            advice = (f"try --batch-size {max(smallest, cfg.batch_size // 2)}" if cfg.batch_size > smallest
+                      else "even the smallest batch does not fit on this GPU")  # fmt: skip
+            raise TrainingError(f"CUDA ran out of memory with --batch-size {cfg.batch_size}; {advice}") from None
         finally:
             progress.close()
     model.eval()

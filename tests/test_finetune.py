@@ -215,8 +215,60 @@ def test_a_retrain_on_cuda_trains_in_bf16_and_publishes_full_precision_weights(h
                    status="approved")  # fmt: skip
     log_rows(home, n=20, seed=4)
     folder = main(FinetuneConfig(home=str(home), epochs=10, min_rows=5))
-    assert json.loads((folder / "train_args.json").read_text())["recoloured_views"] == 24
+    assert "\n- 24 recoloured views of the corrections that taught no colour word" in (folder / "README.md").read_text()
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["training"]["steps"] > 0 and metrics["old_knowledge"]["count"] >= 0
     with safe_open(folder / "model.safetensors", "pt") as weights:
         assert {str(weights.get_tensor(k).dtype) for k in list(weights.keys())[:20]} == {"torch.float32"}
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["--lora-alpha", "-4"], "--lora-alpha must be 0 (twice the rank) or more, not -4"),
+    (["--lora-dropout", "-0.1"], "--lora-dropout must be in [0, 1), not -0.1"),
+    (["--lora-dropout", "1.5"], "--lora-dropout must be in [0, 1), not 1.5"),
+    (["--lora-dropout", "nan"], "--lora-dropout must be a finite number, not nan"),
+    (["--distill", "nan"], "--distill must be a finite number, not nan"),
+    (["--distill", "inf"], "--distill must be a finite number, not inf"),
+    (["--old-share", "nan"], "--old-share must be a finite number, not nan"),
+    (["--heldout-fraction=-inf"], "--heldout-fraction must be a finite number, not -inf"),
+    (["--batch-size", "1"], "--batch-size 1 cannot hold both new and old rows (--old-share 0.5): use 2 or more, or --old-share 0"),
+    (["--seed", str(2**64)], f"--seed must be between 0 and {2**63 - 1}, not {2**64}"),
+    (["--seed", "-1"], f"--seed must be between 0 and {2**63 - 1}, not -1"),
+])  # fmt: skip
+def test_an_option_out_of_range_is_one_error_naming_it_before_anything_is_read_or_written(tmp_path, argv, said):
+    home = tmp_path / "home"
+    home.mkdir()  # no rows: a run that got as far as reading them would say "only 0 approved caption rows"
+    with pytest.raises(FinetuneError) as raised:
+        main(parse_args([*argv, "--home", str(home)]))
+    assert str(raised.value) == said
+    assert list(home.iterdir()) == []
+
+
+def test_a_batch_of_one_row_is_fine_when_no_old_rows_are_mixed_in():
+    assert FinetuneConfig(batch_size=1, old_share=0).validate().batch_size == 1
+    assert FinetuneConfig(batch_size=2).validate().batch_size == 2
+
+
+def test_the_command_line_refuses_bad_options_with_exit_1_and_no_traceback(tiny_home):
+    log_rows(tiny_home, n=6)
+    done = subprocess.run([sys.executable, "-m", "finetune", "--home", str(tiny_home), "--min-rows", "5",
+                           "--lora-dropout", "1.5", "--distill", "nan"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300, env=child_env())  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr == "finetune: --distill must be a finite number, not nan; --lora-dropout must be in [0, 1), not 1.5\n"
+    assert not (tiny_home / "models").exists()
+
+
+def test_out_of_memory_never_advises_a_batch_size_the_options_refuse(tiny_home, monkeypatch):
+    import finetune.trainer
+
+    def out_of_memory(*args):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(finetune.trainer, "augment", out_of_memory)
+    log_rows(tiny_home, n=8)
+    log_rows(tiny_home, n=4, seed=9, wrong=True)  # corrections beside the confirmations: each batch mixes both
+    with pytest.raises(FinetuneError, match=r"--batch-size 4; try --batch-size 2$"):
+        main(quick(tiny_home, batch_size=4))
+    with pytest.raises(FinetuneError, match=r"--batch-size 2; even the smallest batch does not fit on this GPU$"):
+        main(quick(tiny_home, batch_size=2))

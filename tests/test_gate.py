@@ -203,3 +203,79 @@ def test_with_nothing_old_held_out_forgetting_is_judged_on_fixed_anchor_images(h
         main(cfg)
     assert "forgetting is judged on" in capsys.readouterr().err
     assert registry.list_versions(home / "models") == [] and registry.active_version(home / "models") is None
+
+
+def strict_json(path) -> dict:
+    """The file as JSON, refusing NaN and Infinity (which json.dumps writes but no strict reader takes)."""
+    def refuse(word):
+        raise ValueError(f"{path.name} holds {word}")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_the_cards_row_figures_add_up_with_a_regression_set_and_recoloured_views(home, monkeypatch):
+    import re
+
+    monkeypatch.setenv("CAPTIONER_CAPTION_MODEL", "demo")
+    log = FeedbackLog(home / "data")
+    inputs, samples = demo_inputs(8, seed=3, shapes=("star",))
+    for item, truth in zip(inputs, samples):  # the shape was wrong, the colour right: "star" is taught, views are made
+        log.record(item.data, "png", task="caption", model_output=f"a {truth.color} circle", correction=truth.caption,
+                   status="approved")  # fmt: skip
+    log_rows(home, n=30, seed=4)  # confirmations
+    inputs, _ = demo_inputs(20, seed=5)
+    for item in inputs:  # questions about images nobody corrected: the regression set is drawn from them
+        log.record(item.data, "png", task="qa", prompt="what shape is it?", model_output="a circle", correction="a circle")
+    folder = main(FinetuneConfig(home=str(home), epochs=1, min_rows=5))
+    args = strict_json(folder / "train_args.json")
+    card = (folder / "README.md").read_text()
+    line = re.search(r"rows used: (\d+) approved caption rows \+ (\d+) regression images \(.*?\) = (\d+): "
+                     r"(\d+) trained on, (\d+) held out by image hash\n", card)  # fmt: skip
+    assert line, card
+    approved, regression, total, trained, held = map(int, line.groups())
+    assert (approved, total) == (38, approved + regression) and 0 < regression <= 20
+    assert trained + held == total and held > 0
+    views = re.search(r"\n- (\d+) recoloured views of the corrections that taught no colour word, trained on besides "
+                      r"those (\d+)\n", card)  # fmt: skip
+    assert views and int(views[2]) == trained and int(views[1]) > 0, card
+    assert args["rows_used"] == approved and registry.list_versions(home / "models")[0].rows_used == approved
+
+
+def test_with_no_heldout_set_the_card_and_the_models_list_say_so(tiny_home_files, capsys):
+    from captioner.cli.models import list_versions
+
+    folder = main(FinetuneConfig(home=str(tiny_home_files), epochs=1, min_rows=5, heldout_fraction=0.0))
+    card = (folder / "README.md").read_text()
+    assert "**New concepts** (held-out corrections): not judged: no held-out set (--heldout-fraction 0)" in card
+    assert "too few times" not in card
+    assert "16 approved caption rows: 16 trained on, none held out (--heldout-fraction 0)" in card
+    capsys.readouterr()
+    list_versions(Settings.from_env())
+    listed = capsys.readouterr().out
+    assert "none held out" in listed and "None" not in listed
+
+
+def test_train_args_records_the_options_as_given_and_what_was_worked_out_under_names_of_its_own(tmp_path):
+    from types import SimpleNamespace
+
+    from finetune.card import train_args
+    from finetune.data import VIEW
+
+    def example(n, kind):
+        return Example(tmp_path / f"{n}.png", "a red star", f"{n:064x}", kind, "star" if kind == CORRECTION else "")
+
+    trained = [example(1, CORRECTION), example(2, CONFIRMATION), example(3, REGRESSION)]
+    views = [example(n, VIEW) for n in range(10, 16)]
+    heldout = [example(4, CONFIRMATION), example(5, REGRESSION)]
+    base = {"name": "demo", "revision": "demo-1234", "hub_id": None}
+    cfg = FinetuneConfig(base="demo", recoloured_views=6, home=str(tmp_path), progress_file=str(tmp_path / "p.jsonl"))
+    args = train_args(cfg, base, "demo-1234", trained[:2] + heldout[:1], SimpleNamespace(examples=trained + views), heldout)
+    assert (args["base"], args["recoloured_views"], args["lora_alpha"], args["seed"]) == ("demo", 6, 0, 0)
+    assert (args["base_description"], args["recoloured_views_made"]) == ("demo (demo-1234)", 6)
+    assert (args["rows_used"], args["train_rows"], args["heldout_rows"], args["regression_rows"]) == (3, 3, 2, 2)
+    assert str(tmp_path) not in json.dumps(args, allow_nan=False)  # strict JSON, and no path of this machine
+    args = train_args(FinetuneConfig(), base, "demo-1234", [], SimpleNamespace(examples=[]), [])
+    assert args["base"] == ""  # the live model, as the option said
+    local = FinetuneConfig(base=str(tmp_path / "models" / "v0003"))
+    args = train_args(local, {"name": "models/v0003", "revision": None, "hub_id": None}, "v0003", [], SimpleNamespace(examples=[]), [])
+    assert args["base"] == "models/v0003"

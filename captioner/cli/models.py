@@ -37,12 +37,20 @@ def list_versions(settings: Settings) -> int:
     print(f"{'':2}{'version':<9}{'created':<27}{'rows':>6}  {'held-out exact before -> after':<32}base")
     for v in versions:
         before, after = v.heldout
-        change = f"{before.get('exact_match')} -> {after.get('exact_match')}"
+        change = _change(before, after)
         mark = "*" if v.name == serving else "!" if v.name == broken else " "
         print(f"{mark:2}{v.name:<9}{v.created:<27}{v.rows_used:>6}  {change:<32}{v.base}" + ("  (broken)" if mark == "!" else ""))
     if serving is None:
         print(f"* {default}")
     return 1 if problem else 0
+
+
+def _change(before: dict, after: dict) -> str:
+    """Held-out exact match before -> after; "none held out" for a run with no held-out set (--heldout-fraction 0);
+    "-" for a figure metrics.json does not hold."""
+    if before.get("count") == 0 and after.get("count") == 0:
+        return "none held out"
+    return " -> ".join("-" if side.get("exact_match") is None else str(side["exact_match"]) for side in (before, after))
 
 
 def default_served(settings: Settings) -> str:
