@@ -146,7 +146,8 @@ def _describe(folder: Path) -> Version:
             return {}
 
     metrics, args = read("metrics.json"), read("train_args.json")
-    return Version(folder.name, folder, args.get("created", ""), args.get("base", ""), int(args.get("rows_used", 0)), metrics)
+    base = args.get("base_description", args.get("base", ""))  # older versions kept the description as "base"
+    return Version(folder.name, folder, args.get("created", ""), base, int(args.get("rows_used", 0)), metrics)
 
 
 def staging_dir(models_dir: Path) -> Path:

@@ -113,8 +113,7 @@ def _rows(args: dict) -> str:
     if undecodable > 0:
         went += f", {undecodable} left out (their images cannot be decoded)"
     line = f"- rows used: {came}: {went}"
-    # where publish.py does not yet record through train_args(), recoloured_views holds the count, not the option
-    views = args.get("recoloured_views_made", args.get("recoloured_views", 0))
+    views = args["recoloured_views_made"]
     if views:
         line += f"\n- {views} recoloured views of the corrections that taught no colour word, trained on besides those {trained}"
     return line

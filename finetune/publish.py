@@ -4,15 +4,13 @@ train_args.json, the adapter with a portable base name, and the model card."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 
-from captioner.files import now_utc
 from captioner.golive import check_folder
 from captioner.models import ModelError
 
-from .card import base_license, base_reference, model_card
-from .data import VIEW, trained_only
+from .card import base_license, base_reference, model_card, train_args
+from .data import trained_only
 from .errors import Refused
 from .tensors import RowTensors
 
@@ -24,7 +22,7 @@ def write_version(staging: Path, models, settings, cfg, examples, rows: RowTenso
     models.base.model.save_pretrained(staging)
     models.base.processor.save_pretrained(staging)
     check = _check_published(staging, settings)
-    not_held_out = trained_only(rows.examples + heldout, {e.sha256 for e in heldout})
+    not_held_out = trained_only(rows.examples + heldout, {e.sha256 for e in heldout}) if cfg.heldout_fraction else {}
     metrics = {
         "heldout_before": before["overall"], "heldout_after": after["overall"],
         "new_concepts": {**_figure(before["new"], after["new"]), "trained_only": not_held_out},
@@ -32,14 +30,8 @@ def write_version(staging: Path, models, settings, cfg, examples, rows: RowTenso
         "by_kind_before": before["by_kind"], "by_kind_after": after["by_kind"], "check_set": check, "training": stats,
     }  # fmt: skip
     (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    args = {
-        **asdict(cfg), "home": "", "progress_file": "", "created": now_utc(),
-        "base": f"{base['name']} ({models.base.version})", "base_model": base["name"], "base_revision": base["revision"],
-        "base_hub_id": base["hub_id"], "rows_used": len(examples), "train_rows": sum(e.kind != VIEW for e in rows.examples),
-        "recoloured_views": sum(e.kind == VIEW for e in rows.examples),
-        "heldout_rows": len(heldout), "regression_rows": sum(e.kind == "regression" for e in rows.examples + heldout),
-    }  # fmt: skip
-    (staging / "train_args.json").write_text(json.dumps(args, indent=2) + "\n")
+    args = train_args(cfg, base, models.base.version, examples, rows, heldout)
+    (staging / "train_args.json").write_text(json.dumps(args, indent=2, allow_nan=False) + "\n")
     (staging / "README.md").write_text(model_card(args, metrics, base_license(base, models.base.spec)), encoding="utf-8")
     return metrics
 

@@ -284,6 +284,8 @@ def judge_trained(models: Models, peft_model, heldout: list[Example], baseline: 
 
 
 def _summary(report: dict) -> str:
+    if report["overall"]["exact_match"] is None:
+        return "no held-out images"
     parts = [f"{kind} {s['exact_match']:.0%} of {s['count']}" for kind, s in report["by_kind"].items() if s["count"]]
     return f"exact match {report['overall']['exact_match']} overall; " + ", ".join(parts)
 

@@ -50,7 +50,7 @@ def test_a_version_is_published_with_all_its_files_and_made_live(tiny_home, tiny
     assert metrics["training"]["steps"] == 4 and len(metrics["check_set"]) == 6
     assert {"new_concepts", "old_knowledge", "by_kind_before", "by_kind_after"} <= set(metrics)
     args = json.loads((folder / "train_args.json").read_text())
-    assert args["rows_used"] == 24 and args["base"].startswith(tiny_blip_dir.name)
+    assert args["rows_used"] == 24 and args["base"] == "" and args["base_description"].startswith(tiny_blip_dir.name)
     assert str(tiny_blip_dir) not in (folder / "train_args.json").read_text()  # nothing names this machine's paths
     from transformers import BlipForConditionalGeneration
 
