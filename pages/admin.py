@@ -8,7 +8,7 @@ import streamlit as st
 
 from pages.ui import shared
 from pages.admin_tabs import export, login, retrain, review, statistics, versions
-from pages.admin_tabs._ui import failure_note
+from pages.admin_tabs._ui import failure_note, outbox
 from pages.ui.text import plain
 from captioner.feedback import FeedbackError
 from captioner.review import warm_up
@@ -30,11 +30,12 @@ if snapshot.problems:
     with st.expander("Broken records"):
         st.code("\n".join(str(problem) for problem in snapshot.problems[:200]), language=None, wrap_lines=True)
         if st.button(f"Move the broken records aside (into {log.broken_path.name})"):
+            notes = outbox("admin_notes")
             try:
                 moved, kept = log.repair(note="the admin page")
-                st.session_state.admin_note = f"Moved {moved} broken record(s) into {kept}; they are kept there as they were."
+                notes.append(f"Moved {moved} broken record(s) into {kept}; they are kept there as they were.")
             except (FeedbackError, OSError) as exc:
-                st.session_state.admin_note = failure_note(exc)
+                notes.append(failure_note(exc))
             st.rerun()
 
 tabs = st.tabs(["Review", "Statistics", "Export", "Retrain", "Versions"])

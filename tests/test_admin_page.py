@@ -270,6 +270,31 @@ def test_an_action_touches_the_ticked_row_only_and_leaves_nothing_ticked(many, h
     assert button(many, "Approve selected").disabled and [r.id for r in rows(home) if r.status == "approved"] == approved
 
 
+def test_a_rerun_asked_for_while_an_action_writes_neither_drops_its_note_nor_leaves_its_rows_ticked(many, home, monkeypatch):
+    from streamlit.runtime.scriptrunner_utils.script_run_context import get_script_run_ctx
+    from streamlit.runtime.scriptrunner_utils.script_requests import RerunData
+
+    from pages.admin_tabs import review
+
+    real = review.set_status
+
+    def slow_write(*args, **kwargs):  # as a 100,000-row log: the table's late message asks for a rerun meanwhile
+        written = real(*args, **kwargs)
+        get_script_run_ctx().script_requests.request_rerun(RerunData())
+        return written
+
+    monkeypatch.setattr(review, "set_status", slow_write)
+    first = shown_ids(many)[0]
+    edit(many, {0: {"select": True}})
+    click(many, "Approve selected (1)")
+    assert "Approved 1 row(s)." in shown(many.success)
+    assert button(many, "Approve selected").label == "Approve selected (0)"  # nothing left ticked for the next press
+    edit(many, {0: {"select": True}})
+    click(many, "Reject selected (1)")
+    assert [r.id for r in rows(home) if r.status == "approved"] == [first]  # the next action touched its own row only
+    assert len([r for r in rows(home) if r.status == "rejected"]) == 1
+
+
 def test_ticks_on_several_pages_add_up_by_id(many, home):
     page_one = shown_ids(many)
     edit(many, {0: {"select": True}})

@@ -1,4 +1,5 @@
-"""Table thumbnails and failure notes for the admin tabs (plain text for every page is pages/ui/text.py)."""
+"""Table thumbnails, failure notes and outcome boxes for the admin tabs (plain text for every page is
+pages/ui/text.py)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,28 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 
+import streamlit as st
+
 from captioner.feedback import FeedbackError
 from captioner.images import decode, read_file
+from pages.ui.text import plain
 
-FAILED = ("Not saved:", "Could not finish:")  # how a note that reports a failure starts
+FAILED = ("Not saved:", "Could not finish:", "Not changed:")  # how a note that reports a failure starts
+
+
+def outbox(name: str) -> list:
+    """A list in the session state that an action's outcome is appended to, in place. Assigning to the session
+    state is a point where Streamlit stops the script for a rerun queued meanwhile (the table's late message after
+    a click): an outcome assigned after a write of seconds was lost, and the rows acted on stayed ticked for the
+    next action. An append to a list already there is no such point."""
+    return st.session_state.setdefault(name, [])
+
+
+def show_notes(notes: list) -> None:
+    """Say each outcome once: a failure as an error, anything else as a success."""
+    while notes:
+        note = notes.pop(0)
+        (st.error if note.startswith(FAILED) else st.success)(plain(note))
 
 
 def failure_note(exc: FeedbackError | OSError) -> str:

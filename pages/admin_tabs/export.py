@@ -8,27 +8,28 @@ from pathlib import Path
 
 import streamlit as st
 
+from pages.admin_tabs._ui import outbox
 from pages.ui.text import plain
 from captioner.export import ExportError, export
 from captioner.feedback import FeedbackError, FeedbackLog
 
 
 def render(log: FeedbackLog, data_dir: Path) -> None:
-    state = st.session_state
     fmt = st.radio("Format", ["hf", "jsonl"], horizontal=True,
                    format_func={"hf": "Hugging Face dataset (captions, Q&A and styled captions apart)", "jsonl": "JSONL"}.get)  # fmt: skip
+    done = outbox("exports_done")  # a minute's export: no click meanwhile may drop what it made
     if st.button("Export approved rows"):
         target = data_dir / "exports" / f"{time.strftime('%Y%m%d-%H%M%S')}-{fmt}"
         try:
             report = export(log, target, fmt)
             archive = shutil.make_archive(str(target), "zip", target)
-            state.export_done = (report.count, report.by_config, report.skipped, str(target), archive)
+            done[:] = [(report.count, report.by_config, report.skipped, str(target), archive)]
         except (ExportError, FeedbackError) as exc:
             st.error(plain(str(exc)))
         except OSError as exc:  # a full or read-only data folder
             st.error(plain(f"The export could not be written to {target}: {exc.strerror or exc}"))
-    if state.get("export_done"):
-        count, by_config, skipped, target, archive = state.export_done
+    if done:
+        count, by_config, skipped, target, archive = done[-1]
         parts = ", ".join(f"{config}: {n}" for config, n in by_config.items())
         st.success(plain(f"Exported {count} approved rows to {target} ({parts})"))
         if skipped:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from pages.admin_tabs._ui import FAILED, failure_note, thumbnails
-from pages.ui.text import plain
+from pages.admin_tabs._ui import failure_note, outbox, show_notes, thumbnails
 from captioner.feedback import STATUSES, TASKS, FeedbackError, FeedbackLog, FeedbackRow
 from captioner.feedback_snapshot import Snapshot
 from captioner.review import (
@@ -89,7 +88,7 @@ def _pager(number: int, pages: int) -> None:
 
 
 def _actions(log: FeedbackLog, selection: Selection, on_page: set[str], reviewer: str) -> None:
-    state = st.session_state
+    notes = outbox("admin_notes")
     chosen, edits = set(selection.ids), dict(selection.edits)
     hidden = len(chosen - on_page)
     st.caption(f"{len(chosen)} selected" + (f" ({hidden} not on this page)" if hidden else "") + f" · {len(edits)} correction(s) edited")
@@ -108,12 +107,12 @@ def _actions(log: FeedbackLog, selection: Selection, on_page: set[str], reviewer
     }  # fmt: skip
     for column, (label, disabled, acted_on, act) in actions.items():
         if column.button(label, disabled=disabled):
-            try:
-                state.admin_note = act()  # on disk (atomic rewrite under the lock) before the page says so
+            try:  # no Streamlit call from the write to the append: nothing can stop the script in between
+                note = act()  # on disk (atomic rewrite under the lock) before the page says so
                 selection.done(acted_on)  # nothing stays ticked, on any page; edits of rows not acted on stay
             except (FeedbackError, OSError) as exc:
-                state.admin_note = failure_note(exc)
+                note = failure_note(exc)
+            if note:
+                notes.append(note)
             st.rerun()
-    if state.get("admin_note"):
-        note = state.pop("admin_note")
-        (st.error if note.startswith(FAILED) else st.success)(plain(note))
+    show_notes(notes)

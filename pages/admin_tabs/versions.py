@@ -5,13 +5,13 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from pages.admin_tabs._ui import outbox, show_notes
 from pages.ui.text import plain
 from captioner import golive, registry
 from captioner.settings import Settings
 
 
 def render(config: Settings) -> None:
-    state = st.session_state
     pointer = registry.active_state(config.models_dir)
     live = pointer.version
     found = registry.list_versions(config.models_dir)
@@ -33,14 +33,13 @@ def render(config: Settings) -> None:
     make_live, back = st.columns(2)
     activate = make_live.button(f"Activate {pick}")
     roll_back = bool(live) and back.button("Roll back")
+    notes = outbox("version_notes")
     if activate or roll_back:
-        try:
+        try:  # seconds of checking the version: its outcome goes into the outbox, which no rerun can drop
             target = pick if activate else registry.previous_version(config.models_dir) or "default"
             golive.activate_checked(config, None if target == "default" else target, rollback=not activate)
-            state.version_note = f"{target if target != 'default' else 'The default model'} is live; every session's next caption uses it."
+            notes.append(f"{target if target != 'default' else 'The default model'} is live; every session's next caption uses it.")
         except registry.RegistryError as exc:
-            state.version_note = f"Not changed: {exc}"
+            notes.append(f"Not changed: {exc}")
         st.rerun()
-    if state.get("version_note"):
-        note = state.pop("version_note")
-        (st.error if note.startswith("Not changed") else st.success)(plain(note))
+    show_notes(notes)
