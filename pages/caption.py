@@ -4,7 +4,6 @@ from pages import inside_the_app
 
 inside_the_app()  # first: a deep link on a fresh server is rerun inside the app before this page loads anything
 
-import hashlib
 import random
 
 import streamlit as st
@@ -89,28 +88,26 @@ def log_feedback(result: CaptionResult, correction: str, key: str) -> None:
         state.saved[key] = ("error", f"Not saved: {plain(exc)}", None)
         return
     kind = "Confirmation" if row.is_confirmation else "Correction"
-    state.saved[key] = ("success", f"{kind} saved." if created else f"{kind} already saved; nothing added.", row.correction)
+    said = f"{kind} saved." if created else f"{kind} already in the log (saved before, here or in another session); nothing added."
+    state.saved[key] = ("success", said, row.correction)
     if not row.is_confirmation:  # look-alikes whose caption this session's person already confirmed or fixed are left out
         unsettled = [r for r in results if r.ok and saved_text(r) is None]
         fix_similar.offer(key, row, result, unsettled, loaded, options)
 
 
-def result_key_of(result: CaptionResult) -> str:
-    """The key of a result's widgets and saved notices: its image, name and caption."""
-    return hashlib.sha1(f"{result.source.sha256}|{result.name}|{result.caption}".encode()).hexdigest()[:16]
-
-
 def saved_text(result: CaptionResult) -> str | None:
     """The caption text this session logged for the result (a correction, or the caption confirmed), if any."""
-    saved = state.saved.get(result_key_of(result)) if result.ok else None
+    saved = state.saved.get(kept.card_key(result)) if result.ok else None
     return saved[2] if saved and saved[0] == "success" else None
 
 
+for key, text in (state.pop("caption_box_updates", None) or {}).items():  # a look-alike fixed from another card:
+    state[f"edit-{key}"] = text  # its own box shows the fix (set before the box is made in this run)
 for result in results:
     if not result.ok:
         st.error(f"{plain(result.name)}: {plain(result.error)}")
         continue
-    key = result_key_of(result)
+    key = kept.card_key(result)
     with st.container(border=True):
         picture, text = st.columns([1, 2])
         picture.image(result.thumbnail, caption=plain(result.name))
@@ -122,7 +119,9 @@ for result in results:
         save, confirm, similar = text.columns(3)
         if save.button("Save correction", key=f"save-{key}", type="primary"):
             log_feedback(result, edited, key)
-        if confirm.button("Looks right", key=f"ok-{key}"):
+        fixed = saved_text(result) not in (None, result.caption)  # confirming now would log the wrong caption over it
+        if confirm.button("Looks right", key=f"ok-{key}", disabled=fixed,
+                          help="A correction is saved: change the text and press Save correction" if fixed else None):
             log_feedback(result, result.caption, key)
         if similar.button("Find similar", key=f"similar-{key}"):
             state.search_query, state.search_mode = result.source, "Captioned image"
@@ -138,7 +137,7 @@ for result in results:
 
 rows = [
     {"path": r.name, "caption": r.caption, "score": r.score, "error": r.error, "correction": saved_text(r),
-     **(styles.styled_column(r, style, rewriter, result_key_of(r)) if r.ok else {})}
+     **(styles.styled_column(r, style, rewriter, kept.card_key(r)) if r.ok else {})}
     for r in results
 ]  # fmt: skip
 csv_button, jsonl_button = st.columns(2)

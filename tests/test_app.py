@@ -81,7 +81,7 @@ def test_pressing_save_twice_logs_one_row(app, home):
     app.run()
     app.run()  # a plain rerun writes nothing either
     assert len(rows(home)) == 1
-    assert "already saved" in app.success[0].value
+    assert "already in the log" in app.success[0].value
 
 
 def test_a_bad_file_gets_one_error_and_the_others_still_caption(app, home):

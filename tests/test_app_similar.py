@@ -1,5 +1,6 @@
 """The caption page's fix-similar in AppTest, and data shown as plain text on the caption and search pages."""
 
+import json
 import html
 import re
 
@@ -38,7 +39,7 @@ def click(app, label, index=0):
     assert not app.exception, app.exception
 
 
-def test_confirming_one_look_alike_on_the_caption_page_writes_exactly_one_linked_row(app, home):
+def test_confirming_one_look_alike_on_the_caption_page_writes_exactly_one_linked_row(app, home, monkeypatch):
     files = [("corrected.png", shape_png(*CORRECTED)), ("look-alike.png", shape_png(*LOOK_ALIKE)),
              ("triangle.png", shape_png(*REAL_TRIANGLE))]  # fmt: skip
     app.file_uploader[0].set_value([(name, data, "image/png") for name, data in files]).run()
@@ -57,6 +58,17 @@ def test_confirming_one_look_alike_on_the_caption_page_writes_exactly_one_linked
     assert (linked.linked_to, linked.model_output, linked.correction) == (original.id, WRONG, RIGHT)
     assert (home / "data" / linked.image_path).read_bytes() == files[1][1]
     assert not [b for b in app.button if b.label == "Apply the fix"]  # confirmed: no second press to make
+    assert [t.value for t in app.text_area][:2] == [RIGHT, RIGHT]  # the look-alike's own card shows its fix
+    assert "Fixed like your correction of a look-alike (Apply the fix)." in [s.value for s in app.success]
+    looks_right = [b for b in app.button if b.label == "Looks right"]
+    assert looks_right[0].disabled and looks_right[1].disabled and not looks_right[2].disabled  # no confirming over it
+    import captioner.caption
+
+    offered = {}
+    real = captioner.caption.format_captions
+    monkeypatch.setattr(captioner.caption, "format_captions", lambda rows, fmt, **kw: offered.setdefault(fmt, real(rows, fmt, **kw)))
+    app.run()  # what the page hands its download button now
+    assert [json.loads(line)["correction"] for line in offered["jsonl"].splitlines()] == [RIGHT, RIGHT, None]
 
 
 def test_a_markdown_file_name_shows_literally_on_the_caption_pages_error_line(app):

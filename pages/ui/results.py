@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections import Counter
 
 from captioner.caption import CaptionResult
@@ -15,6 +16,11 @@ KEPT_PER_IMAGE = 3
 
 def image_key(item: ImageInput) -> tuple[str, str]:
     return item.sha256, item.name
+
+
+def card_key(result: CaptionResult) -> str:
+    """The key of a result's widgets and saved notices on the caption page: its image, name and caption."""
+    return hashlib.sha1(f"{result.source.sha256}|{result.name}|{result.caption}".encode()).hexdigest()[:16]
 
 
 def remember(captions: dict, thumbnails: dict, key, item: ImageInput, result: CaptionResult) -> CaptionResult:

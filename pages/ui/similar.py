@@ -13,6 +13,7 @@ from captioner.models import LoadedModel
 from captioner.options import GenerationOptions
 from captioner.similar import Candidate, confirm, find_similar
 from pages.ui import shared
+from pages.ui.results import card_key
 from pages.ui.text import plain
 
 state = st.session_state
@@ -70,8 +71,12 @@ def show(key: str, column, options: GenerationOptions) -> None:
 def _confirm(original: FeedbackRow, candidate: Candidate, options: GenerationOptions, fix_key: str) -> None:
     """Write the linked row to disk first; only then say it was saved."""
     try:
-        _, created = confirm(shared.feedback_log(), candidate, original, options)
+        row, created = confirm(shared.feedback_log(), candidate, original, options)
     except (FeedbackError, OSError) as exc:
         state.similar_saved[fix_key] = ("error", f"Not saved: {plain(exc)}")
         return
     state.similar_saved[fix_key] = ("success", "Fix saved, linked to your correction." if created else "Already saved; nothing added.")
+    if candidate.origin == "session":  # its own card says it is fixed, shows the fix, and its download carries it
+        key = card_key(candidate.result)
+        state.saved[key] = ("success", "Fixed like your correction of a look-alike (Apply the fix).", row.correction)
+        state.setdefault("caption_box_updates", {})[key] = row.correction
