@@ -26,7 +26,7 @@ def render(config: Settings) -> None:
         "version": v.name, "live": "●" if v.name == live else "", "created": v.created, "base": v.base,
         "rows used": v.rows_used, "exact before": v.heldout[0].get("exact_match"), "exact after": v.heldout[1].get("exact_match"),
         "new concepts before": v.new_concepts.get("before"), "new concepts after": v.new_concepts.get("after"),
-        "trained on, too few to judge": ", ".join(f"{c} ({n})" for c, n in (v.new_concepts.get("trained_only") or {}).items()),
+        "trained on, too few to judge": _few(v.new_concepts.get("trained_only") or {}),
         "old knowledge before": v.old_knowledge.get("before"), "old knowledge after": v.old_knowledge.get("after"),
     } for v in found]), hide_index=True)  # fmt: skip
     pick = st.selectbox("Version", [v.name for v in found][::-1])
@@ -43,3 +43,10 @@ def render(config: Settings) -> None:
             notes.append(f"Not changed: {exc}")
         st.rerun()
     show_notes(notes)
+
+
+def _few(concepts: dict, shown: int = 8) -> str:
+    """The concepts trained on but too rare to judge, most rows first; a long tail (a log of one-off names) counted."""
+    ranked = sorted(concepts.items(), key=lambda pair: -pair[1])
+    text = ", ".join(f"{concept} ({rows})" for concept, rows in ranked[:shown])
+    return text + (f" and {len(ranked) - shown} more" if len(ranked) > shown else "")
