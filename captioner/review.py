@@ -2,7 +2,8 @@
 
 Filtering and sorting work on the log's cached snapshot and are remembered per snapshot, so paging through
 100,000 rows costs the slice of one page. Every edit is one atomic rewrite under the log's lock and touches
-exactly the ids it is given.
+exactly the ids it is given; given what the admin saw of them (as_seen), only those still as seen: a row another
+session reviewed, edited or deleted meanwhile is left as it is, never overridden unseen.
 """
 
 from __future__ import annotations
@@ -195,13 +196,18 @@ class Selection:
     generation: int = 0
     shown_key: str = ""  # the table last shown, and its rows as it showed them: (id, ticked, correction, logged)
     shown: tuple[tuple[str, bool, str, str], ...] = ()
+    seen: dict[str, tuple] = field(default_factory=dict)  # as_seen() of the rows on the last table, and of ticked ones
+    before: dict[str, tuple] = field(default_factory=dict)  # ... as of the table the admin acted on (the run before)
 
     def table_key(self, rows: list[FeedbackRow]) -> str:
         digest = hashlib.blake2b("\n".join(row.id for row in rows).encode(), digest_size=8).hexdigest()
         return f"review-{self.generation}-{digest}"
 
     def show(self, key: str, rows: list[FeedbackRow]) -> None:
-        """Remember the table about to be shown under key, as this selection lays it out."""
+        """Remember the table about to be shown under key, as this selection lays it out, and what the admin saw of
+        its rows and of the ticked ones (a press in this run was made on the table of the run before)."""
+        self.before = self.seen
+        self.seen = {i: v for i, v in self.seen.items() if i in self.ids or i in self.edits} | {r.id: as_seen(r) for r in rows}
         self.shown_key = key
         self.shown = tuple((row.id, row.id in self.ids, self.edits.get(row.id, row.correction), row.correction) for row in rows)
 
@@ -244,9 +250,35 @@ class Selection:
         self.shown_key, self.shown = "", ()
 
 
-def set_status(log: FeedbackLog, ids: set[str], status: str, reviewer: str, corrections: dict[str, str] | None = None) -> int:
+def as_seen(row: FeedbackRow) -> tuple[str, str, str]:
+    """What an action needs unchanged since the admin saw a row: its status, correction and last review."""
+    return row.status, row.correction, row.reviewed_at
+
+
+def changed_since(snapshot: Snapshot, ids: set[str], seen: dict[str, tuple]) -> dict[str, str]:
+    """Of these ids, those another session changed or deleted since the admin saw them, each with what it is now."""
+    now = {row.id: row for row in snapshot.rows if row.id in ids}
+    changed = {}
+    for row_id in ids:
+        row = now.get(row_id)
+        if row is None:
+            changed[row_id] = "deleted"
+        elif row_id in seen and as_seen(row) != seen[row_id]:
+            changed[row_id] = f"now {row.status}" + (f", changed by {row.reviewer}" if row.reviewer else "")
+    return changed
+
+
+def _unchanged(row: FeedbackRow, seen: dict[str, tuple] | None) -> bool:
+    return seen is None or row.id not in seen or as_seen(row) == seen[row.id]
+
+
+def set_status(
+    log: FeedbackLog, ids: set[str], status: str, reviewer: str, corrections: dict[str, str] | None = None,
+    seen: dict[str, tuple] | None = None,
+) -> int:  # fmt: skip
     """Approve or reject (or reopen) rows by id, with the corrections typed for any of them (by id) in the same
-    atomic rewrite, so an approved row carries the text the admin typed; returns how many rows changed."""
+    atomic rewrite, so an approved row carries the text the admin typed; only rows still as seen (when given).
+    Returns how many rows changed."""
     if status not in STATUSES:
         raise FeedbackError(f"status {status!r} is not one of {', '.join(STATUSES)}")
     check_text("reviewer name", reviewer)
@@ -259,7 +291,7 @@ def set_status(log: FeedbackLog, ids: set[str], status: str, reviewer: str, corr
         out = []
         for row in rows:
             text = tidy_correction(row.task, typed[row.id], row.model_output) if row.id in typed else row.correction
-            if row.id in ids and (row.status != status or text != row.correction):
+            if row.id in ids and _unchanged(row, seen) and (row.status != status or text != row.correction):
                 row = row._replace(status=status, correction=text, reviewed_at=moment, reviewer=reviewer)
                 changed.append(row.id)
             out.append(row)
@@ -269,8 +301,8 @@ def set_status(log: FeedbackLog, ids: set[str], status: str, reviewer: str, corr
     return len(changed)
 
 
-def edit_corrections(log: FeedbackLog, corrections: dict[str, str], reviewer: str) -> int:
-    """Replace the correction text of rows by id; returns how many changed."""
+def edit_corrections(log: FeedbackLog, corrections: dict[str, str], reviewer: str, seen: dict[str, tuple] | None = None) -> int:
+    """Replace the correction text of rows by id (only rows still as seen, when given); returns how many changed."""
     for text in corrections.values():
         check_text("correction", text, allow_empty=False)
     check_text("reviewer name", reviewer)
@@ -280,7 +312,7 @@ def edit_corrections(log: FeedbackLog, corrections: dict[str, str], reviewer: st
         out = []
         for row in rows:
             text = tidy_correction(row.task, corrections[row.id], row.model_output) if row.id in corrections else None
-            if text is not None and text != row.correction:
+            if text is not None and text != row.correction and _unchanged(row, seen):
                 row = row._replace(correction=text, reviewed_at=moment, reviewer=reviewer)
                 changed.append(row.id)
             out.append(row)
@@ -290,14 +322,15 @@ def edit_corrections(log: FeedbackLog, corrections: dict[str, str], reviewer: st
     return len(changed)
 
 
-def delete_rows(log: FeedbackLog, ids: set[str]) -> int:
-    """Remove rows by id (their stored images stay: other rows may share them); returns how many went."""
+def delete_rows(log: FeedbackLog, ids: set[str], seen: dict[str, tuple] | None = None) -> int:
+    """Remove rows by id (only rows still as seen, when given; their stored images stay: other rows may share
+    them); returns how many went."""
     ids, gone = set(ids), []
 
     def transform(rows):
         kept = []
         for row in rows:
-            (gone.append(row.id) if row.id in ids else kept.append(row))
+            (gone.append(row.id) if row.id in ids and _unchanged(row, seen) else kept.append(row))
         return kept
 
     log.rewrite(transform)

@@ -295,6 +295,21 @@ def test_a_rerun_asked_for_while_an_action_writes_neither_drops_its_note_nor_lea
     assert len([r for r in rows(home) if r.status == "rejected"]) == 1
 
 
+def test_a_row_another_session_reviewed_since_you_saw_it_is_left_as_they_made_it(many, home):
+    other = login(start_app("pages/admin.py"))  # a second admin, on the same log
+    target = shown_ids(many)[0]
+    edit(many, {0: {"select": True}})
+    edit(other, {0: {"select": True}, 1: {"select": True}})
+    click(many, "Approve selected (1)")
+    click(other, "Reject selected (2)")
+    status = {r.id: r.status for r in rows(home)}
+    assert status[target] == "approved"  # the first admin's approval stands; the second's reject took only the other row
+    assert sorted(status.values()).count("rejected") == 1
+    [note] = shown(other.success)
+    assert note.startswith("Rejected 1 row(s).") and "1 row(s) changed in another session since you saw them" in note
+    assert "now approved, changed by admin" in note
+
+
 def test_ticks_on_several_pages_add_up_by_id(many, home):
     page_one = shown_ids(many)
     edit(many, {0: {"select": True}})

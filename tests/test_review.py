@@ -82,6 +82,26 @@ def test_actions_touch_exactly_the_ids_given(tmp_path):
     assert statistics(log.read()[0])["by_status"] == {"pending": 47, "approved": 2, "rejected": 0}
 
 
+def test_given_what_the_admin_saw_an_action_leaves_rows_changed_since_as_they_are(tmp_path):
+    from captioner.review import as_seen, changed_since, edit_corrections
+
+    log = FeedbackLog(tmp_path)
+    log.append(make_rows(4))
+    seen = {row.id: as_seen(row) for row in log.read()[0]}  # the admin's table
+    set_status(log, {"row-000001"}, "approved", "bob")  # another session, meanwhile
+    edit_corrections(log, {"row-000002": "bob's words"}, "bob")
+    delete_rows(log, {"row-000003"})
+    ids = {"row-000000", "row-000001", "row-000002", "row-000003"}
+    assert changed_since(log.snapshot(), ids, seen) == {
+        "row-000001": "now approved, changed by bob", "row-000002": "now pending, changed by bob", "row-000003": "deleted",
+    }  # fmt: skip
+    assert set_status(log, ids, "rejected", "ann", seen=seen) == 1  # only the row still as ann saw it
+    assert edit_corrections(log, {"row-000002": "ann's words"}, "ann", seen=seen) == 0
+    assert delete_rows(log, {"row-000001"}, seen=seen) == 0
+    now = {row.id: (row.status, row.correction) for row in log.read()[0]}
+    assert now["row-000001"][0] == "approved" and now["row-000002"][1] == "bob's words" and now["row-000000"][0] == "rejected"
+
+
 def test_the_correction_rate_counts_caption_rows_only():
     rows = make_rows(30)  # every tenth row is a Q&A answer, which another model gave
     rows[1] = rows[1]._replace(correction=rows[1].model_output)  # one confirmation, by v1

@@ -9,7 +9,8 @@ from pages.admin_tabs._ui import failure_note, outbox, show_notes, thumbnails
 from captioner.feedback import STATUSES, TASKS, FeedbackError, FeedbackLog, FeedbackRow
 from captioner.feedback_snapshot import Snapshot
 from captioner.review import (
-    PAGE_SIZES, SORTS, Filters, Selection, delete_rows, edit_corrections, model_versions, page_of, set_status,
+    PAGE_SIZES, SORTS, Filters, Selection, changed_since, delete_rows, edit_corrections, model_versions, page_of,
+    set_status,
 )  # fmt: skip
 
 COLUMNS = ["select", "image", "task", "prompt", "model_output", "correction", "status", "score", "model_version",
@@ -43,7 +44,7 @@ def render(log: FeedbackLog, snapshot: Snapshot) -> None:
     )  # fmt: skip
     selection.take(page.rows, [bool(v) for v in edited["select"]], ["" if v is None else str(v) for v in edited["correction"]])
     _pager(page.number, page.pages)
-    _actions(log, selection, {row.id for row in page.rows}, reviewer)
+    _actions(log, snapshot, selection, {row.id for row in page.rows}, reviewer)
 
 
 def _filter_controls(snapshot: Snapshot) -> tuple[Filters, str, int]:
@@ -87,9 +88,9 @@ def _pager(number: int, pages: int) -> None:
     forward.button("Next page →", disabled=number >= pages, on_click=go, args=(number + 1,))
 
 
-def _actions(log: FeedbackLog, selection: Selection, on_page: set[str], reviewer: str) -> None:
+def _actions(log: FeedbackLog, snapshot: Snapshot, selection: Selection, on_page: set[str], reviewer: str) -> None:
     notes = outbox("admin_notes")
-    chosen, edits = set(selection.ids), dict(selection.edits)
+    chosen, edits, seen = set(selection.ids), dict(selection.edits), dict(selection.before)
     hidden = len(chosen - on_page)
     st.caption(f"{len(chosen)} selected" + (f" ({hidden} not on this page)" if hidden else "") + f" · {len(edits)} correction(s) edited")
     typed = len(chosen & set(edits))  # an approval or rejection takes the corrections typed in its rows with it
@@ -97,21 +98,25 @@ def _actions(log: FeedbackLog, selection: Selection, on_page: set[str], reviewer
     approve, reject, delete, save, clear = st.columns(5)
     actions = {
         approve: (f"Approve selected ({len(chosen)})", not chosen, chosen,
-                  lambda: f"Approved {set_status(log, chosen, 'approved', reviewer, edits)} row(s){with_typed}."),
+                  lambda: f"Approved {set_status(log, chosen, 'approved', reviewer, edits, seen)} row(s){with_typed}."),
         reject: (f"Reject selected ({len(chosen)})", not chosen, chosen,
-                 lambda: f"Rejected {set_status(log, chosen, 'rejected', reviewer, edits)} row(s){with_typed}."),
-        delete: (f"Delete selected ({len(chosen)})", not chosen, chosen, lambda: f"Deleted {delete_rows(log, chosen)} row(s)."),
+                 lambda: f"Rejected {set_status(log, chosen, 'rejected', reviewer, edits, seen)} row(s){with_typed}."),
+        delete: (f"Delete selected ({len(chosen)})", not chosen, chosen, lambda: f"Deleted {delete_rows(log, chosen, seen)} row(s)."),
         save: (f"Save edits ({len(edits)})", not edits, set(edits),
-               lambda: f"Saved {edit_corrections(log, edits, reviewer)} correction(s)."),
+               lambda: f"Saved {edit_corrections(log, edits, reviewer, seen)} correction(s)."),
         clear: ("Clear selection", not chosen and not edits, chosen | set(edits), lambda: None),
     }  # fmt: skip
     for column, (label, disabled, acted_on, act) in actions.items():
         if column.button(label, disabled=disabled):
+            others = changed_since(snapshot, acted_on, seen) if act is not actions[clear][3] else {}
             try:  # no Streamlit call from the write to the append: nothing can stop the script in between
                 note = act()  # on disk (atomic rewrite under the lock) before the page says so
                 selection.done(acted_on)  # nothing stays ticked, on any page; edits of rows not acted on stay
             except (FeedbackError, OSError) as exc:
                 note = failure_note(exc)
+            if note and others:  # another session got there first: theirs stands, and the admin is told
+                note += (f" {len(others)} row(s) changed in another session since you saw them were left as they are "
+                         f"({', '.join(sorted(set(others.values())))}): look at them again.")  # fmt: skip
             if note:
                 notes.append(note)
             st.rerun()
