@@ -165,6 +165,7 @@ def test_hot_swap_changes_the_next_captions_version_and_a_broken_one_is_refused(
     registry.activate(home / "models", "v0002")
     app.run()
     assert caption_version(app) == "v0002" and app.text_area[0].value == "a red circle"
+    assert "**Captioning:** `v0002 (fine-tuned, from models/)`" in [m.value for m in app.sidebar.markdown]
     make_version(home, "v0003")
     (home / "models" / "v0003" / "model.safetensors").write_bytes(b"not a model")
     registry.activate(home / "models", "v0003")

@@ -132,7 +132,8 @@ def sidebar_models() -> None:
     loaded = served.model
     with st.sidebar:
         st.subheader("Live models")
-        st.markdown(f"**Captioning:** `{loaded.name}`")
+        shown = f"{loaded.version} (fine-tuned, from models/)" if loaded.spec.source == "version" else loaded.name
+        st.markdown(f"**Captioning:** `{shown}`")  # a version served as `active` by its own name
         st.caption(f"version {loaded.version} · {loaded.device.type} · {str(loaded.dtype).removeprefix('torch.')}")
     show_fallback(served)
 
