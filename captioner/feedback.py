@@ -168,7 +168,8 @@ class FeedbackLog:
                 return []
             header = format_lines([], header=True)[0].encode() if created else b""
             lines = [line.encode("utf-8") for line in format_lines(fresh)]
-            prefix = b"" if created else record_closer(self._bytes_from(whole_to))  # a torn record stays its own
+            torn = not created and whole_to < state.size  # bytes the index never saw: maybe a record cut short
+            prefix = record_closer(self._bytes_from(whole_to)) if torn else b""  # which then stays its own
             offset = append_durably(self.csv_path, prefix + header + b"".join(lines)) + len(prefix) + len(header)
             if created:
                 fsync_dir(self.data_dir)

@@ -54,12 +54,16 @@ def _change(before: dict, after: dict) -> str:
 
 
 def default_served(settings: Settings) -> str:
-    """What serves when no version is live: the default model, or the demo captioner when that cannot be had (a hub
-    model offline and not cached; asked of the cache, nothing loaded)."""
+    """What serves when no version is live, by the loading policy's rule, asking the cache and loading nothing: the
+    default model; the demo captioner when it is a hub model that cannot be had; nothing when it names no model."""
     from ..models import ModelError, hub_kwargs, resolve_spec
 
     try:
-        hub_kwargs(resolve_spec(settings.caption_model, "caption", settings))
+        spec = resolve_spec(settings.caption_model, "caption", settings)
+    except ModelError as exc:  # as loading._demo_instead: only a hub model gives way to the demo
+        return f"nothing can serve ({exc})"
+    try:
+        hub_kwargs(spec)
     except ModelError as exc:
         return f"the demo captioner ({exc})"
     return f"default model: {settings.caption_model}"
