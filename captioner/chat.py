@@ -97,6 +97,14 @@ def answer(
     return AnswerStream(_as_chat_errors(tokens, loaded.name), loaded.name, loaded.version, notices, stop=tokens.close)
 
 
+def same_again(loaded: LoadedModel) -> str:
+    """What to say when Regenerate's new draw is the very answer it replaced."""
+    if loaded.family == ENDPOINT_FAMILY:
+        return ("The same answer came again: the model is sure of it, or its server does not sample "
+                "(it gives its likeliest words whatever temperature is asked for).")  # fmt: skip
+    return "The same answer came again: the model is sure of it (Regenerate draws among its likeliest words)."
+
+
 def _as_chat_errors(chunks, name: str) -> Iterator[str]:
     try:
         yield from chunks

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import re
 import threading
 from typing import Iterator
@@ -15,6 +16,10 @@ from PIL import Image
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 PREFIX = "openai:"
 IMAGE_SIDE = 768  # the longest side sent to a server: plenty for a vision-language model, a small request
+# What a sampled request (Regenerate) adds: `transformers serve` takes do_sample from the model's generation config
+# and only ever turns it off (temperature 0), so a model whose config does not sample answers a temperature of 0.7
+# with its likeliest words, the same answer every time. Other servers ignore the field, or refuse it once (below).
+SAMPLE_FIELDS = {"generation_config": json.dumps({"do_sample": True})}
 
 
 class EndpointError(RuntimeError):
@@ -42,6 +47,7 @@ class Endpoint:
         self.model, self.base_url, self.api_key, self.timeout = model, base_url.rstrip("/"), api_key, timeout
         self._client = None
         self._lock = threading.Lock()
+        self.takes_sample_fields = True  # until the server refuses SAMPLE_FIELDS (OpenAI's API refuses what it lacks)
 
     @property
     def host(self) -> str:
@@ -171,9 +177,7 @@ class Reply:
         try:
             if self.closed:
                 return
-            self.response = self.endpoint.client().chat.completions.create(
-                model=self.endpoint.model, messages=self.messages, stream=True, **self.options
-            )
+            self.response = self._create()
             finished = None
             for event in self.response:
                 for choice in event.choices or []:
@@ -189,6 +193,28 @@ class Reply:
             raise self.endpoint.failed(exc) from None
         finally:
             self.close()
+
+    def _create(self):
+        """The streamed request; a sampled one carries SAMPLE_FIELDS until the server refuses them (a 400 or 422 that is
+        not about the conversation's length), then is sent again without, as every later one is."""
+        import openai
+
+        def send(extra: dict | None):
+            return self.endpoint.client().chat.completions.create(
+                model=self.endpoint.model, messages=self.messages, stream=True, extra_body=extra, **self.options
+            )
+
+        if self.options["temperature"] <= 0 or not self.endpoint.takes_sample_fields:
+            return send(None)
+        try:
+            return send(SAMPLE_FIELDS)
+        except openai.APIStatusError as exc:
+            refused = self.endpoint.failed(exc)  # fresh connections: some servers reset theirs after an error
+            if exc.status_code not in (400, 422) or refused.too_long:
+                raise refused from None
+        response = send(None)  # fails on its own if the request was wrong for another reason
+        self.endpoint.takes_sample_fields = False
+        return response
 
     def close(self) -> None:
         self.closed = True

@@ -9,7 +9,7 @@ from collections import Counter
 
 import streamlit as st
 
-from captioner.chat import ChatError, Turn, answer
+from captioner.chat import ChatError, Turn, answer, same_again
 from captioner.feedback import FeedbackError
 from captioner.images import UPLOAD_TYPES, ImageError, ImageInput, decode
 from pages.ui import shared
@@ -48,13 +48,15 @@ st.image(picture.image, caption=plain(source.name), width=280)
 history: list[Turn] = state.chats.setdefault(source.sha256, [])
 
 
-def ask(question: str, earlier: list[Turn], sample: bool = False) -> None:
-    """Stream one answer onto the page, then keep the turn in this image's history."""
+def ask(question: str, earlier: list[Turn], replacing: Turn | None = None) -> None:
+    """Stream one answer onto the page, then keep the turn in this image's history; replacing: the turn Regenerate
+    draws again (sampled, not the likeliest answer)."""
     with st.chat_message("user"):
         st.text(question)
     with st.chat_message("assistant"):
         try:
-            with answer(loaded, picture.image, earlier, question, sample=sample) as stream:  # a rerun frees the model
+            drawn = replacing is not None
+            with answer(loaded, picture.image, earlier, question, sample=drawn) as stream:  # a rerun frees the model
                 for notice in stream.notices:
                     st.info(plain(notice))
                 slot = st.empty()
@@ -64,6 +66,8 @@ def ask(question: str, earlier: list[Turn], sample: bool = False) -> None:
             st.error(plain(exc))
             return
     state.chats[source.sha256] = [*earlier, stream.turn(question)]
+    if replacing is not None and stream.turn(question).answer == replacing.answer:  # said once, under the answer
+        state.chat_note = (source.sha256, same_again(loaded))
     st.rerun()
 
 
@@ -104,8 +108,11 @@ for index, turn in enumerate(history[:-1] if redrawing else history):
             if message:
                 (st.success if kind == "success" else st.error)(message)
 
+note = state.pop("chat_note", None)
 if redrawing:
-    ask(pending[1], history[:-1], sample=True)
+    ask(pending[1], history[:-1], replacing=history[-1])
+elif note and note[0] == source.sha256 and history:
+    st.info(plain(note[1]))
 regenerate, clear = st.columns(2)
 if history and regenerate.button("Regenerate the last answer"):
     state.chat_pending = (source.sha256, history[-1].question)

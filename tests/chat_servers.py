@@ -134,3 +134,53 @@ def broken_stream_server(mode: str, port: int = 0, posts: list | None = None):
     """A real HTTP server (on port, or a free one) listing model "m", whose streamed answers break (mode: cutoff
     or badjson); posts, when given, collects the path of each request it answered."""
     return serving(type("Broken", (_BrokenStream,), {"mode": mode, "posts": [] if posts is None else posts}), port)
+
+
+class _Strict(BaseHTTPRequestHandler):
+    """An OpenAI-compatible server that lists model "m", refuses any request field it does not know with 400 (as
+    OpenAI's API does: "Unrecognized request argument supplied: ..."), and otherwise streams a whole answer;
+    `bodies` collects every request body it was sent."""
+
+    protocol_version = "HTTP/1.1"
+    known = {"model", "messages", "stream", "max_completion_tokens", "max_tokens", "temperature", "top_p", "seed"}
+
+    def _send(self, status: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        self._send(200, {"object": "list", "data": [{"id": "m", "object": "model", "created": 0, "owned_by": "x"}]})
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+        self.bodies.append(body)
+        unknown = sorted(set(body) - self.known)
+        if unknown:
+            return self._send(400, {"error": {"message": f"Unrecognized request argument supplied: {', '.join(unknown)}",
+                                              "type": "invalid_request_error", "param": None, "code": None}})  # fmt: skip
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        said = "drawn" if body.get("temperature") else "likeliest"
+        for text, finish in ((said, None), (" answer", None), ("", "stop")):
+            chunk = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                     "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": finish}]}  # fmt: skip
+            event = f"data: {json.dumps(chunk)}\n\n".encode()
+            self.wfile.write(f"{len(event):x}\r\n".encode() + event + b"\r\n")
+        done = b"data: [DONE]\n\n"
+        self.wfile.write(f"{len(done):x}\r\n".encode() + done + b"\r\n0\r\n\r\n")
+        self.wfile.flush()
+
+    def log_message(self, *args):
+        pass
+
+
+def strict_server(bodies: list):
+    """A real HTTP server on a free port listing model "m" that refuses request fields it does not know (400), as
+    OpenAI's API does; bodies collects each request body."""
+    return serving(type("Strict", (_Strict,), {"bodies": bodies}))

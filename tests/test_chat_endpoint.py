@@ -15,7 +15,8 @@ from captioner.models import ModelError, load_chat_model, load_style_model
 from captioner.restyle import restyle, restyle_batch
 from captioner.styles import style_for
 from captioner.settings import Settings
-from chat_servers import broken_stream_server, closed_port_url, key_refusing_server, serving, silent_server, transformers_serve
+from chat_servers import (broken_stream_server, closed_port_url, key_refusing_server, serving, silent_server, strict_server,
+                          transformers_serve)  # fmt: skip
 from conftest import needs, run_cli, start_app
 from page_text import shown
 from test_chat_page import ask, conversation, with_image
@@ -62,6 +63,44 @@ def test_an_answer_streams_from_the_server_and_can_be_left_early(on_server):
     next(iter(early))
     early.close()  # the request ends; the server goes on serving
     assert answer(loaded, PICTURE, [], "and now?", max_new_tokens=6).read() == before
+
+
+def test_regenerate_draws_a_new_answer_from_transformers_serve(on_server):
+    """transformers serve takes do_sample from the model's generation config (the tiny LLaVA's, as most, does not
+    sample) and ignores a temperature above 0 unless the request asks for sampling as it understands it."""
+    settings, spec = on_server
+    loaded = load_chat_model(spec, settings)
+    likeliest = {answer(loaded, PICTURE, [], "what is it?", max_new_tokens=12).read() for _ in range(2)}
+    assert len(likeliest) == 1  # a first answer is the likeliest one, every time
+    drawn = [answer(loaded, PICTURE, [], "what is it?", max_new_tokens=12, sample=True).read() for _ in range(3)]
+    assert len(set(drawn)) == 3 and not likeliest & set(drawn), (likeliest, drawn)  # random weights: any draw differs
+    assert loaded.model.takes_sample_fields
+
+
+def test_a_server_that_refuses_the_sampling_field_answers_a_redraw_without_it_from_then_on(home, monkeypatch):
+    bodies = []
+    with strict_server(bodies) as url:
+        loaded = load_chat_model("openai:m", settings_for(monkeypatch, url))
+        bodies.clear()
+        assert answer(loaded, PICTURE, [], "what is it?").read() == "likeliest answer"
+        assert "generation_config" not in bodies[-1] and bodies[-1]["temperature"] == 0
+        assert answer(loaded, PICTURE, [], "what is it?", sample=True).read() == "drawn answer"
+        assert ["generation_config" in body for body in bodies[1:]] == [True, False]  # refused once, then sent without
+        assert answer(loaded, PICTURE, [], "what is it?", sample=True).read() == "drawn answer"
+        assert len(bodies) == 4 and "generation_config" not in bodies[-1] and bodies[-1]["temperature"] == 0.7
+
+
+def test_regenerate_on_the_chat_page_draws_a_new_answer_from_the_server(on_server, monkeypatch):
+    settings, spec = on_server
+    monkeypatch.setenv("CAPTIONER_QA_MODEL", spec)
+    app = start_app("pages/chat.py")
+    with_image(app)
+    ask(app, "what color is the shape?")
+    first = conversation(app)[1][1]
+    [b for b in app.button if b.label == "Regenerate the last answer"][0].click().run()
+    assert not app.exception, app.exception
+    assert conversation(app)[0] == ("user", "what color is the shape?") and len(conversation(app)) == 2
+    assert conversation(app)[1][1] != first and not any("same answer came again" in shown(i.value) for i in app.info)
 
 
 def test_ask_streams_an_answer_through_the_server(on_server, tmp_path):

@@ -49,7 +49,10 @@ def test_ask_two_turns_regenerate_and_clear(chat):
     assert conversation(chat)[2:] == [("user", "is it a circle?"), ("assistant", "yes")]
     [b for b in chat.button if b.label == "Regenerate the last answer"][0].click().run()
     assert [role for role, _ in conversation(chat)] == ["user", "assistant"] * 2
-    assert conversation(chat)[2][1] == "is it a circle?"
+    assert conversation(chat)[2:] == [("user", "is it a circle?"), ("assistant", "yes")]  # drawn again, the same:
+    assert any("The same answer came again: the model is sure of it" in shown(i.value) for i in chat.info)  # said so
+    chat.run()
+    assert not any("same answer came again" in shown(i.value) for i in chat.info)  # once, under the redrawn answer
     [b for b in chat.button if b.label == "Clear the conversation"][0].click().run()
     assert conversation(chat) == []
 
