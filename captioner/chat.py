@@ -117,18 +117,18 @@ def _as_chat_errors(chunks, name: str) -> Iterator[str]:
 def _endpoint_answer(loaded, image, history, question, max_new_tokens, sample) -> AnswerStream:
     """The whole conversation as messages, the image as a data URL in the first user turn; the answer streams.
     The server's context is unknown here: a conversation it refuses as too long is sent again without its older
-    half, until it fits (said in the turn's notices)."""
-    question = _check(image, question)
+    half, until it fits; a question alone too long for it, cut to half its length, until it fits (said in the
+    turn's notices, and the history keeps the question as it was sent)."""
+    whole = _check(image, question)
     notices = []
-    if len(question) > ENDPOINT_QUESTION_CHARS:
-        notices.append(f"The question was cut to its first {ENDPOINT_QUESTION_CHARS} characters (it had {len(question)}).")
-        question = question[:ENDPOINT_QUESTION_CHARS]
+    if len(whole) > ENDPOINT_QUESTION_CHARS:
+        notices.append(f"The question was cut to its first {ENDPOINT_QUESTION_CHARS} characters (it had {len(whole)}).")
     replies = []
 
     def chunks() -> Iterator[str]:
-        kept = list(history)
+        kept, asked = list(history), whole[:ENDPOINT_QUESTION_CHARS]
         while True:
-            messages = endpoint.conversation(image, [(t.question, t.answer) for t in kept], question)
+            messages = endpoint.conversation(image, [(t.question, t.answer) for t in kept], asked)
             replies.append(endpoint.stream_chat(loaded.model, messages, max_new_tokens, temperature=0.7 if sample else 0.0))
             said = False
             try:
@@ -137,15 +137,23 @@ def _endpoint_answer(loaded, image, history, question, max_new_tokens, sample) -
                     yield chunk
                 break
             except endpoint.EndpointError as exc:
-                if said or not kept or not exc.too_long:
+                if said or not exc.too_long or not (kept or len(asked) > 1):
                     raise
-                kept = kept[len(kept) // 2 + 1 :]  # the older half goes (and at least one turn)
+                if kept:
+                    kept = kept[len(kept) // 2 + 1 :]  # the older half goes (and at least one turn)
+                else:  # the question alone is too long: its second half goes
+                    asked = stream.asked = asked[: len(asked) // 2].rstrip() or asked[:1]
         if len(kept) < len(history):
             notices.append(f"The oldest {len(history) - len(kept)} turn(s) were left out to fit the model's context.")
+        if len(asked) < min(len(whole), ENDPOINT_QUESTION_CHARS):
+            notices[:] = [n for n in notices if not n.startswith("The question was cut")]
+            notices.append(f"The question was cut to its first {len(asked)} characters to fit the model's context "
+                           f"(it had {len(whole)}).")  # fmt: skip
 
-    return AnswerStream(_as_chat_errors(chunks(), loaded.name), loaded.name, loaded.version, notices,
-                        stop=lambda: replies[-1].close() if replies else None,
-                        asked=question)  # the history keeps what was sent: a cut question is not sent whole again  # fmt: skip
+    stream = AnswerStream(_as_chat_errors(chunks(), loaded.name), loaded.name, loaded.version, notices,
+                          stop=lambda: replies[-1].close() if replies else None,
+                          asked=whole[:ENDPOINT_QUESTION_CHARS])  # the history keeps what was sent  # fmt: skip
+    return stream
 
 
 def _tokenizer(loaded: LoadedModel):

@@ -265,6 +265,13 @@ def test_a_conversation_longer_than_the_servers_model_reads_drops_its_oldest_tur
     cut = answer(loaded, PICTURE, [], long_question)
     cut.close()  # not sent at all: the cut is made when it is asked
     assert len(cut.turn(long_question).question) == 8000  # the history keeps what was sent, not the whole text
+    asked = "why is the sky blue? " * 100  # some 1,400 tokens, alone, with no turn left to drop
+    stream = answer(loaded, PICTURE, [], asked, max_new_tokens=8)
+    assert stream.read() is not None  # answered, not "HTTP 400: The prompt has 1427 tokens"
+    turn = stream.turn(asked)
+    assert asked.startswith(turn.question) and len(turn.question) < 600 and len(turn.notices) == 1
+    assert turn.notices[0] == (f"The question was cut to its first {len(turn.question)} characters to fit the model's "
+                               f"context (it had {len(asked.strip())}).")  # fmt: skip
 
 
 def test_ask_whose_answer_breaks_off_keeps_the_part_on_its_own_line_and_exits_1(home, tmp_path):
