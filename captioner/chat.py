@@ -15,6 +15,7 @@ from .streaming import stream_generate
 VQA, BLIP2 = "BlipForQuestionAnswering", "Blip2ForConditionalGeneration"
 MAX_NEW_TOKENS = 64
 ENDPOINT_QUESTION_CHARS = 8000  # a server's context is unknown here: a generous cap, said when applied
+STOPPED = "The answer was stopped before it was complete."
 
 
 class ChatError(ValueError):
@@ -72,9 +73,11 @@ class AnswerStream:
             pass
         return self.text.strip()
 
-    def turn(self, question: str) -> "Turn":
-        """The finished exchange, for the history (with the question as the model got it)."""
-        return Turn(self.asked or question, self.text.strip(), self.model, self.model_version, tuple(self.notices))
+    def turn(self, question: str, stopped: bool = False) -> "Turn":
+        """The finished exchange, for the history (with the question as the model got it); stopped: the answer was
+        left before it was complete (what had come is kept, and its notices say so)."""
+        notices = (*self.notices, STOPPED) if stopped else tuple(self.notices)
+        return Turn(self.asked or question, self.text.strip(), self.model, self.model_version, notices)
 
 
 def answer(

@@ -9,7 +9,7 @@ from collections import Counter
 
 import streamlit as st
 
-from captioner.chat import ChatError, Turn, answer, same_again
+from captioner.chat import STOPPED, ChatError, Turn, answer, same_again
 from captioner.feedback import FeedbackError
 from captioner.images import UPLOAD_TYPES, ImageError, ImageInput, decode
 from pages.ui import shared
@@ -50,7 +50,16 @@ history: list[Turn] = state.chats.setdefault(source.sha256, [])
 
 def ask(question: str, earlier: list[Turn], replacing: Turn | None = None) -> None:
     """Stream one answer onto the page, then keep the turn in this image's history; replacing: the turn Regenerate
-    draws again (sampled, not the likeliest answer)."""
+    draws again (sampled, not the likeliest answer).
+
+    Until its answer is complete, a new question's turn is in the history as stopped, with what has come of its
+    answer: Stop, or a click or a question sent meanwhile, starts the next run at once, beside this one (Streamlit's
+    fast reruns), and that run shows the question and the answer as far as it came. A redraw cut short leaves the
+    answer it was to replace."""
+    chats = state.chats  # the session's own dict: once a run is stopped, every st call (state too) stops it again
+    kept = None if replacing is not None else [*earlier, Turn(question, "", loaded.name, loaded.version, (STOPPED,))]
+    if kept is not None:
+        chats[source.sha256] = kept
     with st.chat_message("user"):
         st.text(question)
     with st.chat_message("assistant"):
@@ -62,7 +71,11 @@ def ask(question: str, earlier: list[Turn], replacing: Turn | None = None) -> No
                 slot = st.empty()
                 for _ in stream:  # as text, never Markdown: a model's links, layout and HTML show as written
                     slot.text(stream.text, width="stretch")
+                    if kept is not None:  # what was shown, no more: the next call here raises once the run is stopped
+                        kept[-1] = stream.turn(question, stopped=True)
         except ChatError as exc:
+            if kept is not None:  # a question that failed is not kept (the error says why)
+                chats[source.sha256] = earlier
             st.error(plain(exc))
             return
     state.chats[source.sha256] = [*earlier, stream.turn(question)]

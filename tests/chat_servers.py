@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -184,3 +185,63 @@ def strict_server(bodies: list):
     """A real HTTP server on a free port listing model "m" that refuses request fields it does not know (400), as
     OpenAI's API does; bodies collects each request body."""
     return serving(type("Strict", (_Strict,), {"bodies": bodies}))
+
+
+class _SlowEcho(BaseHTTPRequestHandler):
+    """An OpenAI-compatible server that lists model "echo" and streams back, a word every `delay` seconds,
+    "you asked: <the last question> (<n> messages)", so a test can tell whose answer a page shows and what history
+    came with it; `asked` collects (last question, number of messages) of each streamed request, `left` the questions
+    whose reader went away before the answer was complete."""
+
+    protocol_version = "HTTP/1.1"
+
+    def _send(self, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _event(self, text: str | None, finish: str | None = None) -> None:
+        delta = {} if text is None else {"content": text}
+        chunk = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "echo",
+                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}  # fmt: skip
+        event = f"data: {json.dumps(chunk)}\n\n".encode()
+        self.wfile.write(f"{len(event):x}\r\n".encode() + event + b"\r\n")
+        self.wfile.flush()
+
+    def do_GET(self):
+        self._send({"object": "list", "data": [{"id": "echo", "object": "model", "created": 0, "owned_by": "x"}]})
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+        messages = body["messages"]
+        last = messages[-1]["content"]
+        question = last if isinstance(last, str) else next(p["text"] for p in last if p["type"] == "text")
+        if not body.get("stream"):  # the one-token check when a model is picked
+            return self._send({"id": "x", "object": "chat.completion", "created": 0, "model": "echo",
+                               "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"},
+                                            "finish_reason": "stop"}]})  # fmt: skip
+        self.asked.append((question, len(messages)))
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        try:
+            for i, word in enumerate(f"you asked: {question} ({len(messages)} messages)".split(" ")):
+                self._event(f" {word}" if i else word)
+                time.sleep(self.delay)
+            self._event(None, "stop")
+            self.wfile.write(b"0\r\n\r\n")
+        except OSError:  # the reader left
+            self.left.append(question)
+
+    def log_message(self, *args):
+        pass
+
+
+def slow_echo_server(delay: float, asked: list, left: list, port: int = 0):
+    """A real HTTP server (on port, or a free one) streaming an echo of each question, a word every delay seconds
+    (see _SlowEcho)."""
+    return serving(type("SlowEcho", (_SlowEcho,), {"delay": delay, "asked": asked, "left": left}), port)

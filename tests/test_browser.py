@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,26 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
 
 
+@contextmanager
+def streamlit_app(home: Path, **env: str):
+    """`streamlit run` of the app on a free port, CAPTIONER_HOME at home (offline, plus env); yields its URL."""
+    port = free_port()
+    env = {**os.environ, "CAPTIONER_HOME": str(home), "HF_HUB_OFFLINE": "1", **env}
+    env.pop("CAPTIONER_CAPTION_MODEL", None)  # the default model: offline, the app must fall back and say so
+    with open(home / "streamlit.log", "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
+             "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_healthy(f"{url}/_stcore/health", process, "streamlit", home / "streamlit.log", timeout=90)
+            yield url
+        finally:
+            stop(process)
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     needs("streamlit")
@@ -33,22 +54,8 @@ def server(tmp_path_factory):
     gallery.mkdir(parents=True)
     for item in demo_inputs(30, seed=3)[0]:
         (gallery / item.name).write_bytes(item.data)
-    port = free_port()
-    env = {**os.environ, "CAPTIONER_HOME": str(home), "HF_HUB_OFFLINE": "1"}
-    env.pop("CAPTIONER_CAPTION_MODEL", None)  # the default model: offline, the app must fall back and say so
-    log = open(home / "streamlit.log", "w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(f"{url}/_stcore/health", process, "streamlit", home / "streamlit.log", timeout=90)
+    with streamlit_app(home) as url:
         yield url, home
-    finally:
-        stop(process)
-        log.close()
 
 
 @pytest.fixture(scope="module")
@@ -347,3 +354,87 @@ def test_admin_reviews_a_log_bigger_than_a_page_by_id_in_chromium(server, browse
     expect(approved_metric).to_contain_text("2")
     page.screenshot(path=str(ARTIFACTS / "admin-statistics.png"), full_page=True)
     page.close()
+
+
+@pytest.fixture(scope="module")
+def echo_app(tmp_path_factory):
+    """The app answering with `openai:echo` from a slow echo server (a word every 0.15 s, see chat_servers)."""
+    needs("streamlit")
+    needs("openai")
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("Debian's chromium is not installed (`make test` installs it with apt-get)")
+    from chat_servers import slow_echo_server
+
+    home = tmp_path_factory.mktemp("echo-home")
+    asked, left = [], []
+    with slow_echo_server(0.15, asked, left) as base_url:
+        with streamlit_app(home, OPENAI_BASE_URL=base_url, CAPTIONER_QA_MODEL="openai:echo",
+                           CAPTIONER_CHAT_MODELS="openai:echo,demo") as url:  # fmt: skip
+            yield url, asked, left
+
+
+def chat_page(browser, url, tmp_path, shape="circle", color="red"):
+    from playwright.sync_api import expect
+
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    page.set_default_timeout(90_000)
+    page.goto(f"{url}/chat")
+    expect(page.get_by_text("Chat about an image").first).to_be_visible()
+    picture = tmp_path / f"{color}-{shape}.png"
+    picture.write_bytes(zoo.encode(zoo.demo(shape, color, 160), "PNG"))
+    page.locator("input[type=file]").first.set_input_files(str(picture))
+    expect(page.get_by_placeholder("Ask about the image")).to_be_visible()
+    settle(page)
+    return page
+
+
+def send(page, question):
+    box = page.get_by_placeholder("Ask about the image")
+    box.fill(question)
+    box.press("Enter")
+
+
+def test_an_answer_cut_short_keeps_its_question_and_what_had_come_in_chromium(echo_app, browser, tmp_path):
+    """A question sent while the answer before it streams, or Stop, cuts that answer short: the conversation keeps
+    the question and the part that came, marked stopped, and the next question is asked with them."""
+    from playwright.sync_api import expect
+
+    url, asked, left = echo_app
+    page = chat_page(browser, url, tmp_path)
+    messages = page.locator('[data-testid="stChatMessage"]')
+    send(page, "first question")
+    expect(messages.nth(1)).to_contain_text("you asked: first")  # streaming, not done
+    send(page, "second question")
+    expect(messages.nth(3)).to_contain_text("you asked: second question (3 messages)")  # with the first turn
+    expect(messages.nth(1)).to_contain_text("The answer was stopped before it was complete.")
+    expect(messages.nth(0)).to_contain_text("first question")
+    assert "(1 messages)" not in messages.nth(1).inner_text()  # what had come, not the whole answer
+    assert ("second question", 3) in asked and "first question" in left
+
+    send(page, "third question")
+    expect(messages.nth(5)).to_contain_text("you asked: third")
+    page.get_by_role("button", name="Stop").click()  # Streamlit's own, beside the running man
+    settle(page)
+    send(page, "fourth question")
+    expect(messages.nth(7)).to_contain_text("you asked: fourth question (7 messages)")
+    expect(messages.nth(5)).to_contain_text("The answer was stopped before it was complete.")
+    expect(messages.nth(4)).to_contain_text("third question")
+    assert [m.inner_text().count("stopped before") for m in messages.all()] == [0, 1, 0, 0, 0, 1, 0, 0]
+    page.close()
+
+
+def test_eight_people_chat_with_a_server_model_at_once_in_chromium(echo_app, browser, tmp_path):
+    """Eight sessions ask a server's model at the same moment: each page shows its own answer, streamed, only."""
+    from playwright.sync_api import expect
+
+    url, asked, _ = echo_app
+    pages = [chat_page(browser, url, tmp_path, "square", color) for color in ("red", "green", "blue", "yellow") * 2]
+    for number, page in enumerate(pages):
+        send(page, f"question number {number}")
+    for number, page in enumerate(pages):
+        answer = page.locator('[data-testid="stChatMessage"]').nth(1)
+        expect(answer).to_contain_text(f"you asked: question number {number} (1 messages)")
+        assert answer.inner_text().count("you asked") == 1
+    assert sorted(q for q, _ in asked[-8:]) == sorted(f"question number {n}" for n in range(8))
+    for page in pages:
+        page.close()
