@@ -93,7 +93,12 @@ def answer(
         return _endpoint_answer(loaded, image, history, question, max_new_tokens or MAX_NEW_TOKENS, sample)
     notices: list[str] = []
     max_new_tokens = _answer_room(loaded, max_new_tokens, notices)
-    inputs, cut = build_inputs(loaded, image, history, question, max_new_tokens)
+    try:
+        inputs, cut = build_inputs(loaded, image, history, question, max_new_tokens)
+    except ChatError:
+        raise
+    except Exception as exc:  # the model's processor refused the image or the text: one message naming the model
+        raise ChatError(f"{loaded.name} cannot read this image and question: {exc}") from exc
     notices += cut
     sampling = {"do_sample": True, "temperature": 0.7, "top_p": 0.9} if sample else {"do_sample": False}
     tokens = stream_generate(loaded, inputs, _tokenizer(loaded), max_new_tokens=max_new_tokens, **sampling)
@@ -217,7 +222,7 @@ def _chat_template_inputs(loaded, image, history, question, max_new_tokens, noti
         messages.append({"role": "user", "content": [{"type": "text", "text": question}]})
         messages[0]["content"].insert(0, {"type": "image"})
         prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
-        inputs = processor(images=[image], text=prompt, return_tensors="pt")
+        inputs = processor(images=[endpoint.within_aspect(image)], text=prompt, return_tensors="pt")
         if not kept or inputs["input_ids"].shape[1] + max_new_tokens <= limit:
             break
         kept.pop(0)

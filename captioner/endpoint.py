@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 import re
 import threading
 from typing import Iterator
@@ -19,6 +20,7 @@ IMAGE_SIDE = 768  # the longest side sent to a server: plenty for a vision-langu
 # What a sampled request (Regenerate) adds: `transformers serve` takes do_sample from the model's generation config
 # and only ever turns it off (temperature 0), so a model whose config does not sample answers a temperature of 0.7
 # with its likeliest words, the same answer every time. Other servers ignore the field, or refuse it once (below).
+MAX_ASPECT = 50  # long side to short side, at most, of an image a vision-language model is given (see within_aspect)
 SAMPLE_FIELDS = {"generation_config": json.dumps({"do_sample": True})}
 
 
@@ -140,12 +142,26 @@ def _server_message(exc) -> str:
     return str(message or body.get("detail") or exc.message or "no detail").strip().splitlines()[0][:300]
 
 
+def within_aspect(image: Image.Image, limit: float = MAX_ASPECT) -> Image.Image:
+    """The image, or, when one side is more than `limit` times the other, the image centred on a white canvas that
+    long side by 1/limit of it (Qwen2-VL's processor refuses 1:200 and beyond: a thin strip, a 1-pixel line)."""
+    width, height = image.size
+    if max(width, height) <= limit * min(width, height):
+        return image
+    side = math.ceil(max(width, height) / limit)
+    size = (width, side) if width > height else (side, height)
+    canvas = Image.new("RGB", size, (255, 255, 255))
+    canvas.paste(image.convert("RGB"), ((size[0] - width) // 2, (size[1] - height) // 2))
+    return canvas
+
+
 def data_url(image: Image.Image) -> str:
-    """The image as a JPEG data URL, its longest side at most IMAGE_SIDE."""
+    """The image as a JPEG data URL, its longest side at most IMAGE_SIDE, its sides within MAX_ASPECT of each other."""
     image = image.convert("RGB")
     if max(image.size) > IMAGE_SIDE:
         image = image.copy()
         image.thumbnail((IMAGE_SIDE, IMAGE_SIDE))
+    image = within_aspect(image)
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=90)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")

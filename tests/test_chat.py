@@ -168,6 +168,30 @@ def test_bad_questions_and_missing_images_are_clear_errors(tiny_chat):
         answer(tiny_chat, None, [], "what?")
 
 
+def test_odd_image_sizes_are_answered_and_a_refusing_processor_is_one_clear_error(settings, tiny_llava_dir, monkeypatch):
+    from captioner.endpoint import MAX_ASPECT
+
+    loaded = load_chat_model(str(tiny_llava_dir), settings)
+    seen, process = [], type(loaded.processor).__call__
+
+    def recording(self, images=None, **kwargs):
+        seen.append(images[0].size)
+        return process(self, images=images, **kwargs)
+
+    monkeypatch.setattr(type(loaded.processor), "__call__", recording)
+    for size in [(1, 1), (1, 768), (768, 2), (3000, 40), (5, 5)]:
+        assert answer(loaded, Image.new("RGB", size, (30, 170, 60)), [], "what is it?", max_new_tokens=3).read()
+    assert all(max(w, h) <= MAX_ASPECT * min(w, h) for w, h in seen), seen  # a thin strip gets white margins
+    assert seen[0] == (1, 1) and seen[1] == (16, 768) and seen[-1] == (5, 5)
+
+    def refusing(self, images=None, **kwargs):  # as Qwen2-VL's processor refuses a 1:200 image
+        raise ValueError("absolute aspect ratio must be smaller than 200, got 768.0")
+
+    monkeypatch.setattr(type(loaded.processor), "__call__", refusing)
+    with pytest.raises(ChatError, match=r"cannot read this image and question: absolute aspect ratio"):
+        answer(loaded, PICTURE, [], "what is it?")
+
+
 def assert_model_free(loaded):
     assert loaded.lock.acquire(blocking=False), "the model lock is still held"
     loaded.lock.release()

@@ -51,6 +51,19 @@ def test_the_conversation_goes_as_messages_with_the_image_as_a_data_url():
     assert [m["content"] for m in messages[1:]] == ["a dog", "where?", "on grass", "what color?"]
 
 
+def test_an_image_goes_at_most_768_pixels_long_and_never_thinner_than_one_fiftieth_of_that(on_server):
+    import base64
+    import io
+
+    settings, spec = on_server
+    loaded = load_chat_model(spec, settings)
+    for size, sent in [((3000, 1), (768, 16)), ((1, 40), (1, 40)), ((2, 200), (4, 200)), ((5000, 4000), (768, 614))]:
+        picture = Image.new("RGB", size, (40, 70, 220))
+        url = endpoint.conversation(picture, [], "what is it?")[0]["content"][0]["image_url"]["url"]
+        assert Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).size == sent
+        assert answer(loaded, picture, [], "what is it?", max_new_tokens=3).read()  # the server takes it
+
+
 def test_an_answer_streams_from_the_server_and_can_be_left_early(on_server):
     settings, spec = on_server
     loaded = load_chat_model(spec, settings)
@@ -111,6 +124,10 @@ def test_ask_streams_an_answer_through_the_server(on_server, tmp_path):
                    env={"OPENAI_BASE_URL": settings.openai_base_url})  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() and "Traceback" not in done.stderr
+    long = run_cli("ask", image, "why is the sky blue? " * 100, "--model", spec, "--max-new-tokens", "8",
+                   env={"OPENAI_BASE_URL": settings.openai_base_url})  # fmt: skip
+    assert long.returncode == 0 and long.stdout.strip(), long.stderr  # the question is cut to fit, and it says so
+    assert "note: The question was cut to its first" in long.stderr and "to fit the model's context" in long.stderr
 
 
 def test_the_chat_page_streams_an_answer_through_the_server(on_server, monkeypatch):

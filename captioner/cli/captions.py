@@ -206,7 +206,8 @@ def cmd_ask(args, settings: Settings) -> int:
     written = False
     try:
         with answer(loaded, picture.image, [], args.question, max_new_tokens=args.max_new_tokens) as stream:
-            for notice in stream.notices:
+            said = list(stream.notices)
+            for notice in said:
                 say(f"note: {notice}")
             for chunk in stream:
                 sys.stdout.write(chunk)
@@ -219,6 +220,10 @@ def cmd_ask(args, settings: Settings) -> int:
         say(str(exc))
         return 1
     sys.stdout.write("\n")
+    sys.stdout.flush()
+    for notice in stream.notices:  # what a server's model made cut on the way (its context is unknown here)
+        if notice not in said:
+            say(f"note: {notice}")
     return 0
 
 
