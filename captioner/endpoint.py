@@ -17,11 +17,15 @@ from PIL import Image
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 PREFIX = "openai:"
 IMAGE_SIDE = 768  # the longest side sent to a server: plenty for a vision-language model, a small request
+MAX_ASPECT = 50  # long side to short side, at most, of an image a vision-language model is given (see within_aspect)
 # What a sampled request (Regenerate) adds: `transformers serve` takes do_sample from the model's generation config
 # and only ever turns it off (temperature 0), so a model whose config does not sample answers a temperature of 0.7
 # with its likeliest words, the same answer every time. Other servers ignore the field, or refuse it once (below).
-MAX_ASPECT = 50  # long side to short side, at most, of an image a vision-language model is given (see within_aspect)
 SAMPLE_FIELDS = {"generation_config": json.dumps({"do_sample": True})}
+# The answer's length cap goes as max_tokens, which every compatible server reads: Ollama and llama-cpp-python take
+# max_completion_tokens without a word and ignore it (an answer would run on to the end of the context). OpenAI's
+# reasoning models refuse max_tokens and want max_completion_tokens: a server that says so gets that from then on.
+LENGTH_FIELDS = ("max_tokens", "max_completion_tokens")
 
 
 class EndpointError(RuntimeError):
@@ -50,6 +54,7 @@ class Endpoint:
         self._client = None
         self._lock = threading.Lock()
         self.takes_sample_fields = True  # until the server refuses SAMPLE_FIELDS (OpenAI's API refuses what it lacks)
+        self.length_field = LENGTH_FIELDS[0]  # until the server refuses it
 
     @property
     def host(self) -> str:
@@ -65,6 +70,33 @@ class Endpoint:
                                              timeout=self.timeout, max_retries=0)  # fmt: skip
             return self._client
 
+    def create(self, messages: list[dict], max_tokens: int, sample_fields: bool = False, **options):
+        """client.chat.completions.create for this model, the answer's length cap under the name this server reads,
+        with SAMPLE_FIELDS if asked for: a server that refuses max_tokens by name gets max_completion_tokens, one that
+        refuses SAMPLE_FIELDS (a 400 or 422 not about length) the request without them; from then on, once the
+        request so changed is answered. A refusal of any other kind is an EndpointError."""
+        import openai
+
+        extra = SAMPLE_FIELDS if sample_fields and self.takes_sample_fields else None
+        length_field, dropped = self.length_field, False
+        while True:
+            try:
+                reply = self.client().chat.completions.create(model=self.model, messages=messages, extra_body=extra,
+                                                              **{length_field: max_tokens}, **options)  # fmt: skip
+                break
+            except openai.APIStatusError as exc:
+                refused = self.failed(exc)  # fresh connections: some servers reset theirs after an error
+                if length_field == LENGTH_FIELDS[0] and _refuses_field(refused, LENGTH_FIELDS[0]):
+                    length_field = LENGTH_FIELDS[1]
+                elif extra and exc.status_code in (400, 422) and not refused.too_long:
+                    extra, dropped = None, True
+                else:
+                    raise refused from None
+        self.length_field = length_field
+        if dropped:
+            self.takes_sample_fields = False
+        return reply
+
     def failed(self, exc: Exception) -> EndpointError:
         """The error to raise for a failed request; fresh connections for the next one."""
         import openai
@@ -74,6 +106,13 @@ class Endpoint:
         if isinstance(exc, openai.APIStatusError):
             return EndpointError(describe(exc, self), exc.status_code, _server_message(exc))
         return EndpointError(describe(exc, self))
+
+
+def _refuses_field(error: EndpointError, name: str) -> bool:
+    """The server refused the request for a field it does not take (OpenAI: "Unsupported parameter: 'max_tokens' is
+    not supported with this model. Use 'max_completion_tokens' instead.")."""
+    return (error.status_code in (400, 422) and name in error.detail
+            and bool(re.search(r"unsupported|not supported|unrecognized|unknown|extra|not permitted", error.detail, re.I)))  # fmt: skip
 
 
 def host(base_url: str | None) -> str:
@@ -104,7 +143,9 @@ def connect(model: str, base_url: str | None, api_key: str | None, timeout: floa
     except Exception:  # a 200 that is no model list (a web page at that address, or a server's own format): probe
         pass
     try:
-        reply = found.client().chat.completions.create(model=model, messages=[{"role": "user", "content": "Hi"}], max_completion_tokens=1)
+        reply = found.create([{"role": "user", "content": "Hi"}], 1)
+    except EndpointError:
+        raise
     except openai.OpenAIError as exc:
         raise found.failed(exc) from None
     except Exception:  # the client could not read the 200 it got as a reply
@@ -183,7 +224,7 @@ class Reply:
 
     def __init__(self, endpoint: Endpoint, messages: list[dict], max_tokens: int, temperature: float):
         self.endpoint, self.messages = endpoint, messages
-        self.options = {"max_completion_tokens": max_tokens, "temperature": temperature}
+        self.max_tokens, self.options = max_tokens, {"temperature": temperature}
         if temperature > 0:
             self.options["top_p"] = 0.9
         self.response = None
@@ -211,26 +252,9 @@ class Reply:
             self.close()
 
     def _create(self):
-        """The streamed request; a sampled one carries SAMPLE_FIELDS until the server refuses them (a 400 or 422 that is
-        not about the conversation's length), then is sent again without, as every later one is."""
-        import openai
-
-        def send(extra: dict | None):
-            return self.endpoint.client().chat.completions.create(
-                model=self.endpoint.model, messages=self.messages, stream=True, extra_body=extra, **self.options
-            )
-
-        if self.options["temperature"] <= 0 or not self.endpoint.takes_sample_fields:
-            return send(None)
-        try:
-            return send(SAMPLE_FIELDS)
-        except openai.APIStatusError as exc:
-            refused = self.endpoint.failed(exc)  # fresh connections: some servers reset theirs after an error
-            if exc.status_code not in (400, 422) or refused.too_long:
-                raise refused from None
-        response = send(None)  # fails on its own if the request was wrong for another reason
-        self.endpoint.takes_sample_fields = False
-        return response
+        """The streamed request; a sampled one (Regenerate) with SAMPLE_FIELDS, while the server takes them."""
+        sampled = self.options["temperature"] > 0
+        return self.endpoint.create(self.messages, self.max_tokens, sample_fields=sampled, stream=True, **self.options)
 
     def close(self) -> None:
         self.closed = True

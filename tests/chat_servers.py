@@ -138,12 +138,17 @@ def broken_stream_server(mode: str, port: int = 0, posts: list | None = None):
 
 
 class _Strict(BaseHTTPRequestHandler):
-    """An OpenAI-compatible server that lists model "m", refuses any request field it does not know with 400 (as
-    OpenAI's API does: "Unrecognized request argument supplied: ..."), and otherwise streams a whole answer;
-    `bodies` collects every request body it was sent."""
+    """An OpenAI-compatible server that lists model "m" and refuses with 400 any request field it does not know, as
+    OpenAI's API does ("Unrecognized request argument supplied: ..."), and those in `refused` as OpenAI's reasoning
+    models refuse max_tokens; otherwise it streams "likeliest answer" (temperature 0) or "drawn answer", then `more`
+    words, cut to the length cap it `reads` (max_tokens: Ollama's way, which takes max_completion_tokens and ignores
+    it). `bodies` collects every request body it was sent."""
 
     protocol_version = "HTTP/1.1"
     known = {"model", "messages", "stream", "max_completion_tokens", "max_tokens", "temperature", "top_p", "seed"}
+    refused: frozenset = frozenset()
+    reads = "max_completion_tokens"
+    more = 0
 
     def _send(self, status: int, body: dict) -> None:
         data = json.dumps(body).encode()
@@ -153,6 +158,9 @@ class _Strict(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def _refuse(self, message: str) -> None:
+        self._send(400, {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}})
+
     def do_GET(self):
         self._send(200, {"object": "list", "data": [{"id": "m", "object": "model", "created": 0, "owned_by": "x"}]})
 
@@ -161,16 +169,24 @@ class _Strict(BaseHTTPRequestHandler):
         self.bodies.append(body)
         unknown = sorted(set(body) - self.known)
         if unknown:
-            return self._send(400, {"error": {"message": f"Unrecognized request argument supplied: {', '.join(unknown)}",
-                                              "type": "invalid_request_error", "param": None, "code": None}})  # fmt: skip
+            return self._refuse(f"Unrecognized request argument supplied: {', '.join(unknown)}")
+        for name in sorted(self.refused & set(body)):
+            return self._refuse(f"Unsupported parameter: '{name}' is not supported with this model. "
+                                "Use 'max_completion_tokens' instead.")  # fmt: skip
+        words = ["drawn" if body.get("temperature") else "likeliest", "answer", *(f"w{i}" for i in range(self.more))]
+        words = words[: body.get(self.reads) or len(words)]
+        if not body.get("stream"):
+            return self._send(200, {"id": "x", "object": "chat.completion", "created": 0, "model": "m",
+                                    "choices": [{"index": 0, "finish_reason": "stop",
+                                                 "message": {"role": "assistant", "content": " ".join(words)}}]})  # fmt: skip
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
-        said = "drawn" if body.get("temperature") else "likeliest"
-        for text, finish in ((said, None), (" answer", None), ("", "stop")):
+        for i, (text, finish) in enumerate([*((w, None) for w in words), ("", "stop")]):
             chunk = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "m",
-                     "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": finish}]}  # fmt: skip
+                     "choices": [{"index": 0, "delta": {"content": f" {text}" if i and text else text},
+                                  "finish_reason": finish}]}  # fmt: skip
             event = f"data: {json.dumps(chunk)}\n\n".encode()
             self.wfile.write(f"{len(event):x}\r\n".encode() + event + b"\r\n")
         done = b"data: [DONE]\n\n"
@@ -181,10 +197,10 @@ class _Strict(BaseHTTPRequestHandler):
         pass
 
 
-def strict_server(bodies: list):
+def strict_server(bodies: list, refused: frozenset = frozenset(), reads: str = "max_completion_tokens", more: int = 0):
     """A real HTTP server on a free port listing model "m" that refuses request fields it does not know (400), as
-    OpenAI's API does; bodies collects each request body."""
-    return serving(type("Strict", (_Strict,), {"bodies": bodies}))
+    OpenAI's API does, and those in refused; bodies collects each request body (see _Strict)."""
+    return serving(type("Strict", (_Strict,), {"bodies": bodies, "refused": frozenset(refused), "reads": reads, "more": more}))
 
 
 class _SlowEcho(BaseHTTPRequestHandler):

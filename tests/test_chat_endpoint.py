@@ -103,6 +103,28 @@ def test_a_server_that_refuses_the_sampling_field_answers_a_redraw_without_it_fr
         assert len(bodies) == 4 and "generation_config" not in bodies[-1] and bodies[-1]["temperature"] == 0.7
 
 
+def test_the_answers_length_cap_goes_as_max_tokens_or_as_the_server_asks(home, monkeypatch, tmp_path):
+    """Ollama reads max_tokens and ignores max_completion_tokens (an answer would run on); OpenAI's reasoning models
+    refuse max_tokens and ask for max_completion_tokens."""
+    bodies = []
+    with strict_server(bodies, reads="max_tokens", more=40) as url:  # Ollama's way
+        loaded = load_chat_model("openai:m", settings_for(monkeypatch, url))
+        assert answer(loaded, PICTURE, [], "what is it?", max_new_tokens=5).read() == "likeliest answer w0 w1 w2"
+        assert bodies[-1]["max_tokens"] == 5 and "max_completion_tokens" not in bodies[-1]
+        rewriter = load_style_model("openai:m", settings_for(monkeypatch, url))
+        assert len(restyle(rewriter, "a red circle", style_for("social")).read().split()) == 42  # under the cap of 96
+    bodies = []
+    with strict_server(bodies, refused={"max_tokens"}, more=40) as url:  # an OpenAI reasoning model's way
+        loaded = load_chat_model("openai:m", settings_for(monkeypatch, url))  # listed: nothing asked yet
+        assert answer(loaded, PICTURE, [], "what is it?", max_new_tokens=5).read() == "likeliest answer w0 w1 w2"
+        assert answer(loaded, PICTURE, [], "and?", max_new_tokens=5, sample=True).read() == "drawn answer w0 w1 w2"
+        assert answer(loaded, PICTURE, [], "and?", max_new_tokens=5, sample=True).read() == "drawn answer w0 w1 w2"
+        assert [sorted(set(b) & {"max_tokens", "max_completion_tokens", "generation_config"}) for b in bodies] == [
+            ["max_tokens"], ["max_completion_tokens"],  # refused once, by name
+            ["generation_config", "max_completion_tokens"], ["max_completion_tokens"],  # refused once: unknown
+            ["max_completion_tokens"]]  # fmt: skip
+
+
 def test_regenerate_on_the_chat_page_draws_a_new_answer_from_the_server(on_server, monkeypatch):
     settings, spec = on_server
     monkeypatch.setenv("CAPTIONER_QA_MODEL", spec)
