@@ -105,6 +105,12 @@ def detail_facts(qa: LoadedModel, images: list[Image.Image]) -> list[list[tuple[
         if qa.family == VQA:
             said = answer_batch(qa, [image for image in images for _ in questions], list(questions) * len(images))
             return [list(zip(questions, said[i * len(questions) : (i + 1) * len(questions)])) for i in range(len(images))]
-        return [[(q, answer(qa, image, [], q, max_new_tokens=24).read()) for q in questions] for image in images]
+        asks = [(image, q) for image in images for q in questions]
+        if qa.family == ENDPOINT_FAMILY:  # a server answers several at once: 8 in flight, as restyle_batch sends
+            with ThreadPoolExecutor(8) as pool:
+                said = list(pool.map(lambda pair: answer(qa, pair[0], [], pair[1], max_new_tokens=24).read(), asks))
+        else:
+            said = [answer(qa, image, [], q, max_new_tokens=24).read() for image, q in asks]
+        return [list(zip(questions, said[i * len(questions) : (i + 1) * len(questions)])) for i in range(len(images))]
     except ChatError as exc:
         raise StyleError(f"the Q&A model could not answer: {exc}") from exc

@@ -15,8 +15,8 @@ from captioner.models import ModelError, load_chat_model, load_style_model
 from captioner.restyle import restyle, restyle_batch
 from captioner.styles import style_for
 from captioner.settings import Settings
-from chat_servers import (broken_stream_server, closed_port_url, key_refusing_server, serving, silent_server, strict_server,
-                          transformers_serve)  # fmt: skip
+from chat_servers import (broken_stream_server, closed_port_url, key_refusing_server, serving, silent_server, slow_echo_server,
+                          strict_server, transformers_serve)  # fmt: skip
 from conftest import needs, run_cli, start_app
 from page_text import shown
 from test_chat_page import ask, conversation, with_image
@@ -175,6 +175,22 @@ def test_a_caption_is_restyled_through_the_server(on_server):
     for text, (color, shape) in zip(restyle_batch(rewriter, ["a red circle", "a blue star"], style_for("poetic")),
                                     [("red", "circle"), ("blue", "star")]):  # fmt: skip
         assert keeps_words(text, color, shape), text
+
+
+def test_detailed_asks_a_servers_qa_model_several_questions_at_once(home, monkeypatch):
+    import time
+
+    from captioner.restyle import detail_facts
+    from captioner.styles import DETAIL_QUESTIONS
+
+    asked, left = [], []
+    with slow_echo_server(0.05, asked, left) as url:
+        qa = load_chat_model("openai:echo", settings_for(monkeypatch, url))
+        started = time.monotonic()
+        facts = detail_facts(qa, [PICTURE] * 4)
+        took = time.monotonic() - started
+    assert facts == [[(q, f"you asked: {q} (1 messages)") for q in DETAIL_QUESTIONS]] * 4 and len(asked) == 16
+    assert took < 16 * 0.3 / 2, took  # one after another: 16 answers of 6 or more words at 0.05 s a word
 
 
 def settings_for(monkeypatch, base_url, **extra):
