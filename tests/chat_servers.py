@@ -15,7 +15,10 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from local_servers import free_port, stop, wait_healthy
+try:
+    from local_servers import free_port, stop, wait_healthy
+except ModuleNotFoundError:  # imported as tests.chat_servers, from the checkout's root (python -m bench.chat_latency)
+    from tests.local_servers import free_port, stop, wait_healthy
 
 
 @contextmanager

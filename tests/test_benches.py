@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, child_env
+from conftest import ROOT, child_env, needs
 
 BENCHES = {
     "decoder_speed": (["--batches", "1", "2", "--repeats", "1", "--tokens", "5"], "decoder stats:"),
@@ -32,6 +32,20 @@ def test_the_bench_runs_at_toy_sizes_and_prints_its_verdict(bench, tmp_path):
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert verdict in done.stdout, done.stdout[-2000:]
+
+
+def test_the_chat_bench_asks_transformers_serve_too(tmp_path):
+    """The endpoint column, as README shows it: `--tiny llava` starts `transformers serve` through tests/chat_servers,
+    imported from the checkout's root (it failed there: ModuleNotFoundError: local_servers)."""
+    needs("fastapi")
+    needs("openai")
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.chat_latency", "--tiny", "llava", "--runs", "1", "--max-new-tokens", "4"],
+        capture_output=True, text=True, timeout=240, cwd=tmp_path,
+        env=child_env(CAPTIONER_DEVICE="cpu", CAPTIONER_HOME=str(tmp_path), HF_HUB_OFFLINE="1"),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "endpoint (transformers serve)" in done.stdout, done.stdout[-2000:]
 
 
 def test_the_device_check_script_knows_every_step_it_documents():
