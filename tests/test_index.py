@@ -419,6 +419,32 @@ def test_a_journal_keeps_only_whole_rows_of_its_own_model_version(clip, gallery,
     assert (report.resumed, report.embedded, report.added) == (0, 2, 2)
 
 
+def test_a_resumed_update_interrupted_again_pairs_every_file_with_its_own_vector(
+    clip, gallery, settings, tmp_path, monkeypatch,
+):  # fmt: skip
+    monkeypatch.setattr("captioner.embed.DEFAULT_BATCH_SIZE", 2)
+    add_pictures(gallery, 6)
+    interrupt_on_call(clip.model, monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        update_index(clip, gallery, settings.data_dir)
+    journal = index_root(settings.data_dir, gallery, clip.name) / "unfinished"
+    with open(journal / "vectors.f32", "ab") as vectors:  # a batch whose vectors reached the disk, not its hashes
+        stray = np.random.default_rng(0).standard_normal((2, 16)).astype(np.float32)
+        vectors.write((stray / np.linalg.norm(stray, axis=1, keepdims=True)).tobytes())
+    for stop_at in (3, None):  # the resumed update is interrupted too, then one finishes
+        monkeypatch.undo()
+        monkeypatch.setattr("captioner.embed.DEFAULT_BATCH_SIZE", 2)
+        if stop_at:
+            interrupt_on_call(clip.model, monkeypatch, stop_at)
+            with pytest.raises(KeyboardInterrupt):
+                update_index(clip, gallery, settings.data_dir)
+        else:
+            index, _ = update_index(clip, gallery, settings.data_dir)
+    clean, _ = update_index(clip, gallery, tmp_path / "clean")
+    for entry in clean.entries:
+        np.testing.assert_allclose(index.vector(index.entry_of(entry.path).row), clean.vector(entry.row), atol=1e-6)
+
+
 def test_demo_clip_reaches_precision_at_5(settings, tmp_path):
     from captioner.demo.quality import demo_inputs
 
