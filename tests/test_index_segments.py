@@ -187,6 +187,26 @@ def test_nprobe_tuned_on_text_like_queries_reaches_the_target_on_other_text_quer
     assert recall_at_10(truth, found) >= 0.95
 
 
+def test_a_memory_mapped_ivf_segment_answers_as_the_built_one_without_prefetch_threads(tmp_path):
+    import faiss
+
+    from captioner.search_structure import SegmentedSearch, read_ivf
+
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(4000, 32)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    built, layout, _ = build_search_structure(vectors, flat_limit=2000)
+    faiss.write_index(built.parts[0][0], str(tmp_path / "ivf.index"))
+    opened = read_ivf(tmp_path / "ivf.index")
+    lists = faiss.downcast_InvertedLists(opened.invlists)
+    assert isinstance(lists, faiss.OnDiskInvertedLists)  # memory-mapped: shared between processes, evictable
+    # FAISS's default starts 32 threads per search to touch the lists: 3-4x the search's own time when warm
+    assert lists.prefetch_nthread == 0
+    queries = vectors[:50] + rng.normal(0, 0.3, size=(50, 32)).astype(np.float32)
+    reopened = SegmentedSearch([(opened, 0, None)], layout.nprobe)
+    np.testing.assert_array_equal(reopened.search(queries, 10)[1], built.search(queries, 10)[1])
+
+
 def test_the_index_cli_lists_links_out_as_ignored(home, tmp_path):
     from conftest import run_cli
 
