@@ -249,9 +249,11 @@ def _arrange(root, old, table: EntryTable, new_vectors, embedder, flat_limit, re
     kind, nlist = plan_layout(len(rows), flat_limit)
     layout = Layout.from_json(old.meta["layout"]) if old else None
     why = None
-    if layout is not None and layout.kind != kind:
-        why = f"{len(rows):,} vectors: the search structure changes from {layout.kind} to {kind}"
-    elif layout is not None and kind == "ivf" and len(rows) > RETRAIN_GROWTH * layout.trained_on:
+    # an IVF that shrinks below the limit stays one (it still finds what it holds): a gallery hovering at the limit
+    # would otherwise have every vector rewritten, and an IVF trained again, on each crossing
+    if layout is not None and layout.kind == "flat" and kind == "ivf":
+        why = f"{len(rows):,} vectors: the search structure changes from flat to ivf"
+    elif layout is not None and layout.kind == "ivf" and len(rows) > RETRAIN_GROWTH * layout.trained_on:
         why = f"{len(rows):,} vectors, over {RETRAIN_GROWTH}x the {layout.trained_on:,} its IVF was trained on"
     elif total and (total - len(rows)) / total > DEAD_FRACTION:
         why = f"{total - len(rows):,} of {total:,} vectors belong to no file any more"

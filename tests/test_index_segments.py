@@ -131,6 +131,25 @@ def test_a_growing_flat_index_switches_to_ivf(clip, gallery, settings):
     assert index.kind == "ivf" and "from flat to ivf" in report.rewritten_because and len(index) == 72
 
 
+def test_an_ivf_index_shrinking_below_the_limit_and_growing_back_rewrites_nothing(clip, gallery, settings):
+    add_pictures(gallery, 12, 40)  # 52 files: just over flat_limit
+    index, _ = update_index(clip, gallery, settings.data_dir, flat_limit=50)
+    assert index.kind == "ivf"
+    gone = sorted(gallery.glob("*.png"))[:4]
+    for path in gone:
+        path.unlink()
+    root = index_root(settings.data_dir, gallery, clip.name)
+    before = segment_files(root)
+    index, report = update_index(clip, gallery, settings.data_dir, flat_limit=50)  # 48: under the limit
+    assert report.rewritten_because is None and index.kind == "ivf" and len(index) == 48
+    assert segment_files(root) == before
+    add_pictures(gallery, 400, 3)  # 51: over it again
+    index, report = update_index(clip, gallery, settings.data_dir, flat_limit=50)
+    assert report.rewritten_because is None and len(index.meta["segments"]) == 2 and len(index) == 51
+    hits = index.search(index.vector(index.entry_of(sorted(index.paths)[0]).row), k=60)
+    assert len(hits) == 51 and not {hit.path.name for hit in hits} & {path.name for path in gone}
+
+
 def test_links_out_of_the_gallery_are_ignored_unless_allowed(clip, gallery, settings, tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
