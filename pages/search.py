@@ -118,13 +118,16 @@ try:
         if hits is not None and text_is_cut(embedder, text):
             st.caption("The search model reads only the start of a long text: the end of this one was left out.")
     elif mode == "Gallery image":
-        needle = st.text_input("Filter gallery files by name", placeholder="part of a file name")
+        needle = st.text_input("Filter gallery files by name", placeholder="part of a file name", key="search_gallery_filter")
         matches = [p for p in index.paths if needle.lower() in p.lower()] if needle else index.paths
         if len(matches) > PICKER_LIMIT:
             st.caption(f"{len(matches):,} files match; the first {PICKER_LIMIT} are listed, type to narrow them down.")
         if not matches:
             st.caption(f"No gallery file name contains “{plain(needle)}”.")
-        picked = st.selectbox("Query image", matches[:PICKER_LIMIT], format_func=shown_name)
+        offered = matches[:PICKER_LIMIT]
+        if state.get("search_gallery_pick") not in offered:  # filtered out, or gone from the index: the first one
+            state.pop("search_gallery_pick", None)
+        picked = st.selectbox("Query image", offered, format_func=shown_name, key="search_gallery_pick")
         if picked:
             show_thumbnail(st.columns(6)[0], picked)
         hits = search_gallery_image(index, picked, top_k) if picked else None

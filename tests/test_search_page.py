@@ -104,6 +104,23 @@ def test_find_similar_from_the_caption_page(search, gallery):
     assert "Captioned image" not in search.radio[0].options and search.radio[0].value == "Text"
 
 
+def test_a_gallery_image_query_is_kept_across_pages_until_it_is_filtered_out(search, gallery):
+    click(search, "Update index")
+    search.radio[0].set_value("Gallery image").run()
+    search.text_input(key="search_gallery_filter").set_value("yellow").run()
+    picked = search.selectbox(key="search_gallery_pick").options[2]
+    search.selectbox(key="search_gallery_pick").set_value(picked).run()
+    search.switch_page("pages/caption.py").run()
+    search.switch_page("pages/search.py").run()  # back from the sidebar: the same query, the same results
+    assert search.text_input(key="search_gallery_filter").value == "yellow"
+    assert search.selectbox(key="search_gallery_pick").value == picked
+    assert picked in result_captions(search)[0] and "near-duplicate" in result_captions(search)[0]
+    search.text_input(key="search_gallery_filter").set_value("red-circle").run()  # the pick is no longer offered
+    assert not search.error and not search.exception
+    first = search.selectbox(key="search_gallery_pick").options[0]
+    assert search.selectbox(key="search_gallery_pick").value == first and first in result_captions(search)[0]
+
+
 def test_a_file_name_that_is_not_utf8_is_shown_and_searchable(search, gallery):
     write_non_utf8_name(gallery, b"caf\xe9-red-circle.png", zoo.encode(zoo.demo("circle", "red", 120), "PNG"))
     click(search, "Update index")

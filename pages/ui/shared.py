@@ -142,7 +142,7 @@ def sidebar_models() -> None:
 # a widget's state when a run does not draw it; a key written back on every run is kept).
 KEPT_WIDGETS = ("gen_beams", "gen_max_new_tokens", "gen_min_new_tokens", "gen_repetition_penalty", "gen_prefix",
                 "caption_style", "caption_style_instruction", "chat_model_pick", "search_mode", "search_top_k",
-                "search_cutoff", "search_text")  # fmt: skip
+                "search_cutoff", "search_text", "search_gallery_filter", "search_gallery_pick")  # fmt: skip
 
 
 def keep_widget_values() -> None:
