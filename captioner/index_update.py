@@ -19,7 +19,7 @@ from pathlib import Path
 from collections.abc import Callable
 
 import numpy as np
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from . import images
 from .files import now_utc
@@ -68,13 +68,14 @@ class UpdateReport:
 
 def update_index(
     embedder, gallery: Path, data_dir: Path, on_progress: Callable[[int, int, float], None] | None = None,
-    flat_limit: int = FLAT_LIMIT, follow_links: bool = False,
+    flat_limit: int = FLAT_LIMIT, follow_links: bool = False, on_wait: Callable[[], None] | None = None,
 ) -> tuple[GalleryIndex, UpdateReport]:  # fmt: skip
-    """Bring the gallery's index up to date: embed new and changed files, drop deleted ones, skip the rest."""
+    """Bring the gallery's index up to date: embed new and changed files, drop deleted ones, skip the rest.
+    on_wait is called once if another update of this index is running (this one waits for it to end)."""
     started, gallery = time.time(), Path(gallery).resolve()
     root = index_root(data_dir, gallery, embedder.name)
     report = UpdateReport()
-    with _update_lock(root) as cannot_write:
+    with _update_lock(root, on_wait) as cannot_write:
         if not cannot_write:
             remove_strays(root)
         old = _previous_index(root, gallery, embedder, report)
@@ -128,13 +129,18 @@ def update_index(
 
 
 @contextmanager
-def _update_lock(root: Path):
+def _update_lock(root: Path, on_wait: Callable[[], None] | None = None):
     """Hold the index's update lock; yields why the index cannot be written ("" when it can). A folder that takes
     no lock file (read-only, full) is read without one: no other process can write it either."""
     try:
         root.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(root / "update.lock"), timeout=3600)
-        lock.acquire()
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:  # another update (a session, the CLI) may run for an hour: say why nothing moves
+            if on_wait:
+                on_wait()
+            lock.acquire()
     except OSError as exc:
         yield exc.strerror or str(exc)
         return

@@ -56,7 +56,8 @@ def run_update() -> None:
 
     try:
         _, state.index_report = update_index(
-            embedder, config.gallery, config.data_dir, progress, follow_links=config.gallery_follow_links
+            embedder, config.gallery, config.data_dir, progress, follow_links=config.gallery_follow_links,
+            on_wait=lambda: bar.progress(0.0, "Another update of this index is running: this one starts when it ends…"),
         )
         state.index_error = None
     except IndexProblem as exc:

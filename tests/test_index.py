@@ -445,6 +445,45 @@ def test_a_resumed_update_interrupted_again_pairs_every_file_with_its_own_vector
         np.testing.assert_allclose(index.vector(index.entry_of(entry.path).row), clean.vector(entry.row), atol=1e-6)
 
 
+def test_an_update_that_finds_another_running_says_so_and_waits_for_it(clip, gallery, settings, tiny_clip_dir):
+    import threading
+
+    from filelock import FileLock
+
+    update_index(clip, gallery, settings.data_dir)
+    (gallery / "new.png").write_bytes(zoo.encode(zoo.demo("square", "green"), "PNG"))
+    other = FileLock(str(index_root(settings.data_dir, gallery, clip.name) / "update.lock"))
+    other.acquire()  # another update of this index is running
+    waiting, finished = threading.Event(), []
+    worker = threading.Thread(
+        target=lambda: finished.append(update_index(clip, gallery, settings.data_dir, on_wait=waiting.set))
+    )  # fmt: skip
+    worker.start()
+    assert waiting.wait(60) and worker.is_alive() and not finished  # told, and waiting
+    other.release()
+    worker.join(60)
+    index, report = finished[0]
+    assert report.added == 1 and len(index) == 5
+    told = []
+    update_index(clip, gallery, settings.data_dir, on_wait=lambda: told.append(1))
+    assert told == []  # nothing else running: nothing said
+
+    other.acquire()  # the CLI says it on stderr
+    cli = subprocess.Popen([sys.executable, "-m", "captioner", "index", str(gallery), "--model", str(tiny_clip_dir)],
+                           stderr=subprocess.PIPE, text=True, cwd=ROOT, env=child_env())  # fmt: skip
+    watchdog = threading.Timer(120, cli.kill)  # a CLI that never says so would wait an hour for the lock
+    watchdog.start()
+    lines = []
+    try:
+        while not lines or (lines[-1] and "waiting" not in lines[-1]):
+            lines.append(cli.stderr.readline())
+    finally:
+        other.release()
+        watchdog.cancel()
+    assert "another update of this index is running: waiting for it to finish" in lines[-1]
+    assert cli.wait(120) == 0 and "5 images indexed" in cli.stderr.read()
+
+
 def test_demo_clip_reaches_precision_at_5(settings, tmp_path):
     from captioner.demo.quality import demo_inputs
 

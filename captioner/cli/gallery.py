@@ -39,6 +39,10 @@ def report_update(report) -> None:
     )
 
 
+def say_waiting() -> None:
+    say("another update of this index is running: waiting for it to finish")
+
+
 def cmd_index(args, settings: Settings) -> int:
 
     loaded = load_search_model(args, settings)
@@ -51,7 +55,7 @@ def cmd_index(args, settings: Settings) -> int:
     try:
         index, report = update_index(
             loaded, args.folder, settings.data_dir, on_progress=progress,
-            follow_links=args.follow_links or settings.gallery_follow_links,
+            follow_links=args.follow_links or settings.gallery_follow_links, on_wait=say_waiting,
         )  # fmt: skip
     except IndexProblem as exc:
         raise UserError(str(exc)) from None
@@ -71,7 +75,8 @@ def cmd_search(args, settings: Settings) -> int:
     gallery = args.gallery or settings.gallery
     try:
         index, report = open_or_build(
-            loaded, gallery, settings.data_dir, follow_links=args.follow_links or settings.gallery_follow_links
+            loaded, gallery, settings.data_dir, follow_links=args.follow_links or settings.gallery_follow_links,
+            on_wait=say_waiting,
         )
         if report:
             report_update(report)
