@@ -11,6 +11,7 @@ of them belong to no file, or (the small ones merged) when there are more than M
 
 from __future__ import annotations
 
+import bisect
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -179,9 +180,22 @@ def _compare(scan, old: GalleryIndex | None, report: UpdateReport) -> tuple[np.n
             report.skipped.append((relative, failed["reason"]))  # still the same bad file: not read again
         else:
             to_read.append(relative)
-    report.unchanged = int(same.sum())
-    report.removed = len(old.paths) - int((where >= 0).sum())
-    return np.sort(where[same]), to_read, ShaRows(old.table.columns)
+    # a folder that could not be listed (a network share that hiccuped) has not lost its files: keep what they were
+    unlisted = np.array(_under(old.paths, scan.unlisted), np.int64)
+    report.unchanged = int(same.sum()) + len(unlisted)
+    report.removed = len(old.paths) - int((where >= 0).sum()) - len(unlisted)
+    return np.unique(np.concatenate([where[same], unlisted])), to_read, ShaRows(old.table.columns)
+
+
+def _under(paths: list[str], folders: list[str]) -> list[int]:
+    """Positions of the (sorted) paths inside these folders ("" is the whole gallery)."""
+    inside = []
+    for folder in folders:
+        at = bisect.bisect_left(paths, folder)
+        while at < len(paths) and paths[at].startswith(folder):
+            inside.append(at)
+            at += 1
+    return inside
 
 
 def _read_hashed(gallery: Path, relative: str):

@@ -150,6 +150,31 @@ def test_an_ivf_index_shrinking_below_the_limit_and_growing_back_rewrites_nothin
     assert len(hits) == 51 and not {hit.path.name for hit in hits} & {path.name for path in gone}
 
 
+def test_files_in_a_folder_that_cannot_be_listed_are_kept_not_forgotten(clip, gallery, settings, monkeypatch):
+    import errno
+
+    (gallery / "shoot").mkdir()
+    names = add_pictures(gallery / "shoot", 100, 5)
+    update_index(clip, gallery, settings.data_dir)
+    listing = os.scandir
+
+    def flaky_share(path="."):
+        if os.fspath(path).endswith("shoot"):
+            raise OSError(errno.EIO, os.strerror(errno.EIO), os.fspath(path))
+        return listing(path)
+
+    monkeypatch.setattr(os, "scandir", flaky_share)
+    (gallery / "0000-red-circle.png").unlink()  # a real deletion beside it is still seen
+    index, report = update_index(clip, gallery, settings.data_dir)
+    assert (report.removed, report.unchanged, len(index)) == (1, 16, 16)
+    assert ("shoot", "cannot be read (Input/output error)") in report.skipped
+    assert {f"shoot/{name}" for name in names} <= set(index.paths)
+    monkeypatch.setattr(os, "scandir", listing)
+    (gallery / "shoot" / names[0]).unlink()
+    index, report = update_index(clip, gallery, settings.data_dir)  # listed again: gone is gone
+    assert report.removed == 1 and len(index) == 15 and f"shoot/{names[0]}" not in index.paths
+
+
 def test_links_out_of_the_gallery_are_ignored_unless_allowed(clip, gallery, settings, tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
