@@ -121,6 +121,25 @@ def test_a_gallery_image_query_is_kept_across_pages_until_it_is_filtered_out(sea
     assert search.selectbox(key="search_gallery_pick").value == first and first in result_captions(search)[0]
 
 
+def test_the_app_holds_only_the_latest_generation_of_an_index_in_memory(search, gallery):
+    import gc
+
+    from captioner.index import GalleryIndex
+
+    def held():
+        gc.collect()
+        return sorted(len(o) for o in gc.get_objects() if isinstance(o, GalleryIndex) and o.meta["gallery"] == str(gallery))
+
+    for extra in range(4):  # each update makes a new generation, opened by the next search
+        (gallery / f"extra-{extra}.png").write_bytes(zoo.encode(zoo.demo("star", "red", 90 + extra), "PNG"))
+        click(search, "Update index")
+        search.text_input(key="search_text").set_value(f"a red star {extra}").run()
+        assert result_captions(search)
+    # a flat index holds every vector in memory: only the live generation is kept (and the one the page's
+    # previous run still names, until the next run), not one per update
+    assert held()[-1] == 44 and len(held()) <= 2
+
+
 def test_a_file_name_that_is_not_utf8_is_shown_and_searchable(search, gallery):
     write_non_utf8_name(gallery, b"caf\xe9-red-circle.png", zoo.encode(zoo.demo("circle", "red", 120), "PNG"))
     click(search, "Update index")
