@@ -88,6 +88,8 @@ def cmd_search(args, settings: Settings) -> int:
     except ImageError as exc:
         say(str(exc))
         return 1
+    if not len(index):
+        say(f"note: the index of {gallery} holds no images (a folder without image files?): nothing to find")
     if args.text is not None and text_is_cut(loaded, args.text):
         say("note: the search model reads only the start of a long text: the end of this query was left out")
     for hit in hits:
