@@ -62,7 +62,10 @@ class Journal:
     def close(self) -> None:
         for handle in (self._vectors, self._shas):
             if handle is not None:
-                handle.close()
+                try:
+                    handle.close()
+                except OSError:  # a full disk: the rows it could not take are torn, and never read back
+                    pass
         self._vectors = self._shas = None
 
 

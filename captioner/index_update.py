@@ -76,7 +76,7 @@ def update_index(
     started, gallery = time.time(), Path(gallery).resolve()
     root = index_root(data_dir, gallery, embedder.name)
     report = UpdateReport()
-    with _update_lock(root, on_wait) as cannot_write:
+    with _written_to(root), _update_lock(root, on_wait) as cannot_write:
         if not cannot_write:
             remove_strays(root)
         old = _previous_index(root, gallery, embedder, report)
@@ -127,6 +127,18 @@ def update_index(
         index = load_index(root, gallery, embedder.name, embedder.version)
     report.seconds = time.time() - started
     return index, report
+
+
+@contextmanager
+def _written_to(root: Path):
+    """A disk that fills up (or a folder that turns read-only) mid-update is one IndexProblem saying so, not a
+    traceback; CURRENT has not moved, so searches still see the index as it was."""
+    try:
+        yield
+    except OSError as exc:
+        raise IndexProblem(
+            f"the index in {root} could not be written ({exc.strerror or exc}); it is as it was before this update"
+        ) from None
 
 
 @contextmanager

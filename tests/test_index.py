@@ -489,6 +489,29 @@ def test_an_update_that_finds_another_running_says_so_and_waits_for_it(clip, gal
     assert cli.wait(120) == 0 and "5 images indexed" in cli.stderr.read()
 
 
+def test_a_disk_that_fills_up_mid_update_is_one_clear_problem_and_the_next_update_resumes(
+    clip, gallery, settings, monkeypatch,
+):  # fmt: skip
+    import errno
+
+    from captioner import index_update
+
+    update_index(clip, gallery, settings.data_dir)
+    (gallery / "new.png").write_bytes(zoo.encode(zoo.demo("square", "green"), "PNG"))
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(index_update, "write_segment", disk_full)
+    with pytest.raises(IndexProblem, match=r"could not be written \(No space left on device\); it is as it was"):
+        update_index(clip, gallery, settings.data_dir)
+    root = index_root(settings.data_dir, gallery, clip.name)
+    assert len(load_index(root, gallery.resolve(), clip.name, clip.version)) == 4  # searches see the old index
+    monkeypatch.undo()
+    index, report = update_index(clip, gallery, settings.data_dir)
+    assert (report.added, report.resumed, report.embedded, len(index)) == (1, 1, 0, 5)
+
+
 def test_demo_clip_reaches_precision_at_5(settings, tmp_path):
     from captioner.demo.quality import demo_inputs
 
