@@ -47,6 +47,21 @@ def show_thumbnail(column, relative: str) -> None:
         column.warning(plain(f"cannot be read ({exc.strerror})"))
 
 
+def uploaded_query() -> ImageInput | None:
+    """The uploaded query image, kept while the person searches by text or visits another page (Streamlit empties an
+    uploader that a run does not draw); the uploader's x, or another upload, replaces it."""
+    upload = st.file_uploader("Query image", type=UPLOAD_TYPES, key="search_upload", on_change=forget_removed_upload)
+    if upload is not None and state.get("search_upload_id") != upload.file_id:
+        state.search_query_upload, state.search_upload_id = ImageInput(upload.name, upload.getvalue()), upload.file_id
+    return state.get("search_query_upload")
+
+
+def forget_removed_upload() -> None:
+    """The person changed the uploader: an empty one means they removed the file (a page switch calls nothing)."""
+    if state.get("search_upload") is None:
+        state.search_query_upload = state.search_upload_id = None
+
+
 def run_update() -> None:
     """Embed what is new or changed, with progress; keep the report (or why it failed) to show after the rerun."""
     bar = st.progress(0.0, "Scanning the gallery…")
@@ -134,8 +149,7 @@ try:
         hits = search_gallery_image(index, picked, top_k) if picked else None
     else:
         if mode == "Upload an image":
-            upload = st.file_uploader("Query image", type=UPLOAD_TYPES)
-            query = ImageInput(upload.name, upload.getvalue()) if upload else None
+            query = uploaded_query()
         else:
             query = handed_over
         if query is not None:

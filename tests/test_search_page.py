@@ -140,6 +140,24 @@ def test_the_app_holds_only_the_latest_generation_of_an_index_in_memory(search, 
     assert held()[-1] == 44 and len(held()) <= 2
 
 
+def test_an_uploaded_query_image_is_kept_across_modes_and_pages_until_removed(search):
+    click(search, "Update index")
+    search.radio[0].set_value("Upload an image").run()
+    search.file_uploader[0].set_value(("mine.png", zoo.encode(zoo.demo("square", "blue"), "PNG"), "image/png")).run()
+    found = result_captions(search)
+    assert found and all("blue-square" in r for r in found[:3])
+    search.radio[0].set_value("Text").run()  # a look at a text query, then back
+    search.radio[0].set_value("Upload an image").run()
+    assert result_captions(search) == found and "Query: mine.png" in [t.value for t in search.text]
+    search.switch_page("pages/caption.py").run()
+    search.switch_page("pages/search.py").run()
+    assert result_captions(search) == found
+    search.file_uploader[0].set_value(("other.png", zoo.encode(zoo.demo("circle", "red"), "PNG"), "image/png")).run()
+    assert all("red-circle" in r for r in result_captions(search)[:3])  # another upload replaces it
+    search.file_uploader[0].set_value(None).run()  # the uploader's x
+    assert result_captions(search) == [] and not search.exception
+
+
 def test_a_file_name_that_is_not_utf8_is_shown_and_searchable(search, gallery):
     write_non_utf8_name(gallery, b"caf\xe9-red-circle.png", zoo.encode(zoo.demo("circle", "red", 120), "PNG"))
     click(search, "Update index")
