@@ -260,6 +260,11 @@ def test_the_index_cli_lists_links_out_as_ignored(home, tmp_path):
     add_pictures(gallery, 0, 2)
     add_pictures(elsewhere, 5, 1)
     os.symlink(elsewhere / os.listdir(elsewhere)[0], gallery / "outside.png")
+    for i in range(40):  # the RAW files beside a photographer's JPEGs
+        (gallery / f"IMG_{i:04d}.CR2").write_bytes(b"raw")
     done = run_cli("index", gallery, "--model", "demo", env={"CAPTIONER_HOME": str(home)})
     assert done.returncode == 0, done.stderr
     assert f"ignored outside.png: {OUTSIDE}" in done.stderr and "2 images indexed" in done.stderr
+    lines = done.stderr.splitlines()
+    assert sum(".CR2: not an image file type" in line for line in lines) == 3  # a few named, the rest counted
+    assert "captioner: ignored 37 more: not an image file type" in lines and len(lines) < 12

@@ -15,6 +15,9 @@ from .common import UserError, say
 from .serving import load_for_cli
 
 
+NAMED_PER_REASON = 3  # ignored files named on stderr for each reason (the search page lists them all)
+
+
 def load_search_model(args, settings: Settings):
     """The search model: --model exactly, else the configured one (a fallback said on stderr)."""
     return load_for_cli("search", args.model, settings)
@@ -26,8 +29,14 @@ def report_update(report) -> None:
         say(f"rebuilt the index: {report.rebuilt_because}")
     if report.rewritten_because:
         say(f"rewrote the index's vectors: {report.rewritten_because}")
+    by_reason: dict[str, list[str]] = {}
     for path, reason in report.ignored:
-        say(f"ignored {path}: {reason}")
+        by_reason.setdefault(reason, []).append(path)
+    for reason, paths in by_reason.items():  # a few named per reason: thousands of RAW files must not bury the rest
+        for path in paths[:NAMED_PER_REASON]:
+            say(f"ignored {path}: {reason}")
+        if len(paths) > NAMED_PER_REASON:
+            say(f"ignored {len(paths) - NAMED_PER_REASON:,} more: {reason}")
     for path, reason in report.skipped:
         say(f"skipped {path}: {reason}")
     if report.resumed:
