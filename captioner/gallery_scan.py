@@ -30,6 +30,7 @@ class Scan:
     found: dict[str, tuple[int, int]] = field(default_factory=dict)  # path -> (size, mtime_ns)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # image files that cannot be used
     ignored: list[tuple[str, str]] = field(default_factory=list)  # other files, links out, loops
+    unlisted: list[str] = field(default_factory=list)  # folders that could not be listed ("sub/"; "" the gallery)
 
 
 def scan_gallery(gallery: Path, follow_links: bool = False) -> Scan:
@@ -63,6 +64,7 @@ def scan_gallery(gallery: Path, follow_links: bool = False) -> Scan:
                 children = sorted(listing, key=lambda entry: entry.name, reverse=True)
         except OSError as exc:
             scan.skipped.append((prefix.rstrip("/") or ".", f"cannot be read ({exc.strerror})"))
+            scan.unlisted.append(prefix)
             continue
         for entry in children:
             name = entry.name

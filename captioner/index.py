@@ -29,14 +29,14 @@ class SearchError(ValueError):
 
 
 def open_or_build(
-    embedder, gallery: Path, data_dir: Path, on_progress=None, follow_links: bool = False
+    embedder, gallery: Path, data_dir: Path, on_progress=None, follow_links: bool = False, on_wait=None
 ) -> tuple[GalleryIndex, UpdateReport | None]:
     """The gallery's index as it is; built (or rebuilt, saying why) when missing, damaged or made by another model."""
     root = index_root(data_dir, gallery, embedder.name)
     try:
         return load_index(root, Path(gallery).resolve(), embedder.name, embedder.version), None
     except IndexProblem:
-        return update_index(embedder, gallery, data_dir, on_progress, follow_links=follow_links)
+        return update_index(embedder, gallery, data_dir, on_progress, follow_links=follow_links, on_wait=on_wait)
 
 
 def search_text(embedder, index: GalleryIndex, text: str, k: int = 10) -> list[Hit]:

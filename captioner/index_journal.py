@@ -4,6 +4,7 @@ laptop, a crash) resumes where it stopped instead of embedding the whole gallery
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -61,12 +62,17 @@ class Journal:
     def close(self) -> None:
         for handle in (self._vectors, self._shas):
             if handle is not None:
-                handle.close()
+                try:
+                    handle.close()
+                except OSError:  # a full disk: the rows it could not take are torn, and never read back
+                    pass
         self._vectors = self._shas = None
 
 
 def _read_rows(folder: Path, dim: int) -> dict[str, np.ndarray]:
-    """The rows written whole: as many as both files hold, up to the first that is not a unit vector."""
+    """The rows written whole: as many as both files hold, up to the first that is not a unit vector. Both files
+    are cut back to them, so that this update's appends line up (a batch whose vectors were written but not its
+    hashes would otherwise pair each later hash with the vector before its own)."""
     vectors = np.fromfile(folder / "vectors.f32", np.float32)
     vectors = vectors[: len(vectors) // dim * dim].reshape(-1, dim)
     shas = (folder / "shas.txt").read_text(encoding="ascii").split("\n")[:-1]  # a torn last line has no newline
@@ -74,4 +80,6 @@ def _read_rows(folder: Path, dim: int) -> dict[str, np.ndarray]:
     norms = np.linalg.norm(vectors[:count], axis=1)
     bad = np.flatnonzero(np.abs(norms - 1) > UNIT_TOLERANCE)
     count = int(bad[0]) if len(bad) else count
+    os.truncate(folder / "vectors.f32", count * dim * vectors.itemsize)
+    os.truncate(folder / "shas.txt", sum(len(sha) + 1 for sha in shas[:count]))
     return {sha: vectors[i] for i, sha in enumerate(shas[:count])}

@@ -11,6 +11,7 @@ of them belong to no file, or (the small ones merged) when there are more than M
 
 from __future__ import annotations
 
+import bisect
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from pathlib import Path
 from collections.abc import Callable
 
 import numpy as np
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from . import images
 from .files import now_utc
@@ -68,13 +69,14 @@ class UpdateReport:
 
 def update_index(
     embedder, gallery: Path, data_dir: Path, on_progress: Callable[[int, int, float], None] | None = None,
-    flat_limit: int = FLAT_LIMIT, follow_links: bool = False,
+    flat_limit: int = FLAT_LIMIT, follow_links: bool = False, on_wait: Callable[[], None] | None = None,
 ) -> tuple[GalleryIndex, UpdateReport]:  # fmt: skip
-    """Bring the gallery's index up to date: embed new and changed files, drop deleted ones, skip the rest."""
+    """Bring the gallery's index up to date: embed new and changed files, drop deleted ones, skip the rest.
+    on_wait is called once if another update of this index is running (this one waits for it to end)."""
     started, gallery = time.time(), Path(gallery).resolve()
     root = index_root(data_dir, gallery, embedder.name)
     report = UpdateReport()
-    with _update_lock(root) as cannot_write:
+    with _written_to(root), _update_lock(root, on_wait) as cannot_write:
         if not cannot_write:
             remove_strays(root)
         old = _previous_index(root, gallery, embedder, report)
@@ -128,13 +130,30 @@ def update_index(
 
 
 @contextmanager
-def _update_lock(root: Path):
+def _written_to(root: Path):
+    """A disk that fills up (or a folder that turns read-only) mid-update is one IndexProblem saying so, not a
+    traceback; CURRENT has not moved, so searches still see the index as it was."""
+    try:
+        yield
+    except OSError as exc:
+        raise IndexProblem(
+            f"the index in {root} could not be written ({exc.strerror or exc}); it is as it was before this update"
+        ) from None
+
+
+@contextmanager
+def _update_lock(root: Path, on_wait: Callable[[], None] | None = None):
     """Hold the index's update lock; yields why the index cannot be written ("" when it can). A folder that takes
     no lock file (read-only, full) is read without one: no other process can write it either."""
     try:
         root.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(root / "update.lock"), timeout=3600)
-        lock.acquire()
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:  # another update (a session, the CLI) may run for an hour: say why nothing moves
+            if on_wait:
+                on_wait()
+            lock.acquire()
     except OSError as exc:
         yield exc.strerror or str(exc)
         return
@@ -173,9 +192,22 @@ def _compare(scan, old: GalleryIndex | None, report: UpdateReport) -> tuple[np.n
             report.skipped.append((relative, failed["reason"]))  # still the same bad file: not read again
         else:
             to_read.append(relative)
-    report.unchanged = int(same.sum())
-    report.removed = len(old.paths) - int((where >= 0).sum())
-    return np.sort(where[same]), to_read, ShaRows(old.table.columns)
+    # a folder that could not be listed (a network share that hiccuped) has not lost its files: keep what they were
+    unlisted = np.array(_under(old.paths, scan.unlisted), np.int64)
+    report.unchanged = int(same.sum()) + len(unlisted)
+    report.removed = len(old.paths) - int((where >= 0).sum()) - len(unlisted)
+    return np.unique(np.concatenate([where[same], unlisted])), to_read, ShaRows(old.table.columns)
+
+
+def _under(paths: list[str], folders: list[str]) -> list[int]:
+    """Positions of the (sorted) paths inside these folders ("" is the whole gallery)."""
+    inside = []
+    for folder in folders:
+        at = bisect.bisect_left(paths, folder)
+        while at < len(paths) and paths[at].startswith(folder):
+            inside.append(at)
+            at += 1
+    return inside
 
 
 def _read_hashed(gallery: Path, relative: str):
@@ -249,9 +281,11 @@ def _arrange(root, old, table: EntryTable, new_vectors, embedder, flat_limit, re
     kind, nlist = plan_layout(len(rows), flat_limit)
     layout = Layout.from_json(old.meta["layout"]) if old else None
     why = None
-    if layout is not None and layout.kind != kind:
-        why = f"{len(rows):,} vectors: the search structure changes from {layout.kind} to {kind}"
-    elif layout is not None and kind == "ivf" and len(rows) > RETRAIN_GROWTH * layout.trained_on:
+    # an IVF that shrinks below the limit stays one (it still finds what it holds): a gallery hovering at the limit
+    # would otherwise have every vector rewritten, and an IVF trained again, on each crossing
+    if layout is not None and layout.kind == "flat" and kind == "ivf":
+        why = f"{len(rows):,} vectors: the search structure changes from flat to ivf"
+    elif layout is not None and layout.kind == "ivf" and len(rows) > RETRAIN_GROWTH * layout.trained_on:
         why = f"{len(rows):,} vectors, over {RETRAIN_GROWTH}x the {layout.trained_on:,} its IVF was trained on"
     elif total and (total - len(rows)) / total > DEAD_FRACTION:
         why = f"{total - len(rows):,} of {total:,} vectors belong to no file any more"

@@ -47,6 +47,21 @@ def show_thumbnail(column, relative: str) -> None:
         column.warning(plain(f"cannot be read ({exc.strerror})"))
 
 
+def uploaded_query() -> ImageInput | None:
+    """The uploaded query image, kept while the person searches by text or visits another page (Streamlit empties an
+    uploader that a run does not draw); the uploader's x, or another upload, replaces it."""
+    upload = st.file_uploader("Query image", type=UPLOAD_TYPES, key="search_upload", on_change=forget_removed_upload)
+    if upload is not None and state.get("search_upload_id") != upload.file_id:
+        state.search_query_upload, state.search_upload_id = ImageInput(upload.name, upload.getvalue()), upload.file_id
+    return state.get("search_query_upload")
+
+
+def forget_removed_upload() -> None:
+    """The person changed the uploader: an empty one means they removed the file (a page switch calls nothing)."""
+    if state.get("search_upload") is None:
+        state.search_query_upload = state.search_upload_id = None
+
+
 def run_update() -> None:
     """Embed what is new or changed, with progress; keep the report (or why it failed) to show after the rerun."""
     bar = st.progress(0.0, "Scanning the gallery…")
@@ -56,7 +71,8 @@ def run_update() -> None:
 
     try:
         _, state.index_report = update_index(
-            embedder, config.gallery, config.data_dir, progress, follow_links=config.gallery_follow_links
+            embedder, config.gallery, config.data_dir, progress, follow_links=config.gallery_follow_links,
+            on_wait=lambda: bar.progress(0.0, "Another update of this index is running: this one starts when it ends…"),
         )
         state.index_error = None
     except IndexProblem as exc:
@@ -118,20 +134,22 @@ try:
         if hits is not None and text_is_cut(embedder, text):
             st.caption("The search model reads only the start of a long text: the end of this one was left out.")
     elif mode == "Gallery image":
-        needle = st.text_input("Filter gallery files by name", placeholder="part of a file name")
+        needle = st.text_input("Filter gallery files by name", placeholder="part of a file name", key="search_gallery_filter")
         matches = [p for p in index.paths if needle.lower() in p.lower()] if needle else index.paths
         if len(matches) > PICKER_LIMIT:
             st.caption(f"{len(matches):,} files match; the first {PICKER_LIMIT} are listed, type to narrow them down.")
         if not matches:
             st.caption(f"No gallery file name contains “{plain(needle)}”.")
-        picked = st.selectbox("Query image", matches[:PICKER_LIMIT], format_func=shown_name)
+        offered = matches[:PICKER_LIMIT]
+        if state.get("search_gallery_pick") not in offered:  # filtered out, or gone from the index: the first one
+            state.pop("search_gallery_pick", None)
+        picked = st.selectbox("Query image", offered, format_func=shown_name, key="search_gallery_pick")
         if picked:
             show_thumbnail(st.columns(6)[0], picked)
         hits = search_gallery_image(index, picked, top_k) if picked else None
     else:
         if mode == "Upload an image":
-            upload = st.file_uploader("Query image", type=UPLOAD_TYPES)
-            query = ImageInput(upload.name, upload.getvalue()) if upload else None
+            query = uploaded_query()
         else:
             query = handed_over
         if query is not None:

@@ -182,6 +182,11 @@ def test_the_search_cli_prints_a_name_that_is_not_utf8_so_json_gives_it_back(hom
                    env={"CAPTIONER_HOME": str(home)})  # fmt: skip
     assert long.returncode == 0 and len(long.stdout.splitlines()) == 2
     assert "note: the search model reads only the start of a long text" in long.stderr
+    (home / "empty").mkdir()
+    nothing = run_cli("search", "--text", "a red circle", "--gallery", home / "empty", "--model", "demo",
+                      env={"CAPTIONER_HOME": str(home)})  # fmt: skip
+    assert nothing.returncode == 0 and nothing.stdout == ""
+    assert "holds no images (a folder without image files?): nothing to find" in nothing.stderr
 
 
 def test_a_home_that_cannot_be_written_still_searches_and_an_update_says_why(clip, gallery, settings, monkeypatch):
@@ -417,6 +422,94 @@ def test_a_journal_keeps_only_whole_rows_of_its_own_model_version(clip, gallery,
     (journal / "vectors.f32").write_bytes(np.ones((2, 4), np.float32).tobytes())
     _, report = update_index(clip, gallery, settings.data_dir)
     assert (report.resumed, report.embedded, report.added) == (0, 2, 2)
+
+
+def test_a_resumed_update_interrupted_again_pairs_every_file_with_its_own_vector(
+    clip, gallery, settings, tmp_path, monkeypatch,
+):  # fmt: skip
+    monkeypatch.setattr("captioner.embed.DEFAULT_BATCH_SIZE", 2)
+    add_pictures(gallery, 6)
+    interrupt_on_call(clip.model, monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        update_index(clip, gallery, settings.data_dir)
+    journal = index_root(settings.data_dir, gallery, clip.name) / "unfinished"
+    with open(journal / "vectors.f32", "ab") as vectors:  # a batch whose vectors reached the disk, not its hashes
+        stray = np.random.default_rng(0).standard_normal((2, 16)).astype(np.float32)
+        vectors.write((stray / np.linalg.norm(stray, axis=1, keepdims=True)).tobytes())
+    for stop_at in (3, None):  # the resumed update is interrupted too, then one finishes
+        monkeypatch.undo()
+        monkeypatch.setattr("captioner.embed.DEFAULT_BATCH_SIZE", 2)
+        if stop_at:
+            interrupt_on_call(clip.model, monkeypatch, stop_at)
+            with pytest.raises(KeyboardInterrupt):
+                update_index(clip, gallery, settings.data_dir)
+        else:
+            index, _ = update_index(clip, gallery, settings.data_dir)
+    clean, _ = update_index(clip, gallery, tmp_path / "clean")
+    for entry in clean.entries:
+        np.testing.assert_allclose(index.vector(index.entry_of(entry.path).row), clean.vector(entry.row), atol=1e-6)
+
+
+def test_an_update_that_finds_another_running_says_so_and_waits_for_it(clip, gallery, settings, tiny_clip_dir):
+    import threading
+
+    from filelock import FileLock
+
+    update_index(clip, gallery, settings.data_dir)
+    (gallery / "new.png").write_bytes(zoo.encode(zoo.demo("square", "green"), "PNG"))
+    other = FileLock(str(index_root(settings.data_dir, gallery, clip.name) / "update.lock"))
+    other.acquire()  # another update of this index is running
+    waiting, finished = threading.Event(), []
+    worker = threading.Thread(
+        target=lambda: finished.append(update_index(clip, gallery, settings.data_dir, on_wait=waiting.set))
+    )  # fmt: skip
+    worker.start()
+    assert waiting.wait(60) and worker.is_alive() and not finished  # told, and waiting
+    other.release()
+    worker.join(60)
+    index, report = finished[0]
+    assert report.added == 1 and len(index) == 5
+    told = []
+    update_index(clip, gallery, settings.data_dir, on_wait=lambda: told.append(1))
+    assert told == []  # nothing else running: nothing said
+
+    other.acquire()  # the CLI says it on stderr
+    cli = subprocess.Popen([sys.executable, "-m", "captioner", "index", str(gallery), "--model", str(tiny_clip_dir)],
+                           stderr=subprocess.PIPE, text=True, cwd=ROOT, env=child_env())  # fmt: skip
+    watchdog = threading.Timer(120, cli.kill)  # a CLI that never says so would wait an hour for the lock
+    watchdog.start()
+    lines = []
+    try:
+        while not lines or (lines[-1] and "waiting" not in lines[-1]):
+            lines.append(cli.stderr.readline())
+    finally:
+        other.release()
+        watchdog.cancel()
+    assert "another update of this index is running: waiting for it to finish" in lines[-1]
+    assert cli.wait(120) == 0 and "5 images indexed" in cli.stderr.read()
+
+
+def test_a_disk_that_fills_up_mid_update_is_one_clear_problem_and_the_next_update_resumes(
+    clip, gallery, settings, monkeypatch,
+):  # fmt: skip
+    import errno
+
+    from captioner import index_update
+
+    update_index(clip, gallery, settings.data_dir)
+    (gallery / "new.png").write_bytes(zoo.encode(zoo.demo("square", "green"), "PNG"))
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(index_update, "write_segment", disk_full)
+    with pytest.raises(IndexProblem, match=r"could not be written \(No space left on device\); it is as it was"):
+        update_index(clip, gallery, settings.data_dir)
+    root = index_root(settings.data_dir, gallery, clip.name)
+    assert len(load_index(root, gallery.resolve(), clip.name, clip.version)) == 4  # searches see the old index
+    monkeypatch.undo()
+    index, report = update_index(clip, gallery, settings.data_dir)
+    assert (report.added, report.resumed, report.embedded, len(index)) == (1, 1, 0, 5)
 
 
 def test_demo_clip_reaches_precision_at_5(settings, tmp_path):

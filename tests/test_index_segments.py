@@ -131,6 +131,50 @@ def test_a_growing_flat_index_switches_to_ivf(clip, gallery, settings):
     assert index.kind == "ivf" and "from flat to ivf" in report.rewritten_because and len(index) == 72
 
 
+def test_an_ivf_index_shrinking_below_the_limit_and_growing_back_rewrites_nothing(clip, gallery, settings):
+    add_pictures(gallery, 12, 40)  # 52 files: just over flat_limit
+    index, _ = update_index(clip, gallery, settings.data_dir, flat_limit=50)
+    assert index.kind == "ivf"
+    gone = sorted(gallery.glob("*.png"))[:4]
+    for path in gone:
+        path.unlink()
+    root = index_root(settings.data_dir, gallery, clip.name)
+    before = segment_files(root)
+    index, report = update_index(clip, gallery, settings.data_dir, flat_limit=50)  # 48: under the limit
+    assert report.rewritten_because is None and index.kind == "ivf" and len(index) == 48
+    assert segment_files(root) == before
+    add_pictures(gallery, 400, 3)  # 51: over it again
+    index, report = update_index(clip, gallery, settings.data_dir, flat_limit=50)
+    assert report.rewritten_because is None and len(index.meta["segments"]) == 2 and len(index) == 51
+    hits = index.search(index.vector(index.entry_of(sorted(index.paths)[0]).row), k=60)
+    assert len(hits) == 51 and not {hit.path.name for hit in hits} & {path.name for path in gone}
+
+
+def test_files_in_a_folder_that_cannot_be_listed_are_kept_not_forgotten(clip, gallery, settings, monkeypatch):
+    import errno
+
+    (gallery / "shoot").mkdir()
+    names = add_pictures(gallery / "shoot", 100, 5)
+    update_index(clip, gallery, settings.data_dir)
+    listing = os.scandir
+
+    def flaky_share(path="."):
+        if os.fspath(path).endswith("shoot"):
+            raise OSError(errno.EIO, os.strerror(errno.EIO), os.fspath(path))
+        return listing(path)
+
+    monkeypatch.setattr(os, "scandir", flaky_share)
+    (gallery / "0000-red-circle.png").unlink()  # a real deletion beside it is still seen
+    index, report = update_index(clip, gallery, settings.data_dir)
+    assert (report.removed, report.unchanged, len(index)) == (1, 16, 16)
+    assert ("shoot", "cannot be read (Input/output error)") in report.skipped
+    assert {f"shoot/{name}" for name in names} <= set(index.paths)
+    monkeypatch.setattr(os, "scandir", listing)
+    (gallery / "shoot" / names[0]).unlink()
+    index, report = update_index(clip, gallery, settings.data_dir)  # listed again: gone is gone
+    assert report.removed == 1 and len(index) == 15 and f"shoot/{names[0]}" not in index.paths
+
+
 def test_links_out_of_the_gallery_are_ignored_unless_allowed(clip, gallery, settings, tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -187,6 +231,26 @@ def test_nprobe_tuned_on_text_like_queries_reaches_the_target_on_other_text_quer
     assert recall_at_10(truth, found) >= 0.95
 
 
+def test_a_memory_mapped_ivf_segment_answers_as_the_built_one_without_prefetch_threads(tmp_path):
+    import faiss
+
+    from captioner.search_structure import SegmentedSearch, read_ivf
+
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(4000, 32)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    built, layout, _ = build_search_structure(vectors, flat_limit=2000)
+    faiss.write_index(built.parts[0][0], str(tmp_path / "ivf.index"))
+    opened = read_ivf(tmp_path / "ivf.index")
+    lists = faiss.downcast_InvertedLists(opened.invlists)
+    assert isinstance(lists, faiss.OnDiskInvertedLists)  # memory-mapped: shared between processes, evictable
+    # FAISS's default starts 32 threads per search to touch the lists: 3-4x the search's own time when warm
+    assert lists.prefetch_nthread == 0
+    queries = vectors[:50] + rng.normal(0, 0.3, size=(50, 32)).astype(np.float32)
+    reopened = SegmentedSearch([(opened, 0, None)], layout.nprobe)
+    np.testing.assert_array_equal(reopened.search(queries, 10)[1], built.search(queries, 10)[1])
+
+
 def test_the_index_cli_lists_links_out_as_ignored(home, tmp_path):
     from conftest import run_cli
 
@@ -196,6 +260,11 @@ def test_the_index_cli_lists_links_out_as_ignored(home, tmp_path):
     add_pictures(gallery, 0, 2)
     add_pictures(elsewhere, 5, 1)
     os.symlink(elsewhere / os.listdir(elsewhere)[0], gallery / "outside.png")
+    for i in range(40):  # the RAW files beside a photographer's JPEGs
+        (gallery / f"IMG_{i:04d}.CR2").write_bytes(b"raw")
     done = run_cli("index", gallery, "--model", "demo", env={"CAPTIONER_HOME": str(home)})
     assert done.returncode == 0, done.stderr
     assert f"ignored outside.png: {OUTSIDE}" in done.stderr and "2 images indexed" in done.stderr
+    lines = done.stderr.splitlines()
+    assert sum(".CR2: not an image file type" in line for line in lines) == 3  # a few named, the rest counted
+    assert "captioner: ignored 37 more: not an image file type" in lines and len(lines) < 12

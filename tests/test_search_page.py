@@ -104,6 +104,60 @@ def test_find_similar_from_the_caption_page(search, gallery):
     assert "Captioned image" not in search.radio[0].options and search.radio[0].value == "Text"
 
 
+def test_a_gallery_image_query_is_kept_across_pages_until_it_is_filtered_out(search, gallery):
+    click(search, "Update index")
+    search.radio[0].set_value("Gallery image").run()
+    search.text_input(key="search_gallery_filter").set_value("yellow").run()
+    picked = search.selectbox(key="search_gallery_pick").options[2]
+    search.selectbox(key="search_gallery_pick").set_value(picked).run()
+    search.switch_page("pages/caption.py").run()
+    search.switch_page("pages/search.py").run()  # back from the sidebar: the same query, the same results
+    assert search.text_input(key="search_gallery_filter").value == "yellow"
+    assert search.selectbox(key="search_gallery_pick").value == picked
+    assert picked in result_captions(search)[0] and "near-duplicate" in result_captions(search)[0]
+    search.text_input(key="search_gallery_filter").set_value("red-circle").run()  # the pick is no longer offered
+    assert not search.error and not search.exception
+    first = search.selectbox(key="search_gallery_pick").options[0]
+    assert search.selectbox(key="search_gallery_pick").value == first and first in result_captions(search)[0]
+
+
+def test_the_app_holds_only_the_latest_generation_of_an_index_in_memory(search, gallery):
+    import gc
+
+    from captioner.index import GalleryIndex
+
+    def held():
+        gc.collect()
+        return sorted(len(o) for o in gc.get_objects() if isinstance(o, GalleryIndex) and o.meta["gallery"] == str(gallery))
+
+    for extra in range(4):  # each update makes a new generation, opened by the next search
+        (gallery / f"extra-{extra}.png").write_bytes(zoo.encode(zoo.demo("star", "red", 90 + extra), "PNG"))
+        click(search, "Update index")
+        search.text_input(key="search_text").set_value(f"a red star {extra}").run()
+        assert result_captions(search)
+    # a flat index holds every vector in memory: only the live generation is kept (and the one the page's
+    # previous run still names, until the next run), not one per update
+    assert held()[-1] == 44 and len(held()) <= 2
+
+
+def test_an_uploaded_query_image_is_kept_across_modes_and_pages_until_removed(search):
+    click(search, "Update index")
+    search.radio[0].set_value("Upload an image").run()
+    search.file_uploader[0].set_value(("mine.png", zoo.encode(zoo.demo("square", "blue"), "PNG"), "image/png")).run()
+    found = result_captions(search)
+    assert found and all("blue-square" in r for r in found[:3])
+    search.radio[0].set_value("Text").run()  # a look at a text query, then back
+    search.radio[0].set_value("Upload an image").run()
+    assert result_captions(search) == found and "Query: mine.png" in [t.value for t in search.text]
+    search.switch_page("pages/caption.py").run()
+    search.switch_page("pages/search.py").run()
+    assert result_captions(search) == found
+    search.file_uploader[0].set_value(("other.png", zoo.encode(zoo.demo("circle", "red"), "PNG"), "image/png")).run()
+    assert all("red-circle" in r for r in result_captions(search)[:3])  # another upload replaces it
+    search.file_uploader[0].set_value(None).run()  # the uploader's x
+    assert result_captions(search) == [] and not search.exception
+
+
 def test_a_file_name_that_is_not_utf8_is_shown_and_searchable(search, gallery):
     write_non_utf8_name(gallery, b"caf\xe9-red-circle.png", zoo.encode(zoo.demo("circle", "red", 120), "PNG"))
     click(search, "Update index")

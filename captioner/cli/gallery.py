@@ -15,6 +15,9 @@ from .common import UserError, say
 from .serving import load_for_cli
 
 
+NAMED_PER_REASON = 3  # ignored files named on stderr for each reason (the search page lists them all)
+
+
 def load_search_model(args, settings: Settings):
     """The search model: --model exactly, else the configured one (a fallback said on stderr)."""
     return load_for_cli("search", args.model, settings)
@@ -26,8 +29,14 @@ def report_update(report) -> None:
         say(f"rebuilt the index: {report.rebuilt_because}")
     if report.rewritten_because:
         say(f"rewrote the index's vectors: {report.rewritten_because}")
+    by_reason: dict[str, list[str]] = {}
     for path, reason in report.ignored:
-        say(f"ignored {path}: {reason}")
+        by_reason.setdefault(reason, []).append(path)
+    for reason, paths in by_reason.items():  # a few named per reason: thousands of RAW files must not bury the rest
+        for path in paths[:NAMED_PER_REASON]:
+            say(f"ignored {path}: {reason}")
+        if len(paths) > NAMED_PER_REASON:
+            say(f"ignored {len(paths) - NAMED_PER_REASON:,} more: {reason}")
     for path, reason in report.skipped:
         say(f"skipped {path}: {reason}")
     if report.resumed:
@@ -37,6 +46,10 @@ def report_update(report) -> None:
         f"{report.unchanged} unchanged; {report.embedded} embedded, {report.reused} duplicates reused, "
         f"{len(report.skipped)} skipped, {len(report.ignored)} ignored ({report.seconds:.1f}s)"
     )
+
+
+def say_waiting() -> None:
+    say("another update of this index is running: waiting for it to finish")
 
 
 def cmd_index(args, settings: Settings) -> int:
@@ -51,7 +64,7 @@ def cmd_index(args, settings: Settings) -> int:
     try:
         index, report = update_index(
             loaded, args.folder, settings.data_dir, on_progress=progress,
-            follow_links=args.follow_links or settings.gallery_follow_links,
+            follow_links=args.follow_links or settings.gallery_follow_links, on_wait=say_waiting,
         )  # fmt: skip
     except IndexProblem as exc:
         raise UserError(str(exc)) from None
@@ -71,7 +84,8 @@ def cmd_search(args, settings: Settings) -> int:
     gallery = args.gallery or settings.gallery
     try:
         index, report = open_or_build(
-            loaded, gallery, settings.data_dir, follow_links=args.follow_links or settings.gallery_follow_links
+            loaded, gallery, settings.data_dir, follow_links=args.follow_links or settings.gallery_follow_links,
+            on_wait=say_waiting,
         )
         if report:
             report_update(report)
@@ -83,6 +97,8 @@ def cmd_search(args, settings: Settings) -> int:
     except ImageError as exc:
         say(str(exc))
         return 1
+    if not len(index):
+        say(f"note: the index of {gallery} holds no images (a folder without image files?): nothing to find")
     if args.text is not None and text_is_cut(loaded, args.text):
         say("note: the search model reads only the start of a long text: the end of this query was left out")
     for hit in hits:

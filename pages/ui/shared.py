@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import streamlit as st
 
 from pages.ui.text import plain
@@ -107,19 +105,26 @@ def search_model() -> LoadedModel:
 
 
 @st.cache_resource(max_entries=4)
-def _opened_index(root: str, generation: str | None, gallery: str, model: str, version: str):
-    from captioner.index import load_index
-
-    return load_index(Path(root), Path(gallery), model, version)
+def _open_index_of(root: str, gallery: str, model: str, version: str) -> dict:
+    """The one opened generation kept for an index: {generation: index}. One per index, not one per generation:
+    each update's new generation replaces the last (a flat one holds all its vectors in memory)."""
+    return {}
 
 
 def gallery_index(embedder: LoadedModel):
-    """The gallery's index as the last update left it (cached per generation); IndexProblem if unusable."""
-    from captioner.index import current_generation, index_root
+    """The gallery's index as the last update left it (opened once per generation); IndexProblem if unusable."""
+    from captioner.index import current_generation, index_root, load_index
 
     config = settings()
-    root = index_root(config.data_dir, config.gallery, embedder.name)
-    return _opened_index(str(root), current_generation(root), str(config.gallery.resolve()), embedder.name, embedder.version)
+    root, gallery = index_root(config.data_dir, config.gallery, embedder.name), config.gallery.resolve()
+    held = _open_index_of(str(root), str(gallery), embedder.name, embedder.version)
+    generation = current_generation(root)
+    index = held.get(generation) if generation is not None else None
+    if index is None:
+        index = load_index(root, gallery, embedder.name, embedder.version)
+        held.clear()  # a session searching the old one keeps its own reference until it is done
+        held[generation] = index
+    return index
 
 
 def feedback_log() -> FeedbackLog:
@@ -142,7 +147,7 @@ def sidebar_models() -> None:
 # a widget's state when a run does not draw it; a key written back on every run is kept).
 KEPT_WIDGETS = ("gen_beams", "gen_max_new_tokens", "gen_min_new_tokens", "gen_repetition_penalty", "gen_prefix",
                 "caption_style", "caption_style_instruction", "chat_model_pick", "search_mode", "search_top_k",
-                "search_cutoff", "search_text")  # fmt: skip
+                "search_cutoff", "search_text", "search_gallery_filter", "search_gallery_pick")  # fmt: skip
 
 
 def keep_widget_values() -> None:
