@@ -261,3 +261,17 @@ def test_a_caption_run_stopped_after_its_first_chunk_starts_no_more(home, tmp_pa
     started = time.monotonic()
     chunks.close()
     assert time.monotonic() - started < 5 and len(calls) <= 3
+
+
+def test_an_out_file_that_is_one_of_the_inputs_is_refused_and_the_image_kept(home, tmp_path):
+    folder = tmp_path / "shoot"
+    folder.mkdir()
+    picture = write(folder, "p.jpg", zoo.encode(zoo.demo("square", "yellow"), "JPEG", quality=95))
+    other = write(tmp_path, "q.png", zoo.encode(zoo.demo("circle", "red"), "PNG"))
+    before = picture.read_bytes()
+    (tmp_path / "alias.jpg").symlink_to(picture)
+    for out in (picture, tmp_path / "alias.jpg"):  # the file itself, or a link to it
+        done = run_cli("caption", other, folder, "--model", "demo", "--out", out)
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        assert done.stderr.strip().splitlines()[-1] == f"captioner: --out {out}: is the input {picture}; writing there would destroy it"
+        assert picture.read_bytes() == before

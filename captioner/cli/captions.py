@@ -38,6 +38,7 @@ def cmd_caption(args, settings: Settings) -> int:
         raise UserError(f"--batch-size must be at least 1, not {args.batch_size}")
     style = chosen_style(args)
     paths, failed = expand_paths(args.paths)
+    refuse_an_input_as_output(args.out, paths)
     loaded = load_for_cli("caption", args.model, settings)
     styling = Styling.load(style, args.style_model, settings)  # before any captioning: a missing rewriter is
     # one error up front, not after the first chunk's work
@@ -247,6 +248,20 @@ def expand_paths(raw: list[str]) -> tuple[list[Path], bool]:
             say(f"note: {path}: {len(scan.ignored)} file(s) left out, such as {first} ({why})")
         paths.extend(path / relative for relative in found)
     return paths, unreadable
+
+
+def refuse_an_input_as_output(out: Path | None, paths: list[Path]) -> None:
+    """A UserError when --out is one of the inputs (or a link to one): opening it for writing would empty the image."""
+    if not out or not out.is_file():  # a file that does not exist yet cannot be an input
+        return
+    target = out.stat()
+    for path in paths:
+        try:
+            same = os.path.samestat(target, path.stat())
+        except OSError:  # a missing input: its own row says so
+            continue
+        if same:
+            raise UserError(f"--out {out}: is the input {path}; writing there would destroy it")
 
 
 def open_output(out: Path | None):
