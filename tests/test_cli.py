@@ -119,6 +119,8 @@ def test_user_errors_are_one_line_without_traceback(home, tmp_path):
     for args, expected in [
         (("caption", picture, "--model", "./no/such/model"), "model folder './no/such/model' does not exist"),
         (("caption", picture, "--model", "demo", "--num-beams", "0"), "beams must be 1 to 10"),
+        (("caption", picture, "--model", "demo", "--prompt", "a photo of a " * 11),
+         "the prompt (44 tokens) plus min new tokens (0) do not fit this captioner's 32 text positions"),
         (("feedback", "add", picture, "--correction", " "), "the correction is empty"),
         (("feedback", "add", picture, "--correction", "red", "--task", "qa"), "a qa row needs its question as the prompt"),
         (("feedback", "add", picture, "--correction", "red", "--task", "style"), "a style row needs its style as the prompt"),

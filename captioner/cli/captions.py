@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..caption import GenerationOptions, caption_images, format_captions
+from ..caption import GenerationOptions, OptionsError, caption_images, check_options, format_captions
 from ..chat import ChatError, answer
 from ..images import UPLOAD_TYPES, ImageError, decode, read_file
 from ..gallery_scan import scan_gallery
@@ -40,6 +40,10 @@ def cmd_caption(args, settings: Settings) -> int:
     paths, failed = expand_paths(args.paths)
     refuse_an_input_as_output(args.out, paths)
     loaded = load_for_cli("caption", args.model, settings)
+    try:
+        check_options(loaded, options)  # one error up front, not the same one on every image
+    except OptionsError as exc:
+        raise UserError(str(exc)) from None
     styling = Styling.load(style, args.style_model, settings)  # before any captioning: a missing rewriter is
     # one error up front, not after the first chunk's work
     first = True
