@@ -277,3 +277,24 @@ def test_an_out_file_that_is_one_of_the_inputs_is_refused_and_the_image_kept(hom
         assert done.returncode == 2 and "Traceback" not in done.stderr
         assert done.stderr.strip().splitlines()[-1] == f"captioner: --out {out}: is the input {picture}; writing there would destroy it"
         assert picture.read_bytes() == before
+
+
+def test_the_next_chunk_goes_to_the_engine_only_near_the_end_of_the_one_before(home, tmp_path, monkeypatch):
+    """Two whole chunks at once would share every batch and finish together, twice as late: an interrupted run would
+    keep half as much, and the first rows would come twice as late. The next starts when NEXT_CHUNK_AT files are left."""
+    from captioner.caption import GenerationOptions
+    from captioner.cli import captions
+    from captioner.engine import engine_for
+    from captioner.models import load_captioner
+    from captioner.settings import Settings
+
+    shapes = [(shape, colour) for shape in ("circle", "square", "triangle") for colour in ("red", "green", "blue", "yellow")]
+    paths = [write(tmp_path, f"{i:02d}.png", zoo.encode(zoo.demo(*shapes[i % 12]), "PNG")) for i in range(48)]
+    loaded = load_captioner("demo", Settings.from_env())
+    engine, captioned_before, real_caption = engine_for(loaded), [], captions.caption_images
+    monkeypatch.setattr(captions, "CHUNK_FILES", 16)
+    monkeypatch.setattr(captions, "NEXT_CHUNK_AT", 4)
+    monkeypatch.setattr(captions, "caption_images", lambda *a, **k: captioned_before.append(engine.images_run) or real_caption(*a, **k))
+    chunks = list(captions.captioned_chunks(loaded, paths, GenerationOptions(num_beams=1), 2))
+    assert [r.caption for _, results in chunks for r in results] == [f"a {colour} {shape}" for shape, colour in shapes] * 4
+    assert captioned_before[0] == 0 and captioned_before[1] >= 16 - 4 and captioned_before[2] >= 32 - 4, captioned_before

@@ -23,6 +23,9 @@ from .serving import load_for_cli
 
 CHUNK_FILES = 512  # files a chunk holds at most: three chunks in memory, so any folder captions in bounded memory
 CHUNK_BYTES = 128 * 2**20  # ... and at most this many of their bytes (camera photos are big)
+NEXT_CHUNK_AT = 256  # files a chunk has left when the next one is given to the engine: enough to keep the model busy
+# while the next one's first images are prepared, few enough that a chunk is not slowed by the next one's batches
+# (the engine shares its batches among jobs: two whole chunks at once finish together, twice as late)
 
 
 def cmd_caption(args, settings: Settings) -> int:
@@ -91,22 +94,31 @@ def chunk_rows(chunk: list, results: list, styling: "Styling") -> tuple[list[dic
 
 def captioned_chunks(loaded, paths: list[Path], options, batch_size: int | None):
     """(chunk, results of its readable files) in order. The engine is given the next chunk while this one's last
-    batches run (it never waits for work at a chunk's end), and the chunk after that is read meanwhile."""
+    NEXT_CHUNK_AT files are captioned (it never waits for work at a chunk's end), and the chunk after that is read
+    meanwhile."""
     stop = threading.Event()
 
-    def abandon_if_stopped(done: int, total: int) -> None:
-        if stop.is_set():
-            raise Abandoned  # the caller stopped (Ctrl-C, an error): the engine drops what has not started
+    def caption(chunk: list, nearly_done: threading.Event) -> list:
+        def progress(done: int, total: int) -> None:
+            if stop.is_set():
+                raise Abandoned  # the caller stopped (Ctrl-C, an error): the engine drops what has not started
+            if total - done <= NEXT_CHUNK_AT:
+                nearly_done.set()
 
-    def caption(chunk: list) -> list:
         readable = [item for _, item in chunk if not isinstance(item, ImageError)]
-        return caption_images(loaded, readable, options, batch_size=batch_size, on_progress=abandon_if_stopped)
+        try:
+            return caption_images(loaded, readable, options, batch_size=batch_size, on_progress=progress)
+        finally:
+            nearly_done.set()
 
     with ThreadPoolExecutor(2, "caption-ahead") as captioner:
         try:
-            waiting = deque()
+            waiting, nearly_done = deque(), threading.Event()
+            nearly_done.set()
             for chunk in read_ahead(paths):
-                waiting.append((chunk, captioner.submit(caption, chunk)))
+                nearly_done.wait()  # the chunk before is near its end
+                nearly_done = threading.Event()
+                waiting.append((chunk, captioner.submit(caption, chunk, nearly_done)))
                 if len(waiting) == 2:
                     chunk, job = waiting.popleft()
                     yield chunk, job.result()
