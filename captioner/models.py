@@ -275,6 +275,7 @@ def load_model(spec: ModelSpec, settings: Settings, choose_class: Callable[[Any]
     dtype = resolve_dtype(settings.dtype, device)
     check_quantization(settings.quantize, device)
     kwargs = hub_kwargs(spec)
+    _check_checkpoint_folder(spec)
     try:
         config = transformers.AutoConfig.from_pretrained(spec.location, **kwargs)
         family = choose_class(config)
@@ -294,6 +295,17 @@ def load_model(spec: ModelSpec, settings: Settings, choose_class: Callable[[Any]
         commit = getattr(config, "_commit_hash", None)
         spec = ModelSpec(spec.text, spec.kind, spec.source, spec.location, commit[:12] if commit else "hub")
     return LoadedModel(spec, model, processor, device, dtype, settings.quantize, family=family)
+
+
+def _check_checkpoint_folder(spec: ModelSpec) -> None:
+    """A ModelError naming what a folder without config.json is (transformers would ask for a key in a file that
+    is not there): an open_clip model, or no save_pretrained checkpoint at all."""
+    folder = Path(spec.location)
+    if not folder.is_dir() or (folder / "config.json").is_file():
+        return
+    if (folder / "open_clip_config.json").is_file():
+        raise ModelError(f"{spec.text} is an open_clip model, a search model (local-dir:{spec.text}), not a {spec.kind} model")
+    raise ModelError(f"{spec.text} holds no config.json: it is not a save_pretrained checkpoint")
 
 
 def free_memory() -> None:
