@@ -298,3 +298,19 @@ def test_the_next_chunk_goes_to_the_engine_only_near_the_end_of_the_one_before(h
     chunks = list(captions.captioned_chunks(loaded, paths, GenerationOptions(num_beams=1), 2))
     assert [r.caption for _, results in chunks for r in results] == [f"a {colour} {shape}" for shape, colour in shapes] * 4
     assert captioned_before[0] == 0 and captioned_before[1] >= 16 - 4 and captioned_before[2] >= 32 - 4, captioned_before
+
+
+def test_a_quoted_pattern_is_expanded_as_a_shell_would(home, tmp_path):
+    """`caption 'shoot/*.png'` from a script or a Windows shell, where nothing expands the pattern first."""
+    folder = tmp_path / "shoot"
+    (folder / "day2").mkdir(parents=True)
+    write(folder, "b.png", zoo.encode(zoo.demo("circle", "red"), "PNG"))
+    write(folder, "a.png", zoo.encode(zoo.demo("square", "blue"), "PNG"))
+    write(folder, "c.jpg", zoo.encode(zoo.demo("triangle", "green"), "JPEG", quality=95))
+    write(folder / "day2", "d.png", zoo.encode(zoo.demo("circle", "yellow"), "PNG"))
+    write(folder, "odd[1].png", zoo.encode(zoo.demo("square", "red"), "PNG"))  # a real name with pattern characters
+    done = run_cli("caption", f"{folder}/*.png", f"{folder}/**/d.png", folder / "odd[1].png", f"{folder}/*.gif", "--model", "demo")
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [line["path"][len(str(folder)) + 1 :] for line in lines] == ["a.png", "b.png", "odd[1].png", "day2/d.png", "odd[1].png", "*.gif"]
+    assert [line["caption"] for line in lines] == ["a blue square", "a red circle", "a red square", "a yellow circle", "a red square", None]
+    assert lines[-1]["error"] == "no such file" and done.returncode == 1

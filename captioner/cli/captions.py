@@ -240,12 +240,13 @@ def cmd_ask(args, settings: Settings) -> int:
 
 
 def expand_paths(raw: list[str]) -> tuple[list[Path], bool]:
-    """Files as given; folders replaced by the image files inside them, sorted, walked as the gallery index walks
-    them (hidden files passed over, linked folders followed once); True when part of a folder could not be read.
-    An image file that cannot be used (empty, too big) stays an input: its row says why."""
+    """Files as given (patterns the shell left unexpanded, expanded); folders replaced by the image files inside
+    them, sorted, walked as the gallery index walks them (hidden files passed over, linked folders followed once);
+    True when part of a folder could not be read. An image file that cannot be used (empty, too big) stays an
+    input: its row says why."""
     paths: list[Path] = []
     unreadable = False
-    for item in raw:
+    for item in unglobbed(raw):
         path = Path(item)
         if not path.is_dir():
             paths.append(path)
@@ -278,6 +279,18 @@ def refuse_an_input_as_output(out: Path | None, paths: list[Path]) -> None:
             continue
         if same:
             raise UserError(f"--out {out}: is the input {path}; writing there would destroy it")
+
+
+def unglobbed(raw: list[str]) -> list[str]:
+    """Each pattern that the shell left as it was (quoted, or a Windows shell) and that names no file itself, as the
+    files and folders it matches, sorted (`**` for any depth); a pattern matching nothing stays, its row says so."""
+    import glob
+
+    expanded = []
+    for item in raw:
+        matches = glob.has_magic(item) and not os.path.lexists(item) and sorted(glob.glob(item, recursive=True))
+        expanded.extend(matches or [item])
+    return expanded
 
 
 def open_output(out: Path | None):
