@@ -243,6 +243,10 @@ def test_an_out_file_that_cannot_be_written_is_one_error_before_any_image_is_cap
     done = run_cli("caption", picture, "--model", "demo", "--out", out)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines() == [f"captioner: --out {out}: cannot be written (No such file or directory)"]
+    command = [sys.executable, "-m", "captioner", "caption", str(picture), "--model", "demo"]
+    closed = subprocess.run(command, stdout=None, stderr=subprocess.PIPE, text=True, cwd=ROOT, timeout=300,
+                            preexec_fn=lambda: __import__("os").close(1))  # started as `>&-` starts it
+    assert closed.returncode == 2 and closed.stderr == "captioner: standard output is closed; give --out FILE\n"
 
 
 def test_a_caption_run_stopped_after_its_first_chunk_starts_no_more(home, tmp_path, monkeypatch):

@@ -298,6 +298,8 @@ def open_output(out: Path | None):
     import contextlib
 
     if not out:  # a file name that is not UTF-8 (Linux allows any bytes) goes out as its own bytes in CSV and text
+        if sys.stdout is None:  # started with stdout closed (`>&-`): Python has no stream to write to
+            raise UserError("standard output is closed; give --out FILE")
         sys.stdout.reconfigure(errors="surrogateescape")
         return contextlib.nullcontext(sys.stdout)
     try:
