@@ -64,6 +64,8 @@ def resolve_spec(text: str, kind: str, settings: Settings) -> ModelSpec:
             raise ModelError(f"models/active.json names version {state.version}, which is missing from {settings.models_dir}")
         return version_spec(settings.models_dir / state.version, state.version, text)
     path = Path(text.removeprefix("local-dir:")).expanduser()
+    if not path.is_absolute() and not path.exists() and (settings.home / path).is_dir():
+        path = settings.home / path  # models/v0001, as the hint below and model cards name a version, from any folder
     if path.is_dir():
         return ModelSpec(text, kind, "local", str(path.resolve()), path.resolve().name)
     if _looks_like_path(text) or text.startswith("local-dir:"):

@@ -318,3 +318,18 @@ def test_a_quoted_pattern_is_expanded_as_a_shell_would(home, tmp_path):
     assert [line["path"][len(str(folder)) + 1 :] for line in lines] == ["a.png", "b.png", "odd[1].png", "day2/d.png", "odd[1].png", "*.gif"]
     assert [line["caption"] for line in lines] == ["a blue square", "a red circle", "a red square", "a yellow circle", "a red square", None]
     assert lines[-1]["error"] == "no such file" and done.returncode == 1
+
+
+def test_a_version_folder_named_as_under_captioner_home_is_found_from_any_folder(home, tmp_path):
+    import shutil
+
+    from captioner.models import demo_model_dir
+
+    shutil.copytree(demo_model_dir("caption"), home / "models" / "v0001")
+    picture = write(tmp_path, "p.png", zoo.encode(zoo.demo("circle", "red"), "PNG"))
+    elsewhere, this_checkout = tmp_path / "elsewhere", {"PYTHONPATH": str(ROOT)}  # (run from elsewhere: this code)
+    elsewhere.mkdir()
+    wrong = run_cli("caption", picture, "--model", "v0001", cwd=elsewhere, env=this_checkout)
+    assert wrong.returncode == 2 and "(a fine-tuned version is `active`, or its folder: models/v0001)" in wrong.stderr
+    done = run_cli("caption", picture, "--model", "models/v0001", cwd=elsewhere, env=this_checkout)  # as the hint says
+    assert done.returncode == 0 and json.loads(done.stdout)["caption"] == "a red circle", done.stderr
