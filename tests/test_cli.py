@@ -296,9 +296,11 @@ def test_the_next_chunk_goes_to_the_engine_only_near_the_end_of_the_one_before(h
     paths = [write(tmp_path, f"{i:02d}.png", zoo.encode(zoo.demo(*shapes[i % 12]), "PNG")) for i in range(48)]
     loaded = load_captioner("demo", Settings.from_env())
     engine, captioned_before, real_caption = engine_for(loaded), [], captions.caption_images
+    already = engine.images_run  # (an engine an earlier test in this process used)
     monkeypatch.setattr(captions, "CHUNK_FILES", 16)
     monkeypatch.setattr(captions, "NEXT_CHUNK_AT", 4)
-    monkeypatch.setattr(captions, "caption_images", lambda *a, **k: captioned_before.append(engine.images_run) or real_caption(*a, **k))
+    monkeypatch.setattr(captions, "caption_images",
+                        lambda *a, **k: captioned_before.append(engine.images_run - already) or real_caption(*a, **k))
     chunks = list(captions.captioned_chunks(loaded, paths, GenerationOptions(num_beams=1), 2))
     assert [r.caption for _, results in chunks for r in results] == [f"a {colour} {shape}" for shape, colour in shapes] * 4
     assert captioned_before[0] == 0 and captioned_before[1] >= 16 - 4 and captioned_before[2] >= 32 - 4, captioned_before
