@@ -47,8 +47,9 @@ def test_caption_a_folder_to_csv_and_txt_files(home, tmp_path):
     assert done.returncode == 0, done.stderr
     rows = list(csv.DictReader(io.StringIO(out.read_text(), newline="")))
     assert [(r["path"].rsplit("/", 1)[1], r["caption"]) for r in rows] == [("1.png", "a yellow triangle"), ("2.png", "a blue circle")]
-    done = run_cli("caption", folder, "--model", "demo", "--format", "txt")
-    assert done.stdout.splitlines()[1].endswith("2.png\ta blue circle")
+    done = run_cli("caption", folder, "--model", "demo", "--format", "txt", "--out", "-", cwd=tmp_path,
+                   env={"PYTHONPATH": str(ROOT)})  # - is stdout (run in tmp_path, to see no file named - is made)
+    assert done.stdout.splitlines()[1].endswith("2.png\ta blue circle") and not (tmp_path / "-").exists()
 
 
 def test_a_folder_is_walked_as_the_index_walks_it_and_odd_names_come_out_whole(home, tmp_path):

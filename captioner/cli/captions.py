@@ -40,6 +40,8 @@ def cmd_caption(args, settings: Settings) -> int:
     if args.batch_size is not None and args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, not {args.batch_size}")
     style = chosen_style(args)
+    if args.out == Path("-"):  # the usual name for standard output (a file named so is ./-)
+        args.out = None
     paths, failed = expand_paths(args.paths)
     refuse_an_input_as_output(args.out, paths)
     loaded = load_for_cli("caption", args.model, settings)
