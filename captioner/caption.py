@@ -5,13 +5,17 @@ from __future__ import annotations
 from typing import Callable, Iterator, Sequence
 
 from .engine import CaptionResult, EngineClosed, engine_for
+from .engine.blip_decoder import OptionsError, check_fits
 from .engine.pixels import THUMBNAIL_SIDE
 from .files import has_undecodable, spreadsheet_safe
 from .images import ImageInput
 from .models import LoadedModel
 from .options import GenerationOptions
 
-__all__ = ["CaptionResult", "GenerationOptions", "THUMBNAIL_SIDE", "caption_images", "caption_stream", "format_captions"]
+__all__ = [
+    "CaptionResult", "GenerationOptions", "OptionsError", "THUMBNAIL_SIDE", "caption_images", "caption_stream",
+    "check_options", "format_captions",
+]  # fmt: skip
 
 
 def caption_images(
@@ -36,6 +40,11 @@ def caption_images(
         if report:
             report()
     return results
+
+
+def check_options(loaded: LoadedModel, options: GenerationOptions) -> None:
+    """OptionsError when this captioner cannot serve these options for any image (a prompt too long for it)."""
+    check_fits(loaded.model, loaded.processor.tokenizer, options)
 
 
 def caption_stream(

@@ -91,14 +91,19 @@ def serve(kind: str, settings: Settings, asked: str | None = None) -> Served:
 
 def _fallback(kind: str, text: str, settings: Settings, exc: ModelError, previous: LoadedModel | None, explicit: bool) -> Served:
     if previous is not None:
-        said = str(exc).rstrip()
-        reason = f"{said}{'' if said.endswith(('.', '?', '!')) else '.'} Still {DOING[kind]} with {previous.name} ({previous.version})."
+        reason = f"{_sentence(exc)} Still {DOING[kind]} with {previous.name} ({previous.version})."
         return Served(previous, text, reason, LAST_GOOD)
     if explicit:
         raise exc
     if kind == "caption" and text == ACTIVE:
         return _other_caption_version(settings, exc)
     return _demo_instead(kind, text, settings, exc)
+
+
+def _sentence(exc: Exception) -> str:
+    """The error as a sentence: a full stop added unless it ends with one (transformers' messages often do)."""
+    said = str(exc).rstrip()
+    return said if said.endswith((".", "?", "!")) else f"{said}."
 
 
 def _other_caption_version(settings: Settings, exc: ModelError) -> Served:
@@ -115,7 +120,7 @@ def _other_caption_version(settings: Settings, exc: ModelError) -> Served:
             loaded = load_spec(version_spec(version.path, version.name), settings)
         except ModelError:
             continue
-        reason = f"{exc}. Captioning with {version.name}, the newest version that loads and passes the check set."
+        reason = f"{_sentence(exc)} Captioning with {version.name}, the newest version that loads and passes the check set."
         return Served(loaded, ACTIVE, reason, OTHER_VERSION)
     try:
         loaded = load_spec(resolve_spec(default, "caption", settings), settings)

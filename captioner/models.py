@@ -64,6 +64,8 @@ def resolve_spec(text: str, kind: str, settings: Settings) -> ModelSpec:
             raise ModelError(f"models/active.json names version {state.version}, which is missing from {settings.models_dir}")
         return version_spec(settings.models_dir / state.version, state.version, text)
     path = Path(text.removeprefix("local-dir:")).expanduser()
+    if not path.is_absolute() and not path.exists() and (settings.home / path).is_dir():
+        path = settings.home / path  # models/v0001, as the hint below and model cards name a version, from any folder
     if path.is_dir():
         return ModelSpec(text, kind, "local", str(path.resolve()), path.resolve().name)
     if _looks_like_path(text) or text.startswith("local-dir:"):
@@ -275,6 +277,7 @@ def load_model(spec: ModelSpec, settings: Settings, choose_class: Callable[[Any]
     dtype = resolve_dtype(settings.dtype, device)
     check_quantization(settings.quantize, device)
     kwargs = hub_kwargs(spec)
+    _check_checkpoint_folder(spec)
     try:
         config = transformers.AutoConfig.from_pretrained(spec.location, **kwargs)
         family = choose_class(config)
@@ -294,6 +297,17 @@ def load_model(spec: ModelSpec, settings: Settings, choose_class: Callable[[Any]
         commit = getattr(config, "_commit_hash", None)
         spec = ModelSpec(spec.text, spec.kind, spec.source, spec.location, commit[:12] if commit else "hub")
     return LoadedModel(spec, model, processor, device, dtype, settings.quantize, family=family)
+
+
+def _check_checkpoint_folder(spec: ModelSpec) -> None:
+    """A ModelError naming what a folder without config.json is (transformers would ask for a key in a file that
+    is not there): an open_clip model, or no save_pretrained checkpoint at all."""
+    folder = Path(spec.location)
+    if not folder.is_dir() or (folder / "config.json").is_file():
+        return
+    if (folder / "open_clip_config.json").is_file():
+        raise ModelError(f"{spec.text} is an open_clip model, a search model (local-dir:{spec.text}), not a {spec.kind} model")
+    raise ModelError(f"{spec.text} holds no config.json: it is not a save_pretrained checkpoint")
 
 
 def free_memory() -> None:

@@ -35,13 +35,20 @@ def default_threads(role: str, cores: int | None = None) -> int:
     return max(1, cores - 1) if role == "retrain" and cores > 2 else cores
 
 
+def readable_threads(value: str) -> str | None:
+    """OMP_NUM_THREADS as set, when OpenMP can read it: a count, or a comma list of counts (one per nesting level)."""
+    value = value.strip()
+    return value if value and all(part.strip().isdigit() and int(part) > 0 for part in value.split(",")) else None
+
+
 def policy(role: str, env: dict | None = None) -> dict[str, str]:
-    """The variables a process of this role starts with; values already in env are kept."""
+    """The variables a process of this role starts with; values already in env are kept (an OMP_NUM_THREADS that
+    OpenMP cannot read, such as `abc` or `0`, would be ignored by it: the role's count replaces it)."""
     env = os.environ if env is None else env
-    threads = env.get("OMP_NUM_THREADS", "").strip() or str(default_threads(role))
+    threads = readable_threads(env.get("OMP_NUM_THREADS", "")) or str(default_threads(role))
     return {
         "OMP_NUM_THREADS": threads,
-        "MKL_NUM_THREADS": env.get("MKL_NUM_THREADS", "").strip() or threads,
+        "MKL_NUM_THREADS": env.get("MKL_NUM_THREADS", "").strip() or threads.split(",")[0],
         "OMP_WAIT_POLICY": env.get("OMP_WAIT_POLICY", "").strip() or "PASSIVE",  # an idle thread sleeps, never spins
         "TOKENIZERS_PARALLELISM": env.get("TOKENIZERS_PARALLELISM", "").strip() or "false",
     }
@@ -50,7 +57,7 @@ def policy(role: str, env: dict | None = None) -> dict[str, str]:
 def configure(role: str) -> int:
     """Apply the policy to this process (call it before torch is imported); returns its thread count."""
     os.environ.update(policy(role))
-    threads = int(os.environ["OMP_NUM_THREADS"])
+    threads = int(os.environ["OMP_NUM_THREADS"].split(",")[0])  # the outermost level's count
     if "torch" in sys.modules:  # too late for the environment (OpenMP has read it): tell torch directly
         sys.modules["torch"].set_num_threads(threads)
     return threads

@@ -47,8 +47,9 @@ def test_caption_a_folder_to_csv_and_txt_files(home, tmp_path):
     assert done.returncode == 0, done.stderr
     rows = list(csv.DictReader(io.StringIO(out.read_text(), newline="")))
     assert [(r["path"].rsplit("/", 1)[1], r["caption"]) for r in rows] == [("1.png", "a yellow triangle"), ("2.png", "a blue circle")]
-    done = run_cli("caption", folder, "--model", "demo", "--format", "txt")
-    assert done.stdout.splitlines()[1].endswith("2.png\ta blue circle")
+    done = run_cli("caption", folder, "--model", "demo", "--format", "txt", "--out", "-", cwd=tmp_path,
+                   env={"PYTHONPATH": str(ROOT)})  # - is stdout (run in tmp_path, to see no file named - is made)
+    assert done.stdout.splitlines()[1].endswith("2.png\ta blue circle") and not (tmp_path / "-").exists()
 
 
 def test_a_folder_is_walked_as_the_index_walks_it_and_odd_names_come_out_whole(home, tmp_path):
@@ -119,6 +120,8 @@ def test_user_errors_are_one_line_without_traceback(home, tmp_path):
     for args, expected in [
         (("caption", picture, "--model", "./no/such/model"), "model folder './no/such/model' does not exist"),
         (("caption", picture, "--model", "demo", "--num-beams", "0"), "beams must be 1 to 10"),
+        (("caption", picture, "--model", "demo", "--prompt", "a photo of a " * 11),
+         "the prompt (44 tokens) plus min new tokens (0) do not fit this captioner's 32 text positions"),
         (("feedback", "add", picture, "--correction", " "), "the correction is empty"),
         (("feedback", "add", picture, "--correction", "red", "--task", "qa"), "a qa row needs its question as the prompt"),
         (("feedback", "add", picture, "--correction", "red", "--task", "style"), "a style row needs its style as the prompt"),
@@ -241,6 +244,10 @@ def test_an_out_file_that_cannot_be_written_is_one_error_before_any_image_is_cap
     done = run_cli("caption", picture, "--model", "demo", "--out", out)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines() == [f"captioner: --out {out}: cannot be written (No such file or directory)"]
+    command = [sys.executable, "-m", "captioner", "caption", str(picture), "--model", "demo"]
+    closed = subprocess.run(command, stdout=None, stderr=subprocess.PIPE, text=True, cwd=ROOT, timeout=300,
+                            preexec_fn=lambda: __import__("os").close(1))  # started as `>&-` starts it
+    assert closed.returncode == 2 and closed.stderr == "captioner: standard output is closed; give --out FILE\n"
 
 
 def test_a_caption_run_stopped_after_its_first_chunk_starts_no_more(home, tmp_path, monkeypatch):
@@ -261,3 +268,71 @@ def test_a_caption_run_stopped_after_its_first_chunk_starts_no_more(home, tmp_pa
     started = time.monotonic()
     chunks.close()
     assert time.monotonic() - started < 5 and len(calls) <= 3
+
+
+def test_an_out_file_that_is_one_of_the_inputs_is_refused_and_the_image_kept(home, tmp_path):
+    folder = tmp_path / "shoot"
+    folder.mkdir()
+    picture = write(folder, "p.jpg", zoo.encode(zoo.demo("square", "yellow"), "JPEG", quality=95))
+    other = write(tmp_path, "q.png", zoo.encode(zoo.demo("circle", "red"), "PNG"))
+    before = picture.read_bytes()
+    (tmp_path / "alias.jpg").symlink_to(picture)
+    for out in (picture, tmp_path / "alias.jpg"):  # the file itself, or a link to it
+        done = run_cli("caption", other, folder, "--model", "demo", "--out", out)
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        assert done.stderr.strip().splitlines()[-1] == f"captioner: --out {out}: is the input {picture}; writing there would destroy it"
+        assert picture.read_bytes() == before
+
+
+def test_the_next_chunk_goes_to_the_engine_only_near_the_end_of_the_one_before(home, tmp_path, monkeypatch):
+    """Two whole chunks at once would share every batch and finish together, twice as late: an interrupted run would
+    keep half as much, and the first rows would come twice as late. The next starts when NEXT_CHUNK_AT files are left."""
+    from captioner.caption import GenerationOptions
+    from captioner.cli import captions
+    from captioner.engine import engine_for
+    from captioner.models import load_captioner
+    from captioner.settings import Settings
+
+    shapes = [(shape, colour) for shape in ("circle", "square", "triangle") for colour in ("red", "green", "blue", "yellow")]
+    paths = [write(tmp_path, f"{i:02d}.png", zoo.encode(zoo.demo(*shapes[i % 12]), "PNG")) for i in range(48)]
+    loaded = load_captioner("demo", Settings.from_env())
+    engine, captioned_before, real_caption = engine_for(loaded), [], captions.caption_images
+    already = engine.images_run  # (an engine an earlier test in this process used)
+    monkeypatch.setattr(captions, "CHUNK_FILES", 16)
+    monkeypatch.setattr(captions, "NEXT_CHUNK_AT", 4)
+    monkeypatch.setattr(captions, "caption_images",
+                        lambda *a, **k: captioned_before.append(engine.images_run - already) or real_caption(*a, **k))
+    chunks = list(captions.captioned_chunks(loaded, paths, GenerationOptions(num_beams=1), 2))
+    assert [r.caption for _, results in chunks for r in results] == [f"a {colour} {shape}" for shape, colour in shapes] * 4
+    assert captioned_before[0] == 0 and captioned_before[1] >= 16 - 4 and captioned_before[2] >= 32 - 4, captioned_before
+
+
+def test_a_quoted_pattern_is_expanded_as_a_shell_would(home, tmp_path):
+    """`caption 'shoot/*.png'` from a script or a Windows shell, where nothing expands the pattern first."""
+    folder = tmp_path / "shoot"
+    (folder / "day2").mkdir(parents=True)
+    write(folder, "b.png", zoo.encode(zoo.demo("circle", "red"), "PNG"))
+    write(folder, "a.png", zoo.encode(zoo.demo("square", "blue"), "PNG"))
+    write(folder, "c.jpg", zoo.encode(zoo.demo("triangle", "green"), "JPEG", quality=95))
+    write(folder / "day2", "d.png", zoo.encode(zoo.demo("circle", "yellow"), "PNG"))
+    write(folder, "odd[1].png", zoo.encode(zoo.demo("square", "red"), "PNG"))  # a real name with pattern characters
+    done = run_cli("caption", f"{folder}/*.png", f"{folder}/**/d.png", folder / "odd[1].png", f"{folder}/*.gif", "--model", "demo")
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [line["path"][len(str(folder)) + 1 :] for line in lines] == ["a.png", "b.png", "odd[1].png", "day2/d.png", "odd[1].png", "*.gif"]
+    assert [line["caption"] for line in lines] == ["a blue square", "a red circle", "a red square", "a yellow circle", "a red square", None]
+    assert lines[-1]["error"] == "no such file" and done.returncode == 1
+
+
+def test_a_version_folder_named_as_under_captioner_home_is_found_from_any_folder(home, tmp_path):
+    import shutil
+
+    from captioner.models import demo_model_dir
+
+    shutil.copytree(demo_model_dir("caption"), home / "models" / "v0001")
+    picture = write(tmp_path, "p.png", zoo.encode(zoo.demo("circle", "red"), "PNG"))
+    elsewhere, this_checkout = tmp_path / "elsewhere", {"PYTHONPATH": str(ROOT)}  # (run from elsewhere: this code)
+    elsewhere.mkdir()
+    wrong = run_cli("caption", picture, "--model", "v0001", cwd=elsewhere, env=this_checkout)
+    assert wrong.returncode == 2 and "(a fine-tuned version is `active`, or its folder: models/v0001)" in wrong.stderr
+    done = run_cli("caption", picture, "--model", "models/v0001", cwd=elsewhere, env=this_checkout)  # as the hint says
+    assert done.returncode == 0 and json.loads(done.stdout)["caption"] == "a red circle", done.stderr

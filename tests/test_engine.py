@@ -101,6 +101,26 @@ def test_a_bad_request_among_good_ones_fails_alone(demo, world):
     assert caption_images(demo, [inputs[20]], GREEDY)[0].caption == truths[20], "the worker died"
 
 
+def test_settings_the_model_cannot_hold_fail_the_request_at_once_with_why(demo, world):
+    """The demo captioner has 32 text positions: a long prompt, or more min new tokens than fit, fails every image
+    alike with a reason a person can act on, in one model call (no retrying the images one by one)."""
+    inputs, truths = world
+    engine = engine_for(demo)
+    calls, original = [], engine.step.run
+    engine.step.run = lambda pixel_values, options: calls.append(len(pixel_values)) or original(pixel_values, options)
+    long_prompt = GenerationOptions(num_beams=1, prompt="a photo of a " * 11)
+    too_long = GenerationOptions(num_beams=1, max_new_tokens=40, min_new_tokens=32)
+    for options, expected in ((long_prompt, "the prompt (44 tokens) plus min new tokens (0)"),
+                              (too_long, "the prompt (0 tokens) plus min new tokens (32)")):  # fmt: skip
+        calls.clear()
+        results = caption_images(demo, inputs[:8], options, batch_size=8)
+        assert [r.error for r in results] == [f"{expected} do not fit this captioner's 32 text positions"] * 8
+        assert sum(calls) == 8, calls  # each image in one model call: none retried alone
+    fits = GenerationOptions(num_beams=1, max_new_tokens=40, min_new_tokens=31)  # 1 + 31 positions: fits
+    assert all(r.ok for r in caption_images(demo, inputs[:2], fits))
+    assert [r.caption for r in caption_images(demo, inputs[:4], GREEDY)] == truths[:4]
+
+
 def test_requests_with_different_options_in_flight_at_once_get_their_own(demo, world):
     inputs, _ = world
     kinds = [GREEDY, GenerationOptions(num_beams=3, max_new_tokens=12), GenerationOptions(num_beams=1, max_new_tokens=2),

@@ -53,6 +53,17 @@ def test_a_broken_version_activated_by_hand_gives_way_to_the_last_good_one(home,
     assert any(line.startswith("* v0001") for line in lines), lines
 
 
+def test_a_version_without_weights_is_said_in_sentences(home, tmp_path):
+    make_version(home, "v0001")
+    make_version(home, "v0002")
+    (home / "models" / "v0002" / "model.safetensors").unlink()  # a copy cut short by hand
+    (home / "models" / "active.json").write_text(json.dumps({"version": "v0002"}))
+    done = caption_cli(home, tmp_path)
+    assert done.returncode == 0 and json.loads(done.stdout)["caption"] == "a red circle", done.stderr
+    assert f"found in directory {home / 'models' / 'v0002'}. Captioning with v0001, the newest" in done.stderr
+    assert ".." not in done.stderr
+
+
 def test_the_sidebar_says_active_json_is_corrupt_and_keeps_the_last_good_version(home, monkeypatch):
     monkeypatch.setenv("CAPTIONER_CAPTION_MODEL", "demo")
     make_version(home, "v0001")

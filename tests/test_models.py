@@ -78,6 +78,14 @@ def test_folders_that_are_not_blip_captioners_are_refused_clearly(settings, tmp_
     (broken / "model.safetensors").write_bytes(b"not really weights")
     with pytest.raises(ModelError, match="could not load"):
         load_captioner(str(broken), settings)
+    clip = tmp_path / "clip"  # an open_clip folder (hf-hub layout), as CAPTIONER_SEARCH_MODEL=local-dir: reads it
+    clip.mkdir()
+    (clip / "open_clip_config.json").write_text("{}")
+    with pytest.raises(ModelError, match=f"^{clip} is an open_clip model, a search model \\(local-dir:{clip}\\), not a caption model$"):
+        load_captioner(str(clip), settings)
+    (clip / "open_clip_config.json").unlink()
+    with pytest.raises(ModelError, match=f"^{clip} holds no config.json: it is not a save_pretrained checkpoint$"):
+        load_captioner(str(clip), settings)
 
 
 def test_device_dtype_and_quantization_rules():

@@ -34,6 +34,11 @@ def test_configure_before_torch_loads_sets_torch_threads_and_the_wait_policy():
     assert wait == "PASSIVE" and int(threads) == int(told) == runtime.usable_cores()
     threads, wait, _ = start("from captioner import runtime; runtime.configure('cli'); " + PROBE, OMP_NUM_THREADS="1")
     assert (threads, wait) == ("1", "PASSIVE")
+    threads, _, told = start("from captioner import runtime; runtime.configure('cli'); " + PROBE, OMP_NUM_THREADS="1,1")
+    assert (threads, told) == ("1", "1,1")  # one count per nesting level, as OpenMP reads it: the first is torch's
+    for unreadable in ("abc", "0", "1.5"):  # OpenMP would ignore these: the CLI's own count, never a traceback
+        threads, _, told = start("from captioner import runtime; runtime.configure('cli'); " + PROBE, OMP_NUM_THREADS=unreadable)
+        assert int(threads) == int(told) == runtime.usable_cores()
 
 
 def test_a_retrain_child_gets_its_own_count_unless_the_operator_chose_one():

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..caption import GenerationOptions, caption_images, format_captions
+from ..caption import GenerationOptions, OptionsError, caption_images, check_options, format_captions
 from ..chat import ChatError, answer
 from ..images import UPLOAD_TYPES, ImageError, decode, read_file
 from ..gallery_scan import scan_gallery
@@ -23,6 +23,9 @@ from .serving import load_for_cli
 
 CHUNK_FILES = 512  # files a chunk holds at most: three chunks in memory, so any folder captions in bounded memory
 CHUNK_BYTES = 128 * 2**20  # ... and at most this many of their bytes (camera photos are big)
+NEXT_CHUNK_AT = 256  # files a chunk has left when the next one is given to the engine: enough to keep the model busy
+# while the next one's first images are prepared, few enough that a chunk is not slowed by the next one's batches
+# (the engine shares its batches among jobs: two whole chunks at once finish together, twice as late)
 
 
 def cmd_caption(args, settings: Settings) -> int:
@@ -37,8 +40,15 @@ def cmd_caption(args, settings: Settings) -> int:
     if args.batch_size is not None and args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, not {args.batch_size}")
     style = chosen_style(args)
+    if args.out == Path("-"):  # the usual name for standard output (a file named so is ./-)
+        args.out = None
     paths, failed = expand_paths(args.paths)
+    refuse_an_input_as_output(args.out, paths)
     loaded = load_for_cli("caption", args.model, settings)
+    try:
+        check_options(loaded, options)  # one error up front, not the same one on every image
+    except OptionsError as exc:
+        raise UserError(str(exc)) from None
     styling = Styling.load(style, args.style_model, settings)  # before any captioning: a missing rewriter is
     # one error up front, not after the first chunk's work
     first = True
@@ -86,22 +96,31 @@ def chunk_rows(chunk: list, results: list, styling: "Styling") -> tuple[list[dic
 
 def captioned_chunks(loaded, paths: list[Path], options, batch_size: int | None):
     """(chunk, results of its readable files) in order. The engine is given the next chunk while this one's last
-    batches run (it never waits for work at a chunk's end), and the chunk after that is read meanwhile."""
+    NEXT_CHUNK_AT files are captioned (it never waits for work at a chunk's end), and the chunk after that is read
+    meanwhile."""
     stop = threading.Event()
 
-    def abandon_if_stopped(done: int, total: int) -> None:
-        if stop.is_set():
-            raise Abandoned  # the caller stopped (Ctrl-C, an error): the engine drops what has not started
+    def caption(chunk: list, nearly_done: threading.Event) -> list:
+        def progress(done: int, total: int) -> None:
+            if stop.is_set():
+                raise Abandoned  # the caller stopped (Ctrl-C, an error): the engine drops what has not started
+            if total - done <= NEXT_CHUNK_AT:
+                nearly_done.set()
 
-    def caption(chunk: list) -> list:
         readable = [item for _, item in chunk if not isinstance(item, ImageError)]
-        return caption_images(loaded, readable, options, batch_size=batch_size, on_progress=abandon_if_stopped)
+        try:
+            return caption_images(loaded, readable, options, batch_size=batch_size, on_progress=progress)
+        finally:
+            nearly_done.set()
 
     with ThreadPoolExecutor(2, "caption-ahead") as captioner:
         try:
-            waiting = deque()
+            waiting, nearly_done = deque(), threading.Event()
+            nearly_done.set()
             for chunk in read_ahead(paths):
-                waiting.append((chunk, captioner.submit(caption, chunk)))
+                nearly_done.wait()  # the chunk before is near its end
+                nearly_done = threading.Event()
+                waiting.append((chunk, captioner.submit(caption, chunk, nearly_done)))
                 if len(waiting) == 2:
                     chunk, job = waiting.popleft()
                     yield chunk, job.result()
@@ -228,12 +247,13 @@ def cmd_ask(args, settings: Settings) -> int:
 
 
 def expand_paths(raw: list[str]) -> tuple[list[Path], bool]:
-    """Files as given; folders replaced by the image files inside them, sorted, walked as the gallery index walks
-    them (hidden files passed over, linked folders followed once); True when part of a folder could not be read.
-    An image file that cannot be used (empty, too big) stays an input: its row says why."""
+    """Files as given (patterns the shell left unexpanded, expanded); folders replaced by the image files inside
+    them, sorted, walked as the gallery index walks them (hidden files passed over, linked folders followed once);
+    True when part of a folder could not be read. An image file that cannot be used (empty, too big) stays an
+    input: its row says why."""
     paths: list[Path] = []
     unreadable = False
-    for item in raw:
+    for item in unglobbed(raw):
         path = Path(item)
         if not path.is_dir():
             paths.append(path)
@@ -254,11 +274,39 @@ def expand_paths(raw: list[str]) -> tuple[list[Path], bool]:
     return paths, unreadable
 
 
+def refuse_an_input_as_output(out: Path | None, paths: list[Path]) -> None:
+    """A UserError when --out is one of the inputs (or a link to one): opening it for writing would empty the image."""
+    if not out or not out.is_file():  # a file that does not exist yet cannot be an input
+        return
+    target = out.stat()
+    for path in paths:
+        try:
+            same = os.path.samestat(target, path.stat())
+        except OSError:  # a missing input: its own row says so
+            continue
+        if same:
+            raise UserError(f"--out {out}: is the input {path}; writing there would destroy it")
+
+
+def unglobbed(raw: list[str]) -> list[str]:
+    """Each pattern that the shell left as it was (quoted, or a Windows shell) and that names no file itself, as the
+    files and folders it matches, sorted (`**` for any depth); a pattern matching nothing stays, its row says so."""
+    import glob
+
+    expanded = []
+    for item in raw:
+        matches = glob.has_magic(item) and not os.path.lexists(item) and sorted(glob.glob(item, recursive=True))
+        expanded.extend(matches or [item])
+    return expanded
+
+
 def open_output(out: Path | None):
     """The --out file (written as rows are done), or stdout; one clear error when it cannot be written."""
     import contextlib
 
     if not out:  # a file name that is not UTF-8 (Linux allows any bytes) goes out as its own bytes in CSV and text
+        if sys.stdout is None:  # started with stdout closed (`>&-`): Python has no stream to write to
+            raise UserError("standard output is closed; give --out FILE")
         sys.stdout.reconfigure(errors="surrogateescape")
         return contextlib.nullcontext(sys.stdout)
     try:

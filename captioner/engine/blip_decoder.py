@@ -106,6 +106,24 @@ def prompt_ids(model, tokenizer, options: GenerationOptions) -> list[int]:
     return [text.bos_token_id, *ids[1:-1]]
 
 
+class OptionsError(ValueError):
+    """Generation options this model cannot serve for any image (the whole request fails, not one image)."""
+
+
+def check_fits(model, tokenizer, options: GenerationOptions) -> None:
+    """OptionsError when the prompt and the new tokens every caption must have overrun the text decoder's positions
+    (the demo captioner has 32): each image would fail the same way, the fast decoder's at its first step."""
+    positions = getattr(getattr(model.config, "text_config", None), "max_position_embeddings", None)
+    if positions is None:
+        return
+    prompt = len(prompt_ids(model, tokenizer, options))  # BOS included, as it takes a position
+    if prompt + options.min_new_tokens > positions:
+        raise OptionsError(
+            f"the prompt ({prompt - 1} tokens) plus min new tokens ({options.min_new_tokens}) do not fit this "
+            f"captioner's {positions} text positions"
+        )
+
+
 def generate_decoded(model, tokenizer, pixel_values: torch.Tensor, options: GenerationOptions) -> list[Decoded]:
     """The plain HF generate path (as captioner/caption.py calls it), returning Decoded with the same score."""
     options.validate()

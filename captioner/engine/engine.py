@@ -17,6 +17,7 @@ import torch
 from ..images import ImageError, ImageInput
 from ..options import GenerationOptions
 from .batching import Request, RequestQueue
+from .blip_decoder import OptionsError
 from .limits import EngineLimits
 from .model_step import ModelStep
 from .device_pixels import DeviceImageStage
@@ -195,6 +196,10 @@ class CaptionEngine:
             return
         try:
             results = self._caption(batch)
+        except OptionsError as exc:  # every image would fail alike: no retries one by one
+            for request in batch:
+                request.future.set_result(self._failed(request, exc, str(exc)))
+            return
         except Exception as exc:
             if len(batch) == 1:
                 batch[0].future.set_result(self._failed(batch[0], exc))
@@ -227,10 +232,11 @@ class CaptionEngine:
             for r, caption, score in zip(batch, captions, scores)
         ]
 
-    def _failed(self, request: Request, exc: Exception) -> CaptionResult:
+    def _failed(self, request: Request, exc: Exception, error: str | None = None) -> CaptionResult:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        error = error or f"the captioner failed on this image ({type(exc).__name__}: {reason})"
         return CaptionResult(
-            request.prepared.source.name, error=f"the captioner failed on this image ({type(exc).__name__}: {reason})",
+            request.prepared.source.name, error=error,
             model=self.model_name, model_version=self.model_version, source=request.prepared.source,
         )  # fmt: skip
 

@@ -7,7 +7,7 @@ import logging
 import torch
 
 from ..options import GenerationOptions
-from .blip_decoder import BlipDecoder, Decoded, generate_decoded
+from .blip_decoder import BlipDecoder, Decoded, check_fits, generate_decoded
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,7 @@ class ModelStep:
         return self._fast.stats if self._fast is not None else {}
 
     def run(self, pixel_values: torch.Tensor, options: GenerationOptions) -> tuple[list[str], list[float]]:
+        check_fits(self.model, self.tokenizer, options)  # OptionsError: before any work, for the whole batch
         decoded = self._decode(pixel_values, options)
         if len(decoded) != len(pixel_values):
             raise RuntimeError(f"the decoder returned {len(decoded)} captions for {len(pixel_values)} images")
