@@ -158,12 +158,13 @@ def demo_png():
 
 
 def run_cli(*args, env=None, cwd=None, timeout=300):
-    """Run `python -m captioner ...` in a subprocess; returns the CompletedProcess."""
+    """Run this checkout's `python -m captioner ...` in a subprocess (from cwd, by default the checkout); returns the
+    CompletedProcess."""
     import subprocess
 
     return subprocess.run(
         [sys.executable, "-m", "captioner", *map(str, args)],
-        capture_output=True, text=True, env={**os.environ, **(env or {})}, cwd=cwd or ROOT, timeout=timeout,
+        capture_output=True, text=True, env=child_env(**(env or {})), cwd=cwd or ROOT, timeout=timeout,
     )  # fmt: skip
 
 

@@ -47,8 +47,8 @@ def test_caption_a_folder_to_csv_and_txt_files(home, tmp_path):
     assert done.returncode == 0, done.stderr
     rows = list(csv.DictReader(io.StringIO(out.read_text(), newline="")))
     assert [(r["path"].rsplit("/", 1)[1], r["caption"]) for r in rows] == [("1.png", "a yellow triangle"), ("2.png", "a blue circle")]
-    done = run_cli("caption", folder, "--model", "demo", "--format", "txt", "--out", "-", cwd=tmp_path,
-                   env={"PYTHONPATH": str(ROOT)})  # - is stdout (run in tmp_path, to see no file named - is made)
+    done = run_cli("caption", folder, "--model", "demo", "--format", "txt", "--out", "-", cwd=tmp_path)  # - is stdout
+    # (run in tmp_path, to see no file named - is made)
     assert done.stdout.splitlines()[1].endswith("2.png\ta blue circle") and not (tmp_path / "-").exists()
 
 
@@ -330,9 +330,9 @@ def test_a_version_folder_named_as_under_captioner_home_is_found_from_any_folder
 
     shutil.copytree(demo_model_dir("caption"), home / "models" / "v0001")
     picture = write(tmp_path, "p.png", zoo.encode(zoo.demo("circle", "red"), "PNG"))
-    elsewhere, this_checkout = tmp_path / "elsewhere", {"PYTHONPATH": str(ROOT)}  # (run from elsewhere: this code)
+    elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    wrong = run_cli("caption", picture, "--model", "v0001", cwd=elsewhere, env=this_checkout)
+    wrong = run_cli("caption", picture, "--model", "v0001", cwd=elsewhere)
     assert wrong.returncode == 2 and "(a fine-tuned version is `active`, or its folder: models/v0001)" in wrong.stderr
-    done = run_cli("caption", picture, "--model", "models/v0001", cwd=elsewhere, env=this_checkout)  # as the hint says
+    done = run_cli("caption", picture, "--model", "models/v0001", cwd=elsewhere)  # as the hint says
     assert done.returncode == 0 and json.loads(done.stdout)["caption"] == "a red circle", done.stderr
