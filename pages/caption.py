@@ -63,8 +63,9 @@ def result_key(item: ImageInput) -> tuple:
 
 
 todo = [item for item in inputs if result_key(item) not in state.captions]
+progress = st.empty()  # in every run: the cards below keep their places (a box keeps its focus) whether this run captions or not
 if todo:
-    bar = st.progress(0.0, text=f"Captioning {len(todo)} image(s)…")
+    bar = progress.progress(0.0, text=f"Captioning {len(todo)} image(s)…")
     done = caption_images(
         loaded, todo, options, thumbnails=kept.needs_thumbnails(state.thumbnails, todo),
         on_progress=lambda n, total: bar.progress(n / total, f"Captioned {n} of {total}"),
