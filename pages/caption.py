@@ -5,10 +5,11 @@ from pages import inside_the_app
 inside_the_app()  # first: a deep link on a fresh server is rerun inside the app before this page loads anything
 
 import random
+from contextlib import closing
 
 import streamlit as st
 
-from captioner.caption import CaptionResult, GenerationOptions, caption_images, format_captions
+from captioner.caption import CaptionResult, GenerationOptions, caption_stream, format_captions
 from captioner.demo.quality import demo_inputs
 from captioner.feedback import FeedbackError, tidy_correction
 from captioner.images import ImageInput
@@ -64,15 +65,26 @@ def result_key(item: ImageInput) -> tuple:
 
 todo = [item for item in inputs if result_key(item) not in state.captions]
 progress = st.empty()  # in every run: the cards below keep their places (a box keeps its focus) whether this run captions or not
+
+
+def caption_todo(bar) -> None:
+    """Caption todo, keeping each result as it comes: a run cut short (a file added, a click, Stop) keeps those done."""
+    finished = 0
+
+    def report() -> None:  # also the engine's heartbeat: a rerun asked for meanwhile stops the wait here
+        bar.progress(finished / len(todo), f"Captioned {finished} of {len(todo)}")
+
+    thumbnails = kept.needs_thumbnails(state.thumbnails, todo)
+    with closing(caption_stream(loaded, todo, options, thumbnails=thumbnails, heartbeat=report)) as stream:
+        for item, result in zip(todo, stream):
+            kept.remember(state.captions, state.thumbnails, result_key(item), item, result)
+            finished += 1
+            report()
+
+
 if todo:
-    bar = progress.progress(0.0, text=f"Captioning {len(todo)} image(s)…")
-    done = caption_images(
-        loaded, todo, options, thumbnails=kept.needs_thumbnails(state.thumbnails, todo),
-        on_progress=lambda n, total: bar.progress(n / total, f"Captioned {n} of {total}"),
-    )  # fmt: skip
-    for item, result in zip(todo, done):
-        kept.remember(state.captions, state.thumbnails, result_key(item), item, result)
-    bar.empty()
+    caption_todo(progress.progress(0.0, text=f"Captioning {len(todo)} image(s)…"))
+    progress.empty()
 results: list[CaptionResult] = [kept.recall(state.captions, result_key(item)) for item in inputs]
 kept.forget(state.captions, state.thumbnails, inputs)
 

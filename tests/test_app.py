@@ -129,6 +129,32 @@ def test_a_session_keeps_a_bounded_memory_of_results_with_one_thumbnail_per_imag
     assert list(app.session_state["thumbnails"]) == [(ImageInput("square.png", square).sha256, "square.png")]
 
 
+def test_a_run_cut_short_while_captioning_keeps_the_captions_done(app, home, monkeypatch):
+    """A file added, a click or Stop while many images caption ends that run: the captions it got are kept, and the
+    next run captions only the rest (it began again from the first image)."""
+    import streamlit as st
+
+    from captioner import caption
+
+    real, calls = caption.caption_stream, []
+
+    def cut_after_two(loaded, inputs, options, **job):  # the person's click lands after two captions came
+        calls.append([item.name for item in inputs])
+        for n, result in enumerate(real(loaded, inputs, options, **job)):
+            yield result
+            if n == 1 and len(calls) == 1:
+                st.stop()
+
+    monkeypatch.setattr(caption, "caption_stream", cut_after_two)
+    files = [(f"{color}.png", zoo.encode(zoo.demo("circle", color), "PNG")) for color in ("red", "green", "blue", "yellow")]
+    app.file_uploader[0].set_value([(name, data, "image/png") for name, data in files]).run()
+    assert not app.text_area  # cut short
+    app.run()
+    assert calls == [[name for name, _ in files], ["blue.png", "yellow.png"]]
+    assert [t.value for t in app.text_area] == ["a red circle", "a green circle", "a blue circle", "a yellow circle"]
+    assert len(app.session_state["thumbnails"]) == 4
+
+
 def test_offline_default_falls_back_to_demo_and_the_sidebar_says_so(home, monkeypatch):
     monkeypatch.delenv("CAPTIONER_CAPTION_MODEL", raising=False)
     app = start_app()
