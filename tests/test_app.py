@@ -1,5 +1,6 @@
 """The caption page in Streamlit's AppTest: upload, caption, correct, confirm, never a duplicate row."""
 
+import json
 import re
 
 import pytest
@@ -96,6 +97,29 @@ def test_a_bad_file_gets_one_error_and_the_others_still_caption(app, home):
     assert len(errors) == 2
     assert errors[0].startswith("notes.jpg: not an image") and errors[1].startswith("cut.png: truncated")
     assert [t.value for t in app.text_area] == ["a yellow circle", "a red square"]
+
+
+def test_a_correction_shows_on_every_copy_of_the_picture_and_none_can_confirm_the_mistake_over_it(app, home, monkeypatch):
+    """The same picture uploaded under two names is one image in the log: correcting either copy corrects both cards
+    (their boxes, their Looks right, the downloads), so the other copy cannot log the wrong caption after the fix."""
+    from captioner import caption
+
+    offered = {}
+    real = caption.format_captions
+    monkeypatch.setattr(caption, "format_captions", lambda rows, fmt, **kw: offered.setdefault(fmt, real(rows, fmt, **kw)))
+    circle = zoo.encode(zoo.demo("circle", "red"), "PNG")
+    upload(app, ("IMG_0001.png", circle), ("square.png", zoo.encode(zoo.demo("square", "blue"), "PNG")), ("IMG_0001 (1).png", circle))
+    app.text_area[2].set_value("a scarlet circle")
+    button(app, "Save correction", 2).click().run()
+    assert not app.exception, app.exception
+    assert [t.value for t in app.text_area] == ["a scarlet circle", "a blue square", "a scarlet circle"]
+    assert [b.disabled for b in app.button if b.label == "Looks right"] == [True, False, True]
+    assert [s.value for s in app.success].count("Correction saved.") == 2
+    assert not any("Edited since it was saved" in c.value for c in app.caption)
+    assert [(r.model_output, r.correction) for r in rows(home)] == [("a red circle", "a scarlet circle")]
+    offered.clear()
+    app.run()
+    assert [json.loads(line)["correction"] for line in offered["jsonl"].splitlines()] == ["a scarlet circle", None, "a scarlet circle"]
 
 
 def test_demo_samples_button_and_generation_settings(app, home):
