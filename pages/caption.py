@@ -5,10 +5,11 @@ from pages import inside_the_app
 inside_the_app()  # first: a deep link on a fresh server is rerun inside the app before this page loads anything
 
 import random
+from contextlib import closing
 
 import streamlit as st
 
-from captioner.caption import CaptionResult, GenerationOptions, caption_images, format_captions
+from captioner.caption import CaptionResult, GenerationOptions, caption_stream, format_captions
 from captioner.demo.quality import demo_inputs
 from captioner.feedback import FeedbackError, tidy_correction
 from captioner.images import ImageInput
@@ -23,7 +24,7 @@ state = st.session_state
 state.setdefault("samples", [])
 state.setdefault("captions", {})
 state.setdefault("thumbnails", {})
-state.setdefault("saved", {})  # result key -> (kind, message, the text logged)
+state.setdefault("saved", {})  # picture key (results.picture_key) -> (kind, message, the text logged)
 
 st.title("Caption images")
 loaded = shared.caption_model()
@@ -63,15 +64,27 @@ def result_key(item: ImageInput) -> tuple:
 
 
 todo = [item for item in inputs if result_key(item) not in state.captions]
+progress = st.empty()  # in every run: the cards below keep their places (a box keeps its focus) whether this run captions or not
+
+
+def caption_todo(bar) -> None:
+    """Caption todo, keeping each result as it comes: a run cut short (a file added, a click, Stop) keeps those done."""
+    finished = 0
+
+    def report() -> None:  # also the engine's heartbeat: a rerun asked for meanwhile stops the wait here
+        bar.progress(finished / len(todo), f"Captioned {finished} of {len(todo)}")
+
+    thumbnails = kept.needs_thumbnails(state.thumbnails, todo)
+    with closing(caption_stream(loaded, todo, options, thumbnails=thumbnails, heartbeat=report)) as stream:
+        for item, result in zip(todo, stream):
+            kept.remember(state.captions, state.thumbnails, result_key(item), item, result)
+            finished += 1
+            report()
+
+
 if todo:
-    bar = st.progress(0.0, text=f"Captioning {len(todo)} image(s)…")
-    done = caption_images(
-        loaded, todo, options, thumbnails=kept.needs_thumbnails(state.thumbnails, todo),
-        on_progress=lambda n, total: bar.progress(n / total, f"Captioned {n} of {total}"),
-    )  # fmt: skip
-    for item, result in zip(todo, done):
-        kept.remember(state.captions, state.thumbnails, result_key(item), item, result)
-    bar.empty()
+    caption_todo(progress.progress(0.0, text=f"Captioning {len(todo)} image(s)…"))
+    progress.empty()
 results: list[CaptionResult] = [kept.recall(state.captions, result_key(item)) for item in inputs]
 kept.forget(state.captions, state.thumbnails, inputs)
 
@@ -85,29 +98,33 @@ def log_feedback(result: CaptionResult, correction: str, key: str) -> None:
             model_version=result.model_version, settings=options.as_dict(), score=result.score,
         )  # fmt: skip
     except (FeedbackError, OSError) as exc:
-        state.saved[key] = ("error", f"Not saved: {plain(exc)}", None)
+        state.saved[kept.picture_key(result)] = ("error", f"Not saved: {plain(exc)}", None)
         return
     kind = "Confirmation" if row.is_confirmation else "Correction"
     said = f"{kind} saved." if created else f"{kind} already in the log (saved before, here or in another session); nothing added."
-    state.saved[key] = ("success", said, row.correction)
+    state.saved[kept.picture_key(result)] = ("success", said, row.correction)
     if not row.is_confirmation:  # look-alikes whose caption this session's person already confirmed or fixed are left out
         unsettled = [r for r in results if r.ok and saved_text(r) is None]
         fix_similar.offer(key, row, result, unsettled, loaded, options)
+    if any(r.ok and r is not result and kept.picture_key(r) == kept.picture_key(result) for r in results):
+        state.setdefault("caption_box_updates", {})[kept.picture_key(result)] = row.correction
+        st.rerun()  # the same picture under another name, maybe drawn above: its card shows the saved text too
 
 
 def saved_text(result: CaptionResult) -> str | None:
     """The caption text this session logged for the result (a correction, or the caption confirmed), if any."""
-    saved = state.saved.get(kept.card_key(result)) if result.ok else None
+    saved = state.saved.get(kept.picture_key(result)) if result.ok else None
     return saved[2] if saved and saved[0] == "success" else None
 
 
-for key, text in (state.pop("caption_box_updates", None) or {}).items():  # a look-alike fixed from another card:
-    state[f"edit-{key}"] = text  # its own box shows the fix (set before the box is made in this run)
+box_updates = state.pop("caption_box_updates", None) or {}  # picture key -> text saved from another card
 for result in results:
     if not result.ok:
         st.error(f"{plain(result.name)}: {plain(result.error)}")
         continue
     key = kept.card_key(result)
+    if kept.picture_key(result) in box_updates:  # a look-alike fixed, or a copy of this picture saved, on another card:
+        state[f"edit-{key}"] = box_updates[kept.picture_key(result)]  # its box shows it (set before the box is made)
     with st.container(border=True):
         picture, text = st.columns([1, 2])
         picture.image(result.thumbnail, caption=plain(result.name))
@@ -126,8 +143,8 @@ for result in results:
         if similar.button("Find similar", key=f"similar-{key}"):
             state.search_query, state.search_mode = result.source, "Captioned image"
             st.switch_page("pages/search.py")
-        if key in state.saved:
-            kind, message, logged = state.saved[key]
+        if kept.picture_key(result) in state.saved:
+            kind, message, logged = state.saved[kept.picture_key(result)]
             if kind == "success" and tidy_correction("caption", edited, result.caption) != logged:
                 text.caption("Edited since it was saved: press Save correction to log the new text.")
             else:

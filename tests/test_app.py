@@ -1,5 +1,6 @@
 """The caption page in Streamlit's AppTest: upload, caption, correct, confirm, never a duplicate row."""
 
+import json
 import re
 
 import pytest
@@ -98,6 +99,29 @@ def test_a_bad_file_gets_one_error_and_the_others_still_caption(app, home):
     assert [t.value for t in app.text_area] == ["a yellow circle", "a red square"]
 
 
+def test_a_correction_shows_on_every_copy_of_the_picture_and_none_can_confirm_the_mistake_over_it(app, home, monkeypatch):
+    """The same picture uploaded under two names is one image in the log: correcting either copy corrects both cards
+    (their boxes, their Looks right, the downloads), so the other copy cannot log the wrong caption after the fix."""
+    from captioner import caption
+
+    offered = {}
+    real = caption.format_captions
+    monkeypatch.setattr(caption, "format_captions", lambda rows, fmt, **kw: offered.setdefault(fmt, real(rows, fmt, **kw)))
+    circle = zoo.encode(zoo.demo("circle", "red"), "PNG")
+    upload(app, ("IMG_0001.png", circle), ("square.png", zoo.encode(zoo.demo("square", "blue"), "PNG")), ("IMG_0001 (1).png", circle))
+    app.text_area[2].set_value("a scarlet circle")
+    button(app, "Save correction", 2).click().run()
+    assert not app.exception, app.exception
+    assert [t.value for t in app.text_area] == ["a scarlet circle", "a blue square", "a scarlet circle"]
+    assert [b.disabled for b in app.button if b.label == "Looks right"] == [True, False, True]
+    assert [s.value for s in app.success].count("Correction saved.") == 2
+    assert not any("Edited since it was saved" in c.value for c in app.caption)
+    assert [(r.model_output, r.correction) for r in rows(home)] == [("a red circle", "a scarlet circle")]
+    offered.clear()
+    app.run()
+    assert [json.loads(line)["correction"] for line in offered["jsonl"].splitlines()] == ["a scarlet circle", None, "a scarlet circle"]
+
+
 def test_demo_samples_button_and_generation_settings(app, home):
     button(app, "Make demo samples").click()
     app.run()
@@ -127,6 +151,32 @@ def test_a_session_keeps_a_bounded_memory_of_results_with_one_thumbnail_per_imag
     upload(app, ("square.png", square))  # the circle removed: its results and thumbnail go with it
     assert {key[1] for key in app.session_state["captions"]} == {"square.png"}
     assert list(app.session_state["thumbnails"]) == [(ImageInput("square.png", square).sha256, "square.png")]
+
+
+def test_a_run_cut_short_while_captioning_keeps_the_captions_done(app, home, monkeypatch):
+    """A file added, a click or Stop while many images caption ends that run: the captions it got are kept, and the
+    next run captions only the rest (it began again from the first image)."""
+    import streamlit as st
+
+    from captioner import caption
+
+    real, calls = caption.caption_stream, []
+
+    def cut_after_two(loaded, inputs, options, **job):  # the person's click lands after two captions came
+        calls.append([item.name for item in inputs])
+        for n, result in enumerate(real(loaded, inputs, options, **job)):
+            yield result
+            if n == 1 and len(calls) == 1:
+                st.stop()
+
+    monkeypatch.setattr(caption, "caption_stream", cut_after_two)
+    files = [(f"{color}.png", zoo.encode(zoo.demo("circle", color), "PNG")) for color in ("red", "green", "blue", "yellow")]
+    app.file_uploader[0].set_value([(name, data, "image/png") for name, data in files]).run()
+    assert not app.text_area  # cut short
+    app.run()
+    assert calls == [[name for name, _ in files], ["blue.png", "yellow.png"]]
+    assert [t.value for t in app.text_area] == ["a red circle", "a green circle", "a blue circle", "a yellow circle"]
+    assert len(app.session_state["thumbnails"]) == 4
 
 
 def test_offline_default_falls_back_to_demo_and_the_sidebar_says_so(home, monkeypatch):

@@ -102,3 +102,15 @@ def test_a_look_alike_whose_caption_was_already_confirmed_here_is_not_offered(ap
     click(app, "Save correction")
     assert not [b for b in app.button if b.label == "Apply the fix"]
     assert any("No look-alike" in c.value for c in app.caption)
+
+
+def test_applying_the_fix_to_a_look_alike_fixes_its_copy_under_another_name_too(app, home):
+    look_alike = shape_png(*LOOK_ALIKE)
+    files = [("corrected.png", shape_png(*CORRECTED)), ("look-alike.png", look_alike), ("look-alike copy.png", look_alike)]
+    app.file_uploader[0].set_value([(name, data, "image/png") for name, data in files]).run()
+    app.text_area[0].set_value(RIGHT)
+    click(app, "Save correction")
+    click(app, "Apply the fix")  # one offer: the log holds the picture once
+    assert [t.value for t in app.text_area] == [RIGHT, RIGHT, RIGHT]
+    assert [b.disabled for b in app.button if b.label == "Looks right"] == [True, True, True]
+    assert len(FeedbackLog(home / "data").read()[0]) == 2

@@ -140,6 +140,41 @@ def test_upload_caption_and_save_a_correction_in_chromium(server, browser, tmp_p
     page.close()
 
 
+def test_keyboard_only_a_correction_is_saved_for_the_image_whose_box_was_typed_in_chromium(server, browser, tmp_path):
+    """Ctrl+Enter in a box right after the captions came, then Tab and Enter: the run that captioned drew a progress
+    bar above the cards, and the next one must not shift them (the focus moved to the next card's box, whose Save
+    correction or Looks right the Enter then pressed: a row logged for another image)."""
+    from playwright.sync_api import expect
+
+    from captioner.images import ImageInput
+
+    url, home = server
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    page.set_default_timeout(90_000)
+    page.goto(url)
+    files = []
+    for shape, color in (("circle", "green"), ("square", "yellow"), ("triangle", "red")):
+        files.append(tmp_path / f"keys-{color}-{shape}.png")
+        files[-1].write_bytes(zoo.encode(zoo.demo(shape, color, 210), "PNG"))
+    page.locator("input[type=file]").first.set_input_files([str(f) for f in files])
+    boxes = page.get_by_label("Caption", exact=True)
+    expect(boxes).to_have_count(3)
+    expect(boxes.nth(2)).to_have_value("a red triangle")
+    settle(page)
+    boxes.nth(1).fill("a golden square")
+    boxes.nth(1).press("Control+Enter")
+    settle(page)
+    expect(boxes.nth(1)).to_be_focused()
+    page.keyboard.press("Tab")  # to its own Save correction
+    page.keyboard.press("Enter")
+    expect(page.get_by_text("Correction saved.")).to_be_visible()
+
+    hashes = [ImageInput(f.name, f.read_bytes()).sha256 for f in files]
+    rows = [r for r in FeedbackLog(home / "data").read()[0] if r.image_sha256 in hashes]
+    assert [(r.image_sha256, r.model_output, r.correction) for r in rows] == [(hashes[1], "a yellow square", "a golden square")]
+    page.close()
+
+
 def test_fix_similar_confirms_a_look_alike_in_chromium(server, browser, tmp_path):
     from playwright.sync_api import expect
 

@@ -19,8 +19,14 @@ def image_key(item: ImageInput) -> tuple[str, str]:
 
 
 def card_key(result: CaptionResult) -> str:
-    """The key of a result's widgets and saved notices on the caption page: its image, name and caption."""
+    """The key of a result's widgets on the caption page: its image, name and caption."""
     return hashlib.sha1(f"{result.source.sha256}|{result.name}|{result.caption}".encode()).hexdigest()[:16]
+
+
+def picture_key(result: CaptionResult) -> str:
+    """The key of what was saved for a result: its picture and caption. Copies of one picture under other names share
+    it: the log holds the picture once, and Looks right on a copy would log the caption just corrected over the fix."""
+    return hashlib.sha1(f"{result.source.sha256}|{result.caption}".encode()).hexdigest()[:16]
 
 
 def remember(captions: dict, thumbnails: dict, key, item: ImageInput, result: CaptionResult) -> CaptionResult:

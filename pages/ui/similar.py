@@ -13,7 +13,7 @@ from captioner.models import LoadedModel
 from captioner.options import GenerationOptions
 from captioner.similar import Candidate, confirm, find_similar
 from pages.ui import shared
-from pages.ui.results import card_key
+from pages.ui.results import picture_key
 from pages.ui.text import plain
 
 state = st.session_state
@@ -77,6 +77,6 @@ def _confirm(original: FeedbackRow, candidate: Candidate, options: GenerationOpt
         return
     state.similar_saved[fix_key] = ("success", "Fix saved, linked to your correction." if created else "Already saved; nothing added.")
     if candidate.origin == "session":  # its own card says it is fixed, shows the fix, and its download carries it
-        key = card_key(candidate.result)
+        key = picture_key(candidate.result)  # and so do its copies under other names
         state.saved[key] = ("success", "Fixed like your correction of a look-alike (Apply the fix).", row.correction)
         state.setdefault("caption_box_updates", {})[key] = row.correction
