@@ -208,8 +208,10 @@ def seed_way(model, processor, examples, cfg, args):
 
 
 def child(args, way: str, folder: str, threading: str) -> dict:
-    command = [sys.executable, __file__, "--way", way, "--data", folder, "--device", args.device, "--epochs", str(args.epochs),
-               "--batch-size", str(args.batch_size), "--threading", threading]  # fmt: skip
+    # -m from the checkout's root: the child imports this checkout's code (run as a file, it imported whatever
+    # installed copy came first on sys.path, or nothing at all where the project is not installed)
+    command = [sys.executable, "-m", "bench.finetune_speed", "--way", way, "--data", folder, "--device", args.device,
+               "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--threading", threading]  # fmt: skip
     if args.config:
         command += ["--config", str(args.config)]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "MKL_"))} if threading == "default" else dict(os.environ)

@@ -63,3 +63,19 @@ def test_the_device_kit_carries_the_pytest_plugins_the_suite_asks_for():
     addopts = next(line for line in (ROOT / "pytest.ini").read_text().splitlines() if line.startswith("addopts"))
     prep = (ROOT / "bench" / "device_prep.sh").read_text()
     assert "--timeout" not in addopts or "pytest-timeout==" in prep
+
+
+def test_the_finetune_bench_times_this_checkouts_code(tmp_path):
+    """Its ways run in child processes: started as a file they imported the first `captioner` on sys.path (an
+    installed copy of another checkout, or none on the device machine), not the checkout the bench came from."""
+    decoy = tmp_path / "decoy"
+    for package in ("captioner", "finetune"):
+        (decoy / package).mkdir(parents=True)
+        (decoy / package / "__init__.py").write_text("raise ImportError('a copy of the project other than this checkout')\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.finetune_speed", "--rows", "4", "--epochs", "1", "--batch-size", "4"],
+        capture_output=True, text=True, timeout=240, cwd=ROOT,
+        env={**child_env(CAPTIONER_DEVICE="cpu", CAPTIONER_HOME=str(tmp_path), HF_HUB_OFFLINE="1"), "PYTHONPATH": str(decoy)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "this project:" in done.stdout, done.stdout[-2000:]
