@@ -22,11 +22,6 @@ for name in "$@"; do
 done
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-if ls .device/wheels/*.whl >/dev/null 2>&1; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/device-site \
-    .device/wheels/*.whl $(ls .device/bnb/*.whl 2>/dev/null) || exit 1
-  export PYTHONPATH="/tmp/device-site:$PWD/.device/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
-fi
 CONFIG=.device/blip-base
 if [ "${SMOKE:-0}" = 1 ]; then
   CONFIG=${SMOKE_CONFIG:-}
@@ -35,6 +30,12 @@ else
   small() { echo "$2"; }
 fi
 config_args() { [ -n "$CONFIG" ] && echo "--config $CONFIG"; }
+wheels=$(ls .device/wheels/*.whl .device/bnb/*.whl 2>/dev/null)  # a quantized call may carry .device/bnb alone
+if [ -n "$wheels" ]; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/device-site \
+    $wheels || exit 1
+  export PYTHONPATH="/tmp/device-site:$PWD/.device/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+fi
 started=$SECONDS
 
 step() {  # step NAME SECONDS COMMAND...: run it under its own timeout, if it fits in what is left of BUDGET

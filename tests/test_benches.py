@@ -79,3 +79,31 @@ def test_the_finetune_bench_times_this_checkouts_code(tmp_path):
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert "this project:" in done.stdout, done.stdout[-2000:]
+
+
+def device_kit(tmp_path, carried: dict[str, str]):
+    """A copy of device_check.sh in a checkout of its own carrying these .device files, and a stand-in python that
+    logs what it is asked to run (the script's own steps, none of the real work)."""
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "device_check.sh").write_text((ROOT / "bench" / "device_check.sh").read_text())
+    for name, text in carried.items():
+        (tmp_path / ".device" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / ".device" / name).write_text(text)
+    python = tmp_path / "python"
+    python.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "calls.txt"}\n')
+    python.chmod(0o755)
+    return lambda *steps: subprocess.run(
+        ["bash", str(tmp_path / "bench" / "device_check.sh"), *steps], capture_output=True, text=True, timeout=60,
+        env=child_env(OUT=str(tmp_path / "out"), PY=str(python), BUDGET="60"),
+    )  # fmt: skip
+
+
+def test_a_quantized_call_carrying_bitsandbytes_alone_installs_it(tmp_path):
+    """The quantized step's call carries .device/bnb alone (bitsandbytes' wheel and the rest exceed one call's
+    64 MiB); its wheel was installed only beside the others, so chat-8bit failed on an import there."""
+    run = device_kit(tmp_path, {"bnb/bitsandbytes-0.50.2-py3-none-manylinux_2_24_x86_64.whl": ""})
+    done = run("quantized")
+    assert done.returncode == 0, done.stdout + done.stderr
+    installs = [line for line in (tmp_path / "calls.txt").read_text().splitlines() if line.startswith("-m pip install")]
+    assert len(installs) == 1 and "bnb/bitsandbytes-0.50.2" in installs[0]
+
