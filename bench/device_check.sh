@@ -30,6 +30,10 @@ else
   small() { echo "$2"; }
 fi
 config_args() { [ -n "$CONFIG" ] && echo "--config $CONFIG"; }
+case " $* " in *" decoder "* | *" throughput "* | *" latency "* | *" retrain "* | *" finetune "*)
+  # said before the machine's time goes into steps that would each fail on it
+  if [ -n "$CONFIG" ] && [ ! -f "$CONFIG/config.json" ]; then echo "no BLIP-base config in $CONFIG: run bench/device_prep.sh"; exit 2; fi ;;
+esac
 wheels=$(ls .device/wheels/*.whl .device/bnb/*.whl 2>/dev/null)  # a quantized call may carry .device/bnb alone
 if [ -n "$wheels" ]; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/device-site \

@@ -107,3 +107,11 @@ def test_a_quantized_call_carrying_bitsandbytes_alone_installs_it(tmp_path):
     installs = [line for line in (tmp_path / "calls.txt").read_text().splitlines() if line.startswith("-m pip install")]
     assert len(installs) == 1 and "bnb/bitsandbytes-0.50.2" in installs[0]
 
+
+def test_without_blip_base_the_device_check_stops_before_any_step(tmp_path):
+    """Every BLIP bench would fail there one after another, each after loading torch: it is said at once instead."""
+    run = device_kit(tmp_path, {"wheels/ftfy-6.3.1-py3-none-any.whl": ""})
+    done = run("tests", "decoder")
+    assert done.returncode == 2 and "no BLIP-base config in .device/blip-base" in done.stdout
+    assert not (tmp_path / "calls.txt").exists()
+    assert run("tests", "index").returncode == 0  # steps that need no BLIP config still run
