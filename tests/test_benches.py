@@ -115,3 +115,11 @@ def test_without_blip_base_the_device_check_stops_before_any_step(tmp_path):
     assert done.returncode == 2 and "no BLIP-base config in .device/blip-base" in done.stdout
     assert not (tmp_path / "calls.txt").exists()
     assert run("tests", "index").returncode == 0  # steps that need no BLIP config still run
+
+
+def test_make_bench_runs_every_bench():
+    """Every speed claim is a bench, and `make bench` runs them all (decoder, pixel and feedback log ones were left out)."""
+    helpers = {"__init__", "caption_common", "random_models"}
+    benches = {path.stem for path in (ROOT / "bench").glob("*.py")} - helpers
+    makefile = (ROOT / "Makefile").read_text()
+    assert {bench for bench in benches if f"-m bench.{bench}\n" not in makefile} == set()
