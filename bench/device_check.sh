@@ -23,8 +23,10 @@ done
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 CONFIG=.device/blip-base
+MODELS=/tmp/bench-models  # the random chat model, built once for the chat and quantized steps
 if [ "${SMOKE:-0}" = 1 ]; then
   CONFIG=${SMOKE_CONFIG:-}
+  MODELS=$(mktemp -d) && trap 'rm -rf "$MODELS"' EXIT  # (this machine may run several checks at once)
   small() { echo "$1"; }
 else
   small() { echo "$2"; }
@@ -79,12 +81,12 @@ for name in "$@"; do
       --corrections $(small 3 1000) ;;
     finetune) step finetune 150 "$PY" -m bench.finetune_speed $(config_args) --device "$DEVICE" --rows $(small 16 1000) ;;
     chat) step chat 200 "$PY" -m bench.chat_latency --random blip2 --size $(small small opt-2.7b) --device "$DEVICE" \
-      --max-new-tokens 30 --runs $(small 1 5) --no-endpoint ;;
+      --max-new-tokens 30 --runs $(small 1 5) --no-endpoint --models-dir "$MODELS" ;;
     suite) step suite 300 env CAPTIONER_TEST_DEVICE=auto CAPTIONER_TEST_PARTIAL=1 "$PY" -m pytest -q -p no:cacheprovider \
       -rfEs tests ;;
     quantized) for bits in 8bit 4bit; do
       step "chat-$bits" 150 "$PY" -m bench.chat_latency --random blip2 --size opt-2.7b --device "$DEVICE" \
-        --max-new-tokens 30 --runs 3 --no-endpoint --quantize "$bits"
+        --max-new-tokens 30 --runs 3 --no-endpoint --quantize "$bits" --models-dir "$MODELS"
     done ;;
   esac
 done

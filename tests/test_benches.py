@@ -123,3 +123,27 @@ def test_make_bench_runs_every_bench():
     benches = {path.stem for path in (ROOT / "bench").glob("*.py")} - helpers
     makefile = (ROOT / "Makefile").read_text()
     assert {bench for bench in benches if f"-m bench.{bench}\n" not in makefile} == set()
+
+
+def test_the_chat_bench_builds_its_random_model_once_per_models_dir(tmp_path, monkeypatch):
+    """device_check's chat and quantized steps load the same random opt-2.7b: built and saved once, not per step."""
+    from types import SimpleNamespace
+
+    from bench import chat_latency
+
+    built = []
+
+    def build(family, size, folder):
+        (folder / "config.json").parent.mkdir(parents=True)
+        (folder / "config.json").write_text("{}")
+        built.append(folder)
+        return folder
+
+    monkeypatch.setattr(chat_latency, "build_random", build)
+    args = SimpleNamespace(random="blip2", size="opt-2.7b", models_dir=tmp_path / "models")
+    first = chat_latency.random_model(args, tmp_path / "one")
+    assert chat_latency.random_model(args, tmp_path / "two") == first and len(built) == 1
+    (first / "complete").unlink()  # as a build cut short leaves it
+    assert chat_latency.random_model(args, tmp_path / "three") == first and len(built) == 2
+    args.models_dir = None
+    assert chat_latency.random_model(args, tmp_path / "four") == tmp_path / "four" / "model" and len(built) == 3
