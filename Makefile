@@ -26,6 +26,9 @@ bench: $(VENV)/.requirements
 	$(BIN)/python -m bench.search_latency
 	$(BIN)/python -m bench.finetune_speed
 	$(BIN)/python -m bench.learning_loop
+	$(BIN)/python -m bench.decoder_speed
+	$(BIN)/python -m bench.pixel_throughput
+	$(BIN)/python -m bench.feedback_log
 
 demo: $(VENV)/.requirements
 	$(BIN)/python -m captioner demo build

@@ -16,6 +16,8 @@ done; "prefill" is plain generate stopped after its first token. Targets (issue 
 from __future__ import annotations
 
 import argparse
+import atexit
+import shutil
 import statistics
 import tempfile
 import threading
@@ -45,6 +47,7 @@ def parse_args():
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--no-endpoint", action="store_true", help="skip the transformers serve column")
+    parser.add_argument("--models-dir", type=Path, help="build the --random model here once and reuse it in later runs")
     return parser.parse_args()
 
 
@@ -140,12 +143,14 @@ def main():
     torch.set_num_threads(args.threads)
     settings = Settings(home=Path.cwd(), device=args.device, dtype=args.dtype, quantize=args.quantize)
     spec, folder = args.model, None
+    work = Path(tempfile.mkdtemp(prefix="chat-bench-"))
+    atexit.register(shutil.rmtree, work, True)  # a random opt-2.7b is 7.7 GB: never left behind in /tmp
     if args.tiny:
         from tests import tiny_models
 
-        folder = getattr(tiny_models, f"build_{args.tiny}")(Path(tempfile.mkdtemp()))
+        folder = getattr(tiny_models, f"build_{args.tiny}")(work / "model")
     elif args.random:
-        folder = build_random(args.random, args.size, Path(tempfile.mkdtemp()))
+        folder = random_model(args, work)
     if folder is not None:
         spec = str(folder)
     loaded = load_chat_model(spec, settings)
@@ -178,6 +183,19 @@ def main():
     print("(vs plain and these two: medians of per-round pairs; columns: medians of each way's runs)")
 
 
+def random_model(args, work: Path) -> Path:
+    """The --random model's folder: built in work, or built once in --models-dir (a random opt-2.7b takes a GPU
+    session minutes to initialise and save, and the quantized steps load the same one)."""
+    if not args.models_dir:
+        return build_random(args.random, args.size, work / "model")
+    folder = args.models_dir / f"{args.random}-{args.size}"
+    if not (folder / "complete").exists():  # a build cut short is built again
+        shutil.rmtree(folder, ignore_errors=True)
+        build_random(args.random, args.size, folder)
+        (folder / "complete").touch()
+    return folder
+
+
 @contextmanager
 def endpoint_way(args, loaded, folder):
     """`transformers serve` on this machine serving the same model folder, asked through the endpoint backend."""
@@ -191,7 +209,7 @@ def endpoint_way(args, loaded, folder):
 
     device = "cpu" if loaded.device.type == "cpu" else str(loaded.device)
     dtype = str(loaded.dtype).removeprefix("torch.")  # the dtype the in-process ways run in, not the file's
-    with transformers_serve(Path(tempfile.mkdtemp()) / "serve.log", threads=args.threads, preload=str(folder),
+    with transformers_serve(Path(tempfile.mkdtemp(prefix="chat-bench-serve-")) / "serve.log", threads=args.threads, preload=str(folder),
                             device=device, dtype=dtype) as url:  # fmt: skip
         settings = Settings(home=Path.cwd(), openai_base_url=url, openai_timeout=600)
         served = load_chat_model(f"openai:{folder}", settings)

@@ -5,9 +5,9 @@
 
 Both ways get the same preprocessed pixels already on the device and generate exactly --tokens new tokens
 (min = max new tokens), greedy and 3 beams, at batch 1 and 32 (and 256 on CUDA); generate is called as
-captioner/caption.py calls it. The decoder's first call per
-shape (CUDA graph capture) is warm-up and not timed. "same" counts images whose tokens equal generate's: all of
-them in fp32; in bf16 near-ties may flip, and random weights (--config) make near-flat logits full of them.
+captioner/caption.py calls it. Each way's first call per shape (CUDA graph capture,
+allocations) is warm-up and not timed. "same" counts images whose tokens equal generate's: all of them in fp32;
+in bf16 near-ties may flip, and random weights (--config) make near-flat logits full of them.
 """
 
 from __future__ import annotations
@@ -86,10 +86,10 @@ def main() -> None:
             if reason:
                 raise SystemExit(f"the fast decoder cannot run this model: {reason}")
             decoder.decode(chunk, options)  # warm-up: graph capture, buffers
+            expected = generate_decoded(model, tokenizer, chunk, options)  # generate's warm-up at this shape too
             kwargs = generate_kwargs(model, options)  # what captioner/caption.py passes to generate
             plain_s, _ = timed(lambda: model.generate(pixel_values=chunk, **kwargs), args.repeats)  # noqa: B023 (called here)
             fast_s, got = timed(lambda: decoder.decode(chunk, options), args.repeats)  # noqa: B023 (called here)
-            expected = generate_decoded(model, tokenizer, chunk, options)
             same = sum(a.sequence == b.sequence for a, b in zip(expected, got))
             print(f"{batch:>5} {beams:>5} {plain_s * 1000:>12.1f} {fast_s * 1000:>9.1f} {plain_s / fast_s:>8.1f}x "
                   f"{batch / plain_s:>15.1f} {batch / fast_s:>11.1f} {same:>3}/{batch:<3}")  # fmt: skip

@@ -22,19 +22,26 @@ for name in "$@"; do
 done
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-if ls .device/wheels/*.whl >/dev/null 2>&1; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/device-site \
-    .device/wheels/*.whl $(ls .device/bnb/*.whl 2>/dev/null) || exit 1
-  export PYTHONPATH="/tmp/device-site:$PWD/.device/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
-fi
 CONFIG=.device/blip-base
+MODELS=/tmp/bench-models  # the random chat model, built once for the chat and quantized steps
 if [ "${SMOKE:-0}" = 1 ]; then
   CONFIG=${SMOKE_CONFIG:-}
+  MODELS=$(mktemp -d) && trap 'rm -rf "$MODELS"' EXIT  # (this machine may run several checks at once)
   small() { echo "$1"; }
 else
   small() { echo "$2"; }
 fi
 config_args() { [ -n "$CONFIG" ] && echo "--config $CONFIG"; }
+case " $* " in *" decoder "* | *" throughput "* | *" latency "* | *" retrain "* | *" finetune "*)
+  # said before the machine's time goes into steps that would each fail on it
+  if [ -n "$CONFIG" ] && [ ! -f "$CONFIG/config.json" ]; then echo "no BLIP-base config in $CONFIG: run bench/device_prep.sh"; exit 2; fi ;;
+esac
+wheels=$(ls .device/wheels/*.whl .device/bnb/*.whl 2>/dev/null)  # a quantized call may carry .device/bnb alone
+if [ -n "$wheels" ]; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/device-site \
+    $wheels || exit 1
+  export PYTHONPATH="/tmp/device-site:$PWD/.device/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+fi
 started=$SECONDS
 
 step() {  # step NAME SECONDS COMMAND...: run it under its own timeout, if it fits in what is left of BUDGET
@@ -74,12 +81,12 @@ for name in "$@"; do
       --corrections $(small 3 1000) ;;
     finetune) step finetune 150 "$PY" -m bench.finetune_speed $(config_args) --device "$DEVICE" --rows $(small 16 1000) ;;
     chat) step chat 200 "$PY" -m bench.chat_latency --random blip2 --size $(small small opt-2.7b) --device "$DEVICE" \
-      --max-new-tokens 30 --runs $(small 1 5) --no-endpoint ;;
+      --max-new-tokens 30 --runs $(small 1 5) --no-endpoint --models-dir "$MODELS" ;;
     suite) step suite 300 env CAPTIONER_TEST_DEVICE=auto CAPTIONER_TEST_PARTIAL=1 "$PY" -m pytest -q -p no:cacheprovider \
       -rfEs tests ;;
     quantized) for bits in 8bit 4bit; do
       step "chat-$bits" 150 "$PY" -m bench.chat_latency --random blip2 --size opt-2.7b --device "$DEVICE" \
-        --max-new-tokens 30 --runs 3 --no-endpoint --quantize "$bits"
+        --max-new-tokens 30 --runs 3 --no-endpoint --quantize "$bits" --models-dir "$MODELS"
     done ;;
   esac
 done

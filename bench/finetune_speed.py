@@ -208,8 +208,10 @@ def seed_way(model, processor, examples, cfg, args):
 
 
 def child(args, way: str, folder: str, threading: str) -> dict:
-    command = [sys.executable, __file__, "--way", way, "--data", folder, "--device", args.device, "--epochs", str(args.epochs),
-               "--batch-size", str(args.batch_size), "--threading", threading]  # fmt: skip
+    # -m from the checkout's root: the child imports this checkout's code (run as a file, it imported whatever
+    # installed copy came first on sys.path, or nothing at all where the project is not installed)
+    command = [sys.executable, "-m", "bench.finetune_speed", "--way", way, "--data", folder, "--device", args.device,
+               "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--threading", threading]  # fmt: skip
     if args.config:
         command += ["--config", str(args.config)]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "MKL_"))} if threading == "default" else dict(os.environ)
@@ -260,20 +262,20 @@ def main():
     from captioner import runtime
 
     runtime.configure("cli")
-    results = {}
-    with tempfile.TemporaryDirectory() as folder:
-        write_rows(Path(folder), args.rows)
-        for way in ("seed", "plain", "project"):
-            results[way] = child(args, way, folder, "policy")
-        crowded = busy(args, folder) if args.busy else None
     model = args.config or "demo captioner"
     print(f"{model} on {args.device}; {args.rows} rows x {args.epochs} epochs, batch {args.batch_size}; "
           f"peak memory is {'allocated CUDA memory' if args.device == 'cuda' else 'process RSS'}")  # fmt: skip
     print(f"{'way':<46}{'rows/s':>9}{'seconds':>9}{'of which prep':>15}{'peak MiB':>10}")
     names = {"seed": "seed's loop (decode every epoch, sync per step)", "plain": "plain LoRA loop (rows on the device)",
              "project": "this project (finetune.trainer)"}  # fmt: skip
-    for way, r in results.items():
-        print(f"{names[way]:<46}{r['rows_per_s']:>9.1f}{r['seconds']:>9.2f}{r['prepare_s']:>15.2f}{r['peak_bytes'] / 2**20:>10.0f}")
+    results = {}
+    with tempfile.TemporaryDirectory() as folder:
+        write_rows(Path(folder), args.rows)
+        # each way's row as soon as it is timed, this project's first: a run cut short by a time limit keeps them
+        for way in ("project", "plain", "seed"):
+            results[way] = r = child(args, way, folder, "policy")
+            print(f"{names[way]:<46}{r['rows_per_s']:>9.1f}{r['seconds']:>9.2f}{r['prepare_s']:>15.2f}{r['peak_bytes'] / 2**20:>10.0f}")
+        crowded = busy(args, folder) if args.busy else None
     print(f"this project: {results['project']['rows_per_s'] / results['seed']['rows_per_s']:.2f}x the seed's rows/s, "
           f"{results['project']['rows_per_s'] / results['plain']['rows_per_s']:.2f}x the plain loop's "
           f"(which skips the distillation's second forward pass and the augmentation)")  # fmt: skip

@@ -108,14 +108,15 @@ def random_blip(config: Path, folder: Path) -> Path:
 
 
 def run_case(args, corrections: int, seed: int, sets: dict | None, before: dict | None) -> dict:
-    home = Path(tempfile.mkdtemp(prefix="learning-loop-"))
-    model = str(random_blip(args.config, home / "random-blip")) if args.config else "demo"
-    env = {**os.environ, "CAPTIONER_HOME": str(home), "CAPTIONER_CAPTION_MODEL": model, "CAPTIONER_DEVICE": args.device}
-    settings = Settings.from_env(env)
-    live = load_captioner(model, settings)
-    log_feedback(settings, live, corrections, args.confirmations, seed, pretend=bool(args.config))
-    seconds, outcome = retrain(env, args.finetune_args)
-    after = accuracy(load_captioner("active", settings), sets) if sets and outcome == "published" else before
+    with tempfile.TemporaryDirectory(prefix="learning-loop-") as home:  # (with --config, gigabytes of checkpoints)
+        home = Path(home)
+        model = str(random_blip(args.config, home / "random-blip")) if args.config else "demo"
+        env = {**os.environ, "CAPTIONER_HOME": str(home), "CAPTIONER_CAPTION_MODEL": model, "CAPTIONER_DEVICE": args.device}
+        settings = Settings.from_env(env)
+        live = load_captioner(model, settings)
+        log_feedback(settings, live, corrections, args.confirmations, seed, pretend=bool(args.config))
+        seconds, outcome = retrain(env, args.finetune_args)
+        after = accuracy(load_captioner("active", settings), sets) if sets and outcome == "published" else before
     return {"corrections": corrections, "seed": seed, "seconds": seconds, "outcome": outcome, "before": before, "after": after}
 
 

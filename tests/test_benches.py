@@ -63,3 +63,87 @@ def test_the_device_kit_carries_the_pytest_plugins_the_suite_asks_for():
     addopts = next(line for line in (ROOT / "pytest.ini").read_text().splitlines() if line.startswith("addopts"))
     prep = (ROOT / "bench" / "device_prep.sh").read_text()
     assert "--timeout" not in addopts or "pytest-timeout==" in prep
+
+
+def test_the_finetune_bench_times_this_checkouts_code(tmp_path):
+    """Its ways run in child processes: started as a file they imported the first `captioner` on sys.path (an
+    installed copy of another checkout, or none on the device machine), not the checkout the bench came from."""
+    decoy = tmp_path / "decoy"
+    for package in ("captioner", "finetune"):
+        (decoy / package).mkdir(parents=True)
+        (decoy / package / "__init__.py").write_text("raise ImportError('a copy of the project other than this checkout')\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.finetune_speed", "--rows", "4", "--epochs", "1", "--batch-size", "4"],
+        capture_output=True, text=True, timeout=240, cwd=ROOT,
+        env={**child_env(CAPTIONER_DEVICE="cpu", CAPTIONER_HOME=str(tmp_path), HF_HUB_OFFLINE="1"), "PYTHONPATH": str(decoy)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "this project:" in done.stdout, done.stdout[-2000:]
+
+
+def device_kit(tmp_path, carried: dict[str, str]):
+    """A copy of device_check.sh in a checkout of its own carrying these .device files, and a stand-in python that
+    logs what it is asked to run (the script's own steps, none of the real work)."""
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "device_check.sh").write_text((ROOT / "bench" / "device_check.sh").read_text())
+    for name, text in carried.items():
+        (tmp_path / ".device" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / ".device" / name).write_text(text)
+    python = tmp_path / "python"
+    python.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "calls.txt"}\n')
+    python.chmod(0o755)
+    return lambda *steps: subprocess.run(
+        ["bash", str(tmp_path / "bench" / "device_check.sh"), *steps], capture_output=True, text=True, timeout=60,
+        env=child_env(OUT=str(tmp_path / "out"), PY=str(python), BUDGET="60"),
+    )  # fmt: skip
+
+
+def test_a_quantized_call_carrying_bitsandbytes_alone_installs_it(tmp_path):
+    """The quantized step's call carries .device/bnb alone (bitsandbytes' wheel and the rest exceed one call's
+    64 MiB); its wheel was installed only beside the others, so chat-8bit failed on an import there."""
+    run = device_kit(tmp_path, {"bnb/bitsandbytes-0.50.2-py3-none-manylinux_2_24_x86_64.whl": ""})
+    done = run("quantized")
+    assert done.returncode == 0, done.stdout + done.stderr
+    installs = [line for line in (tmp_path / "calls.txt").read_text().splitlines() if line.startswith("-m pip install")]
+    assert len(installs) == 1 and "bnb/bitsandbytes-0.50.2" in installs[0]
+
+
+def test_without_blip_base_the_device_check_stops_before_any_step(tmp_path):
+    """Every BLIP bench would fail there one after another, each after loading torch: it is said at once instead."""
+    run = device_kit(tmp_path, {"wheels/ftfy-6.3.1-py3-none-any.whl": ""})
+    done = run("tests", "decoder")
+    assert done.returncode == 2 and "no BLIP-base config in .device/blip-base" in done.stdout
+    assert not (tmp_path / "calls.txt").exists()
+    assert run("tests", "index").returncode == 0  # steps that need no BLIP config still run
+
+
+def test_make_bench_runs_every_bench():
+    """Every speed claim is a bench, and `make bench` runs them all (decoder, pixel and feedback log ones were left out)."""
+    helpers = {"__init__", "caption_common", "random_models"}
+    benches = {path.stem for path in (ROOT / "bench").glob("*.py")} - helpers
+    makefile = (ROOT / "Makefile").read_text()
+    assert {bench for bench in benches if f"-m bench.{bench}\n" not in makefile} == set()
+
+
+def test_the_chat_bench_builds_its_random_model_once_per_models_dir(tmp_path, monkeypatch):
+    """device_check's chat and quantized steps load the same random opt-2.7b: built and saved once, not per step."""
+    from types import SimpleNamespace
+
+    from bench import chat_latency
+
+    built = []
+
+    def build(family, size, folder):
+        (folder / "config.json").parent.mkdir(parents=True)
+        (folder / "config.json").write_text("{}")
+        built.append(folder)
+        return folder
+
+    monkeypatch.setattr(chat_latency, "build_random", build)
+    args = SimpleNamespace(random="blip2", size="opt-2.7b", models_dir=tmp_path / "models")
+    first = chat_latency.random_model(args, tmp_path / "one")
+    assert chat_latency.random_model(args, tmp_path / "two") == first and len(built) == 1
+    (first / "complete").unlink()  # as a build cut short leaves it
+    assert chat_latency.random_model(args, tmp_path / "three") == first and len(built) == 2
+    args.models_dir = None
+    assert chat_latency.random_model(args, tmp_path / "four") == tmp_path / "four" / "model" and len(built) == 3
