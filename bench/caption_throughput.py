@@ -82,6 +82,12 @@ def other_stage_engine(loaded) -> CaptionEngine:
     return CaptionEngine(loaded, stage=stage, limits=main.limits)
 
 
+def so_far(round_: int, way: str, images: int, seconds: float) -> float:
+    """Say one timing as soon as it is taken (a run cut off by its time limit still leaves its figures); returns it."""
+    print(f"  round {round_}: {way}: {images} images in {seconds:.2f} s ({images / seconds:.1f} img/s)", flush=True)
+    return seconds
+
+
 def main() -> None:
     import torch
 
@@ -104,16 +110,18 @@ def main() -> None:
             fp32 = dataclasses.replace(loaded, model=model_fp32, dtype=torch.float32, lock=threading.Lock())
             engine(fp32, warm, options)
         seed_s, _ = timed(seeds_loop, loaded, model_fp32, seed_paths, options)
+        so_far(0, "seeds loop", len(seed_paths), seed_s)
         plain_s = engine_s = other_s = fp32_s = float("inf")
-        for _ in range(args.rounds):  # alternating, best of each: other processes on the machine skew one-off timings
+        for round_ in range(1, args.rounds + 1):  # alternating, best of each: other processes skew one-off timings
             seconds, plain_captions = timed(plain_batched, loaded, paths, options, batch_size)
-            plain_s = min(plain_s, seconds)
+            plain_s = min(plain_s, so_far(round_, "plain batched generate", len(paths), seconds))
             seconds, engine_captions = timed(engine, loaded, paths, options)
-            engine_s = min(engine_s, seconds)
-            other_s = min(other_s, timed(engine, loaded, paths, options, other)[0])
+            engine_s = min(engine_s, so_far(round_, "caption engine", len(paths), seconds))
+            seconds = timed(engine, loaded, paths, options, other)[0]
+            other_s = min(other_s, so_far(round_, "caption engine, the other pixel path", len(paths), seconds))
             if fp32 is not None:
                 seconds, fp32_captions = timed(engine, fp32, paths, options)
-                fp32_s = min(fp32_s, seconds)
+                fp32_s = min(fp32_s, so_far(round_, "caption engine, fp32 copy", len(paths), seconds))
     other.close()
     step, pixel_path = engine_for(loaded).step.last_path, engine_for(loaded).stage.describe()
     same = sum(a.strip() == b for a, b in zip(plain_captions, engine_captions))

@@ -43,6 +43,8 @@ if [ -n "$wheels" ]; then
   export PYTHONPATH="/tmp/device-site:$PWD/.device/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
 started=$SECONDS
+# the suite's files whose tests failed on an H100 before (issue 9): run first, so a suite cut short by BUDGET runs them
+SUITE_FIRST="tests/test_chat.py tests/test_engine_threads.py tests/test_loading.py tests/test_cli.py tests/test_engine.py"
 
 step() {  # step NAME SECONDS COMMAND...: run it under its own timeout, if it fits in what is left of BUDGET
   local name=$1 limit=$2; shift 2
@@ -82,8 +84,11 @@ for name in "$@"; do
     finetune) step finetune 150 "$PY" -m bench.finetune_speed $(config_args) --device "$DEVICE" --rows $(small 16 1000) ;;
     chat) step chat 200 "$PY" -m bench.chat_latency --random blip2 --size $(small small opt-2.7b) --device "$DEVICE" \
       --max-new-tokens 30 --runs $(small 1 5) --no-endpoint --models-dir "$MODELS" ;;
-    suite) step suite 300 env CAPTIONER_TEST_DEVICE=auto CAPTIONER_TEST_PARTIAL=1 "$PY" -m pytest -q -p no:cacheprovider \
-      -rfEs tests ;;
+    suite) ignored=$(for file in $SUITE_FIRST; do printf -- "--ignore=%s " "$file"; done)
+      # -v: each outcome is in suite.txt as it comes, so a step cut off by BUDGET still tells what ran
+      step suite 300 env CAPTIONER_TEST_DEVICE=auto CAPTIONER_TEST_PARTIAL=1 bash -c "set -o pipefail
+        '$PY' -m pytest -v -p no:cacheprovider -rfEs $SUITE_FIRST; first=\$?
+        '$PY' -m pytest -v -p no:cacheprovider -rfEs $ignored tests && exit \$first" ;;
     quantized) for bits in 8bit 4bit; do
       step "chat-$bits" 150 "$PY" -m bench.chat_latency --random blip2 --size opt-2.7b --device "$DEVICE" \
         --max-new-tokens 30 --runs 3 --no-endpoint --quantize "$bits" --models-dir "$MODELS"
