@@ -45,7 +45,7 @@ class Run:
             lines = (self.folder / "progress.jsonl").read_text(encoding="utf-8").splitlines()
         except OSError:
             return []
-        return [json.loads(line) for line in lines if line.strip().startswith("{")]
+        return [record for line in lines if (record := _record(line)) is not None]
 
     @property
     def outcome(self) -> dict | None:
@@ -71,6 +71,16 @@ class Run:
             return "\n".join((self.folder / "log.txt").read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+
+def _record(line: str) -> dict | None:
+    """One progress line; None for a torn one (read while it was being appended across a page boundary, or its
+    writer killed or out of disk space mid-line), which took the whole admin page down with a JSONDecodeError."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def runs_dir(settings: Settings) -> Path:

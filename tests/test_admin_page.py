@@ -237,6 +237,22 @@ def test_start_a_retrain_from_the_page_and_follow_it_to_the_end(home, monkeypatc
     assert any(c.value == "Live: v0001" for c in app.caption)  # the whole page followed: the versions tab shows it
 
 
+def test_a_torn_line_in_a_retrains_progress_file_leaves_the_page_showing_the_rest(admin, home):
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    folder = home / "models" / ".runs" / "20261201-120000-abcdef"
+    folder.mkdir(parents=True)
+    (folder / "job.json").write_text(json.dumps({"pid": int(gone.stdout), "started": 0, "args": []}))
+    steps = [{"phase": "train", "step": n, "steps": 10, "loss": 1.0 / n, "epoch": 0} for n in (1, 2, 3)]
+    (folder / "progress.jsonl").write_text("".join(json.dumps(s) + "\n" for s in steps) + '{"phase": "train", "st')
+    login(admin)  # a run killed mid-line (or a line read while it was appended)
+    assert [p.text for p in admin.get("progress")] == ["step 3 of 10 · loss 0.3333"]
+    assert "The last retrain ended without a result; see its log." in shown(admin.error)
+    assert any(c.value == "Live: the default model (demo)" for c in admin.caption)  # the tabs after it are drawn too
+
+
 @pytest.fixture
 def many(home, monkeypatch, demo_png):
     """A log of 60 pending rows: more than one page (25 a page by default), scores falling row by row."""
