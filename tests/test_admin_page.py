@@ -178,15 +178,21 @@ def test_hot_swap_changes_the_next_captions_version_and_a_broken_one_is_refused(
 def test_versions_tab_activates_and_rolls_back(admin, home):
     make_version(home, "v0001")
     make_version(home, "v0002")
+    figures = {"heldout_before": {"exact_match": 0.5, "count": 8}, "heldout_after": {"exact_match": 0.75, "count": 8},
+               "new_concepts": {"before": 0.0, "after": 1.0, "count": 2}, "old_knowledge": {"before": 1.0, "after": 1.0, "count": 6}}
+    (home / "models" / "v0002" / "metrics.json").write_text(json.dumps(figures))  # fmt: skip
     login(admin)
     assert "default model" in [c.value for c in admin.caption if c.value.startswith("Live:")][0]
+    table = admin.dataframe[-1].value.set_index("version")
+    shown_figures = ["held-out images", "exact before", "exact after", "new concepts images", "new concepts after", "old knowledge images"]
+    assert list(table.loc["v0002", shown_figures]) == [8, 0.5, 0.75, 2, 1.0, 6]
     for name in ("v0001", "v0002"):
         [s for s in admin.selectbox if s.label == "Version"][0].set_value(name).run()
         click(admin, f"Activate {name}")
         assert registry.active_version(home / "models") == name
-    click(admin, "Roll back")
+    click(admin, "Roll back to v0001")  # the button says where it goes
     assert registry.active_version(home / "models") == "v0001"
-    click(admin, "Roll back")  # v0001 went live over the default model: back to that
+    click(admin, "Roll back to the default model")  # v0001 went live over the default model: back to that
     assert registry.active_version(home / "models") is None
 
 
