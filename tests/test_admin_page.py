@@ -243,7 +243,7 @@ def test_start_a_retrain_from_the_page_and_follow_it_to_the_end(home, monkeypatc
     assert any(c.value == "Live: v0001" for c in app.caption)  # the whole page followed: the versions tab shows it
 
 
-def test_a_torn_line_in_a_retrains_progress_file_leaves_the_page_showing_the_rest(admin, home):
+def test_a_torn_progress_line_or_an_empty_job_file_leaves_the_page_showing_the_rest(admin, home):
     import subprocess
     import sys
 
@@ -253,6 +253,8 @@ def test_a_torn_line_in_a_retrains_progress_file_leaves_the_page_showing_the_res
     (folder / "job.json").write_text(json.dumps({"pid": int(gone.stdout), "started": 0, "args": []}))
     steps = [{"phase": "train", "step": n, "steps": 10, "loss": 1.0 / n, "epoch": 0} for n in (1, 2, 3)]
     (folder / "progress.jsonl").write_text("".join(json.dumps(s) + "\n" for s in steps) + '{"phase": "train", "st')
+    (home / "models" / ".runs" / "20261201-130000-fedcba").mkdir()
+    (home / "models" / ".runs" / "20261201-130000-fedcba" / "job.json").write_text("")  # the disk filled up as it was written
     login(admin)  # a run killed mid-line (or a line read while it was appended)
     assert [p.text for p in admin.get("progress")] == ["step 3 of 10 · loss 0.3333"]
     assert "The last retrain ended without a result; see its log." in shown(admin.error)
