@@ -120,6 +120,39 @@ def test_statistics_and_filters(admin, home):
     assert len(admin.data_editor[0].value) == 0
 
 
+def finish_export(app, timeout=120):
+    """Rerun the page (as its progress fragment does) until the export's thread is done."""
+    import time
+
+    deadline = time.time() + timeout
+    while app.session_state["export_jobs"][-1].thread.is_alive() and time.time() < deadline:
+        time.sleep(0.1)
+    app.run()
+    assert not app.exception, app.exception
+
+
+def test_an_export_goes_on_when_the_page_reruns_meanwhile(admin, home, monkeypatch):
+    import threading
+
+    from captioner import export as export_module
+    from captioner.review import set_status
+
+    set_status(FeedbackLog(home / "data"), {r.id for r in rows(home)}, "approved", "test")
+    gate, copy = threading.Event(), export_module.shutil.copyfile
+    monkeypatch.setattr(export_module.shutil, "copyfile", lambda *args: (gate.wait(60), copy(*args))[1])
+    login(admin)
+    click(admin, "Export approved rows")
+    assert [p.text for p in admin.get("progress")] == ["Reading the approved rows…"]
+    [t for t in admin.text_input if t.label == "Text contains"][0].set_value("circle").run()  # the admin goes on
+    assert not admin.exception, admin.exception  # reviewing while it exports: the page's script is rerun
+    assert [b for b in admin.button if b.label == "Export approved rows"][0].disabled  # one at a time
+    gate.set()
+    finish_export(admin)
+    assert any("Exported 5 approved rows" in s.value for s in admin.success)
+    exported = next((home / "data" / "exports").glob("*-hf"))
+    assert len(list(exported.rglob("*.png"))) == 5 and exported.with_name(exported.name + ".zip").is_file()
+
+
 def test_export_approved_rows_from_the_page(admin, home, tmp_path):
     from captioner.review import set_status
 
@@ -132,6 +165,7 @@ def test_export_approved_rows_from_the_page(admin, home, tmp_path):
     login(admin)
     admin.radio[0].set_value("hf").run()
     click(admin, "Export approved rows")
+    finish_export(admin)
     assert any("Exported 5 approved rows" in s.value for s in admin.success)
     assert [w.value for w in admin.warning] == ["1 approved row(s) were left out:"]
     assert any("leads-outside" in c.value and "outside" in c.value for c in admin.code)
