@@ -153,6 +153,22 @@ def test_an_export_goes_on_when_the_page_reruns_meanwhile(admin, home, monkeypat
     assert len(list(exported.rglob("*.png"))) == 5 and exported.with_name(exported.name + ".zip").is_file()
 
 
+def test_an_export_that_fails_unexpectedly_in_its_thread_says_so_on_the_page(admin, home, monkeypatch):
+    from captioner import export as export_module
+    from captioner.review import set_status
+
+    set_status(FeedbackLog(home / "data"), {r.id for r in rows(home)}, "approved", "test")
+
+    def broken(*args, **kwargs):
+        raise ValueError("a column pyarrow cannot type")
+
+    monkeypatch.setattr(export_module.pq, "write_table", broken)
+    monkeypatch.setattr("threading.excepthook", lambda args: None)  # the server log's traceback, not this test's
+    click(login(admin), "Export approved rows")
+    finish_export(admin)
+    assert "The export failed: ValueError: a column pyarrow cannot type" in shown(admin.error)
+
+
 def test_export_approved_rows_from_the_page(admin, home, tmp_path):
     from captioner.review import set_status
 

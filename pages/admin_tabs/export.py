@@ -42,6 +42,9 @@ def _run(job: ExportJob, log: FeedbackLog, fmt: str, done: list) -> None:
         job.failure = str(exc)
     except OSError as exc:  # a full or read-only data folder
         job.failure = f"The export could not be written to {job.target}: {exc.strerror or exc}"
+    except Exception as exc:  # in a thread: unsaid, it would only reach the server log, and the page would show nothing
+        job.failure = f"The export failed: {type(exc).__name__}: {exc}"
+        raise
 
 
 def render(log: FeedbackLog, data_dir: Path) -> None:
