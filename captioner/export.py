@@ -8,7 +8,10 @@ The export is written into a staging folder and renamed into place when complete
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,6 +26,9 @@ from .files import discard_folder, publish_folder, staging_folder
 FORMATS = ("hf", "jsonl")
 CONFIGS = {"caption": "captions", "qa": "qa", "style": "styles"}  # task -> the dataset config (folder) its rows go to
 TIMES = ("created_at", "reviewed_at")
+DEFLATED = {".jsonl", ".md", ".json"}  # text; images and parquet are compressed already: deflating them again
+# took eight times as long as the export itself (300 photos: 18 s of zipping) and saved about nothing
+Progress = Callable[[int, int], None]  # (done, total)
 
 
 class ExportError(ValueError):
@@ -45,7 +51,7 @@ def approved_rows(log: FeedbackLog) -> list[FeedbackRow]:
     return [row for row in rows if row.status == "approved"]
 
 
-def export(log: FeedbackLog, out_dir: Path, fmt: str) -> ExportReport:
+def export(log: FeedbackLog, out_dir: Path, fmt: str, on_progress: Progress | None = None) -> ExportReport:
     """Write every approved row to out_dir (which must not exist yet, or be an empty folder).
 
     hf: out_dir/captions/train/ (caption rows) and out_dir/qa/train/ (Q&A rows), each one image file per row and
@@ -54,6 +60,7 @@ def export(log: FeedbackLog, out_dir: Path, fmt: str) -> ExportReport:
     the captions, `load_dataset(out_dir, "qa")` the Q&A rows, `load_dataset("imagefolder", data_dir=out_dir/"captions")`
     the captions too.
     jsonl: out_dir/approved.jsonl (every field of every task, `image` relative to out_dir) and out_dir/images/.
+    on_progress(done, total) is called as the rows' images are copied.
     """
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; use {' or '.join(FORMATS)}")
@@ -79,7 +86,7 @@ def export(log: FeedbackLog, out_dir: Path, fmt: str) -> ExportReport:
     except OSError as exc:  # a read-only, full or missing place: nothing was written
         raise ExportError(f"cannot write the export into {Path(out_dir).parent}: {exc.strerror or exc}") from None
     try:
-        (_write_hf if fmt == "hf" else _write_jsonl)(sources, staging, report)
+        (_write_hf if fmt == "hf" else _write_jsonl)(sources, staging, report, _counter(len(sources), on_progress))
         publish_folder(staging, out_dir)
     except OSError as exc:
         discard_folder(staging)
@@ -91,7 +98,40 @@ def export(log: FeedbackLog, out_dir: Path, fmt: str) -> ExportReport:
     return report
 
 
-def _write_hf(sources: list[tuple[FeedbackRow, Path]], folder: Path, report: ExportReport) -> None:
+def _counter(total: int, on_progress: Progress | None) -> Callable[[], None]:
+    """A tick per row copied, passed on to on_progress about 200 times in all (a page redraw per row is slow)."""
+    done, every = 0, max(1, total // 200)
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        if on_progress and (done % every == 0 or done == total):
+            on_progress(done, total)
+
+    return tick
+
+
+def zip_export(folder: Path, on_progress: Progress | None = None) -> Path:
+    """folder.zip beside the export (written under a temporary name, renamed when complete): text deflated, images
+    and parquet stored as they are. on_progress(done, total) counts the files."""
+    folder = Path(folder)
+    files = sorted(path for path in folder.rglob("*") if path.is_file())
+    archive, partial = folder.with_name(folder.name + ".zip"), folder.with_name(folder.name + ".zip.partial")
+    tick = _counter(len(files), on_progress)
+    try:
+        with zipfile.ZipFile(partial, "w") as bundle:
+            for path in files:
+                method = zipfile.ZIP_DEFLATED if path.suffix.lower() in DEFLATED else zipfile.ZIP_STORED
+                bundle.write(path, path.relative_to(folder).as_posix(), compress_type=method)
+                tick()
+        os.replace(partial, archive)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return archive
+
+
+def _write_hf(sources: list[tuple[FeedbackRow, Path]], folder: Path, report: ExportReport, tick) -> None:
     for task, config in CONFIGS.items():
         mine = [(row, path) for row, path in sources if row.task == task]
         if not mine:
@@ -102,6 +142,7 @@ def _write_hf(sources: list[tuple[FeedbackRow, Path]], folder: Path, report: Exp
         for row, path in mine:
             name = f"{row.id}{path.suffix.lower()}"  # one file per row: imagefolder keys metadata by file name
             shutil.copyfile(path, split / name)
+            tick()
             records.append({"file_name": name, "text": row.correction, **row._asdict(), "image_path": f"{config}/train/{name}"})
         pq.write_table(_table(records), split / "metadata.parquet")
         report.by_config[config] = len(mine)
@@ -134,13 +175,14 @@ def _card(by_config: dict[str, int]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_jsonl(sources: list[tuple[FeedbackRow, Path]], folder: Path, report: ExportReport) -> None:
+def _write_jsonl(sources: list[tuple[FeedbackRow, Path]], folder: Path, report: ExportReport, tick) -> None:
     lines = []
     for row, path in sources:
         target = folder / row.image_path  # images/<file>: the log only accepts that shape
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, target)
+        tick()
         lines.append(json.dumps({**{name: getattr(row, name) for name in FIELDS}, "image": row.image_path}, ensure_ascii=False))
     (folder / "approved.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     report.by_config["all"] = len(sources)

@@ -20,6 +20,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from . import runtime
+from .files import write_atomic
 from .runtime import process_alive, process_started
 from .settings import Settings
 
@@ -45,7 +46,7 @@ class Run:
             lines = (self.folder / "progress.jsonl").read_text(encoding="utf-8").splitlines()
         except OSError:
             return []
-        return [json.loads(line) for line in lines if line.strip().startswith("{")]
+        return [record for line in lines if (record := _record(line)) is not None]
 
     @property
     def outcome(self) -> dict | None:
@@ -73,6 +74,16 @@ class Run:
             return ""
 
 
+def _record(line: str) -> dict | None:
+    """One progress line; None for a torn one (read while it was being appended across a page boundary, or its
+    writer killed or out of disk space mid-line), which took the whole admin page down with a JSONDecodeError."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def runs_dir(settings: Settings) -> Path:
     return settings.models_dir / ".runs"
 
@@ -93,14 +104,24 @@ def start(settings: Settings, options: list[str]) -> Run:
                                      env={**runtime.child_env("retrain"), "PYTHONUNBUFFERED": "1"})  # fmt: skip
         _CHILDREN[run_id] = child
         job = {"pid": child.pid, "pid_started": process_started(child.pid), "started": time.time(), "args": args}
-        (folder / "job.json").write_text(json.dumps(job))
+        try:
+            write_atomic(folder / "job.json", json.dumps(job).encode())  # another session's page never reads half of it
+        except OSError:  # a full disk: a run nobody could follow or cancel is stopped, and the page says it did not start
+            child.kill()
+            child.wait()
+            raise
     return _read(folder)
 
 
 def latest(settings: Settings) -> Run | None:
-    """The most recent run, if any."""
-    folders = sorted(p for p in runs_dir(settings).glob("*") if (p / "job.json").is_file())
-    return _read(folders[-1]) if folders else None
+    """The most recent run, if any (a folder whose job.json cannot be read, a disk that filled up as it was
+    written, is passed over: it took the whole admin page down with a JSONDecodeError on every visit)."""
+    for folder in sorted((p for p in runs_dir(settings).glob("*") if (p / "job.json").is_file()), reverse=True):
+        try:
+            return _read(folder)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return None
 
 
 def _read(folder: Path) -> Run:

@@ -74,9 +74,11 @@ def _example(data_dir: Path, row: FeedbackRow) -> Example:
 def uncorrected_images(log: FeedbackLog, taken: set[str], limit: int) -> list[tuple[Path, str]]:
     """(path, sha256) of stored images nobody has corrected and that are not in `taken`: where the regression
     set comes from. Any caption row that changes the output (pending or rejected too) rules its image out:
-    someone thought the model was wrong there. Chosen by hash, so the same images every run."""
+    someone thought the model was wrong there; so does a rejected confirmation (the reviewer said the caption
+    confirmed is wrong: replaying it as old knowledge would teach the very mistake). Chosen by hash, so the same
+    images every run."""
     rows, _ = log.read()
-    doubted = {r.image_sha256 for r in rows if r.task == "caption" and not r.is_confirmation}
+    doubted = {r.image_sha256 for r in rows if r.task == "caption" and (not r.is_confirmation or r.status == "rejected")}
     found: dict[str, Path] = {}
     for row in rows:
         sha = row.image_sha256

@@ -120,6 +120,55 @@ def test_statistics_and_filters(admin, home):
     assert len(admin.data_editor[0].value) == 0
 
 
+def finish_export(app, timeout=120):
+    """Rerun the page (as its progress fragment does) until the export's thread is done."""
+    import time
+
+    deadline = time.time() + timeout
+    while app.session_state["export_jobs"][-1].thread.is_alive() and time.time() < deadline:
+        time.sleep(0.1)
+    app.run()
+    assert not app.exception, app.exception
+
+
+def test_an_export_goes_on_when_the_page_reruns_meanwhile(admin, home, monkeypatch):
+    import threading
+
+    from captioner import export as export_module
+    from captioner.review import set_status
+
+    set_status(FeedbackLog(home / "data"), {r.id for r in rows(home)}, "approved", "test")
+    gate, copy = threading.Event(), export_module.shutil.copyfile
+    monkeypatch.setattr(export_module.shutil, "copyfile", lambda *args: (gate.wait(60), copy(*args))[1])
+    login(admin)
+    click(admin, "Export approved rows")
+    assert [p.text for p in admin.get("progress")] == ["Reading the approved rows…"]
+    [t for t in admin.text_input if t.label == "Text contains"][0].set_value("circle").run()  # the admin goes on
+    assert not admin.exception, admin.exception  # reviewing while it exports: the page's script is rerun
+    assert [b for b in admin.button if b.label == "Export approved rows"][0].disabled  # one at a time
+    gate.set()
+    finish_export(admin)
+    assert any("Exported 5 approved rows" in s.value for s in admin.success)
+    exported = next((home / "data" / "exports").glob("*-hf"))
+    assert len(list(exported.rglob("*.png"))) == 5 and exported.with_name(exported.name + ".zip").is_file()
+
+
+def test_an_export_that_fails_unexpectedly_in_its_thread_says_so_on_the_page(admin, home, monkeypatch):
+    from captioner import export as export_module
+    from captioner.review import set_status
+
+    set_status(FeedbackLog(home / "data"), {r.id for r in rows(home)}, "approved", "test")
+
+    def broken(*args, **kwargs):
+        raise ValueError("a column pyarrow cannot type")
+
+    monkeypatch.setattr(export_module.pq, "write_table", broken)
+    monkeypatch.setattr("threading.excepthook", lambda args: None)  # the server log's traceback, not this test's
+    click(login(admin), "Export approved rows")
+    finish_export(admin)
+    assert "The export failed: ValueError: a column pyarrow cannot type" in shown(admin.error)
+
+
 def test_export_approved_rows_from_the_page(admin, home, tmp_path):
     from captioner.review import set_status
 
@@ -132,6 +181,7 @@ def test_export_approved_rows_from_the_page(admin, home, tmp_path):
     login(admin)
     admin.radio[0].set_value("hf").run()
     click(admin, "Export approved rows")
+    finish_export(admin)
     assert any("Exported 5 approved rows" in s.value for s in admin.success)
     assert [w.value for w in admin.warning] == ["1 approved row(s) were left out:"]
     assert any("leads-outside" in c.value and "outside" in c.value for c in admin.code)
@@ -178,15 +228,21 @@ def test_hot_swap_changes_the_next_captions_version_and_a_broken_one_is_refused(
 def test_versions_tab_activates_and_rolls_back(admin, home):
     make_version(home, "v0001")
     make_version(home, "v0002")
+    figures = {"heldout_before": {"exact_match": 0.5, "count": 8}, "heldout_after": {"exact_match": 0.75, "count": 8},
+               "new_concepts": {"before": 0.0, "after": 1.0, "count": 2}, "old_knowledge": {"before": 1.0, "after": 1.0, "count": 6}}
+    (home / "models" / "v0002" / "metrics.json").write_text(json.dumps(figures))  # fmt: skip
     login(admin)
     assert "default model" in [c.value for c in admin.caption if c.value.startswith("Live:")][0]
+    table = admin.dataframe[-1].value.set_index("version")
+    shown_figures = ["held-out images", "exact before", "exact after", "new concepts images", "new concepts after", "old knowledge images"]
+    assert list(table.loc["v0002", shown_figures]) == [8, 0.5, 0.75, 2, 1.0, 6]
     for name in ("v0001", "v0002"):
         [s for s in admin.selectbox if s.label == "Version"][0].set_value(name).run()
         click(admin, f"Activate {name}")
         assert registry.active_version(home / "models") == name
-    click(admin, "Roll back")
+    click(admin, "Roll back to v0001")  # the button says where it goes
     assert registry.active_version(home / "models") == "v0001"
-    click(admin, "Roll back")  # v0001 went live over the default model: back to that
+    click(admin, "Roll back to the default model")  # v0001 went live over the default model: back to that
     assert registry.active_version(home / "models") is None
 
 
@@ -235,6 +291,24 @@ def test_start_a_retrain_from_the_page_and_follow_it_to_the_end(home, monkeypatc
     assert any("finetune:" in c.value for c in app.code)
     assert outcome["status"] == "published", run.log_tail()
     assert any(c.value == "Live: v0001" for c in app.caption)  # the whole page followed: the versions tab shows it
+
+
+def test_a_torn_progress_line_or_an_empty_job_file_leaves_the_page_showing_the_rest(admin, home):
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    folder = home / "models" / ".runs" / "20261201-120000-abcdef"
+    folder.mkdir(parents=True)
+    (folder / "job.json").write_text(json.dumps({"pid": int(gone.stdout), "started": 0, "args": []}))
+    steps = [{"phase": "train", "step": n, "steps": 10, "loss": 1.0 / n, "epoch": 0} for n in (1, 2, 3)]
+    (folder / "progress.jsonl").write_text("".join(json.dumps(s) + "\n" for s in steps) + '{"phase": "train", "st')
+    (home / "models" / ".runs" / "20261201-130000-fedcba").mkdir()
+    (home / "models" / ".runs" / "20261201-130000-fedcba" / "job.json").write_text("")  # the disk filled up as it was written
+    login(admin)  # a run killed mid-line (or a line read while it was appended)
+    assert [p.text for p in admin.get("progress")] == ["step 3 of 10 · loss 0.3333"]
+    assert "The last retrain ended without a result; see its log." in shown(admin.error)
+    assert any(c.value == "Live: the default model (demo)" for c in admin.caption)  # the tabs after it are drawn too
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from captioner.export import ExportError, export
+from captioner.export import ExportError, export, zip_export
 from captioner.feedback import FIELDS, FeedbackLog
 from captioner.review import set_status
 from conftest import needs
@@ -89,6 +89,24 @@ def test_rows_that_lead_outside_data_images_are_reported_and_never_followed(log,
     assert sorted(p.name for p in (tmp_path / "exports").iterdir()) == ["one"]  # nothing written beside it
     problems = log.read()[1]  # two bad lines in a row: one problem, both kept verbatim
     assert len(problems) == 1 and problems[0].reason.startswith("id '../../escape'") and "etc/passwd" in problems[0].raw
+
+
+def test_an_export_says_how_far_it_is_and_its_zip_stores_pictures_without_deflating_them_again(log, tmp_path):
+    import zipfile
+
+    copied, zipped = [], []
+    out = tmp_path / "export"
+    export(log, out, "hf", on_progress=lambda done, total: copied.append((done, total)))
+    assert copied[-1] == (4, 4) and [done for done, _ in copied] == sorted({done for done, _ in copied})
+    archive = zip_export(out, on_progress=lambda done, total: zipped.append((done, total)))
+    assert archive == tmp_path / "export.zip" and not list(tmp_path.glob("*.partial"))
+    with zipfile.ZipFile(archive) as bundle:
+        entries = {info.filename: info for info in bundle.infolist()}
+        assert bundle.testzip() is None
+    written = sorted(path.relative_to(out).as_posix() for path in out.rglob("*") if path.is_file())
+    assert sorted(entries) == written and zipped[-1] == (len(written), len(written))
+    methods = {name.rsplit(".", 1)[1]: info.compress_type for name, info in entries.items()}
+    assert methods == {"png": zipfile.ZIP_STORED, "parquet": zipfile.ZIP_STORED, "md": zipfile.ZIP_DEFLATED}
 
 
 def test_an_export_into_a_folder_in_use_is_refused(log, tmp_path):

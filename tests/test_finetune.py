@@ -124,6 +124,22 @@ def test_clear_errors_for_too_few_rows_missing_images_and_broken_rows(tiny_home,
         main(quick(tiny_home))
 
 
+def test_an_image_whose_caption_a_reviewer_rejected_never_joins_the_regression_set(home, demo_png):
+    from captioner.review import set_status
+    from finetune.data import uncorrected_images
+
+    log = FeedbackLog(home / "data")
+    misclick, _ = log.record(demo_png("star", "red"), "png", task="caption", model_output="a red circle",
+                             correction="a red circle")  # "Looks right" pressed on a wrong caption  # fmt: skip
+    set_status(log, {misclick.id}, "rejected", "reviewer")
+    pending, _ = log.record(demo_png("circle", "blue"), "png", task="caption", model_output="a blue circle",
+                            correction="a blue circle")  # fmt: skip
+    asked, _ = log.record(demo_png("square", "green"), "png", task="qa", prompt="what shape is it?", model_output="square",
+                          correction="square")  # fmt: skip
+    found = {sha for _, sha in uncorrected_images(log, set(), 10)}
+    assert found == {pending.image_sha256, asked.image_sha256}
+
+
 def test_cli_options_map_onto_the_config():
     cfg = parse_args(["--min-rows", "7", "--epochs", "4", "--lr", "0.001", "--lora-r", "8", "--no-activate"])
     assert (cfg.min_rows, cfg.epochs, cfg.lr, cfg.lora_r, cfg.activate, cfg.alpha) == (7, 4, 0.001, 8, False, 16)

@@ -63,6 +63,24 @@ def test_a_cancel_in_the_first_second_ends_as_cancelled_not_as_a_run_without_a_r
     assert registry.list_versions(settings.models_dir) == [] and registry.active_version(settings.models_dir) is None
 
 
+def test_a_run_whose_job_file_cannot_be_written_is_stopped_and_the_next_one_starts(tiny_home, monkeypatch):
+    import errno
+
+    settings = Settings.from_env()
+
+    def disk_full(path, payload):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(retrain, "write_atomic", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        retrain.start(settings, ["--epochs", "500", "--min-rows", "5"])
+    assert retrain.latest(settings) is None  # nobody could have followed or cancelled it
+    assert all(child.poll() is not None for child in retrain._CHILDREN.values())  # so it is not left running
+    monkeypatch.undo()
+    run = retrain.start(settings, ["--epochs", "2", "--min-rows", "5", "--heldout-fraction", "0"])
+    assert wait(run)["status"] == "published", run.log_tail()  # no orphan holds the retrain lock
+
+
 def test_a_models_folder_that_cannot_be_written_is_one_clear_refusal(tiny_home, monkeypatch, capsys):
     import errno
 

@@ -2,38 +2,84 @@
 
 from __future__ import annotations
 
-import shutil
+import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import streamlit as st
 
 from pages.admin_tabs._ui import outbox
 from pages.ui.text import plain
-from captioner.export import ExportError, export
+from captioner.export import ExportError, export, zip_export
 from captioner.feedback import FeedbackError, FeedbackLog
+
+
+@dataclass
+class ExportJob:
+    """An export running in its own thread: a click or a rerun meanwhile stops the page's script, never the export
+    (a progress bar drawn by the script itself was a point where Streamlit stopped it, and the export was lost)."""
+
+    target: Path
+    said: str = "Reading the approved rows…"
+    share: float = 0.0
+    failure: str | None = None
+    thread: threading.Thread = field(default=None, repr=False)
+
+    def step(self, what: str):
+        def report(done: int, total: int) -> None:
+            self.share, self.said = done / total, f"{what} {done} of {total}"
+
+        return report
+
+
+def _run(job: ExportJob, log: FeedbackLog, fmt: str, done: list) -> None:
+    try:
+        report = export(log, job.target, fmt, job.step("Copied rows:"))
+        archive = zip_export(job.target, job.step("Zipped files:"))
+        done[:] = [(report.count, report.by_config, report.skipped, str(job.target), str(archive))]
+    except (ExportError, FeedbackError) as exc:
+        job.failure = str(exc)
+    except OSError as exc:  # a full or read-only data folder
+        job.failure = f"The export could not be written to {job.target}: {exc.strerror or exc}"
+    except Exception as exc:  # in a thread: unsaid, it would only reach the server log, and the page would show nothing
+        job.failure = f"The export failed: {type(exc).__name__}: {exc}"
+        raise
 
 
 def render(log: FeedbackLog, data_dir: Path) -> None:
     fmt = st.radio("Format", ["hf", "jsonl"], horizontal=True,
                    format_func={"hf": "Hugging Face dataset (captions, Q&A and styled captions apart)", "jsonl": "JSONL"}.get)  # fmt: skip
-    done = outbox("exports_done")  # a minute's export: no click meanwhile may drop what it made
-    if st.button("Export approved rows"):
-        target = data_dir / "exports" / f"{time.strftime('%Y%m%d-%H%M%S')}-{fmt}"
-        try:
-            report = export(log, target, fmt)
-            archive = shutil.make_archive(str(target), "zip", target)
-            done[:] = [(report.count, report.by_config, report.skipped, str(target), archive)]
-        except (ExportError, FeedbackError) as exc:
-            st.error(plain(str(exc)))
-        except OSError as exc:  # a full or read-only data folder
-            st.error(plain(f"The export could not be written to {target}: {exc.strerror or exc}"))
-    if done:
-        count, by_config, skipped, target, archive = done[-1]
-        parts = ", ".join(f"{config}: {n}" for config, n in by_config.items())
-        st.success(plain(f"Exported {count} approved rows to {target} ({parts})"))
-        if skipped:
-            st.warning(f"{len(skipped)} approved row(s) were left out:")
-            st.code("\n".join(skipped), language=None, wrap_lines=True)
-        # read when pressed, not on every rerun of the page (a photo export can be large)
-        st.download_button("Download the export (zip)", lambda: Path(archive).read_bytes(), Path(archive).name, "application/zip")
+    done = outbox("exports_done")  # filled by the export's thread, whatever the page did meanwhile
+    jobs = outbox("export_jobs")  # in place: assigning to the session state is a point where a rerun stops the script
+    busy = bool(jobs) and jobs[-1].thread.is_alive()
+    if st.button("Export approved rows", disabled=busy):
+        job = ExportJob(data_dir / "exports" / f"{time.strftime('%Y%m%d-%H%M%S')}-{fmt}")
+        job.thread = threading.Thread(target=_run, args=(job, log, fmt, done), name="export", daemon=True)
+        jobs[:] = [job]
+        job.thread.start()
+        busy = True
+
+    @st.fragment(run_every=0.5 if busy else None)  # polls only while an export runs
+    def follow() -> None:
+        job = jobs[-1] if jobs else None
+        if job is not None and job.thread.is_alive():
+            st.session_state.export_followed = job.target
+            st.progress(job.share, job.said)
+            return
+        if job is not None and st.session_state.get("export_followed") == job.target:
+            st.session_state.export_followed = None  # it ended while followed: the whole tab again, button enabled
+            st.rerun()
+        if job is not None and job.failure:
+            st.error(plain(job.failure))
+        elif done:
+            count, by_config, skipped, target, archive = done[-1]
+            parts = ", ".join(f"{config}: {n}" for config, n in by_config.items())
+            st.success(plain(f"Exported {count} approved rows to {target} ({parts})"))
+            if skipped:
+                st.warning(f"{len(skipped)} approved row(s) were left out:")
+                st.code("\n".join(skipped), language=None, wrap_lines=True)
+            # read when pressed, not on every rerun of the page (a photo export can be large)
+            st.download_button("Download the export (zip)", lambda: Path(archive).read_bytes(), Path(archive).name, "application/zip")
+
+    follow()

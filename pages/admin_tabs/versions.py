@@ -24,19 +24,24 @@ def render(config: Settings) -> None:
         return
     st.dataframe(pd.DataFrame([{
         "version": v.name, "live": "●" if v.name == live else "", "created": v.created, "base": v.base,
-        "rows used": v.rows_used, "exact before": v.heldout[0].get("exact_match"), "exact after": v.heldout[1].get("exact_match"),
+        # each score beside the number of images it was measured on: 100% of 2 images proves little
+        "rows used": v.rows_used, "held-out images": v.heldout[1].get("count"),
+        "exact before": v.heldout[0].get("exact_match"), "exact after": v.heldout[1].get("exact_match"),
+        "new concepts images": v.new_concepts.get("count"),
         "new concepts before": v.new_concepts.get("before"), "new concepts after": v.new_concepts.get("after"),
         "trained on, too few to judge": _few(v.new_concepts.get("trained_only") or {}),
+        "old knowledge images": v.old_knowledge.get("count"),
         "old knowledge before": v.old_knowledge.get("before"), "old knowledge after": v.old_knowledge.get("after"),
     } for v in found]), hide_index=True)  # fmt: skip
     pick = st.selectbox("Version", [v.name for v in found][::-1])
     make_live, back = st.columns(2)
     activate = make_live.button(f"Activate {pick}")
-    roll_back = bool(live) and back.button("Roll back")
+    earlier = registry.previous_version(config.models_dir) if live else None  # named on the button: no surprise
+    roll_back = bool(live) and back.button(f"Roll back to {earlier or 'the default model'}")
     notes = outbox("version_notes")
     if activate or roll_back:
         try:  # seconds of checking the version: its outcome goes into the outbox, which no rerun can drop
-            target = pick if activate else registry.previous_version(config.models_dir) or "default"
+            target = pick if activate else earlier or "default"
             golive.activate_checked(config, None if target == "default" else target, rollback=not activate)
             notes.append(f"{target if target != 'default' else 'The default model'} is live; every session's next caption uses it.")
         except registry.RegistryError as exc:
