@@ -86,7 +86,7 @@ for name in "$@"; do
       --max-new-tokens 30 --runs $(small 1 5) --no-endpoint --models-dir "$MODELS" ;;
     suite) ignored=$(for file in $SUITE_FIRST; do printf -- "--ignore=%s " "$file"; done)
       # -v: each outcome is in suite.txt as it comes, so a step cut off by BUDGET still tells what ran
-      step suite 300 env CAPTIONER_TEST_DEVICE=auto CAPTIONER_TEST_PARTIAL=1 bash -c "set -o pipefail
+      step suite 300 env CAPTIONER_TEST_DEVICE=auto CAPTIONER_TEST_PARTIAL=1 bash -c "
         '$PY' -m pytest -v -p no:cacheprovider -rfEs $SUITE_FIRST; first=\$?
         '$PY' -m pytest -v -p no:cacheprovider -rfEs $ignored tests && exit \$first" ;;
     quantized) for bits in 8bit 4bit; do
