@@ -14,6 +14,7 @@ from .streaming import stream_generate
 from .styles import DEMO_DETAIL_QUESTIONS, DETAIL_QUESTIONS, Style, StyleError, rewrite_messages
 
 MAX_STYLED_TOKENS = 96
+SERVER_IN_FLIGHT = 8  # requests sent to a server at once (it batches them): captions to rewrite, questions to answer
 
 
 def restyle(rewriter: LoadedModel, caption: str, style: Style, facts: list[tuple[str, str]] = ()) -> AnswerStream:
@@ -71,7 +72,7 @@ def restyle_batch(rewriter: LoadedModel, captions: list[str], style: Style, fact
             out[i] = text
         return out
     if rewriter.family == ENDPOINT_FAMILY:
-        with ThreadPoolExecutor(8) as pool:
+        with ThreadPoolExecutor(SERVER_IN_FLIGHT) as pool:
             return list(pool.map(lambda pair: restyle(rewriter, pair[0], style, pair[1]).read(), zip(captions, facts)))
     requests = [rewrite_messages(caption, style, known) for caption, known in zip(captions, facts)]
     return [text for start in range(0, len(requests), 32) for text in _generate_batch(rewriter, requests[start : start + 32])]
@@ -106,8 +107,8 @@ def detail_facts(qa: LoadedModel, images: list[Image.Image]) -> list[list[tuple[
             said = answer_batch(qa, [image for image in images for _ in questions], list(questions) * len(images))
             return [list(zip(questions, said[i * len(questions) : (i + 1) * len(questions)])) for i in range(len(images))]
         asks = [(image, q) for image in images for q in questions]
-        if qa.family == ENDPOINT_FAMILY:  # a server answers several at once: 8 in flight, as restyle_batch sends
-            with ThreadPoolExecutor(8) as pool:
+        if qa.family == ENDPOINT_FAMILY:  # a server answers several at once, as restyle_batch sends them
+            with ThreadPoolExecutor(SERVER_IN_FLIGHT) as pool:
                 said = list(pool.map(lambda pair: answer(qa, pair[0], [], pair[1], max_new_tokens=24).read(), asks))
         else:
             said = [answer(qa, image, [], q, max_new_tokens=24).read() for image, q in asks]

@@ -188,7 +188,7 @@ def load_models(cfg: FinetuneConfig, settings) -> Models:
     if distributed() and settings.device in ("auto", "cuda"):  # each process of `accelerate launch` on its own GPU
         settings = replace(settings, device=f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
     try:
-        base = serve("caption", replace(settings, dtype="float32"), base_spec(cfg.base, settings) or None)  # "": live
+        base = serve("caption", replace(settings, dtype="float32"), cfg.base or None)  # "": live; models/v0001 from any folder
         live = serve("caption", settings) if cfg.base else base
     except ModelError as exc:
         raise FinetuneError(f"cannot load the model to start from: {exc}") from None
@@ -196,14 +196,6 @@ def load_models(cfg: FinetuneConfig, settings) -> Models:
         if served.fallback_reason:
             log(f"note: {served.fallback_reason}")
     return Models(base.model, live.model)
-
-
-def base_spec(text: str, settings) -> str:
-    """--base as given; a relative folder that is not here but is under CAPTIONER_HOME (models/v0001, as model cards
-    and adapters name their base) is that one, wherever the run was started."""
-    if text and not Path(text).is_absolute() and not Path(text).exists() and (Path(settings.home) / text).exists():
-        return str(Path(settings.home) / text)
-    return text
 
 
 def prepare(models: Models, feedback: FeedbackLog, examples: list[Example], cfg: FinetuneConfig) -> tuple[RowTensors, list[Example]]:

@@ -91,6 +91,7 @@ kept.forget(state.captions, state.thumbnails, inputs)
 
 def log_feedback(result: CaptionResult, correction: str, key: str) -> None:
     """Write the row to disk first; only then say it was saved. A correction then looks for look-alikes to fix."""
+    saved_key = kept.picture_key(result)
     try:
         row, created = shared.feedback_log().record(
             result.source.data, result.extension, task="caption", model_output=result.caption,
@@ -98,16 +99,16 @@ def log_feedback(result: CaptionResult, correction: str, key: str) -> None:
             model_version=result.model_version, settings=options.as_dict(), score=result.score,
         )  # fmt: skip
     except (FeedbackError, OSError) as exc:
-        state.saved[kept.picture_key(result)] = ("error", f"Not saved: {plain(exc)}", None)
+        state.saved[saved_key] = ("error", f"Not saved: {plain(exc)}", None)
         return
     kind = "Confirmation" if row.is_confirmation else "Correction"
     said = f"{kind} saved." if created else f"{kind} already in the log (saved before, here or in another session); nothing added."
-    state.saved[kept.picture_key(result)] = ("success", said, row.correction)
+    state.saved[saved_key] = ("success", said, row.correction)
     if not row.is_confirmation:  # look-alikes whose caption this session's person already confirmed or fixed are left out
         unsettled = [r for r in results if r.ok and saved_text(r) is None]
         fix_similar.offer(key, row, result, unsettled, loaded, options)
-    if any(r.ok and r is not result and kept.picture_key(r) == kept.picture_key(result) for r in results):
-        state.setdefault("caption_box_updates", {})[kept.picture_key(result)] = row.correction
+    if any(r.ok and r is not result and kept.picture_key(r) == saved_key for r in results):
+        state.setdefault("caption_box_updates", {})[saved_key] = row.correction
         st.rerun()  # the same picture under another name, maybe drawn above: its card shows the saved text too
 
 
@@ -122,9 +123,9 @@ for result in results:
     if not result.ok:
         st.error(f"{plain(result.name)}: {plain(result.error)}")
         continue
-    key = kept.card_key(result)
-    if kept.picture_key(result) in box_updates:  # a look-alike fixed, or a copy of this picture saved, on another card:
-        state[f"edit-{key}"] = box_updates[kept.picture_key(result)]  # its box shows it (set before the box is made)
+    key, saved_key = kept.card_key(result), kept.picture_key(result)
+    if saved_key in box_updates:  # a look-alike fixed, or a copy of this picture saved, on another card:
+        state[f"edit-{key}"] = box_updates[saved_key]  # its box shows it (set before the box is made)
     with st.container(border=True):
         picture, text = st.columns([1, 2])
         picture.image(result.thumbnail, caption=plain(result.name))
@@ -143,8 +144,8 @@ for result in results:
         if similar.button("Find similar", key=f"similar-{key}"):
             state.search_query, state.search_mode = result.source, "Captioned image"
             st.switch_page("pages/search.py")
-        if kept.picture_key(result) in state.saved:
-            kind, message, logged = state.saved[kept.picture_key(result)]
+        if saved_key in state.saved:
+            kind, message, logged = state.saved[saved_key]
             if kind == "success" and tidy_correction("caption", edited, result.caption) != logged:
                 text.caption("Edited since it was saved: press Save correction to log the new text.")
             else:

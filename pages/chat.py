@@ -64,8 +64,7 @@ def ask(question: str, earlier: list[Turn], replacing: Turn | None = None) -> No
         st.text(question)
     with st.chat_message("assistant"):
         try:
-            drawn = replacing is not None
-            with answer(loaded, picture.image, earlier, question, sample=drawn) as stream:  # a rerun frees the model
+            with answer(loaded, picture.image, earlier, question, sample=replacing is not None) as stream:  # a rerun frees the model
                 for notice in stream.notices:
                     st.info(plain(notice))
                 slot = st.empty()
@@ -78,8 +77,9 @@ def ask(question: str, earlier: list[Turn], replacing: Turn | None = None) -> No
                 chats[source.sha256] = earlier
             st.error(plain(exc))
             return
-    state.chats[source.sha256] = [*earlier, stream.turn(question)]
-    if replacing is not None and stream.turn(question).answer == replacing.answer:  # said once, under the answer
+    turn = stream.turn(question)
+    state.chats[source.sha256] = [*earlier, turn]
+    if replacing is not None and turn.answer == replacing.answer:  # said once, under the answer
         state.chat_note = (source.sha256, same_again(loaded))
     st.rerun()
 
