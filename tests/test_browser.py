@@ -395,7 +395,8 @@ def test_admin_reviews_a_log_bigger_than_a_page_by_id_in_chromium(server, browse
 
 @pytest.fixture(scope="module")
 def echo_app(tmp_path_factory):
-    """The app answering with `openai:echo` from a slow echo server (a word every 0.15 s, see chat_servers)."""
+    """The app answering with `openai:echo` from a slow echo server (a word every 0.4 s, see chat_servers: an answer
+    takes 2 s, so a question sent after its first words still comes before its end on a busy machine)."""
     needs("streamlit")
     needs("openai")
     if not os.path.exists(CHROMIUM):
@@ -404,7 +405,7 @@ def echo_app(tmp_path_factory):
 
     home = tmp_path_factory.mktemp("echo-home")
     asked, left = [], []
-    with slow_echo_server(0.15, asked, left) as base_url:
+    with slow_echo_server(0.4, asked, left) as base_url:
         with streamlit_app(home, OPENAI_BASE_URL=base_url, CAPTIONER_QA_MODEL="openai:echo",
                            CAPTIONER_CHAT_MODELS="openai:echo,demo") as url:  # fmt: skip
             yield url, asked, left
