@@ -84,7 +84,10 @@ try:
     index = shared.gallery_index(embedder)
 except IndexProblem as problem:
     index = None
-    if str(problem) == "no index yet":
+    if str(problem) == "no index yet" and not config.gallery.is_dir():  # a fresh install: nothing to index yet
+        st.info(f"The gallery folder {plain(config.gallery)} does not exist yet: put your images there (or set "
+                "CAPTIONER_GALLERY to a folder of images), then press **Update index**.")
+    elif str(problem) == "no index yet":
         st.info("The gallery has no index yet: press **Update index** to build it.")
     else:
         st.warning(f"The index cannot be used ({plain(str(problem))}); rebuilding it now.")
@@ -112,6 +115,10 @@ if report:
         with st.expander(f"{len(report.skipped)} skipped, {len(report.ignored)} ignored"):
             st.dataframe([{"file": shown_name(p), "why": r} for p, r in report.skipped + report.ignored], hide_index=True)
 if index is None:
+    st.stop()
+if not len(index):  # the search controls would only ever answer "No results"
+    st.info(f"No images are indexed: the gallery folder {plain(config.gallery)} holds no image the app reads "
+            f"({', '.join(t.upper() for t in UPLOAD_TYPES)}). Put images there, then press **Update index**.")
     st.stop()
 st.caption(f"{len(index)} images indexed ({index.kind} index, updated {plain(index.meta['updated'])})")
 

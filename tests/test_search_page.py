@@ -63,6 +63,28 @@ def test_update_index_says_why_when_the_gallery_folder_is_missing(home, monkeypa
     assert len(search.error) == 1
 
 
+def test_a_first_run_says_what_to_do_when_the_gallery_is_missing_or_holds_no_image(home, monkeypatch, tmp_path):
+    monkeypatch.setenv("CAPTIONER_SEARCH_MODEL", "demo")
+    gallery = tmp_path / "pictures"
+    monkeypatch.setenv("CAPTIONER_GALLERY", str(gallery))
+    search = start_app("pages/search.py")
+    assert [shown(i.value) for i in search.info] == [
+        f"The gallery folder {gallery} does not exist yet: put your images there (or set CAPTIONER_GALLERY to a "
+        "folder of images), then press **Update index**."
+    ]
+    gallery.mkdir()
+    (gallery / "notes.txt").write_text("not a picture")
+    click(search, "Update index")
+    assert "0 added" in search.success[0].value
+    assert len(search.info) == 1 and shown(search.info[0].value).startswith(
+        f"No images are indexed: the gallery folder {gallery} holds no image the app reads (JPG, JPEG, PNG"
+    )
+    assert not search.radio and not search.text_input  # no search box that could only answer "No results"
+    (gallery / "red.png").write_bytes(zoo.encode(zoo.demo("circle", "red"), "PNG"))
+    click(search, "Update index")
+    assert not search.info and search.text_input(key="search_text")
+
+
 def test_search_by_gallery_image_marks_the_near_duplicate(search, gallery):
     click(search, "Update index")
     search.radio[0].set_value("Gallery image").run()
