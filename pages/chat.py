@@ -44,7 +44,9 @@ try:
 except ImageError as exc:
     st.error(plain(exc))
     st.stop()
-st.image(picture.image, caption=plain(source.name), width=280)
+captioned = {r.source.sha256: r.caption for r in state.get("captions", {}).values() if r.ok}
+described = f"{source.name}: {captioned[source.sha256]}" if source.sha256 in captioned else f"The image to ask about: {source.name}"
+st.image(picture.image, caption=plain(source.name), width=280, alt=described)  # alt: what a screen reader says
 history: list[Turn] = state.chats.setdefault(source.sha256, [])
 
 

@@ -36,11 +36,12 @@ def shown_name(relative: str) -> str:
     return relative.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
-def show_thumbnail(column, relative: str) -> None:
+def show_thumbnail(column, relative: str, alt: str) -> None:
+    """A gallery picture's thumbnail; alt is what a screen reader says for it."""
     try:
         path = gallery_file(config.gallery.resolve(), relative, config.gallery_follow_links)
         stat = path.stat()  # the path goes to the cache as bytes: a name that is not UTF-8 cannot be hashed as text
-        column.image(thumbnail(os.fsencode(path), stat.st_size, stat.st_mtime_ns), width="stretch")
+        column.image(thumbnail(os.fsencode(path), stat.st_size, stat.st_mtime_ns), width="stretch", alt=alt)
     except ImageError as exc:
         column.warning(plain(exc.reason))
     except OSError as exc:
@@ -152,7 +153,7 @@ try:
             state.pop("search_gallery_pick", None)
         picked = st.selectbox("Query image", offered, format_func=shown_name, key="search_gallery_pick")
         if picked:
-            show_thumbnail(st.columns(6)[0], picked)
+            show_thumbnail(st.columns(6)[0], picked, f"Query image: {shown_name(picked)}")
         hits = search_gallery_image(index, picked, top_k) if picked else None
     else:
         if mode == "Upload an image":
@@ -160,7 +161,7 @@ try:
         else:
             query = handed_over
         if query is not None:
-            st.image(decode(query, max_side=256).image, width=160)
+            st.image(decode(query, max_side=256).image, width=160, alt=f"Query image: {query.name}")
             st.text(f"Query: {query.name}")
         hits = search_image(embedder, index, query, top_k) if query is not None else None
 except (SearchError, ImageError) as exc:
@@ -178,5 +179,5 @@ root = config.gallery.resolve()
 for start in range(0, len(shown), 4):
     for column, hit in zip(st.columns(4), shown[start : start + 4]):
         relative = hit.path.relative_to(root).as_posix()
-        show_thumbnail(column, relative)
+        show_thumbnail(column, relative, f"{shown_name(relative)}, score {hit.score:.3f}")
         column.text(f"{hit.score:.3f} · {shown_name(relative)}" + (" · near-duplicate" if hit.near_duplicate else ""))

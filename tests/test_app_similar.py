@@ -48,6 +48,7 @@ def test_confirming_one_look_alike_on_the_caption_page_writes_exactly_one_linked
     click(app, "Save correction")
     assert len([b for b in app.button if b.label == "Apply the fix"]) == 1  # the real triangle is not offered
     assert any("look-alike.png" in t.value for t in app.text) and any(f"proposed: {RIGHT}" in t.value for t in app.text)
+    assert f"look-alike.png: {WRONG}" in [i.alt for e in app.image for i in e.proto.imgs]  # said by a screen reader
     log = FeedbackLog(home / "data")
     [original] = log.read()[0]
     click(app, "Apply the fix")

@@ -164,3 +164,17 @@ def test_an_answer_is_shown_as_written_never_as_markdown_or_links(chat):
     chat.run()
     [assistant] = [m for m in chat.get("chat_message") if m.name == "assistant"]
     assert [t.value for t in assistant.text] == [written] and not assistant.markdown  # st.text: no autolink, no bold
+
+
+def alt_texts(app):
+    return [image.alt for element in app.image for image in element.proto.imgs]
+
+
+def test_the_picture_has_alt_text_a_screen_reader_can_say(chat):
+    chat.switch_page("pages/caption.py").run()  # captioned there: its caption describes it here
+    chat.file_uploader[0].set_value(("seen.png", zoo.encode(zoo.demo("square", "blue"), "PNG"), "image/png")).run()
+    chat.switch_page("pages/chat.py").run()
+    chat.main.selectbox[0].select_index(1).run()
+    assert alt_texts(chat) == ["seen.png: a blue square"]
+    with_image(chat)
+    assert alt_texts(chat) == ["The image to ask about: pic.png"]

@@ -202,3 +202,18 @@ def test_a_text_longer_than_the_search_model_reads_says_so(search):
     search.text_input(key="search_text").set_value("a red circle on a white background " * 10).run()
     assert any("reads only the start of a long text" in c.value for c in search.caption)
     assert result_captions(search)  # still searched, with what the model read
+
+
+def test_every_picture_has_alt_text_naming_it(search):
+    click(search, "Update index")
+    search.text_input(key="search_text").set_value("a red circle").run()
+    alts = [image.alt for element in search.image for image in element.proto.imgs]
+    expected = []
+    for result in result_captions(search):  # "0.971 · demo-0008-red-circle.png" is said "demo-0008-red-circle.png, score 0.971"
+        score, name = result.split(" · ")[:2]
+        expected.append(f"{name}, score {score}")
+    assert len(alts) == 12 and alts == expected
+    search.radio[0].set_value("Upload an image").run()
+    search.file_uploader[0].set_value(("mine.png", zoo.encode(zoo.demo("square", "blue"), "PNG"), "image/png")).run()
+    alts = [image.alt for element in search.image for image in element.proto.imgs]
+    assert alts[0] == "Query image: mine.png" and all(", score 0." in alt for alt in alts[1:])

@@ -57,7 +57,8 @@ def show(key: str, column, options: GenerationOptions) -> None:
             fix_key = f"{key}-{candidate.result.source.sha256[:16]}"
             picture, words = st.columns([1, 3])
             if candidate.result.thumbnail is not None:
-                picture.image(candidate.result.thumbnail, caption=plain(candidate.name))
+                picture.image(candidate.result.thumbnail, caption=plain(candidate.name),
+                              alt=f"{candidate.name}: {candidate.result.caption}")  # what a screen reader says
             words.text(f"{candidate.name} · {candidate.origin} · similarity {candidate.similarity:.2f}")
             words.text(f"now:      {candidate.result.caption}\nproposed: {candidate.proposed}")
             if fix_key in saved:
