@@ -18,6 +18,8 @@ from pages.ui import shared
 from pages.ui.text import plain
 
 PICKER_LIMIT = 500  # gallery paths offered at once; a filter narrows a big gallery down
+MAX_RESULTS = 200
+PAGE_SIZE = 24  # results drawn at once (6 rows of 4): a long list is paged, its thumbnails not all sent at once
 state = st.session_state
 st.title("Find similar images")
 config = shared.settings()
@@ -132,7 +134,7 @@ if state.get("search_mode") not in modes:
     state.search_mode = modes[0]
 state.setdefault("search_top_k", 12)  # defaults here, not in the widgets: their values are kept across pages
 mode = st.radio("Search by", modes, horizontal=True, key="search_mode")
-top_k = st.slider("Results", 1, 50, key="search_top_k")
+top_k = st.slider("Results", 1, MAX_RESULTS, key="search_top_k")
 cutoff = st.slider("Hide results below this fraction of the best score", 0.0, 1.0, step=0.05, key="search_cutoff")
 
 try:
@@ -174,10 +176,23 @@ if not hits:
     st.stop()
 best = hits[0].score
 shown = [h for h in hits if not cutoff or best <= 0 or h.score >= cutoff * best]
-st.caption(f"{len(shown)} of {len(hits)} results (best score {best:.3f})")
+pages = -(-len(shown) // PAGE_SIZE)
+listing = hash(tuple(h.path for h in shown))
+if state.get("search_listing") != listing:  # another query or other settings: their results from the first page
+    state.search_listing, state.search_page = listing, 0
+page = min(state.get("search_page", 0), pages - 1)
+first = page * PAGE_SIZE
+on_page = shown[first : first + PAGE_SIZE]
+st.caption(f"{len(shown)} of {len(hits)} results (best score {best:.3f})"
+           + (f" · page {page + 1} of {pages}" if pages > 1 else ""))  # fmt: skip
 root = config.gallery.resolve()
-for start in range(0, len(shown), 4):
-    for column, hit in zip(st.columns(4), shown[start : start + 4]):
+for start in range(0, len(on_page), 4):
+    for column, hit in zip(st.columns(4), on_page[start : start + 4]):
         relative = hit.path.relative_to(root).as_posix()
         show_thumbnail(column, relative, f"{shown_name(relative)}, score {hit.score:.3f}")
         column.text(f"{hit.score:.3f} · {shown_name(relative)}" + (" · near-duplicate" if hit.near_duplicate else ""))
+if pages > 1:
+    earlier, where, later = st.columns([1, 2, 1], vertical_alignment="center")
+    earlier.button("Previous page", disabled=page == 0, on_click=lambda: state.update(search_page=page - 1))
+    where.caption(f"Results {first + 1}–{first + len(on_page)} of {len(shown)}")
+    later.button("Next page", disabled=page == pages - 1, on_click=lambda: state.update(search_page=page + 1))

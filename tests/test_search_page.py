@@ -217,3 +217,35 @@ def test_every_picture_has_alt_text_naming_it(search):
     search.file_uploader[0].set_value(("mine.png", zoo.encode(zoo.demo("square", "blue"), "PNG"), "image/png")).run()
     alts = [image.alt for element in search.image for image in element.proto.imgs]
     assert alts[0] == "Query image: mine.png" and all(", score 0." in alt for alt in alts[1:])
+
+
+def test_a_hundred_results_are_paged_through_each_seen_once(home, monkeypatch, tmp_path):
+    monkeypatch.setenv("CAPTIONER_SEARCH_MODEL", "demo")
+    gallery = tmp_path / "big"
+    gallery.mkdir()
+    for item in demo_inputs(110, seed=4)[0]:
+        (gallery / item.name).write_bytes(item.data)
+    monkeypatch.setenv("CAPTIONER_GALLERY", str(gallery))
+    search = start_app("pages/search.py")
+    click(search, "Update index")
+    search.slider(key="search_top_k").set_value(100).run()
+    search.text_input(key="search_text").set_value("a red circle").run()
+    assert any(c.value.startswith("100 of 100 results") and c.value.endswith("page 1 of 5") for c in search.caption)
+    def listed(app):  # every result shown, those with a score below zero too
+        return [t.value for t in app.text if " · demo-" in t.value]
+
+    seen = []
+    for page in range(5):
+        results = listed(search)
+        assert len(results) == (24 if page < 4 else 4)
+        seen += results
+        assert [b.disabled for b in search.button if b.label in ("Previous page", "Next page")] == [page == 0, page == 4]
+        if page < 4:
+            click(search, "Next page")
+    assert len(seen) == len(set(seen)) == 100  # every result once, best first across the pages
+    scores = [float(r.split(" · ")[0]) for r in seen]
+    assert scores == sorted(scores, reverse=True)
+    click(search, "Previous page")
+    assert listed(search) == seen[72:96]
+    search.text_input(key="search_text").set_value("a blue square").run()  # a new query starts on its first page
+    assert any(c.value.endswith("page 1 of 5") for c in search.caption) and "blue-square" in listed(search)[0]
