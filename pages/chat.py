@@ -124,8 +124,15 @@ for index, turn in enumerate(history[:-1] if redrawing else history):
                 (st.success if kind == "success" else st.error)(message)
 
 note = state.pop("chat_note", None)
+# Read before the buttons are drawn (the box stays pinned at the bottom): a new answer then streams right under the
+# conversation, and Regenerate and Clear come back once it is complete, never sitting between two turns.
+question = st.chat_input("Ask about the image")
 if redrawing:
     ask(pending[1], history[:-1], replacing=history[-1])
+elif question is not None and question.strip():
+    ask(question.strip(), history)
+elif question is not None:
+    st.warning("The question is empty: type something to ask.")
 elif note and note[0] == source.sha256 and history:
     st.info(plain(note[1]))
 regenerate, clear = st.columns(2)
@@ -136,9 +143,3 @@ if history and clear.button("Clear the conversation"):
     state.chats[source.sha256] = []
     state.chat_saved.pop(source.sha256, None)
     st.rerun()
-question = st.chat_input("Ask about the image")
-if question is not None:
-    if question.strip():
-        ask(question.strip(), history)
-    else:
-        st.warning("The question is empty: type something to ask.")

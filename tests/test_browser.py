@@ -476,3 +476,24 @@ def test_eight_people_chat_with_a_server_model_at_once_in_chromium(echo_app, bro
     assert sorted(q for q, _ in asked[-8:]) == sorted(f"question number {n}" for n in range(8))
     for page in pages:
         page.close()
+
+
+def test_an_answer_streams_under_the_conversation_with_no_buttons_between_turns_in_chromium(echo_app, browser, tmp_path):
+    """While an answer streams, Regenerate and Clear were drawn between the turn before and the new one (and
+    Regenerate, under the first answer, looked like it would draw that one again); they come back below it."""
+    from playwright.sync_api import expect
+
+    url, _, _ = echo_app
+    page = chat_page(browser, url, tmp_path, "triangle", "green")
+    messages = page.locator('[data-testid="stChatMessage"]')
+    regenerate = page.get_by_role("button", name="Regenerate the last answer")
+    send(page, "first question")
+    expect(messages.nth(1)).to_contain_text("(1 messages)")
+    settle(page)
+    send(page, "second question asked")
+    expect(messages.nth(3)).to_contain_text("you asked: second")
+    assert "(3 messages)" not in messages.nth(3).inner_text() and regenerate.count() == 0  # streaming: none shown
+    expect(messages.nth(3)).to_contain_text("(3 messages)")
+    expect(regenerate).to_have_count(1)
+    assert regenerate.bounding_box()["y"] > messages.nth(3).bounding_box()["y"]  # under the last answer
+    page.close()
