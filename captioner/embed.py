@@ -29,6 +29,8 @@ DEFAULT_BATCH_SIZE = 64
 TEXT_CACHE_SIZE = 256
 _TEXT_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> text -> unit vector
 _TEXT_CACHE_LOCK = threading.Lock()
+IMAGE_QUERY_CACHE_SIZE = 64
+_IMAGE_QUERY_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> image sha256 -> unit vector
 
 
 @dataclass(frozen=True)
@@ -241,6 +243,25 @@ def embed_texts(loaded: LoadedModel, texts: Sequence[str]) -> np.ndarray:
             cache.popitem(last=False)
     dim = embedding_dim(loaded) if not texts else len(known[texts[0]])
     return np.stack([known[text] for text in texts]) if texts else np.zeros((0, dim), np.float32)
+
+
+def embed_query_image(loaded: LoadedModel, source: ImageInput) -> np.ndarray:
+    """One image's unit vector, remembered for the model's last IMAGE_QUERY_CACHE_SIZE query images: a page rerun
+    (another page of results, another cut-off) neither decodes nor encodes a 20-megapixel photo again."""
+    with _TEXT_CACHE_LOCK:
+        cache = _IMAGE_QUERY_CACHE.setdefault(loaded.model, OrderedDict())
+        vector = cache.get(source.sha256)
+    if vector is None:
+        embedded = embed_images(loaded, [source])
+        if embedded.errors:
+            raise ImageError(source.name, embedded.errors[0])
+        vector = embedded.vectors[0]
+    with _TEXT_CACHE_LOCK:
+        cache[source.sha256] = vector
+        cache.move_to_end(source.sha256)
+        while len(cache) > IMAGE_QUERY_CACHE_SIZE:
+            cache.popitem(last=False)
+    return vector
 
 
 def text_is_cut(loaded: LoadedModel, text: str) -> bool:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .embed import embed_images, embed_texts, text_is_cut
-from .images import ImageError, ImageInput
+from .embed import embed_query_image, embed_texts, text_is_cut
+from .images import ImageInput
 from .index_entries import Entry
 from .index_store import FORMAT, NEAR_DUPLICATE, GalleryIndex, Hit, IndexProblem, current_generation, index_root, load_index
 from .index_update import UpdateReport, update_index
@@ -48,10 +48,7 @@ def search_text(embedder, index: GalleryIndex, text: str, k: int = 10) -> list[H
 
 def search_image(embedder, index: GalleryIndex, source: ImageInput, k: int = 10) -> list[Hit]:
     """Gallery images most similar to an image (an ImageInput); near-duplicates of it are marked."""
-    embedded = embed_images(embedder, [source])
-    if embedded.errors:
-        raise ImageError(source.name, embedded.errors[0])
-    return index.search(embedded.vectors[0], k, query_sha256=source.sha256, image_query=True)
+    return index.search(embed_query_image(embedder, source), k, query_sha256=source.sha256, image_query=True)
 
 
 def search_gallery_image(index: GalleryIndex, path: str, k: int = 10) -> list[Hit]:

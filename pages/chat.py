@@ -40,7 +40,9 @@ if source is None:
     st.info("Choose an image first: upload one, or caption some on the Caption page.")
     st.stop()
 try:
-    picture = decode(source, max_side=768)
+    if state.get("chat_picture", (None,))[0] != source.sha256:  # decoded once while chosen: a rerun decodes nothing
+        state.chat_picture = (source.sha256, decode(source, max_side=768))
+    picture = state.chat_picture[1]
 except ImageError as exc:
     st.error(plain(exc))
     st.stop()

@@ -10,7 +10,7 @@ import os
 import streamlit as st
 
 from captioner.gallery_scan import gallery_file
-from captioner.images import UPLOAD_TYPES, ImageError, ImageInput, decode, read_file, thumbnail_jpeg
+from captioner.images import UPLOAD_TYPES, ImageError, ImageInput, read_file, thumbnail_jpeg
 from captioner.index import (
     IndexProblem, SearchError, search_gallery_image, search_image, search_text, text_is_cut, update_index,
 )  # fmt: skip
@@ -31,6 +31,12 @@ st.caption(f"Gallery folder: {plain(config.gallery)} (set CAPTIONER_GALLERY to u
 def thumbnail(path: bytes, size: int, mtime_ns: int) -> bytes:
     """A small JPEG of a gallery picture, made once per file version: a rerun neither decodes nor encodes it."""
     return thumbnail_jpeg(read_file(os.fsdecode(path)), 256)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def query_preview(sha256: str, _query: ImageInput) -> bytes:
+    """A small JPEG of a query picture, made once per picture: another page of results decodes nothing again."""
+    return thumbnail_jpeg(_query, 256)
 
 
 def shown_name(relative: str) -> str:
@@ -163,7 +169,7 @@ try:
         else:
             query = handed_over
         if query is not None:
-            st.image(decode(query, max_side=256).image, width=160, alt=f"Query image: {query.name}")
+            st.image(query_preview(query.sha256, query), width=160, alt=f"Query image: {query.name}")
             st.text(f"Query: {query.name}")
         hits = search_image(embedder, index, query, top_k) if query is not None else None
 except (SearchError, ImageError) as exc:

@@ -178,3 +178,20 @@ def test_the_picture_has_alt_text_a_screen_reader_can_say(chat):
     assert alt_texts(chat) == ["seen.png: a blue square"]
     with_image(chat)
     assert alt_texts(chat) == ["The image to ask about: pic.png"]
+
+
+def test_questions_about_a_photo_decode_it_once(chat, monkeypatch):
+    import captioner.images
+
+    picture = zoo.encode(zoo.demo("circle", "red", 300), "PNG")
+    decoded = []
+    decode = captioner.images.decode
+    def counted(source, *args, **kwargs):
+        decoded.append(source.data == picture)
+        return decode(source, *args, **kwargs)
+
+    monkeypatch.setattr(captioner.images, "decode", counted)
+    chat.file_uploader[0].set_value(("photo.png", picture, "image/png")).run()
+    for question in ("what color is the shape?", "what shape is it?", "is it a circle?"):
+        ask(chat, question)
+    assert conversation(chat)[-1] == ("assistant", "yes") and decoded.count(True) == 1

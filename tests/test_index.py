@@ -551,3 +551,16 @@ def test_indexing_on_cuda_gives_unit_vectors_close_to_the_cpus(settings, tiny_cl
     index, _ = update_index(on_gpu, gallery, settings.data_dir)
     query = ImageInput("q.png", (gallery / "2-green-triangle.png").read_bytes())
     assert search_image(on_gpu, index, query, k=1)[0].score == pytest.approx(1.0, abs=1e-6)
+
+
+def test_a_query_image_searched_again_is_not_decoded_or_encoded_again(clip, gallery, settings, monkeypatch):
+    index, _ = update_index(clip, gallery, settings.data_dir)
+    encoded = []
+    encode_image = clip.model.encode_image
+    monkeypatch.setattr(clip.model, "encode_image", lambda pixels: encoded.append(len(pixels)) or encode_image(pixels))
+    query = ImageInput("q.png", (gallery / "2-green-triangle.png").read_bytes())
+    first = search_image(clip, index, query, k=3)
+    again = search_image(clip, index, ImageInput("same-bytes.png", query.data), k=4)  # a rerun: another page, another k
+    assert encoded == [1] and [h.path for h in again[:3]] == [h.path for h in first]
+    search_image(clip, index, ImageInput("other.png", (gallery / "1-blue-square.png").read_bytes()), k=3)
+    assert encoded == [1, 1]  # another picture is encoded

@@ -249,3 +249,25 @@ def test_a_hundred_results_are_paged_through_each_seen_once(home, monkeypatch, t
     assert listed(search) == seen[72:96]
     search.text_input(key="search_text").set_value("a blue square").run()  # a new query starts on its first page
     assert any(c.value.endswith("page 1 of 5") for c in search.caption) and "blue-square" in listed(search)[0]
+
+
+def test_paging_through_an_uploaded_photos_results_decodes_it_once(search, monkeypatch):
+    import captioner.images
+
+    query = zoo.encode(zoo.demo("square", "blue", 400), "PNG")
+    decoded = []
+    decode = captioner.images.decode
+    def counted(source, *args, **kwargs):
+        decoded.append(source.data == query)
+        return decode(source, *args, **kwargs)
+
+    monkeypatch.setattr(captioner.images, "decode", counted)
+    click(search, "Update index")
+    search.slider(key="search_top_k").set_value(40).run()
+    search.radio[0].set_value("Upload an image").run()
+    search.file_uploader[0].set_value(("mine.png", query, "image/png")).run()
+    first = result_captions(search)
+    made = decoded.count(True)
+    click(search, "Next page")
+    search.slider(key="search_cutoff").set_value(0.1).run()
+    assert decoded.count(True) == made and result_captions(search) != first  # other results, the photo not decoded again
