@@ -32,10 +32,32 @@ for item in [r.source for r in state.get("captions", {}).values() if r.ok] + sta
     session_images.setdefault(item.sha256, item)
 names = Counter(item.name for item in session_images.values())
 labels = {sha: item.name if names[item.name] == 1 else f"{item.name} · {sha[:8]}" for sha, item in session_images.items()}
-upload = st.file_uploader("Upload an image", type=UPLOAD_TYPES)
+
+
+def uploaded_picture() -> ImageInput | None:
+    """The uploaded picture, kept while the person visits other pages (Streamlit empties an uploader that a run does
+    not draw, and the conversation would seem lost); the uploader's x, or another upload, replaces it."""
+    upload = st.file_uploader("Upload an image", type=UPLOAD_TYPES, key="chat_upload", on_change=uploader_changed)
+    if upload is not None and state.get("chat_upload_id") != upload.file_id:
+        state.chat_uploaded, state.chat_upload_id = ImageInput(upload.name, upload.getvalue()), upload.file_id
+    return state.get("chat_uploaded")
+
+
+def uploader_changed() -> None:
+    """An upload is the latest choice; an empty uploader means the person removed the file (a page switch calls nothing)."""
+    state.chat_from = "upload"
+    if state.get("chat_upload") is None:
+        state.chat_uploaded = state.chat_upload_id = None
+
+
+uploaded = uploaded_picture()
+if state.get("chat_pick") not in ["—", *session_images]:  # a picture since removed from the caption page
+    state.pop("chat_pick", None)
 choice = st.selectbox("…or pick one captioned in this session", ["—", *session_images], disabled=not session_images,
-                      format_func=lambda sha: labels.get(sha, sha))  # fmt: skip
-source = ImageInput(upload.name, upload.getvalue()) if upload else session_images.get(choice)
+                      format_func=lambda sha: labels.get(sha, sha), key="chat_pick",
+                      on_change=lambda: state.update(chat_from="pick"))  # fmt: skip
+chosen = session_images.get(choice)
+source = chosen if chosen and (uploaded is None or state.get("chat_from") == "pick") else uploaded  # the latest choice
 if source is None:
     st.info("Choose an image first: upload one, or caption some on the Caption page.")
     st.stop()
@@ -44,6 +66,8 @@ try:
         state.chat_picture = (source.sha256, decode(source, max_side=768))
     picture = state.chat_picture[1]
 except ImageError as exc:
+    if source is uploaded:  # said while the uploader shows it; not kept for the next visit, where it has no x
+        state.chat_uploaded = state.chat_upload_id = None
     st.error(plain(exc))
     st.stop()
 captioned = {r.source.sha256: r.caption for r in state.get("captions", {}).values() if r.ok}

@@ -195,3 +195,35 @@ def test_questions_about_a_photo_decode_it_once(chat, monkeypatch):
     for question in ("what color is the shape?", "what shape is it?", "is it a circle?"):
         ask(chat, question)
     assert conversation(chat)[-1] == ("assistant", "yes") and decoded.count(True) == 1
+
+
+def test_the_uploaded_picture_and_its_conversation_are_there_after_visiting_another_page(chat):
+    with_image(chat, "square", "blue")
+    ask(chat, "what color is the shape?")
+    chat.switch_page("pages/search.py").run()
+    chat.switch_page("pages/chat.py").run()  # Streamlit has emptied the uploader
+    assert conversation(chat) == [("user", "what color is the shape?"), ("assistant", "blue")]
+    assert not chat.info  # not "Choose an image first"
+    chat.switch_page("pages/caption.py").run()
+    chat.file_uploader[0].set_value(("seen.png", zoo.encode(zoo.demo("circle", "green"), "PNG"), "image/png")).run()
+    chat.switch_page("pages/chat.py").run()
+    chat.main.selectbox[0].select_index(1).run()  # a pick after the upload: the pick is asked about
+    ask(chat, "what shape is it?")
+    assert conversation(chat) == [("user", "what shape is it?"), ("assistant", "circle")]
+    chat.switch_page("pages/caption.py").run()
+    chat.switch_page("pages/chat.py").run()  # the pick is kept too
+    assert conversation(chat)[-1] == ("assistant", "circle")
+    with_image(chat, "triangle", "red")  # an upload after the pick: the upload is asked about
+    assert conversation(chat) == []
+    ask(chat, "what color is the shape?")
+    assert conversation(chat)[-1] == ("assistant", "red")
+    chat.file_uploader[0].set_value(None).run()  # the uploader's x: back to the pick
+    assert conversation(chat)[-1] == ("assistant", "circle")
+
+
+def test_a_bad_upload_is_not_kept_for_the_next_visit(chat):
+    chat.file_uploader[0].set_value(("notes.jpg", b"just some text", "image/jpeg")).run()
+    assert shown(chat.error[0].value).startswith("notes.jpg: not an image")
+    chat.switch_page("pages/search.py").run()
+    chat.switch_page("pages/chat.py").run()
+    assert not chat.error and "Choose an image first" in chat.info[0].value

@@ -146,7 +146,7 @@ def sidebar_models() -> None:
 # Widgets whose value a person sets once and expects to find again after visiting another page (Streamlit forgets
 # a widget's state when a run does not draw it; a key written back on every run is kept).
 KEPT_WIDGETS = ("gen_beams", "gen_max_new_tokens", "gen_min_new_tokens", "gen_repetition_penalty", "gen_prefix",
-                "caption_style", "caption_style_instruction", "chat_model_pick", "search_mode", "search_top_k",
+                "caption_style", "caption_style_instruction", "chat_model_pick", "chat_pick", "search_mode", "search_top_k",
                 "search_cutoff", "search_text", "search_gallery_filter", "search_gallery_pick")  # fmt: skip
 
 
