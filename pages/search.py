@@ -173,6 +173,8 @@ try:
             st.text(f"Query: {query.name}")
         hits = search_image(embedder, index, query, top_k) if query is not None else None
 except (SearchError, ImageError) as exc:
+    if mode == "Upload an image":  # said while the uploader shows it; not kept for the next visit, where it has no x
+        state.search_query_upload = state.search_upload_id = None
     st.error(plain(str(exc)))
     st.stop()
 if hits is None:

@@ -271,3 +271,15 @@ def test_paging_through_an_uploaded_photos_results_decodes_it_once(search, monke
     click(search, "Next page")
     search.slider(key="search_cutoff").set_value(0.1).run()
     assert decoded.count(True) == made and result_captions(search) != first  # other results, the photo not decoded again
+
+
+def test_a_bad_query_upload_is_not_kept_for_the_next_visit(search):
+    click(search, "Update index")
+    search.radio[0].set_value("Upload an image").run()
+    search.file_uploader[0].set_value(("notes.jpg", b"just some text", "image/jpeg")).run()
+    assert shown(search.error[0].value).startswith("notes.jpg: not an image")
+    search.run()  # still said while the uploader shows it
+    assert shown(search.error[0].value).startswith("notes.jpg: not an image")
+    search.switch_page("pages/caption.py").run()
+    search.switch_page("pages/search.py").run()  # the uploader is empty now: no x to make the error go away
+    assert not search.error and not search.exception
