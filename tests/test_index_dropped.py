@@ -1,0 +1,127 @@
+"""Vectors of files that left the gallery are kept a while: a file back (a disk mounted again, a folder moved out
+and back) is hashed, never embedded again; what stays away is forgotten and compacted, within a bounded size."""
+
+import shutil
+
+import numpy as np
+import pytest
+
+import images_zoo as zoo
+from captioner.embed import load_embedder
+from captioner.index import current_generation, index_root, search_gallery_image, update_index
+from captioner.index_dropped import RETAIN_DAYS
+from test_index_segments import add_pictures, segment_files
+
+
+@pytest.fixture
+def clip(settings, tiny_clip_dir):
+    return load_embedder(str(tiny_clip_dir), settings)
+
+
+@pytest.fixture
+def encoded(clip, monkeypatch):
+    """The number of images the model's image tower encodes, counted at the model itself."""
+    count = [0]
+    real = clip.model.encode_image
+
+    def counting(pixels, *args, **kwargs):
+        count[0] += len(pixels)
+        return real(pixels, *args, **kwargs)
+
+    monkeypatch.setattr(clip.model, "encode_image", counting)
+    return count
+
+
+@pytest.fixture
+def gallery(tmp_path):
+    folder = tmp_path / "gallery"
+    (folder / "2024").mkdir(parents=True)
+    add_pictures(folder / "2024", 0, 12)
+    return folder
+
+
+def test_a_gallery_emptied_and_filled_again_embeds_nothing_again(clip, gallery, settings, tmp_path, encoded):
+    update_index(clip, gallery, settings.data_dir)
+    assert encoded[0] == 12
+    root = index_root(settings.data_dir, gallery, clip.name)
+    vectors_before = segment_files(root)
+    shutil.move(gallery / "2024", tmp_path / "disk")  # the disk is not mounted: its mount point is an empty folder
+    index, report = update_index(clip, gallery, settings.data_dir)
+    assert (len(index), report.removed, report.rewritten_because) == (0, 12, None)
+    assert index.search(np.ones(16, np.float32) / 4, k=5) == []  # kept, never found
+    shutil.move(tmp_path / "disk", gallery / "2024")
+    index, report = update_index(clip, gallery, settings.data_dir)
+    assert (len(index), report.added, report.embedded, report.reused) == (12, 12, 0, 12)
+    assert encoded[0] == 12 and segment_files(root) == vectors_before  # no image encoded, no vector written
+    hits = search_gallery_image(index, index.paths[3], k=1)
+    assert hits[0].path == gallery / index.paths[3] and hits[0].score > 0.999
+
+
+def test_a_folder_moved_out_and_back_under_a_new_name_is_not_embedded_again(clip, gallery, settings, tmp_path, encoded):
+    add_pictures(gallery, 100, 4)
+    update_index(clip, gallery, settings.data_dir)
+    shutil.move(gallery / "2024", tmp_path / "aside")
+    index, report = update_index(clip, gallery, settings.data_dir)
+    assert (len(index), report.removed) == (4, 12)
+    shutil.move(tmp_path / "aside", gallery / "archive")
+    index, report = update_index(clip, gallery, settings.data_dir)
+    assert (report.added, report.removed, report.embedded, report.reused) == (12, 0, 0, 12)
+    assert encoded[0] == 16 and len(index) == 16 and sum(p.startswith("archive/") for p in index.paths) == 12
+    assert index.meta["dropped"] == 0
+
+
+def age_dropped(root, days: float) -> None:
+    """Make the live generation's dropped vectors look as if they left `days` ago."""
+    path = root / current_generation(root) / "dropped.npy"
+    dropped = np.load(path)
+    dropped["dropped_at"] -= int(days * 86400)
+    np.save(path, dropped)
+
+
+def test_dropped_vectors_are_forgotten_after_the_retention_time_and_compacted_away(clip, gallery, settings, encoded):
+    update_index(clip, gallery, settings.data_dir)
+    gone = sorted((gallery / "2024").glob("*.png"))[:8]
+    kept = {path: path.read_bytes() for path in gone}
+    for path in gone:
+        path.unlink()
+    index, report = update_index(clip, gallery, settings.data_dir)
+    assert report.rewritten_because is None and (index.meta["vectors"], index.meta["dropped"]) == (12, 8)
+    root = index_root(settings.data_dir, gallery, clip.name)
+    age_dropped(root, RETAIN_DAYS + 1)
+    add_pictures(gallery, 200, 1)
+    index, report = update_index(clip, gallery, settings.data_dir)
+    assert "belong to no file" in report.rewritten_because
+    assert (index.meta["vectors"], index.meta["dropped"], len(index)) == (5, 0, 5)
+    for path, data in kept.items():
+        path.write_bytes(data)
+    index, report = update_index(clip, gallery, settings.data_dir)
+    assert (report.added, report.embedded) == (8, 8) and encoded[0] == 12 + 1 + 8
+
+
+def test_dropped_vectors_never_outnumber_the_gallery_at_its_largest(clip, gallery, settings):
+    update_index(clip, gallery, settings.data_dir)
+    first = {path: path.read_bytes() for path in (gallery / "2024").glob("*.png")}
+    for start in (300, 400):  # the whole gallery replaced by new pictures, twice
+        shutil.rmtree(gallery / "2024")
+        (gallery / "2024").mkdir()
+        add_pictures(gallery / "2024", start, 12)
+        index, report = update_index(clip, gallery, settings.data_dir)
+    assert index.meta["dropped"] == 12 and index.meta["largest"] == 12  # the newest 12 kept, the first 12 forgotten
+    assert index.meta["vectors"] <= 3 * 12
+    (gallery / "back").mkdir()
+    for path, data in first.items():
+        (gallery / "back" / path.name).write_bytes(data)
+    index, report = update_index(clip, gallery, settings.data_dir)
+    assert report.embedded == 12
+
+
+def test_an_edit_undone_reuses_the_vector_of_the_picture_as_it_was(clip, gallery, settings):
+    update_index(clip, gallery, settings.data_dir)
+    photo = sorted((gallery / "2024").glob("*.png"))[0]
+    original = photo.read_bytes()
+    photo.write_bytes(zoo.encode(zoo.demo("triangle", "blue", 77), "PNG"))
+    index, report = update_index(clip, gallery, settings.data_dir)
+    assert (report.changed, report.embedded) == (1, 1)
+    photo.write_bytes(original)
+    index, report = update_index(clip, gallery, settings.data_dir)
+    assert (report.changed, report.embedded, report.reused) == (1, 0, 1)
