@@ -11,6 +11,7 @@ vectors are).
 from __future__ import annotations
 
 import bisect
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from .files import now_utc
 from .gallery_scan import GalleryProblem, scan_gallery
 from .images import ImageError
 from .index_arrange import arrange
-from .index_dropped import known_contents, no_dropped, still_dropped
+from .index_dropped import RETAIN_DAYS, known_contents, no_dropped, still_dropped
 from .index_entries import ENTRY_DTYPE, EntryTable, ShaRows
 from .index_journal import Journal
 from .index_store import GalleryIndex, IndexProblem, index_root, load_index, remove_strays, write_generation
@@ -50,6 +51,8 @@ class UpdateReport:
     ignored: list[tuple[str, str]] = field(default_factory=list)  # other files, links out, loops: (path, reason)
     rebuilt_because: str | None = None  # the old index could not be used
     rewritten_because: str | None = None  # the vectors were rewritten (layout change, compaction)
+    kept_because: str | None = None  # the gallery looks absent (a disk not mounted): the index was left as it was
+    warnings: list[str] = field(default_factory=list)  # what the person should know: many files gone, index kept
     seconds: float = 0.0
 
 
@@ -71,7 +74,15 @@ def update_index(
         except GalleryProblem as exc:
             raise IndexProblem(str(exc)) from None
         report.skipped, report.ignored = scan.skipped, scan.ignored
+        if old is not None and len(old) and _absent(gallery, scan, old, report):
+            report.unchanged, report.seconds = len(old), time.time() - started
+            return old, report
         kept, to_read, known = _compare(scan, old, report)
+        if old is not None and report.removed > len(old) // 2:
+            report.warnings.append(
+                f"{report.removed:,} of the {len(old):,} indexed files are gone from {gallery}; their vectors are kept "
+                f"{RETAIN_DAYS} days, so the files that come back are hashed, not embedded again"
+            )
         if cannot_write and (old is None or to_read or report.removed):  # before any reading or embedding
             if old is None:
                 raise IndexProblem(f"the index in {root} cannot be made ({cannot_write})")
@@ -111,6 +122,7 @@ def update_index(
         dim = new_vectors.shape[1] if len(new_vectors) else old.meta["dim"] if old is not None else _text_dim(embedder)
         meta = {
             "model": embedder.name, "model_version": embedder.version, "dim": int(dim), "gallery": str(gallery),
+            "gallery_device": os.stat(gallery).st_dev,
             "entries": len(table), "vectors": sum(rows for _, rows in segments), "dropped": len(dropped),
             "largest": largest, "updated": now_utc(), "failed": failed, "layout": layout.to_json(), "segments": segments,
         }  # fmt: skip
@@ -163,6 +175,23 @@ def _previous_index(root: Path, gallery: Path, embedder, report: UpdateReport) -
         if str(problem) != "no index yet":
             report.rebuilt_because = str(problem)
         return None
+
+
+def _absent(gallery: Path, scan, old: GalleryIndex, report: UpdateReport) -> bool:
+    """Whether an empty gallery folder is a disk that is not mounted (the folder is on another device than when it
+    was indexed): then the index is kept as it was, and the report says why. A gallery emptied on its own disk
+    empties the index (the vectors are kept for a return)."""
+    if scan.found or scan.skipped or scan.ignored or scan.unlisted:
+        return False
+    then = old.meta.get("gallery_device")
+    if then is None or os.stat(gallery).st_dev == then:
+        return False
+    report.kept_because = (
+        f"the gallery folder {gallery} is empty and is not on the disk it was on when it was indexed (a disk not "
+        f"mounted?): the index keeps its {len(old):,} files as they were; update it again once the disk is back"
+    )
+    report.warnings.append(report.kept_because)
+    return True
 
 
 def _compare(scan, old: GalleryIndex | None, report: UpdateReport) -> tuple[np.ndarray, list[str], ShaRows]:

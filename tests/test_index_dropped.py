@@ -1,6 +1,7 @@
 """Vectors of files that left the gallery are kept a while: a file back (a disk mounted again, a folder moved out
 and back) is hashed, never embedded again; what stays away is forgotten and compacted, within a bounded size."""
 
+import json
 import shutil
 
 import numpy as np
@@ -10,6 +11,7 @@ import images_zoo as zoo
 from captioner.embed import load_embedder
 from captioner.index import current_generation, index_root, search_gallery_image, update_index
 from captioner.index_dropped import RETAIN_DAYS
+from conftest import run_cli
 from test_index_segments import add_pictures, segment_files
 
 
@@ -125,3 +127,29 @@ def test_an_edit_undone_reuses_the_vector_of_the_picture_as_it_was(clip, gallery
     photo.write_bytes(original)
     index, report = update_index(clip, gallery, settings.data_dir)
     assert (report.changed, report.embedded, report.reused) == (1, 0, 1)
+
+
+def test_an_empty_gallery_on_another_disk_than_when_indexed_keeps_the_index_and_says_why(clip, gallery, settings, tmp_path):
+    update_index(clip, gallery, settings.data_dir)
+    root = index_root(settings.data_dir, gallery, clip.name)
+    meta_path = root / current_generation(root) / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    assert meta["gallery_device"] == gallery.stat().st_dev
+    meta_path.write_text(json.dumps({**meta, "gallery_device": meta["gallery_device"] + 1}))  # indexed on the disk
+    shutil.move(gallery / "2024", tmp_path / "disk")  # ... now not mounted: its mount point is an empty folder
+    index, report = update_index(clip, gallery, settings.data_dir)
+    assert len(index) == 12 and (report.removed, report.unchanged) == (0, 12)
+    assert "is empty and is not on the disk it was on" in report.kept_because and report.warnings == [report.kept_because]
+    assert current_generation(root) == meta["generation"]
+    (gallery / "new.png").write_bytes(zoo.encode(zoo.demo("square", "blue"), "PNG"))  # not empty: a real update
+    index, report = update_index(clip, gallery, settings.data_dir)
+    assert (len(index), report.removed, report.kept_because) == (1, 12, None)
+
+
+def test_the_cli_says_how_many_files_disappeared(clip, home, settings, gallery, tmp_path, tiny_clip_dir):
+    update_index(clip, gallery, settings.data_dir)
+    shutil.move(gallery / "2024", tmp_path / "disk")
+    done = run_cli("index", gallery, "--model", tiny_clip_dir, env={"CAPTIONER_HOME": str(home)})
+    assert done.returncode == 0, done.stderr
+    assert f"warning: 12 of the 12 indexed files are gone from {gallery}; their vectors are kept 30 days" in done.stderr
+    assert "0 added, 0 changed, 12 removed" in done.stderr and "0 images indexed" in done.stderr

@@ -39,11 +39,13 @@ def report_update(report) -> None:
             say(f"ignored {len(paths) - NAMED_PER_REASON:,} more: {reason}")
     for path, reason in report.skipped:
         say(f"skipped {path}: {reason}")
+    for warning in report.warnings:
+        say(f"warning: {warning}")
     if report.resumed:
         say(f"resumed an interrupted update: {report.resumed} image(s) it had embedded were not embedded again")
     say(
         f"index: {report.added} added, {report.changed} changed, {report.removed} removed, "
-        f"{report.unchanged} unchanged; {report.embedded} embedded, {report.reused} duplicates reused, "
+        f"{report.unchanged} unchanged; {report.embedded} embedded, {report.reused} reused (moved, copied or back), "
         f"{len(report.skipped)} skipped, {len(report.ignored)} ignored ({report.seconds:.1f}s)"
     )
 
@@ -72,7 +74,7 @@ def cmd_index(args, settings: Settings) -> int:
         bar.close()
     report_update(report)
     say(f"{len(index)} images indexed ({index.kind} index) for {args.folder}")
-    return 1 if report.skipped else 0
+    return 1 if report.skipped or report.kept_because else 0
 
 
 def cmd_search(args, settings: Settings) -> int:
