@@ -76,6 +76,11 @@ class GalleryIndex:
     def entries(self) -> list[Entry]:
         return [self.table.entry(i) for i in range(len(self.table))]
 
+    @cached_property
+    def live_vectors(self) -> int:
+        """How many distinct vectors the files hold (files of one content share one)."""
+        return len(np.unique(self.table.columns["row"]))
+
     def vector(self, row: int) -> np.ndarray:
         """The stored vector of a global row."""
         for vectors in self.segments:
@@ -93,7 +98,11 @@ class GalleryIndex:
         """The k gallery files most similar to a unit query vector, best first."""
         if not len(self.table) or k < 1:
             return []
-        scores, rows = self.structure.search(np.asarray(query, dtype=np.float32).reshape(1, -1), k)
+        query = np.asarray(query, dtype=np.float32).reshape(1, -1)
+        scores, rows = self.structure.search(query, k)
+        if self.kind == "ivf" and (rows[0] < 0).any() and (rows[0] >= 0).sum() < self.live_vectors:
+            # the lists probed held too few searchable vectors (those of files that left are kept, masked): all lists
+            scores, rows = self.structure.search(query, k, every_list=True)
         hits = []
         for score, row in zip(scores[0], rows[0]):
             for i in self.table.with_row(int(row)) if row >= 0 else []:

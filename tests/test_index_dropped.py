@@ -153,3 +153,18 @@ def test_the_cli_says_how_many_files_disappeared(clip, home, settings, gallery, 
     assert done.returncode == 0, done.stderr
     assert f"warning: 12 of the 12 indexed files are gone from {gallery}; their vectors are kept 30 days" in done.stderr
     assert "0 added, 0 changed, 12 removed" in done.stderr and "0 images indexed" in done.stderr
+
+
+def test_an_ivf_index_mostly_of_dropped_vectors_still_finds_k_of_its_files(clip, gallery, settings):
+    add_pictures(gallery, 100, 300)
+    index, _ = update_index(clip, gallery, settings.data_dir, flat_limit=50)
+    assert index.kind == "ivf" and index.meta["layout"]["nlist"] >= 5
+    for path in sorted(gallery.glob("*.png"))[12:]:
+        path.unlink()
+    index, report = update_index(clip, gallery, settings.data_dir, flat_limit=50)
+    assert (len(index), index.meta["dropped"], report.rewritten_because) == (24, 288, None)
+    index.structure.set_nprobe(1)  # a tuned probe count: the lists it probes hold a file or two among the dropped
+    for row in np.unique(index.table.columns["row"])[:5]:
+        hits = index.search(index.vector(int(row)), k=10)
+        exact = sorted((float(index.vector(e.row) @ index.vector(int(row))) for e in index.entries), reverse=True)[:10]
+        assert [round(hit.score, 4) for hit in hits] == [round(score, 4) for score in exact]
