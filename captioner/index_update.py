@@ -179,12 +179,12 @@ def _previous_index(root: Path, gallery: Path, embedder, report: UpdateReport) -
 
 def _absent(gallery: Path, scan, old: GalleryIndex, report: UpdateReport) -> bool:
     """Whether an empty gallery folder is a disk that is not mounted (the folder is on another device than when it
-    was indexed): then the index is kept as it was, and the report says why. A gallery emptied on its own disk
-    empties the index (the vectors are kept for a return)."""
+    was indexed, and is no mount point now): then the index is kept as it was, and the report says why. A gallery
+    emptied on its own disk, or an empty disk mounted there, empties the index (the vectors are kept for a return)."""
     if scan.found or scan.skipped or scan.ignored or scan.unlisted:
         return False
     then = old.meta.get("gallery_device")
-    if then is None or os.stat(gallery).st_dev == then:
+    if then is None or os.stat(gallery).st_dev == then or os.path.ismount(gallery):
         return False
     report.kept_because = (
         f"the gallery folder {gallery} is empty and is not on the disk it was on when it was indexed (a disk not "

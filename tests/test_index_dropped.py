@@ -3,6 +3,8 @@ and back) is hashed, never embedded again; what stays away is forgotten and comp
 
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,7 +13,7 @@ import images_zoo as zoo
 from captioner.embed import load_embedder
 from captioner.index import current_generation, index_root, search_gallery_image, update_index
 from captioner.index_dropped import RETAIN_DAYS
-from conftest import run_cli
+from conftest import ROOT, child_env, run_cli
 from test_index_segments import add_pictures, segment_files
 
 
@@ -168,3 +170,40 @@ def test_an_ivf_index_mostly_of_dropped_vectors_still_finds_k_of_its_files(clip,
         hits = index.search(index.vector(int(row)), k=10)
         exact = sorted((float(index.vector(e.row) @ index.vector(int(row))) for e in index.entries), reverse=True)[:10]
         assert [round(hit.score, 4) for hit in hits] == [round(score, 4) for score in exact]
+
+
+MOUNTED_AND_NOT = """
+import subprocess, sys
+from pathlib import Path
+from captioner.embed import load_embedder
+from captioner.index import update_index
+from captioner.settings import Settings
+from test_index_segments import add_pictures
+gallery, home, model = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+clip = load_embedder(model, Settings(home=home))
+subprocess.run(["mount", "-t", "tmpfs", "none", gallery], check=True)
+add_pictures(gallery, 0, 5)
+update_index(clip, gallery, home / "data")
+subprocess.run(["umount", gallery], check=True)
+index, report = update_index(clip, gallery, home / "data")
+print("unmounted:", len(index), report.removed, bool(report.kept_because))
+(home / "other").mkdir()
+subprocess.run(["mount", "-t", "tmpfs", "none", home / "other"], check=True)  # takes the device number freed
+subprocess.run(["mount", "-t", "tmpfs", "none", gallery], check=True)  # an empty disk mounted there
+index, report = update_index(clip, gallery, home / "data")
+print("empty disk:", len(index), report.removed, bool(report.kept_because))
+"""
+
+
+@pytest.mark.slow
+def test_a_real_mount_point_without_its_disk_keeps_the_index_and_an_empty_disk_mounted_there_empties_it(
+    tmp_path, tiny_clip_dir,
+):  # fmt: skip
+    if subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode:
+        pytest.skip("no user and mount namespaces here (unshare -rm)")
+    gallery, home = tmp_path / "mnt", tmp_path / "home"
+    gallery.mkdir()
+    done = subprocess.run(["unshare", "-rm", sys.executable, "-c", MOUNTED_AND_NOT, gallery, home, tiny_clip_dir],
+                          capture_output=True, text=True, env=child_env(), cwd=ROOT / "tests", timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "unmounted: 5 0 True" in done.stdout and "empty disk: 0 5 False" in done.stdout, done.stdout
