@@ -207,3 +207,14 @@ def test_a_real_mount_point_without_its_disk_keeps_the_index_and_an_empty_disk_m
                           capture_output=True, text=True, env=child_env(), cwd=ROOT / "tests", timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert "unmounted: 5 0 True" in done.stdout and "empty disk: 0 5 False" in done.stdout, done.stdout
+
+
+def test_search_says_when_files_it_finds_are_no_longer_in_the_gallery(clip, home, settings, gallery, tiny_clip_dir):
+    update_index(clip, gallery, settings.data_dir)
+    for path in sorted((gallery / "2024").glob("*.png")):
+        path.unlink()
+    done = run_cli("search", "--text", "a red circle", "-k", "3", "--gallery", gallery, "--model", tiny_clip_dir,
+                   env={"CAPTIONER_HOME": str(home)})  # fmt: skip
+    assert done.returncode == 0 and len(done.stdout.splitlines()) == 3, done.stderr
+    assert f"note: 3 of these 3 files are not in {gallery} any more" in done.stderr
+    assert f"`captioner index {gallery}` brings the index up to date" in done.stderr

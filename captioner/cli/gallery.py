@@ -101,6 +101,10 @@ def cmd_search(args, settings: Settings) -> int:
         return 1
     if not len(index):
         say(f"note: the index of {gallery} holds no images (a folder without image files?): nothing to find")
+    gone = sum(1 for hit in hits if not hit.path.exists())
+    if gone:  # search reads the index as it is: a file deleted, moved, or on a disk not mounted since is still in it
+        say(f"note: {gone} of these {len(hits)} files are not in {gallery} any more (deleted, moved, or a disk not "
+            f"mounted?): `captioner index {gallery}` brings the index up to date")  # fmt: skip
     if args.text is not None and text_is_cut(loaded, args.text):
         say("note: the search model reads only the start of a long text: the end of this query was left out")
     for hit in hits:
