@@ -12,7 +12,7 @@ import pytest
 import images_zoo as zoo
 from captioner.embed import load_embedder
 from captioner.index import current_generation, index_root, search_gallery_image, update_index
-from captioner.index_dropped import RETAIN_DAYS
+from captioner.index_dropped import RETAIN_DAYS, known_contents
 from conftest import ROOT, child_env, run_cli
 from test_index_segments import add_pictures, segment_files
 
@@ -218,3 +218,17 @@ def test_search_says_when_files_it_finds_are_no_longer_in_the_gallery(clip, home
     assert done.returncode == 0 and len(done.stdout.splitlines()) == 3, done.stderr
     assert f"note: 3 of these 3 files are not in {gallery} any more" in done.stderr
     assert f"`captioner index {gallery}` brings the index up to date" in done.stderr
+
+
+def test_an_update_that_reads_no_file_does_not_sort_the_content_hashes(clip, gallery, settings, monkeypatch):
+    from captioner import index_update
+
+    update_index(clip, gallery, settings.data_dir)
+    built = []
+    monkeypatch.setattr(index_update, "known_contents", lambda *a: built.append(1) or known_contents(*a))
+    (sorted((gallery / "2024").glob("*.png"))[0]).unlink()
+    update_index(clip, gallery, settings.data_dir)  # a deletion, and nothing to read: ~0.8 s a million files saved
+    assert built == []
+    add_pictures(gallery, 500, 1)
+    index, report = update_index(clip, gallery, settings.data_dir)
+    assert built == [1] and report.embedded == 1
