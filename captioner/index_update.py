@@ -113,11 +113,11 @@ def update_index(
             if journal is not None:
                 journal.discard()
             return old, report  # nothing changed: the live generation stays
-        live_rows, dropped, largest = np.unique(table.columns["row"]), no_dropped(), 0
-        if old is not None:
-            largest = max(old.meta.get("largest", len(old.table)), len(live_rows))
-            dropped = still_dropped(old.table.columns, old.dropped, live_rows, largest, int(time.time()))
-        largest = max(largest, len(live_rows))
+        live_rows = np.unique(table.columns["row"])
+        largest = max(old.meta.get("largest", len(old.table)) if old is not None else 0, len(live_rows))
+        dropped = no_dropped() if old is None else still_dropped(
+            old.table.columns, old.dropped, live_rows, largest, int(time.time())
+        )  # fmt: skip
         table, dropped, segments, layout = arrange(root, old, table, dropped, new_vectors, embedder, flat_limit, report)
         dim = new_vectors.shape[1] if len(new_vectors) else old.meta["dim"] if old is not None else _text_dim(embedder)
         meta = {
