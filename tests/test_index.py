@@ -187,7 +187,8 @@ def test_the_search_cli_prints_a_name_that_is_not_utf8_so_json_gives_it_back(hom
     nothing = run_cli("search", "--text", "a red circle", "--gallery", home / "empty", "--model", "demo",
                       env={"CAPTIONER_HOME": str(home)})  # fmt: skip
     assert nothing.returncode == 0 and nothing.stdout == ""
-    assert "holds no images (a folder without image files?): nothing to find" in nothing.stderr
+    assert "holds no images: nothing to find (a folder without image files?" in nothing.stderr
+    assert f"images added since the last update are added by `captioner index {home / 'empty'}`" in nothing.stderr
 
 
 def test_a_home_that_cannot_be_written_still_searches_and_an_update_says_why(clip, gallery, settings, monkeypatch):

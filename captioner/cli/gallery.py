@@ -100,7 +100,8 @@ def cmd_search(args, settings: Settings) -> int:
         say(str(exc))
         return 1
     if not len(index):
-        say(f"note: the index of {gallery} holds no images (a folder without image files?): nothing to find")
+        say(f"note: the index of {gallery} holds no images: nothing to find (a folder without image files? images "
+            f"added since the last update are added by `captioner index {gallery}`)")  # fmt: skip
     gone = sum(1 for hit in hits if not hit.path.exists())
     if gone:  # search reads the index as it is: a file deleted, moved, or on a disk not mounted since is still in it
         say(f"note: {gone} of these {len(hits)} files are not in {gallery} any more (deleted, moved, or a disk not "
