@@ -13,6 +13,11 @@ open_clip architecture's config (no weights: random ones, the same work) to a lo
 
 --update builds two indexes (demo CLIP by default, tiny images) of --small and --large files, adds --new
 files to each, and times that update: its cost should follow the new files, not the index's size.
+
+--move builds an index of --large files and times what should cost hashing, not embedding: --new files
+renamed into another folder; moved out of the gallery (one update) and back (the next); the whole gallery
+gone (a disk not mounted: one update) and back. Beside them, the same number of files read and hashed,
+and --new files that are new (embedded).
 """
 
 from __future__ import annotations
@@ -20,9 +25,11 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import hashlib
 import io
 import os
 import random
+import shutil
 import tempfile
 import threading
 import time
@@ -52,6 +59,7 @@ def parse_args():
     parser.add_argument("--max-side", type=int, default=1600, help="1024 for the GPU target's files")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads (default: all cores)")
     parser.add_argument("--update", action="store_true", help="measure the cost of adding files instead")
+    parser.add_argument("--move", action="store_true", help="measure the cost of moved and returning files instead")
     parser.add_argument("--small", type=int, default=1_000)
     parser.add_argument("--large", type=int, default=100_000)
     parser.add_argument("--new", type=int, default=1_000)
@@ -220,12 +228,52 @@ def update_cost(args) -> None:
           f"(the index is {large / small:.0f}x larger)")  # fmt: skip
 
 
+def move_cost(args) -> None:
+    """Files that come back, under the same or a new path: the cost of reading and hashing them, not embedding."""
+    rows = []
+    with tempfile.TemporaryDirectory() as work:
+        work, loaded = Path(work), load(args, Path(work))
+        gallery, data = work / "gallery", work / "data"
+        tiny_pictures(gallery, 0, args.large)
+        update_index(loaded, gallery, data)
+        moved = sorted(gallery.rglob("*.png"))[: args.new]
+
+        def timed(name: str, change) -> None:
+            change()
+            started = time.perf_counter()
+            _, report = update_index(loaded, gallery, data)
+            rows.append((name, report.added + report.changed, time.perf_counter() - started, report.embedded, report.reused))
+
+        def hash_them() -> None:
+            started = time.perf_counter()
+            for path in moved:
+                hashlib.sha256(path.read_bytes()).hexdigest()
+            rows.append((f"read + sha256 of {len(moved):,} files, one by one", len(moved), time.perf_counter() - started, 0, 0))
+
+        hash_them()
+        timed(f"{args.new:,} new files (embedded)", lambda: tiny_pictures(gallery / "new", 20_000_000, args.new))
+        (gallery / "renamed").mkdir()
+        timed(f"{args.new:,} files moved to a new folder", lambda: [p.rename(gallery / "renamed" / p.name) for p in moved])
+        timed(f"the same {args.new:,} moved out of the gallery", lambda: shutil.move(gallery / "renamed", work / "aside"))
+        timed(f"the same {args.new:,} moved back", lambda: shutil.move(work / "aside", gallery / "renamed"))
+        timed("every file gone (disk not mounted)", lambda: (shutil.move(gallery, work / "disk"), gallery.mkdir()))
+        timed("every file back (disk mounted again)", lambda: (gallery.rmdir(), shutil.move(work / "disk", gallery)))
+    print(f"model {loaded.name} on {loaded.device}; an index of {args.large:,} 64 px PNGs; files moving in and out")
+    print(f"{'case':<50}{'files read':>11}{'seconds':>9}{'embedded':>10}{'reused':>8}")
+    for name, files, seconds, embedded, reused in rows:
+        print(f"{name:<50}{files:>11,}{seconds:>9.2f}{embedded:>10,}{reused:>8,}")
+    hash_s, new_s, (_, _, back_s, back_embedded, _), (_, back, remount_s, remount_embedded, _) = rows[0][2], rows[1][2], rows[4], rows[6]
+    print(f"files back: {back_embedded:,} of {args.new:,} embedded again in {back_s:.2f} s (read + sha256 alone "
+          f"{hash_s:.2f} s, {args.new:,} new files {new_s:.2f} s); a remounted gallery: {remount_embedded:,} of "
+          f"{back:,} embedded again in {remount_s:.2f} s")  # fmt: skip
+
+
 def main():
     import torch
 
     args = parse_args()
     torch.set_num_threads(args.threads)
-    update_cost(args) if args.update else throughput(args)
+    move_cost(args) if args.move else update_cost(args) if args.update else throughput(args)
 
 
 if __name__ == "__main__":

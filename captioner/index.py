@@ -3,7 +3,8 @@
 Split by job: gallery_scan.py (which files), index_entries.py (the table of indexed files),
 index_store.py (the files on disk, opening an index),
 search_structure.py (FAISS: flat or IVF, nprobe tuning, search across segments), index_update.py
-(bringing an index up to date). This module is the public face: opening, and answering queries.
+(bringing an index up to date), index_arrange.py (where its vectors go: new segment or rewrite), index_dropped.py
+(vectors of files that left, kept for their return). This module is the public face: opening, and answering queries.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ data/index/<gallery+model slug>/
   segments/seg-*/ivf.index     the segment's IVF (IVF layouts), sharing the centroids in segments/ivf-*.index
   gen-*/meta.json              model, counts, layout, the segments in row order, files that failed
   gen-*/paths.json, entries.npy   one entry per file: path; sha256, size, mtime_ns, row (a global vector row)
+  gen-*/dropped.npy            vectors of content that left the gallery, kept to be reused (index_dropped.py)
   CURRENT                      names the live generation; replaced atomically
 An update writes its new segment and then a new generation, and only then moves CURRENT, so a search
 always opens a complete index and a crash leaves strays that the next update removes. Adding files adds
@@ -27,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .files import fsync_path, write_atomic
+from .index_dropped import DROPPED_DTYPE, no_dropped
 from .index_entries import ENTRY_DTYPE, Entry, EntryTable
 from .search_structure import Layout, SegmentedSearch, read_ivf, segment_structure
 
@@ -51,9 +53,13 @@ class Hit:
 class GalleryIndex:
     """A loaded index generation: its entries, the search structure over its segments, and search."""
 
-    def __init__(self, gallery: Path, meta: dict, table: EntryTable, search_structure: SegmentedSearch, segments: list):
+    def __init__(
+        self, gallery: Path, meta: dict, table: EntryTable, search_structure: SegmentedSearch, segments: list,
+        dropped: np.ndarray | None = None,
+    ):  # fmt: skip
         self.gallery, self.meta, self.table, self.structure = gallery, meta, table, search_structure
         self.segments = segments  # each segment's vectors, memory-mapped, in row order
+        self.dropped = no_dropped() if dropped is None else dropped  # kept for reuse, never searched
 
     def __len__(self) -> int:
         return len(self.table)
@@ -69,6 +75,11 @@ class GalleryIndex:
     @cached_property
     def entries(self) -> list[Entry]:
         return [self.table.entry(i) for i in range(len(self.table))]
+
+    @cached_property
+    def live_vectors(self) -> int:
+        """How many distinct vectors the files hold (files of one content share one)."""
+        return len(np.unique(self.table.columns["row"]))
 
     def vector(self, row: int) -> np.ndarray:
         """The stored vector of a global row."""
@@ -87,7 +98,11 @@ class GalleryIndex:
         """The k gallery files most similar to a unit query vector, best first."""
         if not len(self.table) or k < 1:
             return []
-        scores, rows = self.structure.search(np.asarray(query, dtype=np.float32).reshape(1, -1), k)
+        query = np.asarray(query, dtype=np.float32).reshape(1, -1)
+        scores, rows = self.structure.search(query, k)
+        if self.kind == "ivf" and (rows[0] < 0).any() and (rows[0] >= 0).sum() < self.live_vectors:
+            # the lists probed held too few searchable vectors (those of files that left are kept, masked): all lists
+            scores, rows = self.structure.search(query, k, every_list=True)
         hits = []
         for score, row in zip(scores[0], rows[0]):
             for i in self.table.with_row(int(row)) if row >= 0 else []:
@@ -126,21 +141,26 @@ def load_index(root: Path, gallery: Path, model: str, version: str) -> GalleryIn
             raise IndexProblem(f"the index was made by {meta.get('model')} ({meta.get('model_version')}), not by {model} ({version})")
         paths = json.loads((root / name / "paths.json").read_bytes().decode("utf-8", "surrogateescape"))
         table = EntryTable(paths, np.load(root / name / "entries.npy"))
-        return GalleryIndex(Path(gallery), meta, table, *_open_structure(root, meta, table))
+        # a generation written before dropped vectors were kept has none
+        dropped = np.load(root / name / "dropped.npy") if (root / name / "dropped.npy").exists() else no_dropped()
+        return GalleryIndex(Path(gallery), meta, table, *_open_structure(root, meta, table, dropped), dropped)
     except IndexProblem:
         raise
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, EOFError) as exc:  # numpy: EOFError for an empty file
         raise IndexProblem(f"the index files are damaged ({_first_line(exc)})") from None
 
 
-def _open_structure(root: Path, meta: dict, table: EntryTable) -> tuple[SegmentedSearch, list[np.ndarray]]:
+def _open_structure(root: Path, meta: dict, table: EntryTable, dropped: np.ndarray) -> tuple[SegmentedSearch, list]:
     layout, dim = Layout.from_json(meta["layout"]), meta["dim"]
     if table.columns.dtype != ENTRY_DTYPE or len(table.columns) != len(table.paths) or len(table) != meta["entries"]:
         raise IndexProblem(f"the index counts disagree: {len(table)} entries, meta says {meta['entries']}")
     total = sum(rows for _, rows in meta["segments"])
     rows = table.columns["row"]
-    if len(rows) and not (0 <= rows.min() and rows.max() < total):
-        raise IndexProblem("an index entry points past the last vector")
+    if dropped.dtype != DROPPED_DTYPE:
+        raise IndexProblem("the table of dropped vectors is damaged")
+    for name, held in (("an index entry", rows), ("a dropped vector", dropped["row"])):
+        if len(held) and not (0 <= held.min() and held.max() < total):
+            raise IndexProblem(f"{name} points past the last vector")
     live = np.zeros(total, bool)
     live[rows] = True
     parts, segments, first = [], [], 0
@@ -195,7 +215,7 @@ def read_trained(root: Path, layout: Layout):
     return read_ivf(root / "segments" / layout.centroids, mmap=False)
 
 
-def write_generation(root: Path, meta: dict, table: EntryTable) -> str:
+def write_generation(root: Path, meta: dict, table: EntryTable, dropped: np.ndarray) -> str:
     """Write a complete generation, point CURRENT at it, then drop what no kept generation uses."""
     name = f"gen-{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:6]}"
     staging = root / f".{name}.tmp"
@@ -203,6 +223,7 @@ def write_generation(root: Path, meta: dict, table: EntryTable) -> str:
     # a file name that is not UTF-8 (Linux allows any bytes) is kept as its own bytes, as os.fsdecode read it
     (staging / "paths.json").write_bytes(json.dumps(table.paths, ensure_ascii=False).encode("utf-8", "surrogateescape"))
     np.save(staging / "entries.npy", table.columns)
+    np.save(staging / "dropped.npy", dropped)
     (staging / "meta.json").write_text(json.dumps({**meta, "format": FORMAT, "generation": name}, indent=1) + "\n")
     _fsync_files(staging)
     staging.rename(root / name)

@@ -2,16 +2,16 @@
 
 The scan stats every file and compares size and mtime with the index: unchanged files are neither read
 nor hashed. New and changed files are read once each (threads), hashed, and content the index already
-holds (a moved or copied file) keeps its vector; the rest is embedded (embed.py: device decoding,
-encoding overlapped with the next batch). The new vectors go into a new segment; only the entry table
-is rewritten. The vectors are rewritten only when the layout must change (flat -> IVF past FLAT_LIMIT,
-an IVF grown RETRAIN_GROWTH-fold past what its centroids were trained on), when more than DEAD_FRACTION
-of them belong to no file, or (the small ones merged) when there are more than MAX_SEGMENTS segments.
+holds (a moved or copied file), or held lately (a file back after an update without it: index_dropped.py),
+keeps its vector; the rest is embedded (embed.py: device decoding, encoding overlapped with the next batch).
+The new vectors go into a new segment; only the entry table is rewritten (index_arrange.py says when the
+vectors are).
 """
 
 from __future__ import annotations
 
 import bisect
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,27 +26,14 @@ from . import images
 from .files import now_utc
 from .gallery_scan import GalleryProblem, scan_gallery
 from .images import ImageError
+from .index_arrange import arrange
+from .index_dropped import RETAIN_DAYS, known_contents, no_dropped, still_dropped
 from .index_entries import ENTRY_DTYPE, EntryTable, ShaRows
 from .index_journal import Journal
-from .index_store import (
-    GalleryIndex, IndexProblem, index_root, load_index, read_trained, remove_strays, segment_vectors, write_generation,
-    write_segment, write_trained,
-)  # fmt: skip
-from .search_structure import FLAT_LIMIT, Layout, build_search_structure, plan_layout, segment_structure
+from .index_store import GalleryIndex, IndexProblem, index_root, load_index, remove_strays, write_generation
+from .search_structure import FLAT_LIMIT
 
-MAX_SEGMENTS = 8
-DEAD_FRACTION = 0.25
-RETRAIN_GROWTH = 4
 READERS = 8
-# Text queries to tune nprobe with, embedded by the index's own model, beside gallery-made text-like ones.
-TUNING_PROMPTS = tuple(
-    f"a photo of {thing}" for thing in (
-        "a dog", "a cat", "a beach at sunset", "a city street at night", "a bowl of fruit", "a mountain lake",
-        "people at a party", "a red car", "a forest in autumn", "a plate of food", "a child playing", "an old building",
-        "a bird in the sky", "flowers in a garden", "a snowy road", "a boat on the sea", "a computer screen",
-        "a bicycle", "a bedroom", "a football match", "a red circle", "a blue square", "a green triangle", "a portrait",
-    )
-)  # fmt: skip
 
 
 @dataclass
@@ -59,11 +46,13 @@ class UpdateReport:
     unchanged: int = 0
     embedded: int = 0
     resumed: int = 0  # embedded by an update that was interrupted, kept in its journal
-    reused: int = 0  # same content already embedded under another path
+    reused: int = 0  # same content already embedded: under another path, or before it left the gallery
     skipped: list[tuple[str, str]] = field(default_factory=list)  # image files that failed: (path, reason)
     ignored: list[tuple[str, str]] = field(default_factory=list)  # other files, links out, loops: (path, reason)
     rebuilt_because: str | None = None  # the old index could not be used
     rewritten_because: str | None = None  # the vectors were rewritten (layout change, compaction)
+    kept_because: str | None = None  # the gallery looks absent (a disk not mounted): the index was left as it was
+    warnings: list[str] = field(default_factory=list)  # what the person should know: many files gone, index kept
     seconds: float = 0.0
 
 
@@ -85,10 +74,20 @@ def update_index(
         except GalleryProblem as exc:
             raise IndexProblem(str(exc)) from None
         report.skipped, report.ignored = scan.skipped, scan.ignored
+        if old is not None and len(old) and _absent(gallery, scan, old, report):
+            report.unchanged, report.seconds = len(old), time.time() - started
+            return old, report
         kept, to_read, known = _compare(scan, old, report)
+        if old is not None and report.removed > len(old) // 2:
+            report.warnings.append(
+                f"{report.removed:,} of the {len(old):,} indexed files are gone from {gallery}; their vectors are kept "
+                f"{RETAIN_DAYS} days, so the files that come back are hashed, not embedded again"
+            )
         if cannot_write and (old is None or to_read or report.removed):  # before any reading or embedding
-            raise IndexProblem(f"the index in {root} cannot be {'updated' if old else 'made'} ({cannot_write})"
-                               + (f": {len(to_read) + report.removed} file(s) are new, changed or gone" if old else ""))  # fmt: skip
+            if old is None:
+                raise IndexProblem(f"the index in {root} cannot be made ({cannot_write})")
+            raise IndexProblem(f"the index in {root} cannot be updated ({cannot_write}): "
+                               f"{len(to_read) + report.removed} file(s) are new, changed or gone")  # fmt: skip
         journal = Journal.open(root, embedder.version) if not cannot_write else None
         try:
             fresh, new_vectors, new_position, unread = _read_and_embed(
@@ -97,31 +96,37 @@ def update_index(
         finally:
             if journal is not None:
                 journal.close()
-        base = sum(rows for _, rows in old.meta["segments"]) if old else 0
+        base = sum(rows for _, rows in old.meta["segments"]) if old is not None else 0
         added = EntryTable.from_rows([
             (relative, sha, *scan.found[relative], base + new_position[sha] if known.get(sha) is None else known.get(sha))
             for relative, sha in fresh.items()
         ])  # fmt: skip
-        table = old.table.take(kept).plus(added) if old else added
-        report.changed = sum(1 for relative in fresh if old and old.entry_of(relative) is not None)
+        table = old.table.take(kept).plus(added) if old is not None else added
+        report.changed = sum(1 for relative in fresh if old is not None and old.entry_of(relative) is not None)
         report.added = len(fresh) - report.changed
         failed = [  # remembered, never read again; not a file that could not be read (chmod leaves its mtime)
             {"path": path, "size": scan.found[path][0], "mtime_ns": scan.found[path][1], "reason": reason}
             for path, reason in report.skipped if path in scan.found and path not in unread
         ]  # fmt: skip
-        if old and not fresh and not report.removed and failed == old.meta.get("failed", []):
+        if old is not None and not fresh and not report.removed and failed == old.meta.get("failed", []):
             report.seconds = time.time() - started
             if journal is not None:
                 journal.discard()
             return old, report  # nothing changed: the live generation stays
-        table, segments, layout = _arrange(root, old, table, new_vectors, embedder, flat_limit, report)
-        dim = new_vectors.shape[1] if len(new_vectors) else old.meta["dim"] if old else _text_dim(embedder)
+        live_rows = np.unique(table.columns["row"])
+        largest = max(old.meta.get("largest", len(old.table)) if old is not None else 0, len(live_rows))
+        dropped = no_dropped() if old is None else still_dropped(
+            old.table.columns, old.dropped, live_rows, largest, int(time.time())
+        )  # fmt: skip
+        table, dropped, segments, layout = arrange(root, old, table, dropped, new_vectors, embedder, flat_limit, report)
+        dim = new_vectors.shape[1] if len(new_vectors) else old.meta["dim"] if old is not None else _text_dim(embedder)
         meta = {
             "model": embedder.name, "model_version": embedder.version, "dim": int(dim), "gallery": str(gallery),
-            "entries": len(table), "vectors": sum(rows for _, rows in segments), "updated": now_utc(),
-            "failed": failed, "layout": layout.to_json(), "segments": segments,
+            "gallery_device": os.stat(gallery).st_dev,
+            "entries": len(table), "vectors": sum(rows for _, rows in segments), "dropped": len(dropped),
+            "largest": largest, "updated": now_utc(), "failed": failed, "layout": layout.to_json(), "segments": segments,
         }  # fmt: skip
-        write_generation(root, meta, table)
+        write_generation(root, meta, table, dropped)
         if journal is not None:
             journal.discard()  # every vector it kept is in the live generation now
         index = load_index(root, gallery, embedder.name, embedder.version)
@@ -172,9 +177,27 @@ def _previous_index(root: Path, gallery: Path, embedder, report: UpdateReport) -
         return None
 
 
+def _absent(gallery: Path, scan, old: GalleryIndex, report: UpdateReport) -> bool:
+    """Whether an empty gallery folder is a disk that is not mounted (the folder is on another device than when it
+    was indexed, and is no mount point now): then the index is kept as it was, and the report says why. A gallery
+    emptied on its own disk, or an empty disk mounted there, empties the index (the vectors are kept for a return)."""
+    if scan.found or scan.skipped or scan.ignored or scan.unlisted:
+        return False
+    then = old.meta.get("gallery_device")
+    if then is None or os.stat(gallery).st_dev == then or os.path.ismount(gallery):
+        return False
+    report.kept_because = (
+        f"the gallery folder {gallery} is empty and is not on the disk it was on when it was indexed (a disk not "
+        f"mounted?): the index keeps its {len(old):,} files as they were; update it again once the disk is back"
+    )
+    report.warnings.append(report.kept_because)
+    return True
+
+
 def _compare(scan, old: GalleryIndex | None, report: UpdateReport) -> tuple[np.ndarray, list[str], ShaRows]:
     """Positions (in the old table) of the entries kept as they are (same size and mtime), the files to read,
-    and the row of every content the old index holds (a moved or copied file keeps its vector)."""
+    and the row of every content the old index holds or dropped lately (a moved, copied or returning file keeps
+    its vector)."""
     found = sorted(scan.found)
     if old is None:
         return np.zeros(0, np.int64), found, ShaRows(np.zeros(0, ENTRY_DTYPE))
@@ -196,7 +219,9 @@ def _compare(scan, old: GalleryIndex | None, report: UpdateReport) -> tuple[np.n
     unlisted = np.array(_under(old.paths, scan.unlisted), np.int64)
     report.unchanged = int(same.sum()) + len(unlisted)
     report.removed = len(old.paths) - int((where >= 0).sum()) - len(unlisted)
-    return np.unique(np.concatenate([where[same], unlisted])), to_read, ShaRows(old.table.columns)
+    # sorting every content hash costs about 0.8 s a million files: only an update that reads files looks them up
+    known = known_contents(old.table.columns, old.dropped) if to_read else ShaRows(np.zeros(0, ENTRY_DTYPE))
+    return np.unique(np.concatenate([where[same], unlisted])), to_read, known
 
 
 def _under(paths: list[str], folders: list[str]) -> list[int]:
@@ -271,73 +296,6 @@ def _read_and_embed(embedder, gallery, to_read, known, report, on_progress, jour
     else:
         vectors = embedded.vectors
     return fresh, vectors, position, unread
-
-
-def _arrange(root, old, table: EntryTable, new_vectors, embedder, flat_limit, report):
-    """Where the vectors go: a new segment beside the old ones, or (when due) everything rewritten."""
-    old_segments = [tuple(segment) for segment in old.meta["segments"]] if old else []
-    total = sum(rows for _, rows in old_segments) + len(new_vectors)
-    rows = np.unique(table.columns["row"])
-    kind, nlist = plan_layout(len(rows), flat_limit)
-    layout = Layout.from_json(old.meta["layout"]) if old else None
-    why = None
-    # an IVF that shrinks below the limit stays one (it still finds what it holds): a gallery hovering at the limit
-    # would otherwise have every vector rewritten, and an IVF trained again, on each crossing
-    if layout is not None and layout.kind == "flat" and kind == "ivf":
-        why = f"{len(rows):,} vectors: the search structure changes from flat to ivf"
-    elif layout is not None and layout.kind == "ivf" and len(rows) > RETRAIN_GROWTH * layout.trained_on:
-        why = f"{len(rows):,} vectors, over {RETRAIN_GROWTH}x the {layout.trained_on:,} its IVF was trained on"
-    elif total and (total - len(rows)) / total > DEAD_FRACTION:
-        why = f"{total - len(rows):,} of {total:,} vectors belong to no file any more"
-    trained = None
-    if layout is not None and not why and layout.kind == "ivf":
-        try:
-            trained = read_trained(root, layout)
-        except (OSError, RuntimeError):  # FAISS raises RuntimeError for a missing or garbled file
-            why = f"the IVF centroids ({layout.centroids}) are missing or damaged: trained again from the stored vectors"
-    if layout is None or why:
-        report.rewritten_because = why
-        parts = (segment_vectors(root, old.meta) if old else []) + [new_vectors]
-        table = table.with_rows(np.searchsorted(rows, table.columns["row"]))  # live rows renumbered 0..n-1
-        segments, layout = _build(root, _gather(parts, rows, new_vectors.shape[1]), flat_limit, embedder)
-        return table, segments, layout
-    segments = list(old_segments)
-    if len(new_vectors):
-        segments.append((write_segment(root, new_vectors, _ivf_of(new_vectors, trained)), len(new_vectors)))
-    if len(segments) > MAX_SEGMENTS:  # merge all but the first (largest) into one; rows keep their numbers
-        merged = np.concatenate([np.asarray(v) for v in segment_vectors(root, {"segments": segments[1:]})])
-        segments = [segments[0], (write_segment(root, merged, _ivf_of(merged, trained)), len(merged))]
-    return table, segments, layout
-
-
-def _ivf_of(vectors: np.ndarray, trained):
-    return segment_structure(vectors, trained) if trained is not None else None
-
-
-def _build(root, vectors: np.ndarray, flat_limit: int, embedder) -> tuple[list, Layout]:
-    """Every live vector in one new segment, under a freshly planned (and, for IVF, trained and tuned) layout."""
-    prompts = None
-    if plan_layout(len(vectors), flat_limit)[0] == "ivf":
-        from .embed import embed_texts
-
-        prompts = embed_texts(embedder, list(TUNING_PROMPTS))
-    search, layout, trained = build_search_structure(vectors, flat_limit, prompts)
-    if trained is None:
-        return [(write_segment(root, vectors), len(vectors))], layout
-    layout = Layout(**{**layout.to_json(), "centroids": write_trained(root, trained)})
-    return [(write_segment(root, vectors, search.parts[0][0]), len(vectors))], layout
-
-
-def _gather(parts: list[np.ndarray], rows: np.ndarray, dim: int) -> np.ndarray:
-    """The vectors at these global rows of segments laid end to end."""
-    offsets = np.cumsum([0] + [len(part) for part in parts])
-    out = np.empty((len(rows), dim), np.float32)
-    which = np.searchsorted(offsets, rows, side="right") - 1
-    for s, part in enumerate(parts):
-        mask = which == s
-        if mask.any():
-            out[mask] = np.asarray(part)[rows[mask] - offsets[s]]
-    return out
 
 
 def _text_dim(embedder) -> int:

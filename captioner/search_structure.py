@@ -101,7 +101,7 @@ class SegmentedSearch:
     def ntotal(self) -> int:
         return sum(structure.ntotal for structure, _, _ in self.parts)
 
-    def _search_params(self, structure, live):
+    def _search_params(self, structure, live, nprobe: int | None = None):
         import faiss
 
         selector = None
@@ -110,7 +110,7 @@ class SegmentedSearch:
             selector = faiss.IDSelectorBitmap(len(live), faiss.swig_ptr(bits))
             selector.bits_owner = bits  # the selector points into this array: keep it alive with it
         if isinstance(structure, faiss.IndexIVF):
-            params = faiss.SearchParametersIVF(nprobe=max(1, min(self.nprobe, structure.nlist)))
+            params = faiss.SearchParametersIVF(nprobe=max(1, min(nprobe or self.nprobe, structure.nlist)))
         else:
             params = faiss.SearchParameters()
         if selector is not None:
@@ -122,11 +122,14 @@ class SegmentedSearch:
         self.nprobe = nprobe
         self._params = [self._search_params(structure, live) for structure, _, live in self.parts]
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Scores and global rows [len(queries), k], best first; rows -1 where fewer than k exist."""
+    def search(self, queries: np.ndarray, k: int, every_list: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Scores and global rows [len(queries), k], best first; rows -1 where fewer than k exist (or, in an IVF,
+        were found in the lists probed; every_list probes them all: exact)."""
         queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, queries.shape[-1])
         scores, rows = [], []
-        for (structure, first, _), params in zip(self.parts, self._params):
+        if every_list:
+            all_lists = [self._search_params(structure, live, 1 << 30) for structure, _, live in self.parts]
+        for (structure, first, _), params in zip(self.parts, all_lists if every_list else self._params):
             if structure.ntotal == 0:
                 continue
             found_scores, found_rows = structure.search(queries, k, params=params)

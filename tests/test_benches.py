@@ -34,6 +34,17 @@ def test_the_bench_runs_at_toy_sizes_and_prints_its_verdict(bench, tmp_path):
     assert verdict in done.stdout, done.stdout[-2000:]
 
 
+def test_the_index_bench_times_files_that_come_back_and_none_is_embedded_again(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.index_throughput", "--move", "--large", "60", "--new", "20", "--threads", "1"],
+        capture_output=True, text=True, timeout=240, cwd=tmp_path,
+        env=child_env(CAPTIONER_DEVICE="cpu", CAPTIONER_HOME=str(tmp_path), HF_HUB_OFFLINE="1"),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "files back: 0 of 20 embedded again" in done.stdout, done.stdout
+    assert "a remounted gallery: 0 of 80 embedded again" in done.stdout, done.stdout
+
+
 def test_the_chat_bench_asks_transformers_serve_too(tmp_path):
     """The endpoint column, as README shows it: `--tiny llava` starts `transformers serve` through tests/chat_servers,
     imported from the checkout's root (it failed there: ModuleNotFoundError: local_servers)."""

@@ -113,7 +113,8 @@ def test_incremental_update_adds_changes_deletes_and_dedupes(clip, gallery, sett
     assert (report.embedded, report.reused) == (2, 1)
     assert paths(index) == ["0-red-circle.png", "1-blue-square.png", "2-green-triangle.png", "4-new.png", "sub/copy.png"]
     rows = {e.path: e.row for e in index.entries}
-    assert rows["sub/copy.png"] == rows["0-red-circle.png"] and index.meta["vectors"] == 4
+    assert rows["sub/copy.png"] == rows["0-red-circle.png"] and len(set(rows.values())) == 4
+    assert (index.meta["vectors"], index.meta["dropped"]) == (6, 2)  # the deleted and the replaced kept for reuse
 
     index, report = update_index(clip, gallery, settings.data_dir)
     assert (report.unchanged, report.embedded, report.added) == (5, 0, 0)
@@ -186,7 +187,8 @@ def test_the_search_cli_prints_a_name_that_is_not_utf8_so_json_gives_it_back(hom
     nothing = run_cli("search", "--text", "a red circle", "--gallery", home / "empty", "--model", "demo",
                       env={"CAPTIONER_HOME": str(home)})  # fmt: skip
     assert nothing.returncode == 0 and nothing.stdout == ""
-    assert "holds no images (a folder without image files?): nothing to find" in nothing.stderr
+    assert "holds no images: nothing to find (a folder without image files?" in nothing.stderr
+    assert f"images added since the last update are added by `captioner index {home / 'empty'}`" in nothing.stderr
 
 
 def test_a_home_that_cannot_be_written_still_searches_and_an_update_says_why(clip, gallery, settings, monkeypatch):
@@ -494,7 +496,7 @@ def test_a_disk_that_fills_up_mid_update_is_one_clear_problem_and_the_next_updat
 ):  # fmt: skip
     import errno
 
-    from captioner import index_update
+    from captioner import index_arrange
 
     update_index(clip, gallery, settings.data_dir)
     (gallery / "new.png").write_bytes(zoo.encode(zoo.demo("square", "green"), "PNG"))
@@ -502,7 +504,7 @@ def test_a_disk_that_fills_up_mid_update_is_one_clear_problem_and_the_next_updat
     def disk_full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(index_update, "write_segment", disk_full)
+    monkeypatch.setattr(index_arrange, "write_segment", disk_full)
     with pytest.raises(IndexProblem, match=r"could not be written \(No space left on device\); it is as it was"):
         update_index(clip, gallery, settings.data_dir)
     root = index_root(settings.data_dir, gallery, clip.name)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import images_zoo as zoo
-from captioner import images, index_update
+from captioner import images, index_arrange, index_dropped
 from captioner.embed import load_embedder
 from captioner.gallery_scan import ALREADY_INDEXED, LOOP, OUTSIDE, gallery_file
 from captioner.images import ImageError
@@ -110,13 +110,14 @@ def test_damaged_ivf_centroids_are_retrained_from_the_stored_vectors(clip, galle
 
 def test_deleting_most_files_compacts_and_many_segments_merge(clip, gallery, settings, monkeypatch):
     update_index(clip, gallery, settings.data_dir)
-    monkeypatch.setattr(index_update, "MAX_SEGMENTS", 3)
+    monkeypatch.setattr(index_arrange, "MAX_SEGMENTS", 3)
     for start in (300, 310, 320):
         add_pictures(gallery, start, 2)
         index, report = update_index(clip, gallery, settings.data_dir)
     assert len(index.meta["segments"]) == 2 and len(index) == 18  # 4 segments merged into 2, rows kept
     found, rows = self_hits(index)
     assert (found == rows).mean() >= 0.9
+    monkeypatch.setattr(index_dropped, "RETAIN_DAYS", 0)  # deleted files' vectors are not kept for their return
     for path in sorted(gallery.glob("*.png"))[:10]:
         path.unlink()
     index, report = update_index(clip, gallery, settings.data_dir)

@@ -39,11 +39,13 @@ def report_update(report) -> None:
             say(f"ignored {len(paths) - NAMED_PER_REASON:,} more: {reason}")
     for path, reason in report.skipped:
         say(f"skipped {path}: {reason}")
+    for warning in report.warnings:
+        say(f"warning: {warning}")
     if report.resumed:
         say(f"resumed an interrupted update: {report.resumed} image(s) it had embedded were not embedded again")
     say(
         f"index: {report.added} added, {report.changed} changed, {report.removed} removed, "
-        f"{report.unchanged} unchanged; {report.embedded} embedded, {report.reused} duplicates reused, "
+        f"{report.unchanged} unchanged; {report.embedded} embedded, {report.reused} reused (moved, copied or back), "
         f"{len(report.skipped)} skipped, {len(report.ignored)} ignored ({report.seconds:.1f}s)"
     )
 
@@ -72,7 +74,7 @@ def cmd_index(args, settings: Settings) -> int:
         bar.close()
     report_update(report)
     say(f"{len(index)} images indexed ({index.kind} index) for {args.folder}")
-    return 1 if report.skipped else 0
+    return 1 if report.skipped or report.kept_because else 0
 
 
 def cmd_search(args, settings: Settings) -> int:
@@ -98,7 +100,12 @@ def cmd_search(args, settings: Settings) -> int:
         say(str(exc))
         return 1
     if not len(index):
-        say(f"note: the index of {gallery} holds no images (a folder without image files?): nothing to find")
+        say(f"note: the index of {gallery} holds no images: nothing to find (a folder without image files? images "
+            f"added since the last update are added by `captioner index {gallery}`)")  # fmt: skip
+    gone = sum(1 for hit in hits if not hit.path.exists())
+    if gone:  # search reads the index as it is: a file deleted, moved, or on a disk not mounted since is still in it
+        say(f"note: {gone} of these {len(hits)} files are not in {gallery} any more (deleted, moved, or a disk not "
+            f"mounted?): `captioner index {gallery}` brings the index up to date")  # fmt: skip
     if args.text is not None and text_is_cut(loaded, args.text):
         say("note: the search model reads only the start of a long text: the end of this query was left out")
     for hit in hits:
