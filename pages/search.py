@@ -110,12 +110,17 @@ if state.get("index_error"):
     st.error(f"The index could not be updated: {plain(state.index_error)}")
 report = state.get("index_report")
 if report:
-    st.success(
-        f"Index updated in {report.seconds:.1f}s: {report.added} added, {report.changed} changed, "
-        f"{report.removed} removed, {report.unchanged} unchanged; {report.embedded} embedded, "
-        f"{report.reused} duplicates reused"
+    summary = (
+        f"{report.added} added, {report.changed} changed, {report.removed} removed, {report.unchanged} unchanged; "
+        f"{report.embedded} embedded, {report.reused} reused (moved, copied or back)"
         + (f"; {report.resumed} kept from an interrupted update." if report.resumed else ".")
     )
+    if report.kept_because:  # its own warning below says why: "updated" would hide that nothing changed
+        st.info(f"Index left as it was ({report.seconds:.1f}s).")
+    else:
+        st.success(f"Index updated in {report.seconds:.1f}s: {summary}")
+    for warning in report.warnings:  # many files gone, or a gallery that looks unmounted
+        st.warning(plain(warning))
     for note in (report.rebuilt_because and f"The index was rebuilt: {report.rebuilt_because}",
                  report.rewritten_because and f"All vectors were rewritten: {report.rewritten_because}"):  # fmt: skip
         if note:

@@ -283,3 +283,12 @@ def test_a_bad_query_upload_is_not_kept_for_the_next_visit(search):
     search.switch_page("pages/caption.py").run()
     search.switch_page("pages/search.py").run()  # the uploader is empty now: no x to make the error go away
     assert not search.error and not search.exception
+
+
+def test_an_update_after_most_files_left_warns_how_many_are_gone(search, gallery):
+    click(search, "Update index")
+    for picture in sorted(gallery.glob("*.png"))[:30]:  # a folder moved away, a disk half unplugged
+        picture.unlink()
+    click(search, "Update index")
+    assert "removed" in search.success[0].value and "reused (moved, copied or back)" in search.success[0].value
+    assert any("of the 40 indexed files are gone from" in w.value for w in search.warning), [w.value for w in search.warning]
