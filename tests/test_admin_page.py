@@ -485,3 +485,38 @@ def test_a_full_disk_during_an_action_is_one_message_and_the_log_is_untouched(ad
     click(admin, "Approve selected (1)")
     assert len(admin.error) == 1 and "No space left on device" in admin.error[0].value and not admin.exception
     assert not admin.success and (home / "data" / "feedback.csv").read_bytes() == before
+
+
+def selected_caption(app):
+    return [c.value for c in app.caption if "selected" in c.value][0]
+
+
+def test_tick_all_on_this_page_ticks_exactly_the_rows_shown_even_when_the_log_moved_before_the_press(many, home, demo_png):
+    shown = shown_ids(many)
+    edit(many, {3: {"correction": "typed first"}})  # typing on the table before the press is kept
+    FeedbackLog(home / "data").record(demo_png(), "png", task="caption", model_output="a blob", correction="just in")
+    click(many, "Tick all 25 on this page")  # the press was made on the table without the new row
+    assert selected_caption(many).startswith("25 selected") and "1 correction(s) edited" in selected_caption(many)
+    assert shown_ids(many)[1:] == shown[:24] and list(many.data_editor[0].value["select"]) == [False] + [True] * 24
+    many.run()  # a rerun keeps them
+    edit(many, {1: {"select": False}})  # untick one by hand: the rest stay
+    assert selected_caption(many).startswith("24 selected (1 not on this page)")
+    click(many, "Approve selected (24)")
+    status = {r.id: r.status for r in rows(home)}
+    assert sorted(i for i, s in status.items() if s == "approved") == sorted(shown[1:])
+    assert [r.correction for r in rows(home) if r.id == shown[3]] == ["typed first"]
+    assert selected_caption(many).startswith("0 selected") and not any(many.data_editor[0].value["select"])
+
+
+def test_tick_all_matching_reaches_rows_on_every_page_and_only_those(many, home):
+    [s for s in many.multiselect if s.label == "Status"][0].set_value(["pending"]).run()
+    [t for t in many.text_input if t.label == "Text contains"][0].set_value("row 1").run()  # row 01 and row 10-19
+    assert not [b for b in many.button if b.label.startswith("Tick all") and "matching" in b.label]  # all on one page
+    [t for t in many.text_input if t.label == "Text contains"][0].set_value("").run()
+    click(many, "Next page")
+    click(many, "Tick all 60 matching")
+    assert selected_caption(many).startswith("60 selected (35 not on this page)")
+    assert button(many, "Tick all 25 on this page").disabled
+    click(many, "Reject selected (60)")
+    assert {r.status for r in rows(home)} == {"rejected"} and len(rows(home)) == 60
+    assert "Rejected 60 row(s)." in shown(many.success) and selected_caption(many).startswith("0 selected")

@@ -8,8 +8,9 @@ import streamlit as st
 from pages.admin_tabs._ui import failure_note, outbox, show_notes, thumbnails
 from captioner.feedback import STATUSES, TASKS, FeedbackError, FeedbackLog, FeedbackRow
 from captioner.feedback_snapshot import Snapshot
+from captioner.selection import Selection
 from captioner.review import (
-    PAGE_SIZES, SORTS, Filters, Selection, changed_since, delete_rows, edit_corrections, model_versions, page_of,
+    PAGE_SIZES, SORTS, Filters, changed_since, delete_rows, edit_corrections, matching_rows, model_versions, page_of,
     set_status,
 )  # fmt: skip
 
@@ -44,6 +45,7 @@ def render(log: FeedbackLog, snapshot: Snapshot) -> None:
     )  # fmt: skip
     selection.take(page.rows, [bool(v) for v in edited["select"]], ["" if v is None else str(v) for v in edited["correction"]])
     _pager(page.number, page.pages)
+    _tick_all(selection, page.rows, page.matching, lambda: matching_rows(snapshot, filters, sort))
     _actions(log, snapshot, selection, {row.id for row in page.rows}, reviewer)
 
 
@@ -86,6 +88,21 @@ def _pager(number: int, pages: int) -> None:
     back.button("← Previous page", disabled=number <= 1, on_click=go, args=(number - 1,))
     where.number_input("Page", 1, pages, key="review_page", label_visibility="collapsed")
     forward.button("Next page →", disabled=number >= pages, on_click=go, args=(number + 1,))
+
+
+def _tick_all(selection: Selection, shown: list[FeedbackRow], matching: int, everything) -> None:
+    """Tick every row on this page, or every row the filters match: the rows as this run shows them are bound to
+    the button, so a press ticks exactly what the admin saw, even when the log changed before the press arrived."""
+    here, there = st.columns(2)
+    here.button(f"Tick all {len(shown)} on this page", disabled=not shown or all(r.id in selection.ids for r in shown),
+                on_click=_tick, args=(selection, lambda: shown))  # fmt: skip
+    if matching > len(shown):
+        there.button(f"Tick all {matching} matching", on_click=_tick, args=(selection, everything))
+
+
+def _tick(selection: Selection, rows) -> None:
+    selection.catch_up(st.session_state.get(selection.shown_key))  # what the admin did on the table last shown stays
+    selection.tick(rows())
 
 
 def _actions(log: FeedbackLog, snapshot: Snapshot, selection: Selection, on_page: set[str], reviewer: str) -> None:
