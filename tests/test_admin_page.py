@@ -167,6 +167,26 @@ def test_an_export_that_fails_unexpectedly_in_its_thread_says_so_on_the_page(adm
     click(login(admin), "Export approved rows")
     finish_export(admin)
     assert "The export failed: ValueError: a column pyarrow cannot type" in shown(admin.error)
+    assert list((home / "data" / "exports").iterdir()) == []  # neither its staging folder nor the one made for it
+
+
+def test_two_exports_in_the_same_second_from_two_sessions_both_succeed(admin, home, monkeypatch):
+    import time
+
+    from captioner.review import set_status
+
+    monkeypatch.setattr(time, "strftime", lambda *_: "20261207-190923")  # both presses in the same second
+
+    set_status(FeedbackLog(home / "data"), {r.id for r in rows(home)}, "approved", "test")
+    other = login(start_app("pages/admin.py"))  # a second admin
+    click(login(admin), "Export approved rows")
+    click(other, "Export approved rows")
+    finish_export(admin)
+    finish_export(other)
+    for app in (admin, other):
+        assert any("Exported 5 approved rows" in s.value for s in app.success), shown(app.error)
+    folders = sorted(p for p in (home / "data" / "exports").iterdir() if p.is_dir())
+    assert len(folders) == 2 and all(len(list(f.rglob("*.png"))) == 5 and f.with_name(f.name + ".zip").is_file() for f in folders)
 
 
 def test_export_approved_rows_from_the_page(admin, home, tmp_path):
