@@ -18,7 +18,8 @@ def render(config: Settings) -> None:
         left, right = st.columns(2)
         min_rows = left.number_input("Minimum approved rows", 1, 100_000, 20)
         epochs = right.number_input("Epochs (0: automatic)", 0, 1000, 0)
-        lr = left.number_input("Learning rate", 1e-6, 0.5, 2e-3, format="%.5f")
+        lr = left.number_input("Learning rate", 1e-6, 0.5, 2e-3, step=1e-4, format="%e",  # shown as 2e-3, 5e-6: typed so too
+                               help="Small rates are easiest typed as 1e-5, 5e-6 ...; the arrows step by 1e-4.")  # fmt: skip
         lora_r = right.number_input("LoRA rank", 1, 256, 16)
         activate = st.checkbox("Make it live if it passes", value=True)
         start = st.form_submit_button("Start retrain", disabled=running)
