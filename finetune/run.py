@@ -21,6 +21,7 @@ from . import judge
 from .config import FinetuneConfig, resolve_home
 from .data import DataError, Example, approved_examples, heldout_images
 from .errors import FinetuneError, NotLive, Refused
+from .progress import counter, say
 from .publish import write_version
 from .regression import keep_confident, regression_examples
 from .tensors import RowTensors, to_tensors
@@ -93,6 +94,7 @@ def main(cfg: FinetuneConfig) -> Path | None:
             raise
         log(f"published models/{version} in {time.time() - started:.0f}s")
         if cfg.activate:
+            say(cfg.progress_file, "activate", f"Making {version} live (checked on a fixed set of images first)")
             make_live(settings, version, registry.ANY if live.problem else live.version)
         return settings.models_dir / version
     finally:
@@ -118,17 +120,22 @@ def make_live(settings, version: str, judged_against) -> None:
 
 def retrain_and_publish(cfg: FinetuneConfig, settings, examples: list[Example], staging: Path | None) -> str | None:
     """The steps of a run, in order; returns the published version (None in a process that only trains)."""
-    feedback = FeedbackLog(settings.data_dir)
+    feedback, report = FeedbackLog(settings.data_dir), cfg.progress_file
+    say(report, "load", "Loading the model to start from")
     models = load_models(cfg, settings)
     rows, heldout = prepare(models, feedback, examples, cfg)
     if staging is None:
         train_model(models, rows, cfg, None)
         return None
+    say(report, "judge", f"Captioning the {len(heldout)} held-out images with the live model (before training)")
     baseline = judge_untrained(models, heldout)
-    peft_model, stats = train_model(models, rows, cfg, Path(cfg.progress_file) if cfg.progress_file else None)
+    peft_model, stats = train_model(models, rows, cfg, Path(report) if report else None)
+    say(report, "save", "Saving the trained adapter")
     with writing(settings):
         peft_model.save_pretrained(staging / "adapter")
+    say(report, "judge", f"Captioning the {len(heldout)} held-out images with the new model")
     after = judge_trained(models, peft_model, heldout, baseline, cfg)
+    say(report, "save", "Writing the new version (the merged model, its scores and card)")
     with writing(settings):
         write_version(staging, models, settings, cfg, examples, rows, heldout, baseline.before, after, stats)
         return registry.publish(settings.models_dir, staging)
@@ -202,14 +209,20 @@ def prepare(models: Models, feedback: FeedbackLog, examples: list[Example], cfg:
     """Training rows on the device (corrections, confirmations, the confident regression set), and the held-out examples."""
     import torch
 
+    report = cfg.progress_file
+    if cfg.regression_images:
+        say(report, "prepare", f"Captioning up to {cfg.regression_images} stored images nobody corrected (the regression set)")
     regression = regression_examples(models.live, feedback, {e.sha256 for e in examples}, cfg.regression_images)
     dtype = torch.bfloat16 if models.base.device.type == "cuda" else torch.float32
     try:
-        rows, problems = to_tensors(examples + regression, models.base.processor, models.base.device, dtype)
+        rows, problems = to_tensors(examples + regression, models.base.processor, models.base.device, dtype,
+                                    on_progress=counter(report, "prepare", "Decoding images"))  # fmt: skip
     except DataError as exc:
         raise FinetuneError(str(exc)) from None
     for problem in problems:
         log(f"skipping an image that cannot be decoded: {problem}")
+    if regression:
+        say(report, "prepare", f"Checking which of the {len(regression)} regression images the live model is sure of")
     rows, unsure = keep_confident(models.live.model, rows)
     held = heldout_images(rows.examples, cfg.heldout_fraction)
     heldout_mask = torch.tensor([e.sha256 in held for e in rows.examples], device=rows.pixels.device)
@@ -217,6 +230,8 @@ def prepare(models: Models, feedback: FeedbackLog, examples: list[Example], cfg:
     counts = {kind: sum(e.kind == kind for e in train_rows.examples) for kind in ("correction", "confirmation", "regression")}
     log(f"{len(train_rows)} images to train on ({', '.join(f'{n} {k}s' for k, n in counts.items())}), {len(heldout)} held out"
         + (f"; {unsure} stored images left out of the regression set: the live model was unsure of them" if unsure else ""))
+    if cfg.recoloured_views:
+        say(report, "prepare", "Making recoloured views of the corrections")
     train_rows, views = with_views(models.base.model, models.base.processor.tokenizer, train_rows, cfg.recoloured_views)
     if views:
         log(f"{views} recoloured views of the corrections that taught no colour word")

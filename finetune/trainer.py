@@ -4,13 +4,12 @@ mixed from new and old knowledge, old rows held close to the live model (self-di
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .config import FinetuneConfig
+from .progress import note
 from .tensors import RowTensors
 
 # LoRA goes on every linear layer of the text decoder (self- and cross-attention query/key/value, their outputs,
@@ -46,9 +45,7 @@ class Progress:
         self.note({"phase": "train", "step": done, "steps": self.total, "loss": loss, "epoch": epoch})
 
     def note(self, record: dict) -> None:
-        if self.file:
-            with open(self.file, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps({"time": time.time(), **record}) + "\n")
+        note(self.file, record)
 
     def close(self) -> None:
         self.bar.close()

@@ -1,5 +1,6 @@
 """The admin page's Retrain tab in AppTest: the options as a user types them, and what a run says while it works."""
 
+import re
 import time
 
 import pytest
@@ -40,3 +41,36 @@ def finish(app, run, timeout=300):
         time.sleep(0.3)
     app.run()
     assert not run.running and not app.exception, app.exception
+
+
+def test_a_run_that_is_decoding_images_or_saving_says_so_not_only_its_steps(admin, home):
+    import json
+    import subprocess
+
+    from captioner.runtime import process_started
+
+    child = subprocess.Popen(["sleep", "60"])  # the run's process: alive while the page looks
+    try:
+        folder = home / "models" / ".runs" / "20261207-120000-abcdef"
+        folder.mkdir(parents=True)
+        (folder / "job.json").write_text(json.dumps({"pid": child.pid, "pid_started": process_started(child.pid),
+                                                     "started": time.time(), "args": []}))  # fmt: skip
+        progress = folder / "progress.jsonl"
+        said = {"time": time.time() - 12, "phase": "prepare", "said": "Decoding images: 64 of 300", "done": 64, "total": 300}
+        progress.write_text(json.dumps(said) + "\n")
+        admin.run()
+        [bar] = [p.text for p in admin.get("progress")]
+        assert re.fullmatch(r"Decoding images: 64 of 300 \(for 1[23] s\)", bar), bar  # and for how long, so it is alive
+        steps = [{"time": time.time(), "phase": "train", "step": n, "steps": 40, "loss": 1.0 / n} for n in (20, 40)]
+        saving = {"time": time.time() - 3, "phase": "save", "said": "Saving the trained adapter"}
+        progress.write_text("".join(json.dumps(r) + "\n" for r in [said, *steps, saving]))
+        admin.run()
+        assert [p.text for p in admin.get("progress")] == []  # the steps' bar is not what it is doing now
+        assert [c.value for c in admin.caption if re.fullmatch(r"Saving the trained adapter \(for [34] s\)", c.value)]
+        progress.write_text("".join(json.dumps(r) + "\n" for r in [said, *steps]))
+        admin.run()
+        assert [p.text for p in admin.get("progress")] == ["step 40 of 40 · loss 0.0250"]
+    finally:
+        child.kill()
+        child.wait()
+

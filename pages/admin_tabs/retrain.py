@@ -42,9 +42,12 @@ def render(config: Settings) -> None:
         elif st.session_state.get("retrain_followed") == current.id:  # it ended while this page followed it:
             st.session_state.retrain_followed = None  # the whole page again, so versions and sidebar show the new one
             st.rerun()
-        steps = [p for p in current.progress if p.get("phase") == "train"]
+        records = current.progress
+        steps = [p for p in records if p.get("phase") == "train"]
         outcome = current.outcome
-        if steps:
+        if current.running and records and records[-1].get("phase") != "train":
+            _phase(records[-1])  # preparing, judging, saving: minutes where the steps alone said nothing
+        elif steps:
             last = steps[-1]
             st.progress(last["step"] / last["steps"], f"step {last['step']} of {last['steps']} · loss {last['loss']:.4f}")
         if outcome:
@@ -58,3 +61,12 @@ def render(config: Settings) -> None:
         st.code(current.log_tail() or "(no output yet)", language=None)
 
     follow()
+
+
+def _phase(record: dict) -> None:
+    """What the run is doing now, and for how long: a bar where the phase is counted, its words where it is not."""
+    said = f"{record.get('said') or record.get('phase')} (for {max(0, time.time() - record.get('time', time.time())):.0f} s)"
+    if record.get("total"):
+        st.progress(min(1.0, record["done"] / record["total"]), said)
+    else:
+        st.caption(said)
