@@ -25,7 +25,7 @@ from .progress import counter, say
 from .publish import write_version
 from .regression import keep_confident, regression_examples
 from .tensors import RowTensors, to_tensors
-from .trainer import TrainingError, distributed, train, with_lora
+from .trainer import TrainingError, check_rank, distributed, train, with_lora
 from .views import with_views
 
 
@@ -71,6 +71,10 @@ def main(cfg: FinetuneConfig) -> Path | None:
     settings = resolve_home(cfg)
     check_progress_file(cfg)
     examples = approved(FeedbackLog(settings.data_dir), cfg)  # before anything is written: a refused run writes nothing
+    try:
+        cfg.check_length(len(examples))  # a run of days is refused before the model loads, not found out
+    except ValueError as exc:
+        raise FinetuneError(str(exc)) from None
     if int(os.environ.get("RANK", "0")) != 0:  # another process of `accelerate launch`: it only trains
         retrain_and_publish(cfg, settings, examples, None)
         return None
@@ -123,6 +127,10 @@ def retrain_and_publish(cfg: FinetuneConfig, settings, examples: list[Example], 
     feedback, report = FeedbackLog(settings.data_dir), cfg.progress_file
     say(report, "load", "Loading the model to start from")
     models = load_models(cfg, settings)
+    try:
+        check_rank(models.base.model, cfg)  # before minutes of decoding images
+    except TrainingError as exc:
+        raise FinetuneError(str(exc)) from None
     rows, heldout = prepare(models, feedback, examples, cfg)
     if staging is None:
         train_model(models, rows, cfg, None)

@@ -61,6 +61,24 @@ def new_word_ids(tokenizer, new_captions: list[str], old_captions: list[str]) ->
     return sorted(ids(new_captions) - ids(old_captions) - set(tokenizer.all_special_ids))
 
 
+def adapted_layers(model, cfg: FinetuneConfig) -> list:
+    """The linear layers LoRA adapts, matched by name as peft matches target_modules."""
+    import torch
+
+    targets = TEXT_TARGETS + (VISION_TARGETS if cfg.lora_targets == "all" else [])
+    return [module for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in targets]  # fmt: skip
+
+
+def check_rank(model, cfg: FinetuneConfig) -> None:
+    """TrainingError naming --lora-r when it exceeds the narrowest adapted layer: past that a rank adds parameters
+    (and memory) and no capacity, as a layer's update can have no higher rank than its own width."""
+    widths = [min(layer.in_features, layer.out_features) for layer in adapted_layers(model, cfg)]
+    if widths and cfg.lora_r > min(widths):
+        raise TrainingError(f"--lora-r {cfg.lora_r} is more than the width of the narrowest layer it adapts ({min(widths)} in "
+                            f"this model): a higher rank adds memory and no capacity; use at most --lora-r {min(widths)}")  # fmt: skip
+
+
 def with_lora(model, tokenizer, tensors: RowTensors, cfg: FinetuneConfig):
     """The base model wrapped with LoRA adapters and trainable rows for the corrections' new words (seeded)."""
     import torch

@@ -9,7 +9,7 @@ from captioner import retrain
 from captioner.settings import Settings
 
 from conftest import needs, start_app
-from test_admin_page import login
+from test_admin_page import login, shown
 
 
 @pytest.fixture
@@ -74,3 +74,15 @@ def test_a_run_that_is_decoding_images_or_saving_says_so_not_only_its_steps(admi
         child.kill()
         child.wait()
 
+
+def test_a_rank_too_wide_for_the_model_is_refused_within_seconds_and_the_page_says_which_option(admin, home):
+    from test_finetune import log_rows
+
+    log_rows(home, n=24)  # approved: the run gets as far as loading the (demo) model, then stops
+    field(admin, "LoRA rank").set_value(256)
+    started = time.time()
+    [b for b in admin.button if b.label == "Start retrain"][0].click().run()
+    finish(admin, retrain.latest(Settings.from_env()))
+    assert time.time() - started < 120  # not the minutes of decoding and training it took before it ran out of memory
+    assert ("Last retrain: --lora-r 256 is more than the width of the narrowest layer it adapts (128 in this model): "
+            "a higher rank adds memory and no capacity; use at most --lora-r 128") in shown(admin.error)  # fmt: skip

@@ -250,6 +250,8 @@ def test_a_retrain_on_cuda_trains_in_bf16_and_publishes_full_precision_weights(h
     (["--batch-size", "1"], "--batch-size 1 cannot hold both new and old rows (--old-share 0.5): use 2 or more, or --old-share 0"),
     (["--seed", str(2**64)], f"--seed must be between 0 and {2**63 - 1}, not {2**64}"),
     (["--seed", "-1"], f"--seed must be between 0 and {2**63 - 1}, not -1"),
+    (["--batch-size", "100000"], "--batch-size must be between 1 and 256, not 100000"),  # ran until out of memory
+    (["--lora-r", "4096"], "--lora-r must be between 1 and 256, not 4096"),
 ])  # fmt: skip
 def test_an_option_out_of_range_is_one_error_naming_it_before_anything_is_read_or_written(tmp_path, argv, said):
     home = tmp_path / "home"
@@ -288,3 +290,23 @@ def test_out_of_memory_never_advises_a_batch_size_the_options_refuse(tiny_home, 
         main(quick(tiny_home, batch_size=4))
     with pytest.raises(FinetuneError, match=r"--batch-size 2; even the smallest batch does not fit on this GPU$"):
         main(quick(tiny_home, batch_size=2))
+
+
+def test_epochs_that_would_train_for_days_are_refused_before_the_model_loads(home, capsys):
+    log_rows(home, n=24)
+    with pytest.raises(FinetuneError) as raised:  # 24 rows, 2 steps a pass: 10,000 steps, 40 times the automatic 250
+        main(parse_args(["--epochs", "5000", "--home", str(home)]))
+    assert str(raised.value) == ("--epochs 5000 over 24 approved rows would train 10,000 steps, more than 10 times the "
+                                 "250 of --epochs 0 (automatic): use at most --epochs 1250")  # fmt: skip
+    assert not (home / "models").exists() and "Loading the model" not in capsys.readouterr().err
+    FinetuneConfig(epochs=1250).check_length(24)  # the limit it names is accepted
+
+
+def test_a_lora_rank_wider_than_the_demo_models_layers_is_refused_before_its_images_are_decoded(home, monkeypatch, capsys):
+    monkeypatch.setenv("CAPTIONER_CAPTION_MODEL", "demo")  # 128 wide: rank 256 only adds memory
+    log_rows(home, n=24)
+    with pytest.raises(FinetuneError) as raised:
+        main(parse_args(["--lora-r", "256", "--home", str(home)]))
+    assert str(raised.value) == ("--lora-r 256 is more than the width of the narrowest layer it adapts (128 in this model): "
+                                 "a higher rank adds memory and no capacity; use at most --lora-r 128")  # fmt: skip
+    assert "Decoding images" not in capsys.readouterr().err and registry.list_versions(home / "models") == []
