@@ -76,6 +76,16 @@ class Selection:
         """Nothing selected, nothing edited, and a fresh table (the last one's edits are done with)."""
         self.done(set(self.edits))
 
+    def untick(self) -> None:
+        """Nothing selected, and a fresh table; typed corrections stay pending."""
+        self.done(set())
+
+    def discard_edits(self) -> None:
+        """Every typed correction dropped (the log's text shows again), and a fresh table; ticks stay."""
+        self.edits.clear()
+        self.generation += 1
+        self.shown_key, self.shown = "", ()
+
     def done(self, acted_on: set[str]) -> None:
         """After an action: nothing selected, and a fresh table; typed corrections of rows the action did not take
         (not ticked) stay pending, to be saved or acted on later."""

@@ -540,3 +540,16 @@ def test_tick_all_matching_reaches_rows_on_every_page_and_only_those(many, home)
     click(many, "Reject selected (60)")
     assert {r.status for r in rows(home)} == {"rejected"} and len(rows(home)) == 60
     assert "Rejected 60 row(s)." in shown(many.success) and selected_caption(many).startswith("0 selected")
+
+
+def test_unticking_all_keeps_the_corrections_typed_and_discarding_them_is_its_own_button(many, home):
+    edit(many, {0: {"correction": "typed, not ticked"}, 1: {"select": True}, 2: {"select": True}})
+    assert selected_caption(many).startswith("2 selected · 1 correction(s) edited")
+    click(many, "Untick all (2)")  # "Clear selection" dropped the typed correction with the ticks
+    assert selected_caption(many).startswith("0 selected · 1 correction(s) edited")
+    assert list(many.data_editor[0].value["correction"])[0] == "typed, not ticked" and not any(many.data_editor[0].value["select"])
+    edit(many, {3: {"select": True}})
+    click(many, "Discard edits (1)")
+    assert selected_caption(many).startswith("1 selected · 0 correction(s) edited")
+    assert list(many.data_editor[0].value["correction"])[0] == "row 00"  # the log's own text again
+    assert [r.correction for r in rows(home)].count("typed, not ticked") == 0

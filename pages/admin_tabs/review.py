@@ -112,7 +112,7 @@ def _actions(log: FeedbackLog, snapshot: Snapshot, selection: Selection, on_page
     st.caption(f"{len(chosen)} selected" + (f" ({hidden} not on this page)" if hidden else "") + f" · {len(edits)} correction(s) edited")
     typed = len(chosen & set(edits))  # an approval or rejection takes the corrections typed in its rows with it
     with_typed = f", with {typed} edited correction(s)" if typed else ""
-    approve, reject, delete, save, clear = st.columns(5)
+    approve, reject, delete, save, untick, discard = st.columns(6)
     actions = {
         approve: (f"Approve selected ({len(chosen)})", not chosen, chosen,
                   lambda: f"Approved {set_status(log, chosen, 'approved', reviewer, edits, seen)} row(s){with_typed}."),
@@ -121,11 +121,16 @@ def _actions(log: FeedbackLog, snapshot: Snapshot, selection: Selection, on_page
         delete: (f"Delete selected ({len(chosen)})", not chosen, chosen, lambda: f"Deleted {delete_rows(log, chosen, seen)} row(s)."),
         save: (f"Save edits ({len(edits)})", not edits, set(edits),
                lambda: f"Saved {edit_corrections(log, edits, reviewer, seen)} correction(s)."),
-        clear: ("Clear selection", not chosen and not edits, chosen | set(edits), lambda: None),
     }  # fmt: skip
+    # neither writes; unticking keeps the corrections typed ("Clear selection" dropped them with the ticks)
+    for column, label, disabled, change in [(untick, f"Untick all ({len(chosen)})", not chosen, selection.untick),
+                                            (discard, f"Discard edits ({len(edits)})", not edits, selection.discard_edits)]:  # fmt: skip
+        if column.button(label, disabled=disabled):
+            change()
+            st.rerun()
     for column, (label, disabled, acted_on, act) in actions.items():
         if column.button(label, disabled=disabled):
-            others = changed_since(snapshot, acted_on, seen) if act is not actions[clear][3] else {}
+            others = changed_since(snapshot, acted_on, seen)
             try:  # no Streamlit call from the write to the append: nothing can stop the script in between
                 note = act()  # on disk (atomic rewrite under the lock) before the page says so
                 selection.done(acted_on)  # nothing stays ticked, on any page; edits of rows not acted on stay
@@ -134,7 +139,6 @@ def _actions(log: FeedbackLog, snapshot: Snapshot, selection: Selection, on_page
             if note and others:  # another session got there first: theirs stands, and the admin is told
                 note += (f" {len(others)} row(s) changed in another session since you saw them were left as they are "
                          f"({', '.join(sorted(set(others.values())))}): look at them again.")  # fmt: skip
-            if note:
-                notes.append(note)
+            notes.append(note)
             st.rerun()
     show_notes(notes)
