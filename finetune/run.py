@@ -135,13 +135,14 @@ def retrain_and_publish(cfg: FinetuneConfig, settings, examples: list[Example], 
     if staging is None:
         train_model(models, rows, cfg, None)
         return None
-    say(report, "judge", f"Captioning the {len(heldout)} held-out images with the live model (before training)")
+    judged = f"the {len(heldout)} held-out images" if heldout else "fixed check images (no image is held out)"
+    say(report, "judge", f"Captioning {judged} with the live model (before training)")
     baseline = judge_untrained(models, heldout)
     peft_model, stats = train_model(models, rows, cfg, Path(report) if report else None)
     say(report, "save", "Saving the trained adapter")
     with writing(settings):
         peft_model.save_pretrained(staging / "adapter")
-    say(report, "judge", f"Captioning the {len(heldout)} held-out images with the new model")
+    say(report, "judge", f"Captioning {judged} with the new model")
     after = judge_trained(models, peft_model, heldout, baseline, cfg)
     say(report, "save", "Writing the new version (the merged model, its scores and card)")
     with writing(settings):

@@ -70,7 +70,13 @@ def test_a_run_that_is_decoding_images_or_saving_says_so_not_only_its_steps(admi
         progress.write_text("".join(json.dumps(r) + "\n" for r in [said, *steps]))
         admin.run()
         assert [p.text for p in admin.get("progress")] == ["step 40 of 40 · loss 0.0250"]
+        retrain._CHILDREN[folder.name] = child  # started by this server: running until its process is reaped
+        ended = {"time": time.time(), "phase": "done", "status": "published", "message": "published v0001", "version": "v0001"}
+        progress.write_text("".join(json.dumps(r) + "\n" for r in [said, *steps, ended]))  # its last words, still exiting
+        admin.run()
+        assert not [c.value for c in admin.caption if c.value.startswith("done")]  # "done (for 0 s)" flashed here
     finally:
+        retrain._CHILDREN.pop("20261207-120000-abcdef", None)
         child.kill()
         child.wait()
 

@@ -45,7 +45,7 @@ def render(config: Settings) -> None:
         records = current.progress
         steps = [p for p in records if p.get("phase") == "train"]
         outcome = current.outcome
-        if current.running and records and records[-1].get("phase") != "train":
+        if current.running and records and records[-1].get("phase") not in ("train", "done"):  # done: its process exits
             _phase(records[-1])  # preparing, judging, saving: minutes where the steps alone said nothing
         elif steps:
             last = steps[-1]
