@@ -206,7 +206,7 @@ def set_status(
     Returns how many rows changed."""
     if status not in STATUSES:
         raise FeedbackError(f"status {status!r} is not one of {', '.join(STATUSES)}")
-    check_text("reviewer name", reviewer)
+    check_text("reviewer name", reviewer, allow_empty=False)  # a review nobody signed cannot be asked about
     ids, changed, moment = set(ids), [], now_utc()
     typed = {row_id: text for row_id, text in (corrections or {}).items() if row_id in ids}
     for text in typed.values():
@@ -230,7 +230,7 @@ def edit_corrections(log: FeedbackLog, corrections: dict[str, str], reviewer: st
     """Replace the correction text of rows by id (only rows still as seen, when given); returns how many changed."""
     for text in corrections.values():
         check_text("correction", text, allow_empty=False)
-    check_text("reviewer name", reviewer)
+    check_text("reviewer name", reviewer, allow_empty=False)  # a review nobody signed cannot be asked about
     changed, moment = [], now_utc()
 
     def transform(rows):

@@ -553,3 +553,11 @@ def test_unticking_all_keeps_the_corrections_typed_and_discarding_them_is_its_ow
     assert selected_caption(many).startswith("1 selected · 0 correction(s) edited")
     assert list(many.data_editor[0].value["correction"])[0] == "row 00"  # the log's own text again
     assert [r.correction for r in rows(home)].count("typed, not ticked") == 0
+
+
+def test_an_approval_without_a_reviewer_name_is_refused_and_nothing_is_lost(many, home):
+    [t for t in many.text_input if t.label.startswith("Your name")][0].set_value("  ").run()
+    edit(many, {0: {"select": True}})
+    click(many, "Approve selected (1)")
+    assert shown(many.error) == ["Not saved: the reviewer name is empty"]  # it was approved with no reviewer at all
+    assert {r.status for r in rows(home)} == {"pending"} and selected_caption(many).startswith("1 selected")
