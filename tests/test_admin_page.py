@@ -561,3 +561,13 @@ def test_an_approval_without_a_reviewer_name_is_refused_and_nothing_is_lost(many
     click(many, "Approve selected (1)")
     assert shown(many.error) == ["Not saved: the reviewer name is empty"]  # it was approved with no reviewer at all
     assert {r.status for r in rows(home)} == {"pending"} and selected_caption(many).startswith("1 selected")
+
+
+def test_an_approval_made_by_mistake_can_be_reopened_as_pending(many, home):
+    click(many, "Tick all 25 on this page")
+    click(many, "Approve selected (25)")
+    assert sum(r.status == "approved" for r in rows(home)) == 25
+    [s for s in many.multiselect if s.label == "Status"][0].set_value(["approved"]).run()
+    click(many, "Tick all 25 on this page")
+    click(many, "Reopen selected (25)")  # only Reject was there: a wrong approval could not go back to pending
+    assert {r.status for r in rows(home)} == {"pending"} and "Reopened 25 row(s) as pending." in shown(many.success)

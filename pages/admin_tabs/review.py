@@ -112,12 +112,14 @@ def _actions(log: FeedbackLog, snapshot: Snapshot, selection: Selection, on_page
     st.caption(f"{len(chosen)} selected" + (f" ({hidden} not on this page)" if hidden else "") + f" · {len(edits)} correction(s) edited")
     typed = len(chosen & set(edits))  # an approval or rejection takes the corrections typed in its rows with it
     with_typed = f", with {typed} edited correction(s)" if typed else ""
-    approve, reject, delete, save, untick, discard = st.columns(6)
+    approve, reject, reopen, delete, save, untick, discard = st.columns(7)
     actions = {
         approve: (f"Approve selected ({len(chosen)})", not chosen, chosen,
                   lambda: f"Approved {set_status(log, chosen, 'approved', reviewer, edits, seen)} row(s){with_typed}."),
         reject: (f"Reject selected ({len(chosen)})", not chosen, chosen,
                  lambda: f"Rejected {set_status(log, chosen, 'rejected', reviewer, edits, seen)} row(s){with_typed}."),
+        reopen: (f"Reopen selected ({len(chosen)})", not chosen, chosen,  # an approval or rejection made by mistake
+                 lambda: f"Reopened {set_status(log, chosen, 'pending', reviewer, edits, seen)} row(s) as pending{with_typed}."),
         delete: (f"Delete selected ({len(chosen)})", not chosen, chosen, lambda: f"Deleted {delete_rows(log, chosen, seen)} row(s)."),
         save: (f"Save edits ({len(edits)})", not edits, set(edits),
                lambda: f"Saved {edit_corrections(log, edits, reviewer, seen)} correction(s)."),
