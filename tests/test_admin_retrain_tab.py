@@ -89,6 +89,7 @@ def test_a_rank_too_wide_for_the_model_is_refused_within_seconds_and_the_page_sa
     started = time.time()
     [b for b in admin.button if b.label == "Start retrain"][0].click().run()
     finish(admin, retrain.latest(Settings.from_env()))
+    assert field(admin, "LoRA rank").help.startswith("--lora-r:")  # the option the refusal names is the field's
     assert time.time() - started < 120  # not the minutes of decoding and training it took before it ran out of memory
     assert ("Last retrain: --lora-r 256 is more than the width of the narrowest layer it adapts (128 in this model): "
             "a higher rank adds memory and no capacity; use at most --lora-r 128") in shown(admin.error)  # fmt: skip

@@ -16,11 +16,13 @@ def render(config: Settings) -> None:
     running = run is not None and run.running
     with st.form("retrain"):
         left, right = st.columns(2)
-        min_rows = left.number_input("Minimum approved rows", 1, 100_000, 20)
-        epochs = right.number_input("Epochs (0: automatic)", 0, 1000, 0)
+        # each help names the option of `python -m finetune` it sets: a refusal on this page names the option
+        min_rows = left.number_input("Minimum approved rows", 1, 100_000, 20, help="--min-rows: fewer approved rows, no run.")
+        epochs = right.number_input("Epochs (0: automatic)", 0, 1000, 0,
+                                    help="--epochs: at most 10 times the steps of the automatic choice for your rows.")  # fmt: skip
         lr = left.number_input("Learning rate", 1e-6, 0.5, 2e-3, step=1e-4, format="%e",  # shown as 2e-3, 5e-6: typed so too
-                               help="Small rates are easiest typed as 1e-5, 5e-6 ...; the arrows step by 1e-4.")  # fmt: skip
-        lora_r = right.number_input("LoRA rank", 1, 256, 16)
+                               help="--lr: small rates are easiest typed as 1e-5, 5e-6 ...; the arrows step by 1e-4.")  # fmt: skip
+        lora_r = right.number_input("LoRA rank", 1, 256, 16, help="--lora-r: at most the model's layer width (128 in the demo model).")
         activate = st.checkbox("Make it live if it passes", value=True)
         start = st.form_submit_button("Start retrain", disabled=running)
     if start:
