@@ -22,9 +22,10 @@ class FinetuneConfig:
     """Everything a fine-tuning run needs; the defaults are the recipe the demo-world learning test passes with."""
 
     min_rows: int = option(20, "refuse to train on fewer approved caption rows than this")
-    epochs: int = option(0, "passes over the training rows; 0 = about 4,000 samples, and at least 3 passes")
+    epochs: int = option(0, "passes over the training rows; 0 = about 4,000 samples, and at least 3 passes; at most 10 "
+                         "times the steps of 0")
     lr: float = option(2e-3, "AdamW learning rate of the LoRA and token parameters")
-    lora_r: int = option(16, "LoRA rank")
+    lora_r: int = option(16, "LoRA rank, 1 to 256 and at most the width of the model's layers (128 in the demo model)")
     lora_alpha: int = option(0, "LoRA alpha; 0 = twice the rank")
     lora_dropout: float = option(0.0, "dropout on the LoRA path (each layer with it keeps another copy of its input)")
     lora_targets: str = option("text", "where LoRA adapters go: text (the caption decoder) or all (the vision tower's attention too)")
@@ -38,7 +39,7 @@ class FinetuneConfig:
     max_forgetting: float = option(
         0.02, "refuse a model whose held-out old-knowledge exact match drops by more than this (0.02 = 2 points)"
     )
-    batch_size: int = option(16, "rows per optimisation step")
+    batch_size: int = option(16, "rows per optimisation step, 1 to 256")
     heldout_fraction: float = option(
         0.15, "share of each group's images (a correction concept, confirmations, regression set; chosen by hash) kept "
         "out of training to judge the result"
