@@ -45,7 +45,7 @@ def render(log: FeedbackLog, snapshot: Snapshot) -> None:
     )  # fmt: skip
     selection.take(page.rows, [bool(v) for v in edited["select"]], ["" if v is None else str(v) for v in edited["correction"]])
     _pager(page.number, page.pages)
-    _tick_all(selection, page.rows, page.matching, lambda: matching_rows(snapshot, filters, sort))
+    _tick_all(selection, page.rows, matching_rows(snapshot, filters, sort))  # remembered: page_of just made it
     _actions(log, snapshot, selection, {row.id for row in page.rows}, reviewer)
 
 
@@ -90,19 +90,20 @@ def _pager(number: int, pages: int) -> None:
     forward.button("Next page →", disabled=number >= pages, on_click=go, args=(number + 1,))
 
 
-def _tick_all(selection: Selection, shown: list[FeedbackRow], matching: int, everything) -> None:
+def _tick_all(selection: Selection, shown: list[FeedbackRow], matching: list[FeedbackRow]) -> None:
     """Tick every row on this page, or every row the filters match: the rows as this run shows them are bound to
-    the button, so a press ticks exactly what the admin saw, even when the log changed before the press arrived."""
+    the button (the lists, not the snapshot and its bytes), so a press ticks exactly what the admin saw, even when
+    the log changed before the press arrived."""
     here, there = st.columns(2)
     here.button(f"Tick all {len(shown)} on this page", disabled=not shown or all(r.id in selection.ids for r in shown),
-                on_click=_tick, args=(selection, lambda: shown))  # fmt: skip
-    if matching > len(shown):
-        there.button(f"Tick all {matching} matching", on_click=_tick, args=(selection, everything))
+                on_click=_tick, args=(selection, shown))  # fmt: skip
+    if len(matching) > len(shown):
+        there.button(f"Tick all {len(matching)} matching", on_click=_tick, args=(selection, matching))
 
 
-def _tick(selection: Selection, rows) -> None:
+def _tick(selection: Selection, rows: list[FeedbackRow]) -> None:
     selection.catch_up(st.session_state.get(selection.shown_key))  # what the admin did on the table last shown stays
-    selection.tick(rows())
+    selection.tick(rows)
 
 
 def _actions(log: FeedbackLog, snapshot: Snapshot, selection: Selection, on_page: set[str], reviewer: str) -> None:
