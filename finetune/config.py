@@ -102,13 +102,13 @@ class FinetuneConfig:
         return self
 
 
-    def check_length(self, rows: int) -> None:
+    def check_length(self, rows: int, what: str = "approved rows") -> None:
         """A ValueError naming --epochs when it would train on these rows for more than LONGEST times the steps the
-        automatic choice takes (--epochs 1000 over 3,000 rows: 188,000 steps, hours of a GPU, days of a CPU)."""
+        automatic choice takes (--epochs 1000 over 3,000 rows: 188,000 steps, over 6 hours of the demo model on 2 cores)."""
         automatic, steps = replace(self, epochs=0).steps_for(rows), self.steps_for(rows)
         if steps > LONGEST * automatic:
             most = LONGEST * automatic // -(-max(rows, 1) // self.batch_size)
-            raise ValueError(f"--epochs {self.epochs} over {rows} approved rows would train {steps:,} steps, more than "
+            raise ValueError(f"--epochs {self.epochs} over {rows} {what} would train {steps:,} steps, more than "
                              f"{LONGEST} times the {automatic:,} of --epochs 0 (automatic): use at most --epochs {most}")  # fmt: skip
 
 

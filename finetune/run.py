@@ -249,6 +249,10 @@ def prepare(models: Models, feedback: FeedbackLog, examples: list[Example], cfg:
 
 def train_model(models: Models, rows: RowTensors, cfg: FinetuneConfig, progress_file: Path | None):
     """The base model with trained LoRA adapters, and the loss statistics."""
+    try:  # again with the rows it trains on: the regression set and recoloured views can multiply the approved ones
+        cfg.check_length(len(rows), "training rows (approved, regression set and recoloured views)")
+    except ValueError as exc:
+        raise FinetuneError(str(exc)) from None
     peft_model = with_lora(models.base.model, models.base.processor.tokenizer, rows, cfg)
     try:
         stats = train(peft_model, rows, cfg, progress_file, bf16=models.base.device.type == "cuda")

@@ -310,3 +310,19 @@ def test_a_lora_rank_wider_than_the_demo_models_layers_is_refused_before_its_ima
     assert str(raised.value) == ("--lora-r 256 is more than the width of the narrowest layer it adapts (128 in this model): "
                                  "a higher rank adds memory and no capacity; use at most --lora-r 128")  # fmt: skip
     assert "Decoding images" not in capsys.readouterr().err and registry.list_versions(home / "models") == []
+
+
+def test_epochs_are_checked_again_against_the_rows_it_trains_on_which_views_multiply(tiny_home, capsys):
+    log = FeedbackLog(tiny_home / "data")
+    inputs, samples = demo_inputs(10, 4)
+    for item, truth in zip(inputs, samples):  # each teaches a shape, no colour: 6 recoloured views each join training
+        colour = truth.caption.split()[1]
+        log.record(item.data, "png", task="caption", model_output=f"a {colour} blob", correction=truth.caption, status="approved")
+    cfg = FinetuneConfig(home=str(tiny_home), epochs=2000, heldout_fraction=0.0, min_rows=5, regression_images=0)
+    cfg.check_length(10)  # 10 approved rows: 2,000 steps, within 10 times the automatic 250
+    with pytest.raises(FinetuneError) as raised:
+        main(cfg)
+    said = str(raised.value)  # 70 rows, 5 steps a pass: 10,000 steps would have run
+    assert said == ("--epochs 2000 over 70 training rows (approved, regression set and recoloured views) would train "
+                    "10,000 steps, more than 10 times the 250 of --epochs 0 (automatic): use at most --epochs 500")  # fmt: skip
+    assert registry.list_versions(tiny_home / "models") == []
