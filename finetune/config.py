@@ -102,7 +102,7 @@ class FinetuneConfig:
         return self
 
 
-    def check_length(self, rows: int, what: str = "approved rows") -> None:
+    def check_length(self, rows: int, what: str = "images with an approved caption") -> None:
         """A ValueError naming --epochs when it would train on these rows for more than LONGEST times the steps the
         automatic choice takes (--epochs 1000 over 3,000 rows: 188,000 steps, over 6 hours of the demo model on 2 cores)."""
         automatic, steps = replace(self, epochs=0).steps_for(rows), self.steps_for(rows)

@@ -194,8 +194,11 @@ def approved(feedback: FeedbackLog, cfg: FinetuneConfig) -> list[Example]:
         raise FinetuneError(str(exc)) from None
     for problem in problems:
         log(f"skipping a broken row: {problem}")
-    if len(examples) < cfg.min_rows:
-        raise FinetuneError(f"only {len(examples)} approved caption row(s); --min-rows is {cfg.min_rows}")
+    if len(examples) < cfg.min_rows:  # images, not rows: 30 approved rows of 10 images said "only 10 approved rows"
+        rows = sum(r.task == "caption" and r.status == "approved" and bool(r.correction.strip()) for r in feedback.read()[0])
+        what = (f"{len(examples)} images with an approved caption ({rows} approved caption rows: the latest of each image "
+                "counts)" if rows != len(examples) else f"{len(examples)} approved caption row(s)")  # fmt: skip
+        raise FinetuneError(f"only {what}; --min-rows is {cfg.min_rows}")
     return examples
 
 

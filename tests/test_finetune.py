@@ -296,7 +296,7 @@ def test_epochs_that_would_train_for_days_are_refused_before_the_model_loads(hom
     log_rows(home, n=24)
     with pytest.raises(FinetuneError) as raised:  # 24 rows, 2 steps a pass: 10,000 steps, 40 times the automatic 250
         main(parse_args(["--epochs", "5000", "--home", str(home)]))
-    assert str(raised.value) == ("--epochs 5000 over 24 approved rows would train 10,000 steps, more than 10 times the "
+    assert str(raised.value) == ("--epochs 5000 over 24 images with an approved caption would train 10,000 steps, more than 10 times the "
                                  "250 of --epochs 0 (automatic): use at most --epochs 1250")  # fmt: skip
     assert not (home / "models").exists() and "Loading the model" not in capsys.readouterr().err
     FinetuneConfig(epochs=1250).check_length(24)  # the limit it names is accepted
@@ -326,3 +326,15 @@ def test_epochs_are_checked_again_against_the_rows_it_trains_on_which_views_mult
     assert said == ("--epochs 2000 over 70 training rows (approved, regression set and recoloured views) would train "
                     "10,000 steps, more than 10 times the 250 of --epochs 0 (automatic): use at most --epochs 500")  # fmt: skip
     assert registry.list_versions(tiny_home / "models") == []
+
+
+def test_too_few_rows_says_the_approved_rows_count_once_per_image(tiny_home):
+    log = FeedbackLog(tiny_home / "data")
+    inputs, samples = demo_inputs(3, 8)
+    for item, truth in zip(inputs, samples):
+        for said in ("a blob", "a thing", "a shape"):  # three approved rows of each image: the admin sees 9
+            log.record(item.data, "png", task="caption", model_output=said, correction=truth.caption, status="approved")
+    with pytest.raises(FinetuneError) as raised:
+        main(FinetuneConfig(home=str(tiny_home), min_rows=5))
+    assert str(raised.value) == ("only 3 images with an approved caption (9 approved caption rows: the latest of each image "
+                                 "counts); --min-rows is 5")  # it said "only 3 approved caption row(s)" of a log showing 9

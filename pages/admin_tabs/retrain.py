@@ -17,7 +17,7 @@ def render(config: Settings) -> None:
     with st.form("retrain"):
         left, right = st.columns(2)
         # each help names the option of `python -m finetune` it sets: a refusal on this page names the option
-        min_rows = left.number_input("Minimum approved rows", 1, 100_000, 20, help="--min-rows: fewer approved rows, no run.")
+        min_rows = left.number_input("Minimum approved rows", 1, 100_000, 20, help="--min-rows: fewer approved images, no run.")
         epochs = right.number_input("Epochs (0: automatic)", 0, 1000, 0,
                                     help="--epochs: at most 10 times the steps of the automatic choice for your rows.")  # fmt: skip
         lr = left.number_input("Learning rate", 1e-6, 0.5, 2e-3, step=1e-4, format="%e",  # shown as 2e-3, 5e-6: typed so too
