@@ -35,9 +35,13 @@ def say(file: str | Path | None, phase: str, said: str, done: int | None = None,
 
 
 def counter(file: str | Path | None, phase: str, what: str):
-    """A (done, total) callback that says "what: done of total"."""
+    """A (done, total) callback that says "what: done of total", once per count (the caption engine also calls it
+    every 0.25 s while it waits)."""
+    said = [None]
 
     def report(done: int, total: int) -> None:
-        say(file, phase, f"{what}: {done} of {total}", done, total)
+        if done != said[0]:
+            said[0] = done
+            say(file, phase, f"{what}: {done} of {total}", done, total)
 
     return report

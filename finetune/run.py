@@ -137,13 +137,14 @@ def retrain_and_publish(cfg: FinetuneConfig, settings, examples: list[Example], 
         return None
     judged = f"the {len(heldout)} held-out images" if heldout else "fixed check images (no image is held out)"
     say(report, "judge", f"Captioning {judged} with the live model (before training)")
-    baseline = judge_untrained(models, heldout)
+    baseline = judge_untrained(models, heldout, counter(report, "judge", "Captioning the held-out images with the live model"))
     peft_model, stats = train_model(models, rows, cfg, Path(report) if report else None)
     say(report, "save", "Saving the trained adapter")
     with writing(settings):
         peft_model.save_pretrained(staging / "adapter")
     say(report, "judge", f"Captioning {judged} with the new model")
-    after = judge_trained(models, peft_model, heldout, baseline, cfg)
+    judging = counter(report, "judge", "Captioning the held-out images with the new model")
+    after = judge_trained(models, peft_model, heldout, baseline, cfg, judging)
     say(report, "save", "Writing the new version (the merged model, its scores and card)")
     with writing(settings):
         write_version(staging, models, settings, cfg, examples, rows, heldout, baseline.before, after, stats)
@@ -222,9 +223,8 @@ def prepare(models: Models, feedback: FeedbackLog, examples: list[Example], cfg:
     import torch
 
     report = cfg.progress_file
-    if cfg.regression_images:
-        say(report, "prepare", f"Captioning up to {cfg.regression_images} stored images nobody corrected (the regression set)")
-    regression = regression_examples(models.live, feedback, {e.sha256 for e in examples}, cfg.regression_images)
+    regression = regression_examples(models.live, feedback, {e.sha256 for e in examples}, cfg.regression_images,
+                                     counter(report, "prepare", "Captioning stored images nobody corrected (the regression set)"))
     dtype = torch.bfloat16 if models.base.device.type == "cuda" else torch.float32
     try:
         rows, problems = to_tensors(examples + regression, models.base.processor, models.base.device, dtype,
@@ -264,10 +264,10 @@ def train_model(models: Models, rows: RowTensors, cfg: FinetuneConfig, progress_
     return peft_model, stats
 
 
-def judge_untrained(models: Models, heldout: list[Example]) -> Baseline:
+def judge_untrained(models: Models, heldout: list[Example], on_progress=None) -> Baseline:
     """Caption the held-out images with the live model (and the base, if it differs) before training."""
     inputs = [images.read_file(e.image_path) for e in heldout]
-    live_said = judge.captions(models.live, inputs)
+    live_said = judge.captions(models.live, inputs, on_progress)
     live_right = judge.right(live_said, heldout)
     live = judge.report(live_said, heldout, live_right)
     before = live if models.base is models.live else judge.report(judge.captions(models.base, inputs), heldout, live_right)
@@ -287,7 +287,8 @@ def judge_untrained(models: Models, heldout: list[Example]) -> Baseline:
     return Baseline(inputs, live_right, live, before, anchors, anchors_live)
 
 
-def judge_trained(models: Models, peft_model, heldout: list[Example], baseline: Baseline, cfg: FinetuneConfig) -> dict:
+def judge_trained(models: Models, peft_model, heldout: list[Example], baseline: Baseline, cfg: FinetuneConfig,
+                  on_progress=None) -> dict:  # fmt: skip
     """Merge the adapters, caption the held-out images, and refuse a model that is broken, worse or forgetful."""
     import torch
 
@@ -295,7 +296,7 @@ def judge_trained(models: Models, peft_model, heldout: list[Example], baseline: 
     if not all(bool(torch.isfinite(p).all()) for p in merged.parameters()):
         raise FinetuneError("the trained weights hold NaN or inf values; nothing was published")
     models.base.model = merged
-    after = judge.report(judge.captions(models.base, baseline.inputs), heldout, baseline.live_right)
+    after = judge.report(judge.captions(models.base, baseline.inputs, on_progress), heldout, baseline.live_right)
     if baseline.anchors:
         after["old"] = judge.on_anchors(judge.captions(models.base, baseline.anchors), baseline.anchors_live)
         log(f"anchors after: {after['old']['exact_match']:.0%} agree with the live model")

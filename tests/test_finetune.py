@@ -338,3 +338,18 @@ def test_too_few_rows_says_the_approved_rows_count_once_per_image(tiny_home):
         main(FinetuneConfig(home=str(tiny_home), min_rows=5))
     assert str(raised.value) == ("only 3 images with an approved caption (9 approved caption rows: the latest of each image "
                                  "counts); --min-rows is 5")  # it said "only 3 approved caption row(s)" of a log showing 9
+
+
+def test_captioning_the_regression_set_and_the_held_out_images_is_counted_in_the_progress(tiny_home, tmp_path):
+    log_rows(tiny_home, n=12, wrong=True)  # approved corrections
+    log_rows(tiny_home, n=6, seed=9, status="pending")  # confirmations nobody reviewed: the regression set's images
+    progress = tmp_path / "progress.jsonl"
+    main(FinetuneConfig(home=str(tiny_home), epochs=1, min_rows=5, heldout_fraction=0.5, recoloured_views=0,
+                        progress_file=str(progress), activate=False))  # fmt: skip
+    said = [json.loads(line).get("said", "") for line in progress.read_text().splitlines()]
+    assert "Captioning stored images nobody corrected (the regression set): 6 of 6" in said  # minutes of BLIP-base said nothing
+    live = [s for s in said if s.startswith("Captioning the held-out images with the live model: ")]
+    new = [s for s in said if s.startswith("Captioning the held-out images with the new model: ")]
+    assert live and new and live[-1].split(": ")[1] == new[-1].split(": ")[1]  # every held-out image, before and after
+    done, total = live[-1].split(": ")[1].split(" of ")
+    assert done == total and int(total) > 0
