@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -96,6 +97,28 @@ def export(log: FeedbackLog, out_dir: Path, fmt: str, on_progress: Progress | No
         raise
     report.count = len(sources)
     return report
+
+
+def new_export_folder(exports_dir: Path, fmt: str) -> Path:
+    """A new, empty folder for one export, named by the time and format (`20261207-190923-hf`, then `-2`, `-3`... for
+    others made in the same second, by this or another session): made here, so no two exports ever share one."""
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown export format {fmt!r}; use {' or '.join(FORMATS)}")
+    stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{fmt}"
+    try:
+        Path(exports_dir).mkdir(parents=True, exist_ok=True)
+        for number in range(1, 1000):
+            folder = Path(exports_dir) / (stem if number == 1 else f"{stem}-{number}")
+            if folder.with_name(folder.name + ".zip").exists():
+                continue  # a zip kept after its folder was removed: never overwritten
+            try:
+                folder.mkdir()
+                return folder
+            except FileExistsError:
+                continue
+    except OSError as exc:
+        raise ExportError(f"cannot make a folder for the export in {exports_dir}: {exc.strerror or exc}") from None
+    raise ExportError(f"{exports_dir} already holds 999 exports named {stem}: remove some")
 
 
 def _counter(total: int, on_progress: Progress | None) -> Callable[[], None]:

@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -198,11 +199,15 @@ def publish_folder(staging: Path, target: Path) -> None:
     """Give every file under staging the umask's mode and fsync it, then rename staging to target (absent or an
     empty folder): all or nothing."""
     staging, target = Path(staging), Path(target)
-    for path in sorted(staging.rglob("*"), key=lambda p: len(p.parts), reverse=True):
-        if path.is_file() and not path.is_symlink():
-            os.chmod(path, new_file_mode())  # writers that go through a temp file (safetensors' save) leave 0600:
-            fsync_path(path)  # another user's server could not load the weights it was told to serve
-        elif path.is_dir() and not path.is_symlink():
+    paths = sorted(staging.rglob("*"), key=lambda p: len(p.parts), reverse=True)
+    files = [path for path in paths if path.is_file() and not path.is_symlink()]
+    for path in files:  # writers that go through a temp file (safetensors' save) leave 0600:
+        os.chmod(path, new_file_mode())  # another user's server could not load the weights it was told to serve
+    # an fsync waits on the disk, not the CPU: one at a time, 3,000 exported photos took 9 s of a 14 s export
+    with ThreadPoolExecutor(max_workers=8, thread_name_prefix="fsync") as pool:
+        list(pool.map(fsync_path, files))
+    for path in paths:
+        if path.is_dir() and not path.is_symlink():
             os.chmod(path, 0o777 & ~UMASK)
             fsync_dir(path)
     os.chmod(staging, 0o777 & ~UMASK)

@@ -1,7 +1,8 @@
 """Retraining as a background job: `python -m finetune` in a subprocess, followed through its progress file.
 
 Each run has a folder models/.runs/<id>/ with job.json (pid and when it started, arguments), log.txt (its output) and
-progress.jsonl (steps as JSON lines, then a final record with the outcome), so any session, or a
+progress.jsonl (each phase, with its words and counts, and the training steps as JSON lines, then a final
+record with the outcome: finetune/progress.py), so any session, or a
 restarted app, can show it and cancel it.
 """
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 
 MAX_SEED = 2**63 - 1  # torch takes 64-bit seeds, and training also seeds a generator with seed + 1
+MAX_BATCH = 256  # rows a step: a BLIP-base step of 256 already needs tens of GiB; more only runs out of memory
+MAX_RANK = 256  # a LoRA rank past a few dozen teaches a captioner nothing more (the admin page's limit too)
+LONGEST = 10  # --epochs may train on at most this many times the steps of the automatic choice (epochs 0)
 
 
 def option(default, help: str):
@@ -19,9 +22,10 @@ class FinetuneConfig:
     """Everything a fine-tuning run needs; the defaults are the recipe the demo-world learning test passes with."""
 
     min_rows: int = option(20, "refuse to train on fewer approved caption rows than this")
-    epochs: int = option(0, "passes over the training rows; 0 = about 4,000 samples, and at least 3 passes")
+    epochs: int = option(0, "passes over the training rows; 0 = about 4,000 samples, and at least 3 passes; at most 10 "
+                         "times the steps of 0")
     lr: float = option(2e-3, "AdamW learning rate of the LoRA and token parameters")
-    lora_r: int = option(16, "LoRA rank")
+    lora_r: int = option(16, "LoRA rank, 1 to 256 and at most the width of the model's layers (128 in the demo model)")
     lora_alpha: int = option(0, "LoRA alpha; 0 = twice the rank")
     lora_dropout: float = option(0.0, "dropout on the LoRA path (each layer with it keeps another copy of its input)")
     lora_targets: str = option("text", "where LoRA adapters go: text (the caption decoder) or all (the vision tower's attention too)")
@@ -35,7 +39,7 @@ class FinetuneConfig:
     max_forgetting: float = option(
         0.02, "refuse a model whose held-out old-knowledge exact match drops by more than this (0.02 = 2 points)"
     )
-    batch_size: int = option(16, "rows per optimisation step")
+    batch_size: int = option(16, "rows per optimisation step, 1 to 256")
     heldout_fraction: float = option(
         0.15, "share of each group's images (a correction concept, confirmations, regression set; chosen by hash) kept "
         "out of training to judge the result"
@@ -75,12 +79,12 @@ class FinetuneConfig:
 
         need("min_rows", self.min_rows >= 1, "at least 1")
         need("epochs", self.epochs >= 0, "0 or more")
-        need("batch_size", self.batch_size >= 1, "at least 1")
+        need("batch_size", 1 <= self.batch_size <= MAX_BATCH, f"between 1 and {MAX_BATCH}")
         if self.batch_size == 1 and "old_share" not in not_finite and self.old_share > 0:  # each batch mixes new and old
             problems.append(f"--batch-size 1 cannot hold both new and old rows (--old-share {self.old_share:g}): "
                             "use 2 or more, or --old-share 0")  # fmt: skip
         need("lr", 0 < self.lr < 1, "between 0 and 1")
-        need("lora_r", self.lora_r >= 1, "at least 1")
+        need("lora_r", 1 <= self.lora_r <= MAX_RANK, f"between 1 and {MAX_RANK}")
         need("lora_alpha", self.lora_alpha >= 0, "0 (twice the rank) or more")
         need("lora_dropout", 0 <= self.lora_dropout < 1, "in [0, 1)")
         need("lora_targets", self.lora_targets in ("text", "all"), "text or all")
@@ -96,6 +100,16 @@ class FinetuneConfig:
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+
+    def check_length(self, rows: int, what: str = "images with an approved caption") -> None:
+        """A ValueError naming --epochs when it would train on these rows for more than LONGEST times the steps the
+        automatic choice takes (--epochs 1000 over 3,000 rows: 188,000 steps, over 6 hours of the demo model on 2 cores)."""
+        automatic, steps = replace(self, epochs=0).steps_for(rows), self.steps_for(rows)
+        if steps > LONGEST * automatic:
+            most = LONGEST * automatic // -(-max(rows, 1) // self.batch_size)
+            raise ValueError(f"--epochs {self.epochs} over {rows} {what} would train {steps:,} steps, more than "
+                             f"{LONGEST} times the {automatic:,} of --epochs 0 (automatic): use at most --epochs {most}")  # fmt: skip
 
 
 def _flag(name: str) -> str:

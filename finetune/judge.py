@@ -19,11 +19,12 @@ ANCHOR_IMAGES = 24  # enough that one forgotten image shows (4 points), few enou
 ANCHOR_SEED = 2025
 
 
-def captions(loaded, inputs) -> list[str]:
-    """Greedy captions of the inputs (ImageInput), in order; an image that fails gets ""."""
+def captions(loaded, inputs, on_progress=None) -> list[str]:
+    """Greedy captions of the inputs (ImageInput), in order; an image that fails gets ""; on_progress(done, total)."""
     if not inputs:
         return []
-    return [r.caption or "" for r in caption_images(loaded, inputs, GenerationOptions(num_beams=1), batch_size=32)]
+    said = caption_images(loaded, inputs, GenerationOptions(num_beams=1), batch_size=32, on_progress=on_progress)
+    return [r.caption or "" for r in said]
 
 
 def anchors(live) -> tuple[list, list[str]]:

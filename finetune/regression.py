@@ -14,13 +14,13 @@ from .tensors import RowTensors
 CONFIDENT = 0.5  # every word of the caption had at least this probability: the live model was sure of it
 
 
-def regression_examples(live, log: FeedbackLog, taken: set[str], limit: int) -> list[Example]:
-    """Up to `limit` stored, uncorrected images captioned (greedy) by the live model."""
+def regression_examples(live, log: FeedbackLog, taken: set[str], limit: int, on_progress=None) -> list[Example]:
+    """Up to `limit` stored, uncorrected images captioned (greedy) by the live model; on_progress(done, total)."""
     candidates = uncorrected_images(log, taken, limit) if limit > 0 else []
     if not candidates:
         return []
     inputs = [images.read_file(path) for path, _ in candidates]
-    said = caption_images(live, inputs, GenerationOptions(num_beams=1), batch_size=32)
+    said = caption_images(live, inputs, GenerationOptions(num_beams=1), batch_size=32, on_progress=on_progress)
     return [Example(path, r.caption, sha, REGRESSION) for (path, sha), r in zip(candidates, said) if r.ok and r.caption]
 
 

@@ -21,10 +21,11 @@ from . import judge
 from .config import FinetuneConfig, resolve_home
 from .data import DataError, Example, approved_examples, heldout_images
 from .errors import FinetuneError, NotLive, Refused
+from .progress import counter, say
 from .publish import write_version
 from .regression import keep_confident, regression_examples
 from .tensors import RowTensors, to_tensors
-from .trainer import TrainingError, distributed, train, with_lora
+from .trainer import TrainingError, check_rank, distributed, train, with_lora
 from .views import with_views
 
 
@@ -70,6 +71,10 @@ def main(cfg: FinetuneConfig) -> Path | None:
     settings = resolve_home(cfg)
     check_progress_file(cfg)
     examples = approved(FeedbackLog(settings.data_dir), cfg)  # before anything is written: a refused run writes nothing
+    try:
+        cfg.check_length(len(examples))  # a run of days is refused before the model loads, not found out
+    except ValueError as exc:
+        raise FinetuneError(str(exc)) from None
     if int(os.environ.get("RANK", "0")) != 0:  # another process of `accelerate launch`: it only trains
         retrain_and_publish(cfg, settings, examples, None)
         return None
@@ -93,6 +98,7 @@ def main(cfg: FinetuneConfig) -> Path | None:
             raise
         log(f"published models/{version} in {time.time() - started:.0f}s")
         if cfg.activate:
+            say(cfg.progress_file, "activate", f"Making {version} live (checked on a fixed set of images first)")
             make_live(settings, version, registry.ANY if live.problem else live.version)
         return settings.models_dir / version
     finally:
@@ -118,17 +124,28 @@ def make_live(settings, version: str, judged_against) -> None:
 
 def retrain_and_publish(cfg: FinetuneConfig, settings, examples: list[Example], staging: Path | None) -> str | None:
     """The steps of a run, in order; returns the published version (None in a process that only trains)."""
-    feedback = FeedbackLog(settings.data_dir)
+    feedback, report = FeedbackLog(settings.data_dir), cfg.progress_file
+    say(report, "load", "Loading the model to start from")
     models = load_models(cfg, settings)
+    try:
+        check_rank(models.base.model, cfg)  # before minutes of decoding images
+    except TrainingError as exc:
+        raise FinetuneError(str(exc)) from None
     rows, heldout = prepare(models, feedback, examples, cfg)
     if staging is None:
         train_model(models, rows, cfg, None)
         return None
-    baseline = judge_untrained(models, heldout)
-    peft_model, stats = train_model(models, rows, cfg, Path(cfg.progress_file) if cfg.progress_file else None)
+    judged = f"the {len(heldout)} held-out images" if heldout else "fixed check images (no image is held out)"
+    say(report, "judge", f"Captioning {judged} with the live model (before training)")
+    baseline = judge_untrained(models, heldout, counter(report, "judge", "Captioning the held-out images with the live model"))
+    peft_model, stats = train_model(models, rows, cfg, Path(report) if report else None)
+    say(report, "save", "Saving the trained adapter")
     with writing(settings):
         peft_model.save_pretrained(staging / "adapter")
-    after = judge_trained(models, peft_model, heldout, baseline, cfg)
+    say(report, "judge", f"Captioning {judged} with the new model")
+    judging = counter(report, "judge", "Captioning the held-out images with the new model")
+    after = judge_trained(models, peft_model, heldout, baseline, cfg, judging)
+    say(report, "save", "Writing the new version (the merged model, its scores and card)")
     with writing(settings):
         write_version(staging, models, settings, cfg, examples, rows, heldout, baseline.before, after, stats)
         return registry.publish(settings.models_dir, staging)
@@ -178,8 +195,11 @@ def approved(feedback: FeedbackLog, cfg: FinetuneConfig) -> list[Example]:
         raise FinetuneError(str(exc)) from None
     for problem in problems:
         log(f"skipping a broken row: {problem}")
-    if len(examples) < cfg.min_rows:
-        raise FinetuneError(f"only {len(examples)} approved caption row(s); --min-rows is {cfg.min_rows}")
+    if len(examples) < cfg.min_rows:  # images, not rows: 30 approved rows of 10 images said "only 10 approved rows"
+        rows = sum(r.task == "caption" and r.status == "approved" and bool(r.correction.strip()) for r in feedback.read()[0])
+        what = (f"{len(examples)} images with an approved caption ({rows} approved caption rows: the latest of each image "
+                "counts)" if rows != len(examples) else f"{len(examples)} approved caption row(s)")  # fmt: skip
+        raise FinetuneError(f"only {what}; --min-rows is {cfg.min_rows}")
     return examples
 
 
@@ -202,14 +222,19 @@ def prepare(models: Models, feedback: FeedbackLog, examples: list[Example], cfg:
     """Training rows on the device (corrections, confirmations, the confident regression set), and the held-out examples."""
     import torch
 
-    regression = regression_examples(models.live, feedback, {e.sha256 for e in examples}, cfg.regression_images)
+    report = cfg.progress_file
+    regression = regression_examples(models.live, feedback, {e.sha256 for e in examples}, cfg.regression_images,
+                                     counter(report, "prepare", "Captioning stored images nobody corrected (the regression set)"))
     dtype = torch.bfloat16 if models.base.device.type == "cuda" else torch.float32
     try:
-        rows, problems = to_tensors(examples + regression, models.base.processor, models.base.device, dtype)
+        rows, problems = to_tensors(examples + regression, models.base.processor, models.base.device, dtype,
+                                    on_progress=counter(report, "prepare", "Decoding images"))  # fmt: skip
     except DataError as exc:
         raise FinetuneError(str(exc)) from None
     for problem in problems:
         log(f"skipping an image that cannot be decoded: {problem}")
+    if regression:
+        say(report, "prepare", f"Checking which of the {len(regression)} regression images the live model is sure of")
     rows, unsure = keep_confident(models.live.model, rows)
     held = heldout_images(rows.examples, cfg.heldout_fraction)
     heldout_mask = torch.tensor([e.sha256 in held for e in rows.examples], device=rows.pixels.device)
@@ -217,6 +242,8 @@ def prepare(models: Models, feedback: FeedbackLog, examples: list[Example], cfg:
     counts = {kind: sum(e.kind == kind for e in train_rows.examples) for kind in ("correction", "confirmation", "regression")}
     log(f"{len(train_rows)} images to train on ({', '.join(f'{n} {k}s' for k, n in counts.items())}), {len(heldout)} held out"
         + (f"; {unsure} stored images left out of the regression set: the live model was unsure of them" if unsure else ""))
+    if cfg.recoloured_views:
+        say(report, "prepare", "Making recoloured views of the corrections")
     train_rows, views = with_views(models.base.model, models.base.processor.tokenizer, train_rows, cfg.recoloured_views)
     if views:
         log(f"{views} recoloured views of the corrections that taught no colour word")
@@ -225,6 +252,10 @@ def prepare(models: Models, feedback: FeedbackLog, examples: list[Example], cfg:
 
 def train_model(models: Models, rows: RowTensors, cfg: FinetuneConfig, progress_file: Path | None):
     """The base model with trained LoRA adapters, and the loss statistics."""
+    try:  # again with the rows it trains on: the regression set and recoloured views can multiply the approved ones
+        cfg.check_length(len(rows), "training rows (approved, regression set and recoloured views)")
+    except ValueError as exc:
+        raise FinetuneError(str(exc)) from None
     peft_model = with_lora(models.base.model, models.base.processor.tokenizer, rows, cfg)
     try:
         stats = train(peft_model, rows, cfg, progress_file, bf16=models.base.device.type == "cuda")
@@ -233,10 +264,10 @@ def train_model(models: Models, rows: RowTensors, cfg: FinetuneConfig, progress_
     return peft_model, stats
 
 
-def judge_untrained(models: Models, heldout: list[Example]) -> Baseline:
+def judge_untrained(models: Models, heldout: list[Example], on_progress=None) -> Baseline:
     """Caption the held-out images with the live model (and the base, if it differs) before training."""
     inputs = [images.read_file(e.image_path) for e in heldout]
-    live_said = judge.captions(models.live, inputs)
+    live_said = judge.captions(models.live, inputs, on_progress)
     live_right = judge.right(live_said, heldout)
     live = judge.report(live_said, heldout, live_right)
     before = live if models.base is models.live else judge.report(judge.captions(models.base, inputs), heldout, live_right)
@@ -256,7 +287,8 @@ def judge_untrained(models: Models, heldout: list[Example]) -> Baseline:
     return Baseline(inputs, live_right, live, before, anchors, anchors_live)
 
 
-def judge_trained(models: Models, peft_model, heldout: list[Example], baseline: Baseline, cfg: FinetuneConfig) -> dict:
+def judge_trained(models: Models, peft_model, heldout: list[Example], baseline: Baseline, cfg: FinetuneConfig,
+                  on_progress=None) -> dict:  # fmt: skip
     """Merge the adapters, caption the held-out images, and refuse a model that is broken, worse or forgetful."""
     import torch
 
@@ -264,7 +296,7 @@ def judge_trained(models: Models, peft_model, heldout: list[Example], baseline: 
     if not all(bool(torch.isfinite(p).all()) for p in merged.parameters()):
         raise FinetuneError("the trained weights hold NaN or inf values; nothing was published")
     models.base.model = merged
-    after = judge.report(judge.captions(models.base, baseline.inputs), heldout, baseline.live_right)
+    after = judge.report(judge.captions(models.base, baseline.inputs, on_progress), heldout, baseline.live_right)
     if baseline.anchors:
         after["old"] = judge.on_anchors(judge.captions(models.base, baseline.anchors), baseline.anchors_live)
         log(f"anchors after: {after['old']['exact_match']:.0%} agree with the live model")

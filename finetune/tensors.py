@@ -69,10 +69,12 @@ def caption_tokens(tokenizer, captions: list[str]):
     return input_ids, encoded.attention_mask, input_ids.masked_fill(encoded.attention_mask == 0, -100)
 
 
-def to_tensors(examples: list[Example], processor, device, dtype, workers: int | None = None) -> tuple[RowTensors, list[str]]:
+def to_tensors(examples: list[Example], processor, device, dtype, workers: int | None = None,
+               on_progress=None) -> tuple[RowTensors, list[str]]:  # fmt: skip
     """Every example's image decoded (worker threads) and preprocessed once into one (pinned, on a GPU machine)
     host tensor, moved to the device in one copy.
-    Returns the tensors and one line per image that could not be decoded (that row is left out)."""
+    on_progress(done, total) is called after each batch of images. Returns the tensors and one line per image that
+    could not be decoded (that row is left out)."""
     import torch
 
     prepare = partial(_pixels, processor, decode_side(processor), dtype)  # in the training dtype at once: half the memory in bf16
@@ -87,6 +89,8 @@ def to_tensors(examples: list[Example], processor, device, dtype, workers: int |
                 pixels = torch.empty((len(examples), *picture.shape), dtype=dtype, pin_memory=device.type == "cuda")
             pixels[len(kept)] = picture
             kept.append(example)
+        if on_progress:
+            on_progress(len(kept) + len(problems), len(examples))
     if not kept:
         raise DataError("none of the approved rows' images can be decoded: " + "; ".join(problems[:3]))
     examples, pixels = kept, pixels[: len(kept)]

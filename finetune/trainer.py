@@ -4,13 +4,12 @@ mixed from new and old knowledge, old rows held close to the live model (self-di
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .config import FinetuneConfig
+from .progress import note
 from .tensors import RowTensors
 
 # LoRA goes on every linear layer of the text decoder (self- and cross-attention query/key/value, their outputs,
@@ -46,9 +45,7 @@ class Progress:
         self.note({"phase": "train", "step": done, "steps": self.total, "loss": loss, "epoch": epoch})
 
     def note(self, record: dict) -> None:
-        if self.file:
-            with open(self.file, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps({"time": time.time(), **record}) + "\n")
+        note(self.file, record)
 
     def close(self) -> None:
         self.bar.close()
@@ -62,6 +59,24 @@ def new_word_ids(tokenizer, new_captions: list[str], old_captions: list[str]) ->
         return {i for caption in captions for i in tokenizer(caption, add_special_tokens=False).input_ids}
 
     return sorted(ids(new_captions) - ids(old_captions) - set(tokenizer.all_special_ids))
+
+
+def adapted_layers(model, cfg: FinetuneConfig) -> list:
+    """The linear layers LoRA adapts, matched by name as peft matches target_modules."""
+    import torch
+
+    targets = TEXT_TARGETS + (VISION_TARGETS if cfg.lora_targets == "all" else [])
+    return [module for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in targets]  # fmt: skip
+
+
+def check_rank(model, cfg: FinetuneConfig) -> None:
+    """TrainingError naming --lora-r when it exceeds the narrowest adapted layer: past that a rank adds parameters
+    (and memory) and no capacity, as a layer's update can have no higher rank than its own width."""
+    widths = [min(layer.in_features, layer.out_features) for layer in adapted_layers(model, cfg)]
+    if widths and cfg.lora_r > min(widths):
+        raise TrainingError(f"--lora-r {cfg.lora_r} is more than the width of the narrowest layer it adapts ({min(widths)} in "
+                            f"this model): a higher rank adds memory and no capacity; use at most --lora-r {min(widths)}")  # fmt: skip
 
 
 def with_lora(model, tokenizer, tensors: RowTensors, cfg: FinetuneConfig):

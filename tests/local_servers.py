@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import time
@@ -10,9 +11,17 @@ from pathlib import Path
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A port nothing listens on: any the OS gives, or one of CAPTIONER_TEST_PORTS (e.g. 8611-8619) where a shared
+    machine gives each user a range."""
+    first, _, last = os.environ.get("CAPTIONER_TEST_PORTS", "").partition("-")
+    for port in range(int(first), int(last or first) + 1) if first else [0]:
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return probe.getsockname()[1]
+    raise RuntimeError(f"no free port in CAPTIONER_TEST_PORTS={os.environ['CAPTIONER_TEST_PORTS']}")
 
 
 def wait_healthy(health_url: str, process: subprocess.Popen, name: str, log: Path, timeout: float) -> None:

@@ -167,6 +167,26 @@ def test_an_export_that_fails_unexpectedly_in_its_thread_says_so_on_the_page(adm
     click(login(admin), "Export approved rows")
     finish_export(admin)
     assert "The export failed: ValueError: a column pyarrow cannot type" in shown(admin.error)
+    assert list((home / "data" / "exports").iterdir()) == []  # neither its staging folder nor the one made for it
+
+
+def test_two_exports_in_the_same_second_from_two_sessions_both_succeed(admin, home, monkeypatch):
+    import time
+
+    from captioner.review import set_status
+
+    monkeypatch.setattr(time, "strftime", lambda *_: "20261207-190923")  # both presses in the same second
+
+    set_status(FeedbackLog(home / "data"), {r.id for r in rows(home)}, "approved", "test")
+    other = login(start_app("pages/admin.py"))  # a second admin
+    click(login(admin), "Export approved rows")
+    click(other, "Export approved rows")
+    finish_export(admin)
+    finish_export(other)
+    for app in (admin, other):
+        assert any("Exported 5 approved rows" in s.value for s in app.success), shown(app.error)
+    folders = sorted(p for p in (home / "data" / "exports").iterdir() if p.is_dir())
+    assert len(folders) == 2 and all(len(list(f.rglob("*.png"))) == 5 and f.with_name(f.name + ".zip").is_file() for f in folders)
 
 
 def test_export_approved_rows_from_the_page(admin, home, tmp_path):
@@ -485,3 +505,69 @@ def test_a_full_disk_during_an_action_is_one_message_and_the_log_is_untouched(ad
     click(admin, "Approve selected (1)")
     assert len(admin.error) == 1 and "No space left on device" in admin.error[0].value and not admin.exception
     assert not admin.success and (home / "data" / "feedback.csv").read_bytes() == before
+
+
+def selected_caption(app):
+    return [c.value for c in app.caption if "selected" in c.value][0]
+
+
+def test_tick_all_on_this_page_ticks_exactly_the_rows_shown_even_when_the_log_moved_before_the_press(many, home, demo_png):
+    shown = shown_ids(many)
+    edit(many, {3: {"correction": "typed first"}})  # typing on the table before the press is kept
+    FeedbackLog(home / "data").record(demo_png(), "png", task="caption", model_output="a blob", correction="just in")
+    click(many, "Tick all 25 on this page")  # the press was made on the table without the new row
+    assert selected_caption(many).startswith("25 selected") and "1 correction(s) edited" in selected_caption(many)
+    assert shown_ids(many)[1:] == shown[:24] and list(many.data_editor[0].value["select"]) == [False] + [True] * 24
+    many.run()  # a rerun keeps them
+    edit(many, {1: {"select": False}})  # untick one by hand: the rest stay
+    assert selected_caption(many).startswith("24 selected (1 not on this page)")
+    click(many, "Approve selected (24)")
+    status = {r.id: r.status for r in rows(home)}
+    assert sorted(i for i, s in status.items() if s == "approved") == sorted(shown[1:])
+    assert [r.correction for r in rows(home) if r.id == shown[3]] == ["typed first"]
+    assert selected_caption(many).startswith("0 selected") and not any(many.data_editor[0].value["select"])
+
+
+def test_tick_all_matching_reaches_rows_on_every_page_and_only_those(many, home):
+    [s for s in many.multiselect if s.label == "Status"][0].set_value(["pending"]).run()
+    [t for t in many.text_input if t.label == "Text contains"][0].set_value("row 1").run()  # row 01 and row 10-19
+    assert not [b for b in many.button if b.label.startswith("Tick all") and "matching" in b.label]  # all on one page
+    [t for t in many.text_input if t.label == "Text contains"][0].set_value("").run()
+    click(many, "Next page")
+    click(many, "Tick all 60 matching")
+    assert selected_caption(many).startswith("60 selected (35 not on this page)")
+    assert button(many, "Tick all 25 on this page").disabled
+    click(many, "Reject selected (60)")
+    assert {r.status for r in rows(home)} == {"rejected"} and len(rows(home)) == 60
+    assert "Rejected 60 row(s)." in shown(many.success) and selected_caption(many).startswith("0 selected")
+
+
+def test_unticking_all_keeps_the_corrections_typed_and_discarding_them_is_its_own_button(many, home):
+    edit(many, {0: {"correction": "typed, not ticked"}, 1: {"select": True}, 2: {"select": True}})
+    assert selected_caption(many).startswith("2 selected · 1 correction(s) edited")
+    click(many, "Untick all (2)")  # "Clear selection" dropped the typed correction with the ticks
+    assert selected_caption(many).startswith("0 selected · 1 correction(s) edited")
+    assert list(many.data_editor[0].value["correction"])[0] == "typed, not ticked" and not any(many.data_editor[0].value["select"])
+    edit(many, {3: {"select": True}})
+    click(many, "Discard edits (1)")
+    assert selected_caption(many).startswith("1 selected · 0 correction(s) edited")
+    assert list(many.data_editor[0].value["correction"])[0] == "row 00"  # the log's own text again
+    assert [r.correction for r in rows(home)].count("typed, not ticked") == 0
+
+
+def test_an_approval_without_a_reviewer_name_is_refused_and_nothing_is_lost(many, home):
+    [t for t in many.text_input if t.label.startswith("Your name")][0].set_value("  ").run()
+    edit(many, {0: {"select": True}})
+    click(many, "Approve selected (1)")
+    assert shown(many.error) == ["Not saved: the reviewer name is empty"]  # it was approved with no reviewer at all
+    assert {r.status for r in rows(home)} == {"pending"} and selected_caption(many).startswith("1 selected")
+
+
+def test_an_approval_made_by_mistake_can_be_reopened_as_pending(many, home):
+    click(many, "Tick all 25 on this page")
+    click(many, "Approve selected (25)")
+    assert sum(r.status == "approved" for r in rows(home)) == 25
+    [s for s in many.multiselect if s.label == "Status"][0].set_value(["approved"]).run()
+    click(many, "Tick all 25 on this page")
+    click(many, "Reopen selected (25)")  # only Reject was there: a wrong approval could not go back to pending
+    assert {r.status for r in rows(home)} == {"pending"} and "Reopened 25 row(s) as pending." in shown(many.success)

@@ -393,6 +393,69 @@ def test_admin_reviews_a_log_bigger_than_a_page_by_id_in_chromium(server, browse
     page.close()
 
 
+def admin_page(browser, url, home):
+    """The Admin page, logged in with the password the server made up and printed in its log."""
+    from playwright.sync_api import expect
+
+    page = browser.new_page(viewport={"width": 1400, "height": 1400})
+    page.set_default_timeout(90_000)
+    page.goto(f"{url}/admin")
+    expect(page.get_by_label("Password", exact=True)).to_be_visible()
+    log_text = (home / "streamlit.log").read_text()
+    page.get_by_label("Password", exact=True).fill(log_text.split("(set CAPTIONER_ADMIN_PASSWORD to choose one): ")[1].split()[0])
+    page.keyboard.press("Enter")
+    expect(page.locator('[data-testid="stDataFrame"]').first).to_be_visible()
+    settle(page)
+    return page
+
+
+def focus_by_tab(page, label_start: str, presses: int = 80) -> None:
+    """Press Tab until the focused element's text starts with label_start, as a keyboard user does."""
+    for _ in range(presses):
+        page.keyboard.press("Tab")
+        if page.evaluate("() => (document.activeElement.innerText || '').trim()").startswith(label_start):
+            return
+    raise AssertionError(f"no element starting {label_start!r} within {presses} Tab presses")
+
+
+def test_keyboard_only_an_admin_ticks_a_whole_filtered_page_approves_it_and_types_a_small_rate_in_chromium(server, browser):
+    from playwright.sync_api import expect
+
+    from captioner.review import Filters, matching_rows
+
+    url, home = server
+    log = FeedbackLog(home / "data")
+    first, _ = log.record(zoo.encode(zoo.demo("square", "green", 96), "PNG"), "png", task="caption",
+                          model_output="a blob", correction="kb row 00")  # fmt: skip
+    log.append([first._replace(id=f"kb-{i:02d}", correction=f"kb row {i:02d}", created_at=f"2026-02-01T00:00:{i:02d}+00:00")
+                for i in range(1, 40)])  # fmt: skip
+    page = admin_page(browser, url, home)
+    page.get_by_label("Text contains").focus()
+    page.keyboard.type("kb row")
+    page.keyboard.press("Enter")
+    expect(page.get_by_text("of 40 matching")).to_be_visible()
+    settle(page)
+    shown = [r.id for r in matching_rows(log.snapshot(), Filters(statuses=("pending",), text="kb row"), "newest")][:25]
+    focus_by_tab(page, "Tick all 25 on this page")
+    page.keyboard.press("Enter")
+    expect(page.get_by_text("25 selected · 0 correction(s) edited")).to_be_visible()
+    settle(page)
+    focus_by_tab(page, "Approve selected (25)", presses=10)
+    page.keyboard.press("Enter")
+    expect(page.get_by_text("Approved 25 row(s).")).to_be_visible()
+    approved = sorted(r.id for r in FeedbackLog(home / "data").read()[0] if r.status == "approved" and r.correction.startswith("kb"))
+    assert approved == sorted(shown)
+    expect(page.get_by_text("0 selected")).to_be_visible()  # nothing stays ticked
+
+    page.get_by_role("tab", name="Retrain").click()
+    rate = page.get_by_role("spinbutton", name="Learning rate")
+    expect(rate).to_have_value("2e-3")  # "%.5f" showed 0.00200
+    rate.fill("5e-6")
+    page.keyboard.press("Tab")
+    expect(rate).to_have_value("5e-6")  # it showed 0.00001
+    page.close()
+
+
 @pytest.fixture(scope="module")
 def echo_app(tmp_path_factory):
     """The app answering with `openai:echo` from a slow echo server (a word every 0.4 s, see chat_servers: an answer

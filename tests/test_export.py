@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from captioner.export import ExportError, export, zip_export
+from captioner.export import ExportError, export, new_export_folder, zip_export
 from captioner.feedback import FIELDS, FeedbackLog
 from captioner.review import set_status
 from conftest import needs
@@ -162,3 +162,29 @@ def test_an_export_without_caption_rows_never_gives_qa_rows_as_the_captions(tmp_
     with pytest.raises(ValueError, match="qa.*styles|styles.*qa"):  # no default: the caller must name one
         load_dataset(str(out), split="train", cache_dir=cache)
     assert sorted(load_dataset(str(out), "qa", split="train", cache_dir=cache)["text"]) == ["circle", "red"]
+
+
+def test_exports_started_in_the_same_second_each_get_their_own_folder_and_zip(log, tmp_path, monkeypatch):
+    import threading
+    import time
+
+    monkeypatch.setattr(time, "strftime", lambda *_: "20261207-190923")  # the same second for every one of them
+    exports = tmp_path / "data" / "exports"
+    (exports / "20261207-190923-hf-3.zip").parent.mkdir(parents=True)
+    (exports / "20261207-190923-hf-3.zip").write_bytes(b"an older export's zip, its folder removed")
+    outcomes = []
+
+    def one() -> None:
+        folder = new_export_folder(exports, "hf")
+        outcomes.append((folder.name, export(log, folder, "hf").count, zip_export(folder).name))
+
+    threads = [threading.Thread(target=one) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == [(name, 4, f"{name}.zip") for name in
+                                ["20261207-190923-hf", "20261207-190923-hf-2", "20261207-190923-hf-4", "20261207-190923-hf-5"]]  # fmt: skip
+    assert (exports / "20261207-190923-hf-3.zip").read_bytes().startswith(b"an older export")  # never overwritten
+    with pytest.raises(ExportError, match="unknown export format 'csv'"):
+        new_export_folder(exports, "csv")

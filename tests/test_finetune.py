@@ -250,6 +250,8 @@ def test_a_retrain_on_cuda_trains_in_bf16_and_publishes_full_precision_weights(h
     (["--batch-size", "1"], "--batch-size 1 cannot hold both new and old rows (--old-share 0.5): use 2 or more, or --old-share 0"),
     (["--seed", str(2**64)], f"--seed must be between 0 and {2**63 - 1}, not {2**64}"),
     (["--seed", "-1"], f"--seed must be between 0 and {2**63 - 1}, not -1"),
+    (["--batch-size", "100000"], "--batch-size must be between 1 and 256, not 100000"),  # ran until out of memory
+    (["--lora-r", "4096"], "--lora-r must be between 1 and 256, not 4096"),
 ])  # fmt: skip
 def test_an_option_out_of_range_is_one_error_naming_it_before_anything_is_read_or_written(tmp_path, argv, said):
     home = tmp_path / "home"
@@ -288,3 +290,66 @@ def test_out_of_memory_never_advises_a_batch_size_the_options_refuse(tiny_home, 
         main(quick(tiny_home, batch_size=4))
     with pytest.raises(FinetuneError, match=r"--batch-size 2; even the smallest batch does not fit on this GPU$"):
         main(quick(tiny_home, batch_size=2))
+
+
+def test_epochs_that_would_train_for_days_are_refused_before_the_model_loads(home, capsys):
+    log_rows(home, n=24)
+    with pytest.raises(FinetuneError) as raised:  # 24 rows, 2 steps a pass: 10,000 steps, 40 times the automatic 250
+        main(parse_args(["--epochs", "5000", "--home", str(home)]))
+    assert str(raised.value) == ("--epochs 5000 over 24 images with an approved caption would train 10,000 steps, more than 10 times the "
+                                 "250 of --epochs 0 (automatic): use at most --epochs 1250")  # fmt: skip
+    assert not (home / "models").exists() and "Loading the model" not in capsys.readouterr().err
+    FinetuneConfig(epochs=1250).check_length(24)  # the limit it names is accepted
+
+
+def test_a_lora_rank_wider_than_the_demo_models_layers_is_refused_before_its_images_are_decoded(home, monkeypatch, capsys):
+    monkeypatch.setenv("CAPTIONER_CAPTION_MODEL", "demo")  # 128 wide: rank 256 only adds memory
+    log_rows(home, n=24)
+    with pytest.raises(FinetuneError) as raised:
+        main(parse_args(["--lora-r", "256", "--home", str(home)]))
+    assert str(raised.value) == ("--lora-r 256 is more than the width of the narrowest layer it adapts (128 in this model): "
+                                 "a higher rank adds memory and no capacity; use at most --lora-r 128")  # fmt: skip
+    assert "Decoding images" not in capsys.readouterr().err and registry.list_versions(home / "models") == []
+
+
+def test_epochs_are_checked_again_against_the_rows_it_trains_on_which_views_multiply(tiny_home, capsys):
+    log = FeedbackLog(tiny_home / "data")
+    inputs, samples = demo_inputs(10, 4)
+    for item, truth in zip(inputs, samples):  # each teaches a shape, no colour: 6 recoloured views each join training
+        colour = truth.caption.split()[1]
+        log.record(item.data, "png", task="caption", model_output=f"a {colour} blob", correction=truth.caption, status="approved")
+    cfg = FinetuneConfig(home=str(tiny_home), epochs=2000, heldout_fraction=0.0, min_rows=5, regression_images=0)
+    cfg.check_length(10)  # 10 approved rows: 2,000 steps, within 10 times the automatic 250
+    with pytest.raises(FinetuneError) as raised:
+        main(cfg)
+    said = str(raised.value)  # 70 rows, 5 steps a pass: 10,000 steps would have run
+    assert said == ("--epochs 2000 over 70 training rows (approved, regression set and recoloured views) would train "
+                    "10,000 steps, more than 10 times the 250 of --epochs 0 (automatic): use at most --epochs 500")  # fmt: skip
+    assert registry.list_versions(tiny_home / "models") == []
+
+
+def test_too_few_rows_says_the_approved_rows_count_once_per_image(tiny_home):
+    log = FeedbackLog(tiny_home / "data")
+    inputs, samples = demo_inputs(3, 8)
+    for item, truth in zip(inputs, samples):
+        for said in ("a blob", "a thing", "a shape"):  # three approved rows of each image: the admin sees 9
+            log.record(item.data, "png", task="caption", model_output=said, correction=truth.caption, status="approved")
+    with pytest.raises(FinetuneError) as raised:
+        main(FinetuneConfig(home=str(tiny_home), min_rows=5))
+    assert str(raised.value) == ("only 3 images with an approved caption (9 approved caption rows: the latest of each image "
+                                 "counts); --min-rows is 5")  # it said "only 3 approved caption row(s)" of a log showing 9
+
+
+def test_captioning_the_regression_set_and_the_held_out_images_is_counted_in_the_progress(tiny_home, tmp_path):
+    log_rows(tiny_home, n=12, wrong=True)  # approved corrections
+    log_rows(tiny_home, n=6, seed=9, status="pending")  # confirmations nobody reviewed: the regression set's images
+    progress = tmp_path / "progress.jsonl"
+    main(FinetuneConfig(home=str(tiny_home), epochs=1, min_rows=5, heldout_fraction=0.5, recoloured_views=0,
+                        progress_file=str(progress), activate=False))  # fmt: skip
+    said = [json.loads(line).get("said", "") for line in progress.read_text().splitlines()]
+    assert "Captioning stored images nobody corrected (the regression set): 6 of 6" in said  # minutes of BLIP-base said nothing
+    live = [s for s in said if s.startswith("Captioning the held-out images with the live model: ")]
+    new = [s for s in said if s.startswith("Captioning the held-out images with the new model: ")]
+    assert live and new and live[-1].split(": ")[1] == new[-1].split(": ")[1]  # every held-out image, before and after
+    done, total = live[-1].split(": ")[1].split(" of ")
+    assert done == total and int(total) > 0

@@ -36,6 +36,12 @@ def test_a_retrain_runs_in_the_background_reports_progress_and_publishes(tiny_ho
     assert outcome["status"] == "published" and outcome["version"] == "v0001", run.log_tail()
     steps = [p for p in run.progress if p.get("phase") == "train"]
     assert steps and steps[-1]["step"] == steps[-1]["steps"] == 2
+    phases = [p["phase"] for p in run.progress]  # each stretch is said, not only the training steps
+    assert [p for i, p in enumerate(phases) if i == 0 or p != phases[i - 1]] == [
+        "load", "prepare", "judge", "train", "save", "judge", "save", "activate", "done"]  # fmt: skip
+    decoded = [p for p in run.progress if p.get("said", "").startswith("Decoding images")][-1]
+    assert decoded["done"] == decoded["total"] > 0 and decoded["said"] == f"Decoding images: {decoded['total']} of {decoded['total']}"
+    assert "finetune: Saving the trained adapter" in run.log_tail()
     assert "published models/v0001" in run.log_tail()
     assert retrain.latest(settings).id == run.id and registry.active_version(settings.models_dir) == "v0001"
 

@@ -7,7 +7,8 @@ import time
 import pytest
 
 from captioner.feedback import FeedbackLog, FeedbackRow
-from captioner.review import Filters, Selection, delete_rows, matching_rows, page_of, set_status, statistics
+from captioner.review import Filters, delete_rows, matching_rows, page_of, set_status, statistics
+from captioner.selection import Selection
 
 
 def make_rows(n, start=0, **fields):

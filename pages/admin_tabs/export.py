@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,7 +11,7 @@ import streamlit as st
 
 from pages.admin_tabs._ui import outbox
 from pages.ui.text import plain
-from captioner.export import ExportError, export, zip_export
+from captioner.export import ExportError, export, new_export_folder, zip_export
 from captioner.feedback import FeedbackError, FeedbackLog
 
 
@@ -35,6 +35,15 @@ class ExportJob:
 
 def _run(job: ExportJob, log: FeedbackLog, fmt: str, done: list) -> None:
     try:
+        _export(job, log, fmt, done)
+    finally:
+        if job.failure:
+            with contextlib.suppress(OSError):
+                job.target.rmdir()  # the folder made for it, left empty by the failure: gone (rmdir never removes files)
+
+
+def _export(job: ExportJob, log: FeedbackLog, fmt: str, done: list) -> None:
+    try:
         report = export(log, job.target, fmt, job.step("Copied rows:"))
         archive = zip_export(job.target, job.step("Zipped files:"))
         done[:] = [(report.count, report.by_config, report.skipped, str(job.target), str(archive))]
@@ -54,7 +63,11 @@ def render(log: FeedbackLog, data_dir: Path) -> None:
     jobs = outbox("export_jobs")  # in place: assigning to the session state is a point where a rerun stops the script
     busy = bool(jobs) and jobs[-1].thread.is_alive()
     if st.button("Export approved rows", disabled=busy):
-        job = ExportJob(data_dir / "exports" / f"{time.strftime('%Y%m%d-%H%M%S')}-{fmt}")
+        try:  # its own folder, even beside another session's export started in the same second
+            job = ExportJob(new_export_folder(data_dir / "exports", fmt))
+        except ExportError as exc:
+            st.error(plain(str(exc)))
+            return
         job.thread = threading.Thread(target=_run, args=(job, log, fmt, done), name="export", daemon=True)
         jobs[:] = [job]
         job.thread.start()

@@ -8,8 +8,9 @@ import streamlit as st
 from pages.admin_tabs._ui import failure_note, outbox, show_notes, thumbnails
 from captioner.feedback import STATUSES, TASKS, FeedbackError, FeedbackLog, FeedbackRow
 from captioner.feedback_snapshot import Snapshot
+from captioner.selection import Selection
 from captioner.review import (
-    PAGE_SIZES, SORTS, Filters, Selection, changed_since, delete_rows, edit_corrections, model_versions, page_of,
+    PAGE_SIZES, SORTS, Filters, changed_since, delete_rows, edit_corrections, matching_rows, model_versions, page_of,
     set_status,
 )  # fmt: skip
 
@@ -44,6 +45,7 @@ def render(log: FeedbackLog, snapshot: Snapshot) -> None:
     )  # fmt: skip
     selection.take(page.rows, [bool(v) for v in edited["select"]], ["" if v is None else str(v) for v in edited["correction"]])
     _pager(page.number, page.pages)
+    _tick_all(selection, page.rows, matching_rows(snapshot, filters, sort))  # remembered: page_of just made it
     _actions(log, snapshot, selection, {row.id for row in page.rows}, reviewer)
 
 
@@ -88,6 +90,22 @@ def _pager(number: int, pages: int) -> None:
     forward.button("Next page →", disabled=number >= pages, on_click=go, args=(number + 1,))
 
 
+def _tick_all(selection: Selection, shown: list[FeedbackRow], matching: list[FeedbackRow]) -> None:
+    """Tick every row on this page, or every row the filters match: the rows as this run shows them are bound to
+    the button (the lists, not the snapshot and its bytes), so a press ticks exactly what the admin saw, even when
+    the log changed before the press arrived."""
+    here, there = st.columns(2)
+    here.button(f"Tick all {len(shown)} on this page", disabled=not shown or all(r.id in selection.ids for r in shown),
+                on_click=_tick, args=(selection, shown))  # fmt: skip
+    if len(matching) > len(shown):
+        there.button(f"Tick all {len(matching)} matching", on_click=_tick, args=(selection, matching))
+
+
+def _tick(selection: Selection, rows: list[FeedbackRow]) -> None:
+    selection.catch_up(st.session_state.get(selection.shown_key))  # what the admin did on the table last shown stays
+    selection.tick(rows)
+
+
 def _actions(log: FeedbackLog, snapshot: Snapshot, selection: Selection, on_page: set[str], reviewer: str) -> None:
     notes = outbox("admin_notes")
     chosen, edits, seen = set(selection.ids), dict(selection.edits), dict(selection.before)
@@ -95,20 +113,27 @@ def _actions(log: FeedbackLog, snapshot: Snapshot, selection: Selection, on_page
     st.caption(f"{len(chosen)} selected" + (f" ({hidden} not on this page)" if hidden else "") + f" · {len(edits)} correction(s) edited")
     typed = len(chosen & set(edits))  # an approval or rejection takes the corrections typed in its rows with it
     with_typed = f", with {typed} edited correction(s)" if typed else ""
-    approve, reject, delete, save, clear = st.columns(5)
+    approve, reject, reopen, delete, save, untick, discard = st.columns(7)
     actions = {
         approve: (f"Approve selected ({len(chosen)})", not chosen, chosen,
                   lambda: f"Approved {set_status(log, chosen, 'approved', reviewer, edits, seen)} row(s){with_typed}."),
         reject: (f"Reject selected ({len(chosen)})", not chosen, chosen,
                  lambda: f"Rejected {set_status(log, chosen, 'rejected', reviewer, edits, seen)} row(s){with_typed}."),
+        reopen: (f"Reopen selected ({len(chosen)})", not chosen, chosen,  # an approval or rejection made by mistake
+                 lambda: f"Reopened {set_status(log, chosen, 'pending', reviewer, edits, seen)} row(s) as pending{with_typed}."),
         delete: (f"Delete selected ({len(chosen)})", not chosen, chosen, lambda: f"Deleted {delete_rows(log, chosen, seen)} row(s)."),
         save: (f"Save edits ({len(edits)})", not edits, set(edits),
                lambda: f"Saved {edit_corrections(log, edits, reviewer, seen)} correction(s)."),
-        clear: ("Clear selection", not chosen and not edits, chosen | set(edits), lambda: None),
     }  # fmt: skip
+    # neither writes; unticking keeps the corrections typed ("Clear selection" dropped them with the ticks)
+    for column, label, disabled, change in [(untick, f"Untick all ({len(chosen)})", not chosen, selection.untick),
+                                            (discard, f"Discard edits ({len(edits)})", not edits, selection.discard_edits)]:  # fmt: skip
+        if column.button(label, disabled=disabled):
+            change()
+            st.rerun()
     for column, (label, disabled, acted_on, act) in actions.items():
         if column.button(label, disabled=disabled):
-            others = changed_since(snapshot, acted_on, seen) if act is not actions[clear][3] else {}
+            others = changed_since(snapshot, acted_on, seen)
             try:  # no Streamlit call from the write to the append: nothing can stop the script in between
                 note = act()  # on disk (atomic rewrite under the lock) before the page says so
                 selection.done(acted_on)  # nothing stays ticked, on any page; edits of rows not acted on stay
@@ -117,7 +142,6 @@ def _actions(log: FeedbackLog, snapshot: Snapshot, selection: Selection, on_page
             if note and others:  # another session got there first: theirs stands, and the admin is told
                 note += (f" {len(others)} row(s) changed in another session since you saw them were left as they are "
                          f"({', '.join(sorted(set(others.values())))}): look at them again.")  # fmt: skip
-            if note:
-                notes.append(note)
+            notes.append(note)
             st.rerun()
     show_notes(notes)
