@@ -199,7 +199,7 @@ def test_demo_images_writes_pictures_and_captions(tmp_path):
 
 def test_a_folder_bigger_than_memory_is_read_a_chunk_ahead_and_written_as_it_goes(home, tmp_path, monkeypatch):
     """A curator's folder of any size: files are read at most a chunk ahead of the two chunks being captioned, and
-    the rows of each finished chunk are in --out before more is read (an interrupted run keeps them)."""
+    the rows of each finished chunk are in --out's .partial file before more is read (an interrupted run keeps them)."""
     from captioner.cli import captions
     from captioner.cli.parser import build_parser
     from captioner.settings import Settings
@@ -210,16 +210,16 @@ def test_a_folder_bigger_than_memory_is_read_a_chunk_ahead_and_written_as_it_goe
     for i, (shape, colour) in enumerate(pictures * 2):
         write(folder, f"{i:02d}.png", zoo.encode(zoo.demo(shape, colour), "PNG"))
     write(folder, "03.png", b"not a picture")  # unreadable as an image: its row says so, in place
-    out = tmp_path / "captions.jsonl"
+    out, partial = tmp_path / "captions.jsonl", tmp_path / "captions.jsonl.partial"
     read, seen = [], []
     real_read, real_caption = captions.read_file, captions.caption_images
 
     def counted_read(path):
-        read.append(out.read_text().count("\n"))  # the rows written when this file is read
+        read.append(partial.read_text().count("\n"))  # the rows written when this file is read
         return real_read(path)
 
     def caption_seen(loaded, inputs, *args, **kwargs):
-        seen.append((len(read), out.read_text().count("\n")))
+        seen.append((len(read), partial.read_text().count("\n")))
         return real_caption(loaded, inputs, *args, **kwargs)
 
     monkeypatch.setattr(captions, "CHUNK_FILES", 3)
@@ -336,3 +336,53 @@ def test_a_version_folder_named_as_under_captioner_home_is_found_from_any_folder
     assert wrong.returncode == 2 and "(a fine-tuned version is `active`, or its folder: models/v0001)" in wrong.stderr
     done = run_cli("caption", picture, "--model", "models/v0001", cwd=elsewhere)  # as the hint says
     assert done.returncode == 0 and json.loads(done.stdout)["caption"] == "a red circle", done.stderr
+
+
+def test_a_run_stopped_midway_leaves_the_results_of_the_run_before_and_its_own_rows_beside(home, tmp_path, monkeypatch, capsys):
+    """`caption --out results.jsonl` again on the same file, stopped by Ctrl-C: the first run's results were emptied
+    at the start. The file before stays as it was; the stopped run's rows are in results.jsonl.partial."""
+    import pytest
+
+    from captioner.cli import captions
+    from captioner.cli.parser import build_parser
+    from captioner.settings import Settings
+
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    for i in range(8):
+        write(folder, f"{i}.png", zoo.encode(zoo.demo("circle", "red"), "PNG"))
+    out = tmp_path / "results.jsonl"
+
+    def args():
+        return build_parser().parse_args(["caption", str(folder), "--model", "demo", "--num-beams", "1", "--out", str(out)])
+
+    assert captions.cmd_caption(args(), Settings.from_env()) == 0
+    first = out.read_bytes()
+    assert first.count(b"\n") == 8 and not (tmp_path / "results.jsonl.partial").exists()
+
+    real_read = captions.read_file
+
+    def stopped_at_the_seventh(path):
+        if path.name == "6.png":
+            raise KeyboardInterrupt  # Ctrl-C while the last chunk is read
+        return real_read(path)
+
+    monkeypatch.setattr(captions, "CHUNK_FILES", 2)
+    monkeypatch.setattr(captions, "read_file", stopped_at_the_seventh)
+    capsys.readouterr()
+    with pytest.raises(KeyboardInterrupt):
+        captions.cmd_caption(args(), Settings.from_env())
+    assert out.read_bytes() == first  # the results of the run before, whole
+    partial = tmp_path / "results.jsonl.partial"
+    done = [json.loads(line) for line in partial.read_text().splitlines()]
+    assert 2 <= len(done) < 8 and [row["path"] for row in done] == [str(folder / f"{i}.png") for i in range(len(done))]
+    said = f"--out {out}: the run did not finish; the file before is unchanged, and the rows done are in {partial}"
+    assert said in capsys.readouterr().err
+
+    monkeypatch.setattr(captions, "read_file", real_read)
+    out.chmod(0o640)
+    write(folder, "8.png", zoo.encode(zoo.demo("square", "blue"), "PNG"))
+    assert captions.cmd_caption(args(), Settings.from_env()) == 0  # a finished run replaces the file, as a whole
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 9 and rows[-1]["caption"] == "a blue square" and not partial.exists()
+    assert out.stat().st_mode & 0o777 == 0o640  # and keeps its permissions

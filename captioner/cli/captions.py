@@ -18,6 +18,7 @@ from ..restyle import detail_facts, restyle_batch
 from ..settings import Settings
 from ..styles import DETAILED, StyleError, style_for, style_notice
 from .common import UserError, say
+from .output import open_output
 from .serving import load_for_cli
 
 
@@ -64,8 +65,9 @@ def cmd_caption(args, settings: Settings) -> int:
     except BrokenPipeError:  # the reader stopped reading (`| head`): nothing to say, the rest is not wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the flush at exit does not complain
         return 1
-    except OSError as exc:  # a full disk, a removed drive: what was written before stays
-        say(f"{args.out or 'standard output'}: cannot be written ({exc.strerror or exc}); the rows before were written")
+    except OSError as exc:  # a full disk, a removed drive: what was written before stays (--out says where)
+        said = f"{args.out}: cannot be written" if args.out else "standard output: cannot be written"
+        say(f"{said} ({exc.strerror or exc})" + ("" if args.out else "; the rows before were written"))
         return 1
     return 1 if failed else 0
 
@@ -298,18 +300,3 @@ def unglobbed(raw: list[str]) -> list[str]:
         matches = glob.has_magic(item) and not os.path.lexists(item) and sorted(glob.glob(item, recursive=True))
         expanded.extend(matches or [item])
     return expanded
-
-
-def open_output(out: Path | None):
-    """The --out file (written as rows are done), or stdout; one clear error when it cannot be written."""
-    import contextlib
-
-    if not out:  # a file name that is not UTF-8 (Linux allows any bytes) goes out as its own bytes in CSV and text
-        if sys.stdout is None:  # started with stdout closed (`>&-`): Python has no stream to write to
-            raise UserError("standard output is closed; give --out FILE")
-        sys.stdout.reconfigure(errors="surrogateescape")
-        return contextlib.nullcontext(sys.stdout)
-    try:
-        return open(out, "w", encoding="utf-8", errors="surrogateescape", newline="")
-    except OSError as exc:
-        raise UserError(f"--out {out}: cannot be written ({exc.strerror or exc})") from None

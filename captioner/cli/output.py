@@ -1,0 +1,89 @@
+"""Where `caption` writes its rows: stdout, or an --out file that a run replaces only once it is complete."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from .common import UserError, say
+
+PARTIAL_SUFFIX = ".partial"  # beside --out: the rows of a run not yet finished (what a stopped run keeps)
+
+
+def open_output(out: Path | None):
+    """The --out file, or stdout; one clear error when it cannot be written. A regular --out file is written as
+    <out>.partial and renamed over --out when the run is complete: a run stopped midway (Ctrl-C, a crash, a full
+    disk) leaves the file of the run before as it was, and its own rows in the .partial file."""
+    if not out:  # a file name that is not UTF-8 (Linux allows any bytes) goes out as its own bytes in CSV and text
+        if sys.stdout is None:  # started with stdout closed (`>&-`): Python has no stream to write to
+            raise UserError("standard output is closed; give --out FILE")
+        sys.stdout.reconfigure(errors="surrogateescape")
+        return contextlib.nullcontext(sys.stdout)
+    target = Path(os.path.realpath(out))  # a link to the results file: the file it leads to is the one replaced
+    try:
+        if target.exists() and not target.is_file():  # /dev/null, a pipe, a terminal: nothing to keep or rename
+            return open(out, "w", encoding="utf-8", errors="surrogateescape", newline="")
+        if target.exists() and not os.access(target, os.W_OK):  # made read-only to keep it: it is not replaced
+            raise PermissionError(13, "Permission denied")
+        return _ReplacedWhenComplete(out, target)
+    except OSError as exc:
+        raise UserError(f"--out {out}: cannot be written ({exc.strerror or exc})") from None
+
+
+class _ReplacedWhenComplete:
+    """A text file written as <target>.partial, fsynced and renamed onto target when the with-block ends without an
+    exception; otherwise the partial file is left with the rows written (or removed if there are none) and said."""
+
+    def __init__(self, out: Path, target: Path):
+        self.out, self.target = out, target
+        self.partial = target.with_name(target.name + PARTIAL_SUFFIX)
+        self.file = open(self.partial, "w", encoding="utf-8", errors="surrogateescape", newline="")
+        self.written = False
+
+    def write(self, text: str) -> int:
+        self.written = self.written or bool(text)
+        return self.file.write(text)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, trace) -> None:
+        if kind is None:
+            try:
+                self.file.flush()
+                os.fsync(self.file.fileno())  # the rows are on disk before the name points at them
+                self.file.close()
+                with contextlib.suppress(OSError):  # the results keep the old file's permissions (a shared folder's)
+                    if self.target.is_file():
+                        shutil.copymode(self.target, self.partial)
+                os.replace(self.partial, self.target)
+                return
+            except OSError:
+                self._left_unfinished()
+                raise
+        self._left_unfinished()
+
+    def _left_unfinished(self) -> None:
+        with contextlib.suppress(OSError):  # a full disk may refuse the last flush: what is there stays
+            self.file.close()
+        kept = "the file before is unchanged" if self.target.exists() else "nothing was written there"
+        if self.written and _size(self.partial):
+            say(f"--out {self.out}: the run did not finish; {kept}, and the rows done are in {self.partial}")
+        else:
+            with contextlib.suppress(OSError):
+                self.partial.unlink()
+            say(f"--out {self.out}: the run did not finish; {kept}")
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
