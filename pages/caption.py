@@ -19,6 +19,7 @@ from pages.ui.text import plain
 from pages.ui import similar as fix_similar
 from pages.ui import results as kept
 from pages.ui import uploads
+from pages.ui.caption_box import caption_box, forget_drafts, show_in_box
 
 state = st.session_state
 state.setdefault("samples", [])
@@ -125,15 +126,14 @@ for result in results:
         continue
     key, saved_key = kept.card_key(result), kept.picture_key(result)
     if saved_key in box_updates:  # a look-alike fixed, or a copy of this picture saved, on another card:
-        state[f"edit-{key}"] = box_updates[saved_key]  # its box shows it (set before the box is made)
+        show_in_box(result, box_updates[saved_key])  # its box shows it
     with st.container(border=True):
         picture, text = st.columns([1, 2])
         picture.image(result.thumbnail, caption=plain(result.name))
         text.caption(f"{result.model} · version {result.model_version}")  # names the app gave, not data
         if result.score is not None:
             text.caption(f"confidence {round(result.score, 2) + 0.0:.2f} (mean token log-probability; 0 is certain)")
-        edited = text.text_area("Caption", value=saved_text(result) or result.caption, key=f"edit-{key}")  # back from
-        # another page (which empties the box), it shows what was saved
+        edited = caption_box(text, result, saved_text(result) or result.caption)  # what was saved, or what is typed
         save, confirm, similar = text.columns(3)
         if save.button("Save correction", key=f"save-{key}", type="primary"):
             log_feedback(result, edited, key)
@@ -153,6 +153,7 @@ for result in results:
         fix_similar.show(key, text, options)
         styles.show(result, style, rewriter, text, key)
 
+forget_drafts(results)
 rows = [
     {"path": r.name, "caption": r.caption, "score": r.score, "error": r.error, "correction": saved_text(r),
      **(styles.styled_column(r, style, rewriter, kept.card_key(r)) if r.ok else {})}

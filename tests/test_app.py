@@ -237,3 +237,22 @@ def test_the_downloads_carry_the_saved_corrections_and_a_changed_text_is_not_cal
     assert any("Edited since it was saved" in c.value for c in app.caption)
     confidence = next(c.value for c in app.caption if "confidence" in c.value)
     assert "-0.00" not in confidence
+
+
+def test_text_typed_and_not_saved_stays_when_a_setting_changes_the_caption_or_another_page_is_visited(app, home):
+    """A person types a correction, then tries fewer max tokens before saving: the box went back to the new caption and
+    the typing was lost. It stays, per picture; a box left as it was follows the caption of the new settings."""
+    upload(app, ("circle.png", zoo.encode(zoo.demo("circle", "red"), "PNG")), ("sq.png", zoo.encode(zoo.demo("square", "blue"), "PNG")))
+    app.text_area[0].set_value("a crimson circle")
+    app.slider(key="gen_max_new_tokens").set_value(1).run()  # the captions become "a"
+    assert [t.value for t in app.text_area] == ["a crimson circle", "a"]
+    app.slider(key="gen_max_new_tokens").set_value(30).run()
+    assert [t.value for t in app.text_area] == ["a crimson circle", "a blue square"]
+    for page in ("pages/chat.py", "pages/caption.py"):
+        app.switch_page(page).run()
+        assert not app.exception, app.exception
+    assert [t.value for t in app.text_area] == ["a crimson circle", "a blue square"]
+    button(app, "Save correction").click().run()
+    assert [(row.model_output, row.correction) for row in rows(home)] == [("a red circle", "a crimson circle")]
+    assert [t.value for t in app.text_area] == ["a crimson circle", "a blue square"] and "Correction saved." in app.success[0].value
+
