@@ -5,6 +5,7 @@ from pages import inside_the_app
 inside_the_app()  # first: a deep link on a fresh server is rerun inside the app before this page loads anything
 
 import random
+from collections import Counter
 from contextlib import closing
 
 import streamlit as st
@@ -70,16 +71,16 @@ progress = st.empty()  # in every run: the cards below keep their places (a box 
 
 def caption_todo(bar) -> None:
     """Caption todo, keeping each result as it comes: a run cut short (a file added, a click, Stop) keeps those done."""
-    finished = 0
+    outcomes = Counter()  # captioned, and the files that could not be read, apart: they add up to what is shown
 
     def report() -> None:  # also the engine's heartbeat: a rerun asked for meanwhile stops the wait here
-        bar.progress(finished / len(todo), f"Captioned {finished} of {len(todo)}")
+        bar.progress(outcomes.total() / len(todo), kept.progress_text(outcomes, len(todo)))
 
     thumbnails = kept.needs_thumbnails(state.thumbnails, todo)
     with closing(caption_stream(loaded, todo, options, thumbnails=thumbnails, heartbeat=report)) as stream:
         for item, result in zip(todo, stream):
             kept.remember(state.captions, state.thumbnails, result_key(item), item, result)
-            finished += 1
+            outcomes[kept.outcome(result)] += 1
             report()
 
 

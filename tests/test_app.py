@@ -256,3 +256,23 @@ def test_text_typed_and_not_saved_stays_when_a_setting_changes_the_caption_or_an
     assert [(row.model_output, row.correction) for row in rows(home)] == [("a red circle", "a crimson circle")]
     assert [t.value for t in app.text_area] == ["a crimson circle", "a blue square"] and "Correction saved." in app.success[0].value
 
+
+def test_the_progress_counts_files_that_could_not_be_read_apart_from_the_captioned(home):
+    """A folder with broken files: the progress said "Captioned 3 of 3" while only 2 cards came; it counts them apart."""
+    from collections import Counter
+
+    from captioner.caption import caption_images
+    from captioner.models import load_captioner
+    from captioner.settings import Settings
+    from pages.ui.results import outcome, progress_text
+
+    inputs = [ImageInput("a.png", zoo.encode(zoo.demo("circle", "red"), "PNG")), ImageInput("broken.png", b"\x89PNG\r\n\x1a\n"),
+              ImageInput("b.png", zoo.encode(zoo.demo("square", "blue"), "PNG")), ImageInput("notes.jpg", b"plain text")]
+    results = caption_images(load_captioner("demo", Settings.from_env()), inputs)
+    outcomes = Counter()
+    said = []
+    for result in results:
+        outcomes[outcome(result)] += 1
+        said.append(progress_text(outcomes, len(inputs)))
+    assert said == ["1 of 4 captioned", "1 of 4 captioned, 1 could not be read", "2 of 4 captioned, 1 could not be read",
+                    "2 of 4 captioned, 2 could not be read"]
