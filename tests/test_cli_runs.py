@@ -92,3 +92,29 @@ def test_a_run_stopped_midway_leaves_the_results_of_the_run_before_and_its_own_r
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 9 and rows[-1]["caption"] == "a blue square" and not partial.exists()
     assert out.stat().st_mode & 0o777 == 0o640  # and keeps its permissions
+
+
+def test_a_second_run_writing_the_same_out_while_one_is_under_way_is_refused(home, tmp_path):
+    """Two runs with one --out (a cron job overlapping the one before) wrote their rows into one file, interleaved."""
+    import fcntl
+
+    import pytest
+
+    from captioner.cli import captions
+    from captioner.cli.common import UserError
+    from captioner.cli.parser import build_parser
+    from captioner.settings import Settings
+
+    picture = write(tmp_path, "p.png", zoo.encode(zoo.demo("circle", "red"), "PNG"))
+    out = tmp_path / "results.jsonl"
+    out.write_text("the run before\n")
+    args = build_parser().parse_args(["caption", str(picture), "--model", "demo", "--out", str(out)])
+    with open(tmp_path / "results.jsonl.partial", "a") as under_way:  # as the run under way holds it
+        fcntl.flock(under_way.fileno(), fcntl.LOCK_EX)
+        under_way.write('{"path": "half a row')
+        under_way.flush()
+        with pytest.raises(UserError, match=r"results.jsonl: another run is writing it now \(.*results.jsonl.partial\)"):
+            captions.cmd_caption(args, Settings.from_env())
+        assert (tmp_path / "results.jsonl.partial").read_text() == '{"path": "half a row' and out.read_text() == "the run before\n"
+    assert captions.cmd_caption(args, Settings.from_env()) == 0  # that run gone (its lock with it): this one runs
+    assert json.loads(out.read_text())["caption"] == "a red circle"

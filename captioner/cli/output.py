@@ -10,6 +10,11 @@ from pathlib import Path
 
 from .common import UserError, say
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; a file open in one run cannot be replaced by another there anyway
+    fcntl = None
+
 PARTIAL_SUFFIX = ".partial"  # beside --out: the rows of a run not yet finished (what a stopped run keeps)
 
 
@@ -40,8 +45,26 @@ class _ReplacedWhenComplete:
     def __init__(self, out: Path, target: Path):
         self.out, self.target = out, target
         self.partial = target.with_name(target.name + PARTIAL_SUFFIX)
-        self.file = open(self.partial, "w", encoding="utf-8", errors="surrogateescape", newline="")
+        self.file = self._open_locked()
+        self.file.truncate(0)  # what a stopped run left: this run's rows replace it
         self.written = False
+
+    def _open_locked(self):
+        """The partial file, opened and locked: two runs writing one --out at once (an overlapping cron job) would
+        interleave their rows. The lock is the system's, let go when a run dies; the run holding it keeps it until
+        its file is renamed onto --out, so a lock got on a file renamed meanwhile is let go and taken again."""
+        while True:
+            file = open(self.partial, "a", encoding="utf-8", errors="surrogateescape", newline="")
+            if fcntl is None:
+                return file
+            try:
+                fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                file.close()
+                raise UserError(f"--out {self.out}: another run is writing it now ({self.partial})") from None
+            if os.path.exists(self.partial) and os.path.samestat(os.fstat(file.fileno()), os.stat(self.partial)):
+                return file
+            file.close()
 
     def write(self, text: str) -> int:
         self.written = self.written or bool(text)
@@ -58,11 +81,13 @@ class _ReplacedWhenComplete:
             try:
                 self.file.flush()
                 os.fsync(self.file.fileno())  # the rows are on disk before the name points at them
-                self.file.close()
                 with contextlib.suppress(OSError):  # the results keep the old file's permissions (a shared folder's)
                     if self.target.is_file():
                         shutil.copymode(self.target, self.partial)
+                if fcntl is None:  # Windows renames no open file
+                    self.file.close()
                 os.replace(self.partial, self.target)
+                self.file.close()  # the lock goes only now: no other run can take this file before it is --out
                 return
             except OSError:
                 self._left_unfinished()
