@@ -24,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("--repetition-penalty", type=float, default=1.0)
     cap.add_argument("--prompt", default="", help="caption prefix (conditional captioning)")
     cap.add_argument("--format", choices=["jsonl", "csv", "txt"], default="jsonl")
-    cap.add_argument("--out", type=Path, help="write here instead of stdout (-: stdout)")
+    cap.add_argument("--out", type=Path, help="write here instead of stdout (-: stdout); rows go to OUT.partial "
+                     "as they are done, renamed to OUT when the run is complete")
     styling = cap.add_mutually_exclusive_group()
     styling.add_argument("--style", choices=STYLES, help="also rewrite each caption in a style (output: \"styled\")")
     styling.add_argument("--style-instruction", metavar="TEXT", help="your own style instruction instead of --style")
