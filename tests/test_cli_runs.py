@@ -118,3 +118,14 @@ def test_a_second_run_writing_the_same_out_while_one_is_under_way_is_refused(hom
         assert (tmp_path / "results.jsonl.partial").read_text() == '{"path": "half a row' and out.read_text() == "the run before\n"
     assert captions.cmd_caption(args, Settings.from_env()) == 0  # that run gone (its lock with it): this one runs
     assert json.loads(out.read_text())["caption"] == "a red circle"
+
+
+def test_an_out_in_a_missing_folder_is_said_before_any_model_is_loaded(home, tmp_path):
+    """--out in a folder with a typo was said only once the model had loaded (minutes for a hub model): here the
+    model spec does not exist either, and the --out error comes first, as the only line."""
+    from conftest import run_cli
+
+    picture = write(tmp_path, "p.png", zoo.encode(zoo.demo("circle", "red"), "PNG"))
+    for out, why in ((tmp_path / "no-such-folder" / "out.jsonl", "No such file or directory"), (tmp_path, "Is a directory")):
+        done = run_cli("caption", picture, "--model", "no-such/captioner", "--out", out)
+        assert done.returncode == 2 and done.stderr.splitlines() == [f"captioner: --out {out}: cannot be written ({why})"]

@@ -18,7 +18,7 @@ from ..settings import Settings
 from ..styles import DETAILED, StyleError, style_for, style_notice
 from .common import UserError, say
 from .inputs import expand_paths, refuse_an_input_as_output
-from .output import open_output
+from .output import open_output, refuse_an_output_with_no_folder
 from .serving import load_for_cli
 
 
@@ -45,6 +45,7 @@ def cmd_caption(args, settings: Settings) -> int:
         args.out = None
     paths, failed = expand_paths(args.paths)
     refuse_an_input_as_output(args.out, paths)
+    refuse_an_output_with_no_folder(args.out)  # before a model that may take minutes to load
     loaded = load_for_cli("caption", args.model, settings)
     try:
         check_options(loaded, options)  # one error up front, not the same one on every image

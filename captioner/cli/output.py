@@ -38,6 +38,17 @@ def open_output(out: Path | None):
         raise UserError(f"--out {out}: cannot be written ({exc.strerror or exc})") from None
 
 
+def refuse_an_output_with_no_folder(out: Path | None) -> None:
+    """A UserError when --out is a folder or its folder does not exist: said at once, not after the model loads."""
+    if not out:
+        return
+    target = Path(os.path.realpath(out))
+    if target.is_dir():
+        raise UserError(f"--out {out}: cannot be written (Is a directory)")
+    if not target.parent.is_dir():
+        raise UserError(f"--out {out}: cannot be written (No such file or directory)")
+
+
 class _ReplacedWhenComplete:
     """A text file written as <target>.partial, fsynced and renamed onto target when the with-block ends without an
     exception; otherwise the partial file is left with the rows written (or removed if there are none) and said."""
