@@ -57,6 +57,7 @@ style, rewriter = styles.picker()
 inputs = list({(item.name, item.sha256): item for item in uploaded + state.samples}.values())  # each image once
 if not inputs:
     kept.forget(state.captions, state.thumbnails, [])  # the last image removed: the chat and search pages forget it too
+    forget_drafts([])  # and its box's typing: uploaded again, it starts from its caption
     st.info("Upload images, or make a few demo samples, to get captions.")
     st.stop()
 

@@ -257,6 +257,17 @@ def test_text_typed_and_not_saved_stays_when_a_setting_changes_the_caption_or_an
     assert [t.value for t in app.text_area] == ["a crimson circle", "a blue square"] and "Correction saved." in app.success[0].value
 
 
+def test_text_typed_for_an_image_then_removed_is_gone_when_it_is_uploaded_again(app, home):
+    """Removing the last image kept its box's unsaved typing, which came back when the picture was uploaded again."""
+    circle = ("circle.png", zoo.encode(zoo.demo("circle", "red"), "PNG"))
+    upload(app, circle)
+    app.text_area[0].set_value("typed, then thrown away").run()
+    upload(app)  # the uploader's x: no image left
+    assert not app.text_area
+    upload(app, circle)
+    assert [t.value for t in app.text_area] == ["a red circle"]
+
+
 def test_the_progress_counts_files_that_could_not_be_read_apart_from_the_captioned(home):
     """A folder with broken files: the progress said "Captioned 3 of 3" while only 2 cards came; it counts them apart."""
     from collections import Counter

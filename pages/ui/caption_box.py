@@ -37,8 +37,9 @@ def show_in_box(result: CaptionResult, text: str) -> None:
 
 
 def forget_drafts(results: list[CaptionResult]) -> None:
-    """Drop the boxes of pictures no longer on the page."""
+    """Drop the boxes of pictures no longer on the page, and their text (set by this module, Streamlit keeps it)."""
     present = {box_key(result) for result in results if result.ok}
     drafts = state.setdefault("caption_drafts", {})
     for key in [key for key in drafts if key not in present]:
         del drafts[key]
+        state.pop(key, None)
