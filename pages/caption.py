@@ -157,7 +157,8 @@ for result in results:
 
 forget_drafts(results)
 rows = [
-    {"path": r.name, "caption": r.caption, "score": r.score, "error": r.error, "correction": saved_text(r),
+    {"path": r.name, "caption": r.caption, "score": r.score, "error": r.error, "model": r.model,
+     "model_version": r.model_version, "correction": saved_text(r),
      **(styles.styled_column(r, style, rewriter, kept.card_key(r)) if r.ok else {})}
     for r in results
 ]  # fmt: skip

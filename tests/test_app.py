@@ -287,3 +287,33 @@ def test_the_progress_counts_files_that_could_not_be_read_apart_from_the_caption
         said.append(progress_text(outcomes, len(inputs)))
     assert said == ["1 of 4 captioned", "1 of 4 captioned, 1 could not be read", "2 of 4 captioned, 1 could not be read",
                     "2 of 4 captioned, 2 could not be read"]
+
+
+def test_the_downloads_say_which_model_version_wrote_each_caption_and_follow_a_hot_swap(home, monkeypatch):
+    """The cards said "version v0001", but a downloaded CSV or JSONL did not: two downloads around a hot-swap could not
+    be told apart. Each row now carries model and model_version, as its card shows them."""
+    import csv
+    import io
+    import shutil
+
+    from captioner import caption, registry
+    from captioner.models import demo_model_dir
+    from conftest import start_app
+
+    for version in ("v0001", "v0002"):
+        shutil.copytree(demo_model_dir("caption"), home / "models" / version)
+    registry.activate(home / "models", "v0001")
+    monkeypatch.setenv("CAPTIONER_CAPTION_MODEL", "active")
+    offered = {}
+    real = caption.format_captions
+    monkeypatch.setattr(caption, "format_captions", lambda rows, fmt, **kw: offered.__setitem__(fmt, real(rows, fmt, **kw)) or offered[fmt])
+    app = start_app()
+    upload(app, ("circle.png", zoo.encode(zoo.demo("circle", "red"), "PNG")), ("bad.png", b"not a picture"))
+    for live in ("v0001", "v0002"):
+        assert any(f"version {live}" in c.value for c in app.caption)
+        table = list(csv.DictReader(io.StringIO(offered["csv"])))
+        assert [(r["path"], r["model"], r["model_version"]) for r in table] == [("circle.png", "active", live), ("bad.png", "active", live)]
+        lines = [json.loads(line) for line in offered["jsonl"].splitlines()]
+        assert [(line["model"], line["model_version"]) for line in lines] == [("active", live)] * 2
+        registry.activate(home / "models", "v0002")  # a new version goes live (as finetune publishes one)
+        app.run()
