@@ -8,6 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from ..files import flush_to_disk, fsync_dir
 from .common import UserError, say
 
 try:
@@ -91,13 +92,14 @@ class _ReplacedWhenComplete:
         if kind is None:
             try:
                 self.file.flush()
-                os.fsync(self.file.fileno())  # the rows are on disk before the name points at them
+                flush_to_disk(self.file.fileno())  # the rows are on disk before the name points at them
                 with contextlib.suppress(OSError):  # the results keep the old file's permissions (a shared folder's)
                     if self.target.is_file():
                         shutil.copymode(self.target, self.partial)
                 if fcntl is None:  # Windows renames no open file
                     self.file.close()
                 os.replace(self.partial, self.target)
+                fsync_dir(self.target.parent)  # and the new name is on disk too
                 self.file.close()  # the lock goes only now: no other run can take this file before it is --out
                 return
             except OSError:
