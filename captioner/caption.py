@@ -64,20 +64,21 @@ def caption_stream(
         return
 
 
-CORRECTION_COLUMNS = ("correction", "styled_correction")  # the caption page's download: what its person saved
+# The caption page's download only: the model and version that wrote each caption (a hot-swap between two
+# downloads changes them), and the texts its person saved
+PAGE_COLUMNS = ("model", "model_version", "correction", "styled_correction")
 
 
 def format_captions(rows: list[dict], fmt: str, header: bool = True, styled: bool | None = None) -> str:
-    """Rows of {path, caption, score, error} (+ styled, with a style; + correction and styled_correction, the texts
-    a person saved) as jsonl (one object per input, in order), csv, or txt (captioned only). The score (mean token
-    log-probability) is rounded to 4 decimals; null/empty when there is no caption. header=False leaves out the CSV
-    header (rows appended to earlier ones); styled says whether the CSV has a styled column (default: when a row has
-    the key); the correction columns are there when a row has their key."""
+    """Rows of {path, caption, score, error} (+ styled, with a style; + the PAGE_COLUMNS, where a row has their key)
+    as jsonl (one object per input, in order), csv, or txt (captioned only). The score (mean token log-probability)
+    is rounded to 4 decimals; null/empty when there is no caption. header=False leaves out the CSV header (rows
+    appended to earlier ones); styled says whether the CSV has a styled column (default: when a row has the key)."""
     import csv
     import io
     import json
 
-    saved = [name for name in CORRECTION_COLUMNS if any(name in r for r in rows)]
+    saved = [name for name in PAGE_COLUMNS if any(name in r for r in rows)]
     if fmt == "jsonl":  # a file name that is not UTF-8 (its bytes kept as \udcXX) goes as escapes json.loads gives back
         return "".join(
             json.dumps({"path": r["path"], "caption": r["caption"], **({"styled": r["styled"]} if "styled" in r else {}),

@@ -5,6 +5,7 @@ from pages import inside_the_app
 inside_the_app()  # first: a deep link on a fresh server is rerun inside the app before this page loads anything
 
 import random
+from collections import Counter
 from contextlib import closing
 
 import streamlit as st
@@ -19,6 +20,7 @@ from pages.ui.text import plain
 from pages.ui import similar as fix_similar
 from pages.ui import results as kept
 from pages.ui import uploads
+from pages.ui.caption_box import caption_box, forget_drafts, show_in_box
 
 state = st.session_state
 state.setdefault("samples", [])
@@ -55,6 +57,7 @@ style, rewriter = styles.picker()
 inputs = list({(item.name, item.sha256): item for item in uploaded + state.samples}.values())  # each image once
 if not inputs:
     kept.forget(state.captions, state.thumbnails, [])  # the last image removed: the chat and search pages forget it too
+    forget_drafts([])  # and its box's typing: uploaded again, it starts from its caption
     st.info("Upload images, or make a few demo samples, to get captions.")
     st.stop()
 
@@ -69,16 +72,16 @@ progress = st.empty()  # in every run: the cards below keep their places (a box 
 
 def caption_todo(bar) -> None:
     """Caption todo, keeping each result as it comes: a run cut short (a file added, a click, Stop) keeps those done."""
-    finished = 0
+    outcomes = Counter()  # captioned, and the files that could not be read, apart: they add up to what is shown
 
     def report() -> None:  # also the engine's heartbeat: a rerun asked for meanwhile stops the wait here
-        bar.progress(finished / len(todo), f"Captioned {finished} of {len(todo)}")
+        bar.progress(outcomes.total() / len(todo), kept.progress_text(outcomes, len(todo)))
 
     thumbnails = kept.needs_thumbnails(state.thumbnails, todo)
     with closing(caption_stream(loaded, todo, options, thumbnails=thumbnails, heartbeat=report)) as stream:
         for item, result in zip(todo, stream):
             kept.remember(state.captions, state.thumbnails, result_key(item), item, result)
-            finished += 1
+            outcomes[kept.outcome(result)] += 1
             report()
 
 
@@ -125,15 +128,14 @@ for result in results:
         continue
     key, saved_key = kept.card_key(result), kept.picture_key(result)
     if saved_key in box_updates:  # a look-alike fixed, or a copy of this picture saved, on another card:
-        state[f"edit-{key}"] = box_updates[saved_key]  # its box shows it (set before the box is made)
+        show_in_box(result, box_updates[saved_key])  # its box shows it
     with st.container(border=True):
         picture, text = st.columns([1, 2])
         picture.image(result.thumbnail, caption=plain(result.name))
         text.caption(f"{result.model} · version {result.model_version}")  # names the app gave, not data
         if result.score is not None:
             text.caption(f"confidence {round(result.score, 2) + 0.0:.2f} (mean token log-probability; 0 is certain)")
-        edited = text.text_area("Caption", value=saved_text(result) or result.caption, key=f"edit-{key}")  # back from
-        # another page (which empties the box), it shows what was saved
+        edited = caption_box(text, result, saved_text(result) or result.caption)  # what was saved, or what is typed
         save, confirm, similar = text.columns(3)
         if save.button("Save correction", key=f"save-{key}", type="primary"):
             log_feedback(result, edited, key)
@@ -153,8 +155,10 @@ for result in results:
         fix_similar.show(key, text, options)
         styles.show(result, style, rewriter, text, key)
 
+forget_drafts(results)
 rows = [
-    {"path": r.name, "caption": r.caption, "score": r.score, "error": r.error, "correction": saved_text(r),
+    {"path": r.name, "caption": r.caption, "score": r.score, "error": r.error, "model": r.model,
+     "model_version": r.model_version, "correction": saved_text(r),
      **(styles.styled_column(r, style, rewriter, kept.card_key(r)) if r.ok else {})}
     for r in results
 ]  # fmt: skip

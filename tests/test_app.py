@@ -237,3 +237,83 @@ def test_the_downloads_carry_the_saved_corrections_and_a_changed_text_is_not_cal
     assert any("Edited since it was saved" in c.value for c in app.caption)
     confidence = next(c.value for c in app.caption if "confidence" in c.value)
     assert "-0.00" not in confidence
+
+
+def test_text_typed_and_not_saved_stays_when_a_setting_changes_the_caption_or_another_page_is_visited(app, home):
+    """A person types a correction, then tries fewer max tokens before saving: the box went back to the new caption and
+    the typing was lost. It stays, per picture; a box left as it was follows the caption of the new settings."""
+    upload(app, ("circle.png", zoo.encode(zoo.demo("circle", "red"), "PNG")), ("sq.png", zoo.encode(zoo.demo("square", "blue"), "PNG")))
+    app.text_area[0].set_value("a crimson circle")
+    app.slider(key="gen_max_new_tokens").set_value(1).run()  # the captions become "a"
+    assert [t.value for t in app.text_area] == ["a crimson circle", "a"]
+    app.slider(key="gen_max_new_tokens").set_value(30).run()
+    assert [t.value for t in app.text_area] == ["a crimson circle", "a blue square"]
+    for page in ("pages/chat.py", "pages/caption.py"):
+        app.switch_page(page).run()
+        assert not app.exception, app.exception
+    assert [t.value for t in app.text_area] == ["a crimson circle", "a blue square"]
+    button(app, "Save correction").click().run()
+    assert [(row.model_output, row.correction) for row in rows(home)] == [("a red circle", "a crimson circle")]
+    assert [t.value for t in app.text_area] == ["a crimson circle", "a blue square"] and "Correction saved." in app.success[0].value
+
+
+def test_text_typed_for_an_image_then_removed_is_gone_when_it_is_uploaded_again(app, home):
+    """Removing the last image kept its box's unsaved typing, which came back when the picture was uploaded again."""
+    circle = ("circle.png", zoo.encode(zoo.demo("circle", "red"), "PNG"))
+    upload(app, circle)
+    app.text_area[0].set_value("typed, then thrown away").run()
+    upload(app)  # the uploader's x: no image left
+    assert not app.text_area
+    upload(app, circle)
+    assert [t.value for t in app.text_area] == ["a red circle"]
+
+
+def test_the_progress_counts_files_that_could_not_be_read_apart_from_the_captioned(home):
+    """A folder with broken files: the progress said "Captioned 3 of 3" while only 2 cards came; it counts them apart."""
+    from collections import Counter
+
+    from captioner.caption import caption_images
+    from captioner.models import load_captioner
+    from captioner.settings import Settings
+    from pages.ui.results import outcome, progress_text
+
+    inputs = [ImageInput("a.png", zoo.encode(zoo.demo("circle", "red"), "PNG")), ImageInput("broken.png", b"\x89PNG\r\n\x1a\n"),
+              ImageInput("b.png", zoo.encode(zoo.demo("square", "blue"), "PNG")), ImageInput("notes.jpg", b"plain text")]
+    results = caption_images(load_captioner("demo", Settings.from_env()), inputs)
+    outcomes = Counter()
+    said = []
+    for result in results:
+        outcomes[outcome(result)] += 1
+        said.append(progress_text(outcomes, len(inputs)))
+    assert said == ["1 of 4 captioned", "1 of 4 captioned, 1 could not be read", "2 of 4 captioned, 1 could not be read",
+                    "2 of 4 captioned, 2 could not be read"]
+
+
+def test_the_downloads_say_which_model_version_wrote_each_caption_and_follow_a_hot_swap(home, monkeypatch):
+    """The cards said "version v0001", but a downloaded CSV or JSONL did not: two downloads around a hot-swap could not
+    be told apart. Each row now carries model and model_version, as its card shows them."""
+    import csv
+    import io
+    import shutil
+
+    from captioner import caption, registry
+    from captioner.models import demo_model_dir
+    from conftest import start_app
+
+    for version in ("v0001", "v0002"):
+        shutil.copytree(demo_model_dir("caption"), home / "models" / version)
+    registry.activate(home / "models", "v0001")
+    monkeypatch.setenv("CAPTIONER_CAPTION_MODEL", "active")
+    offered = {}
+    real = caption.format_captions
+    monkeypatch.setattr(caption, "format_captions", lambda rows, fmt, **kw: offered.__setitem__(fmt, real(rows, fmt, **kw)) or offered[fmt])
+    app = start_app()
+    upload(app, ("circle.png", zoo.encode(zoo.demo("circle", "red"), "PNG")), ("bad.png", b"not a picture"))
+    for live in ("v0001", "v0002"):
+        assert any(f"version {live}" in c.value for c in app.caption)
+        table = list(csv.DictReader(io.StringIO(offered["csv"])))
+        assert [(r["path"], r["model"], r["model_version"]) for r in table] == [("circle.png", "active", live), ("bad.png", "active", live)]
+        lines = [json.loads(line) for line in offered["jsonl"].splitlines()]
+        assert [(line["model"], line["model_version"]) for line in lines] == [("active", live)] * 2
+        registry.activate(home / "models", "v0002")  # a new version goes live (as finetune publishes one)
+        app.run()

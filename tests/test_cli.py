@@ -199,7 +199,7 @@ def test_demo_images_writes_pictures_and_captions(tmp_path):
 
 def test_a_folder_bigger_than_memory_is_read_a_chunk_ahead_and_written_as_it_goes(home, tmp_path, monkeypatch):
     """A curator's folder of any size: files are read at most a chunk ahead of the two chunks being captioned, and
-    the rows of each finished chunk are in --out before more is read (an interrupted run keeps them)."""
+    the rows of each finished chunk are in --out's .partial file before more is read (an interrupted run keeps them)."""
     from captioner.cli import captions
     from captioner.cli.parser import build_parser
     from captioner.settings import Settings
@@ -210,16 +210,16 @@ def test_a_folder_bigger_than_memory_is_read_a_chunk_ahead_and_written_as_it_goe
     for i, (shape, colour) in enumerate(pictures * 2):
         write(folder, f"{i:02d}.png", zoo.encode(zoo.demo(shape, colour), "PNG"))
     write(folder, "03.png", b"not a picture")  # unreadable as an image: its row says so, in place
-    out = tmp_path / "captions.jsonl"
+    out, partial = tmp_path / "captions.jsonl", tmp_path / "captions.jsonl.partial"
     read, seen = [], []
     real_read, real_caption = captions.read_file, captions.caption_images
 
     def counted_read(path):
-        read.append(out.read_text().count("\n"))  # the rows written when this file is read
+        read.append(partial.read_text().count("\n"))  # the rows written when this file is read
         return real_read(path)
 
     def caption_seen(loaded, inputs, *args, **kwargs):
-        seen.append((len(read), out.read_text().count("\n")))
+        seen.append((len(read), partial.read_text().count("\n")))
         return real_caption(loaded, inputs, *args, **kwargs)
 
     monkeypatch.setattr(captions, "CHUNK_FILES", 3)
@@ -336,3 +336,4 @@ def test_a_version_folder_named_as_under_captioner_home_is_found_from_any_folder
     assert wrong.returncode == 2 and "(a fine-tuned version is `active`, or its folder: models/v0001)" in wrong.stderr
     done = run_cli("caption", picture, "--model", "models/v0001", cwd=elsewhere)  # as the hint says
     assert done.returncode == 0 and json.loads(done.stdout)["caption"] == "a red circle", done.stderr
+

@@ -12,12 +12,13 @@ from pathlib import Path
 
 from ..caption import GenerationOptions, OptionsError, caption_images, check_options, format_captions
 from ..chat import ChatError, answer
-from ..images import UPLOAD_TYPES, ImageError, decode, read_file
-from ..gallery_scan import scan_gallery
+from ..images import ImageError, decode, read_file
 from ..restyle import detail_facts, restyle_batch
 from ..settings import Settings
 from ..styles import DETAILED, StyleError, style_for, style_notice
 from .common import UserError, say
+from .inputs import expand_paths, refuse_an_input_as_output
+from .output import open_output, refuse_an_output_with_no_folder
 from .serving import load_for_cli
 
 
@@ -44,6 +45,7 @@ def cmd_caption(args, settings: Settings) -> int:
         args.out = None
     paths, failed = expand_paths(args.paths)
     refuse_an_input_as_output(args.out, paths)
+    refuse_an_output_with_no_folder(args.out)  # before a model that may take minutes to load
     loaded = load_for_cli("caption", args.model, settings)
     try:
         check_options(loaded, options)  # one error up front, not the same one on every image
@@ -64,8 +66,9 @@ def cmd_caption(args, settings: Settings) -> int:
     except BrokenPipeError:  # the reader stopped reading (`| head`): nothing to say, the rest is not wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the flush at exit does not complain
         return 1
-    except OSError as exc:  # a full disk, a removed drive: what was written before stays
-        say(f"{args.out or 'standard output'}: cannot be written ({exc.strerror or exc}); the rows before were written")
+    except OSError as exc:  # a full disk, a removed drive: what was written before stays (--out says where)
+        said = f"{args.out}: cannot be written" if args.out else "standard output: cannot be written"
+        say(f"{said} ({exc.strerror or exc})" + ("" if args.out else "; the rows before were written"))
         return 1
     return 1 if failed else 0
 
@@ -244,72 +247,3 @@ def cmd_ask(args, settings: Settings) -> int:
         if notice not in said:
             say(f"note: {notice}")
     return 0
-
-
-def expand_paths(raw: list[str]) -> tuple[list[Path], bool]:
-    """Files as given (patterns the shell left unexpanded, expanded); folders replaced by the image files inside
-    them, sorted, walked as the gallery index walks them (hidden files passed over, linked folders followed once);
-    True when part of a folder could not be read. An image file that cannot be used (empty, too big) stays an
-    input: its row says why."""
-    paths: list[Path] = []
-    unreadable = False
-    for item in unglobbed(raw):
-        path = Path(item)
-        if not path.is_dir():
-            paths.append(path)
-            continue
-        scan = scan_gallery(path, follow_links=True)  # the person named this folder: where its links lead is theirs
-        image_files = {relative for relative, _ in scan.skipped if relative.rpartition(".")[2].lower() in UPLOAD_TYPES}
-        for relative, reason in scan.skipped:
-            if relative not in image_files:  # a folder or link that cannot be read: no input to give a row
-                say(f"{path / relative}: {reason}")
-                unreadable = True
-        found = sorted(set(scan.found) | image_files)
-        if not found:
-            say(f"{path}: folder holds no image files")
-        if scan.ignored:
-            first, why = scan.ignored[0]
-            say(f"note: {path}: {len(scan.ignored)} file(s) left out, such as {first} ({why})")
-        paths.extend(path / relative for relative in found)
-    return paths, unreadable
-
-
-def refuse_an_input_as_output(out: Path | None, paths: list[Path]) -> None:
-    """A UserError when --out is one of the inputs (or a link to one): opening it for writing would empty the image."""
-    if not out or not out.is_file():  # a file that does not exist yet cannot be an input
-        return
-    target = out.stat()
-    for path in paths:
-        try:
-            same = os.path.samestat(target, path.stat())
-        except OSError:  # a missing input: its own row says so
-            continue
-        if same:
-            raise UserError(f"--out {out}: is the input {path}; writing there would destroy it")
-
-
-def unglobbed(raw: list[str]) -> list[str]:
-    """Each pattern that the shell left as it was (quoted, or a Windows shell) and that names no file itself, as the
-    files and folders it matches, sorted (`**` for any depth); a pattern matching nothing stays, its row says so."""
-    import glob
-
-    expanded = []
-    for item in raw:
-        matches = glob.has_magic(item) and not os.path.lexists(item) and sorted(glob.glob(item, recursive=True))
-        expanded.extend(matches or [item])
-    return expanded
-
-
-def open_output(out: Path | None):
-    """The --out file (written as rows are done), or stdout; one clear error when it cannot be written."""
-    import contextlib
-
-    if not out:  # a file name that is not UTF-8 (Linux allows any bytes) goes out as its own bytes in CSV and text
-        if sys.stdout is None:  # started with stdout closed (`>&-`): Python has no stream to write to
-            raise UserError("standard output is closed; give --out FILE")
-        sys.stdout.reconfigure(errors="surrogateescape")
-        return contextlib.nullcontext(sys.stdout)
-    try:
-        return open(out, "w", encoding="utf-8", errors="surrogateescape", newline="")
-    except OSError as exc:
-        raise UserError(f"--out {out}: cannot be written ({exc.strerror or exc})") from None

@@ -14,7 +14,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     cap = commands.add_parser("caption", help="caption image files (folders are searched for images)")
-    cap.add_argument("paths", nargs="+", metavar="PATH")
+    cap.add_argument("paths", nargs="+", metavar="PATH", help="an image file, a folder, a pattern, or - to read the "
+                     "paths from standard input (one a line, or NUL-separated as find -print0 writes them)")
     cap.add_argument("--model", help="model spec (default: CAPTIONER_CAPTION_MODEL or the BLIP base model)")
     cap.add_argument("--batch-size", type=int, help="most images per model call (default: the engine's memory budget)")
     cap.add_argument("--max-new-tokens", type=int, default=30)
@@ -23,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("--repetition-penalty", type=float, default=1.0)
     cap.add_argument("--prompt", default="", help="caption prefix (conditional captioning)")
     cap.add_argument("--format", choices=["jsonl", "csv", "txt"], default="jsonl")
-    cap.add_argument("--out", type=Path, help="write here instead of stdout (-: stdout)")
+    cap.add_argument("--out", type=Path, help="write here instead of stdout (-: stdout); rows go to OUT.partial "
+                     "as they are done, renamed to OUT when the run is complete")
     styling = cap.add_mutually_exclusive_group()
     styling.add_argument("--style", choices=STYLES, help="also rewrite each caption in a style (output: \"styled\")")
     styling.add_argument("--style-instruction", metavar="TEXT", help="your own style instruction instead of --style")

@@ -58,6 +58,24 @@ def forget(captions: dict, thumbnails: dict, inputs: list[ImageInput]) -> None:
         del thumbnails[image]
 
 
+def progress_text(outcomes: Counter, total: int) -> str:
+    """The caption page's progress, the images captioned and those that failed counted apart, so that they add up to
+    the cards and errors shown. outcomes counts outcome() of the results so far."""
+    said = [f"{outcomes['captioned']} of {total} captioned"]
+    if outcomes["unreadable"]:
+        said.append(f"{outcomes['unreadable']} could not be read")
+    if outcomes["failed"]:
+        said.append(f"{outcomes['failed']} failed")
+    return ", ".join(said)
+
+
+def outcome(result: CaptionResult) -> str:
+    """captioned; unreadable (the file is not a usable image: no source was prepared); or failed (the model failed)."""
+    if result.ok:
+        return "captioned"
+    return "unreadable" if result.source is None else "failed"
+
+
 def needs_thumbnails(thumbnails: dict, todo: list[ImageInput]) -> bool:
     """Whether the engine should make thumbnails for these: some image has none yet."""
     return any(image_key(item) not in thumbnails for item in todo)

@@ -1,0 +1,131 @@
+"""`caption` runs as scripts drive them: paths listed on stdin, and an --out file kept whole when a run stops."""
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+
+import images_zoo as zoo
+from conftest import ROOT, child_env, write_non_utf8_name
+from test_cli import write
+
+
+def caption_listed(listed: bytes, *args):
+    """`caption - ARGS...` with listed on its standard input."""
+    command = [sys.executable, "-m", "captioner", "caption", "-", "--model", "demo", *map(str, args)]
+    return subprocess.run(command, input=listed, capture_output=True, env=child_env(), cwd=ROOT, timeout=300)
+
+
+def test_paths_listed_on_stdin_are_captioned_in_order_folders_walked(home, tmp_path):
+    """`find ... | captioner caption -` said "-: no such file"; a `-` now reads the paths, one a line, or NUL-separated
+    (`find -print0`, for names holding a line break), names that are not UTF-8 kept as their bytes."""
+    folder = tmp_path / "shoot"
+    folder.mkdir()
+    write(folder, "b.png", zoo.encode(zoo.demo("circle", "red"), "PNG"))
+    write(folder, "a.png", zoo.encode(zoo.demo("square", "blue"), "PNG"))
+    loose = write(tmp_path, "loose one.png", zoo.encode(zoo.demo("triangle", "green"), "PNG"))
+    latin = write_non_utf8_name(tmp_path, b"caf\xe9.png", zoo.encode(zoo.demo("circle", "yellow"), "PNG"))
+    listed = b"%s\r\n%s\n\n%s\n%s\n" % (bytes(folder), bytes(loose), os.path.join(bytes(tmp_path), latin), b"/no/such.png")
+    done = caption_listed(listed)
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [os.fsencode(row["path"]) for row in rows] == [
+        bytes(folder / "a.png"), bytes(folder / "b.png"), bytes(loose), os.path.join(bytes(tmp_path), latin), b"/no/such.png"]
+    assert [row["caption"] for row in rows] == ["a blue square", "a red circle", "a green triangle", "a yellow circle", None]
+    assert done.returncode == 1 and b"/no/such.png: no such file" in done.stderr
+
+    odd = write(tmp_path, "two\nlines.png", zoo.encode(zoo.demo("square", "red"), "PNG"))
+    done = caption_listed(b"%s\0%s\0" % (bytes(odd), bytes(loose)), "--format", "csv")
+    table = list(csv.DictReader(io.StringIO(done.stdout.decode(), newline="")))
+    assert [(row["path"], row["caption"]) for row in table] == [(str(odd), "a red square"), (str(loose), "a green triangle")]
+    assert done.returncode == 0
+    empty = caption_listed(b"")
+    assert empty.returncode == 0 and empty.stderr.decode().strip() == "captioner: -: standard input named no paths"
+
+
+def test_a_run_stopped_midway_leaves_the_results_of_the_run_before_and_its_own_rows_beside(home, tmp_path, monkeypatch, capsys):
+    """`caption --out results.jsonl` again on the same file, stopped by Ctrl-C: the first run's results were emptied
+    at the start. The file before stays as it was; the stopped run's rows are in results.jsonl.partial."""
+    import pytest
+
+    from captioner.cli import captions
+    from captioner.cli.parser import build_parser
+    from captioner.settings import Settings
+
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    for i in range(8):
+        write(folder, f"{i}.png", zoo.encode(zoo.demo("circle", "red"), "PNG"))
+    out = tmp_path / "results.jsonl"
+
+    def args():
+        return build_parser().parse_args(["caption", str(folder), "--model", "demo", "--num-beams", "1", "--out", str(out)])
+
+    assert captions.cmd_caption(args(), Settings.from_env()) == 0
+    first = out.read_bytes()
+    assert first.count(b"\n") == 8 and not (tmp_path / "results.jsonl.partial").exists()
+
+    real_read = captions.read_file
+
+    def stopped_at_the_seventh(path):
+        if path.name == "6.png":
+            raise KeyboardInterrupt  # Ctrl-C while the last chunk is read
+        return real_read(path)
+
+    monkeypatch.setattr(captions, "CHUNK_FILES", 2)
+    monkeypatch.setattr(captions, "read_file", stopped_at_the_seventh)
+    capsys.readouterr()
+    with pytest.raises(KeyboardInterrupt):
+        captions.cmd_caption(args(), Settings.from_env())
+    assert out.read_bytes() == first  # the results of the run before, whole
+    partial = tmp_path / "results.jsonl.partial"
+    done = [json.loads(line) for line in partial.read_text().splitlines()]
+    assert 2 <= len(done) < 8 and [row["path"] for row in done] == [str(folder / f"{i}.png") for i in range(len(done))]
+    said = f"--out {out}: the run did not finish; the file before is unchanged, and the rows done are in {partial}"
+    assert said in capsys.readouterr().err
+
+    monkeypatch.setattr(captions, "read_file", real_read)
+    out.chmod(0o640)
+    write(folder, "8.png", zoo.encode(zoo.demo("square", "blue"), "PNG"))
+    assert captions.cmd_caption(args(), Settings.from_env()) == 0  # a finished run replaces the file, as a whole
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 9 and rows[-1]["caption"] == "a blue square" and not partial.exists()
+    assert out.stat().st_mode & 0o777 == 0o640  # and keeps its permissions
+
+
+def test_a_second_run_writing_the_same_out_while_one_is_under_way_is_refused(home, tmp_path):
+    """Two runs with one --out (a cron job overlapping the one before) wrote their rows into one file, interleaved."""
+    import fcntl
+
+    import pytest
+
+    from captioner.cli import captions
+    from captioner.cli.common import UserError
+    from captioner.cli.parser import build_parser
+    from captioner.settings import Settings
+
+    picture = write(tmp_path, "p.png", zoo.encode(zoo.demo("circle", "red"), "PNG"))
+    out = tmp_path / "results.jsonl"
+    out.write_text("the run before\n")
+    args = build_parser().parse_args(["caption", str(picture), "--model", "demo", "--out", str(out)])
+    with open(tmp_path / "results.jsonl.partial", "a") as under_way:  # as the run under way holds it
+        fcntl.flock(under_way.fileno(), fcntl.LOCK_EX)
+        under_way.write('{"path": "half a row')
+        under_way.flush()
+        with pytest.raises(UserError, match=r"results.jsonl: another run is writing it now \(.*results.jsonl.partial\)"):
+            captions.cmd_caption(args, Settings.from_env())
+        assert (tmp_path / "results.jsonl.partial").read_text() == '{"path": "half a row' and out.read_text() == "the run before\n"
+    assert captions.cmd_caption(args, Settings.from_env()) == 0  # that run gone (its lock with it): this one runs
+    assert json.loads(out.read_text())["caption"] == "a red circle"
+
+
+def test_an_out_in_a_missing_folder_is_said_before_any_model_is_loaded(home, tmp_path):
+    """--out in a folder with a typo was said only once the model had loaded (minutes for a hub model): here the
+    model spec does not exist either, and the --out error comes first, as the only line."""
+    from conftest import run_cli
+
+    picture = write(tmp_path, "p.png", zoo.encode(zoo.demo("circle", "red"), "PNG"))
+    for out, why in ((tmp_path / "no-such-folder" / "out.jsonl", "No such file or directory"), (tmp_path, "Is a directory")):
+        done = run_cli("caption", picture, "--model", "no-such/captioner", "--out", out)
+        assert done.returncode == 2 and done.stderr.splitlines() == [f"captioner: --out {out}: cannot be written ({why})"]
