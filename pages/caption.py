@@ -131,11 +131,12 @@ for result in results:
         show_in_box(result, box_updates[saved_key])  # its box shows it
     with st.container(border=True):
         picture, text = st.columns([1, 2])
-        picture.image(result.thumbnail, caption=plain(result.name))
+        shown_text = saved_text(result) or result.caption  # what was saved, or the model's caption
+        picture.image(result.thumbnail, caption=plain(result.name), alt=f"{result.name}: {shown_text}")  # for screen readers
         text.caption(f"{result.model} · version {result.model_version}")  # names the app gave, not data
         if result.score is not None:
             text.caption(f"confidence {round(result.score, 2) + 0.0:.2f} (mean token log-probability; 0 is certain)")
-        edited = caption_box(text, result, saved_text(result) or result.caption)  # what was saved, or what is typed
+        edited = caption_box(text, result, shown_text)  # or what is typed
         save, confirm, similar = text.columns(3)
         if save.button("Save correction", key=f"save-{key}", type="primary"):
             log_feedback(result, edited, key)

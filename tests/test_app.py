@@ -37,6 +37,7 @@ def rows(home):
 def test_upload_caption_edit_and_save_a_correction(app, home):
     upload(app, ("circle.png", zoo.encode(zoo.demo("circle", "red"), "PNG")))
     assert app.text_area[0].value == "a red circle"
+    assert [i.alt for e in app.image for i in e.proto.imgs] == ["circle.png: a red circle"]
     assert any("demo" in c.value and "version demo-" in c.value for c in app.caption)
     app.text_area[0].set_value("a crimson circle")
     button(app, "Save correction").click()
@@ -47,6 +48,8 @@ def test_upload_caption_edit_and_save_a_correction(app, home):
     assert saved[0].model == "demo" and saved[0].model_version.startswith("demo-")
     assert (home / "data" / saved[0].image_path).exists()
     assert "Correction saved" in app.success[0].value
+    app.run()  # the next run draws the card with what was saved
+    assert [i.alt for e in app.image for i in e.proto.imgs] == ["circle.png: a crimson circle"]  # what a screen reader says
 
 
 def test_the_page_captions_through_the_shared_engine_and_keeps_the_score(app, home):
