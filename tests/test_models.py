@@ -128,3 +128,28 @@ def test_settings_paths_follow_captioner_home(home):
     settings = Settings.from_env()
     assert settings.feedback_csv == home / "data" / "feedback.csv"
     assert settings.models_dir == home / "models" and settings.gallery == home / "data" / "gallery"
+
+
+def test_a_hub_mirror_on_its_own_port_counts_as_reachable(monkeypatch):
+    import socket
+
+    from captioner.models import hub_offline_reason, hub_reachable
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with socket.socket() as mirror:  # a mirror such as http://hf-mirror:8080, listening where HF_ENDPOINT says
+        mirror.bind(("127.0.0.1", 0))
+        mirror.listen()
+        port = mirror.getsockname()[1]
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+        assert hub_reachable(timeout=2) and hub_offline_reason() is None  # it was asked on 443 and judged offline
+    assert not hub_reachable(timeout=2)  # closed now: the same port refuses
+    assert hub_offline_reason() == f"127.0.0.1:{port} cannot be reached (offline)"
+
+
+def test_hf_hub_offline_is_named_as_the_reason(monkeypatch):
+    from captioner.models import hub_offline_reason
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "ON")  # huggingface_hub counts on as true too
+    assert hub_offline_reason() == "HF_HUB_OFFLINE is set (offline)"
+    with pytest.raises(ModelError, match="not in the local Hugging Face cache and HF_HUB_OFFLINE is set"):
+        load_captioner("Salesforce/blip-image-captioning-large", Settings.from_env({"CAPTIONER_DEVICE": "cpu"}))
