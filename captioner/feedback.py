@@ -11,10 +11,12 @@ import csv
 import hashlib
 import io
 import json
+import logging
 import math
 import os
 import re
 import threading
+import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,6 +38,7 @@ __all__ = [  # the log's public face; the schema and codec live in feedback_csv,
     "check_text", "format_rows", "parse_csv", "tidy_correction",
 ]  # fmt: skip
 
+LOG = logging.getLogger(__name__)
 LOCK_TIMEOUT_S = 30
 STALE_IMAGE_TEMP_S = 3600  # an image temp file this old is a killed writer's (images are written outside the lock)
 EXTENSION = re.compile(r"[a-z0-9]{1,8}\Z")
@@ -216,6 +219,7 @@ class FeedbackLog:
         remove_stale_temps(self.data_dir, f".{self.csv_path.name}.*.tmp")
         state = CsvState.of(self.csv_path)
         old = _SNAPSHOTS.current(self.csv_path) if state is not None else Snapshot(None, b"")
+        self._keep_unknown_columns(old)
         new_rows = transform(list(old.rows))
         keys, _ = self._synced_keys(state)
         with gc_paused():
@@ -229,6 +233,16 @@ class FeedbackLog:
         with gc_paused():
             keys.rebuild(built.pairs, state)
         return new_rows
+
+    def _keep_unknown_columns(self, old: Snapshot) -> None:
+        """A header with columns this log does not know (one added in a spreadsheet): a rewrite writes today's
+        columns only, so the file as it was is kept first, as data/feedback-columns-<UTC time>.csv."""
+        unknown = [name for name in old.columns or [] if name not in FIELDS]
+        if unknown:
+            kept = self.data_dir / f"feedback-columns-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.csv"
+            write_atomic(kept, self.csv_path.read_bytes())
+            LOG.warning("%s has columns this app does not keep (%s): the log as it was is saved as %s",
+                        self.csv_path, ", ".join(unknown), kept)  # fmt: skip
 
     # --- the event-key index -----------------------------------------------------------------------
     def _keys(self) -> EventKeys:

@@ -258,6 +258,26 @@ def test_a_log_from_before_the_score_column_reads_and_is_upgraded_on_the_next_wr
 
 
 
+def test_a_column_added_in_a_spreadsheet_is_kept_aside_before_the_next_write_drops_it(tmp_path):
+    log = FeedbackLog(tmp_path)
+    first, _ = record(log, "a blue circle")
+    second, _ = record(log, "a red square", data=b"other")
+    lines = list(csv.reader(io.StringIO(log.csv_path.read_text(encoding="utf-8"), newline="")))
+    out = io.StringIO(newline="")
+    csv.writer(out, lineterminator="\r\n").writerows([lines[0] + ["checked_by"], lines[1] + ["ann"], lines[2] + ["bob"]])
+    edited = out.getvalue()
+    log.csv_path.write_text(edited, encoding="utf-8", newline="")
+    assert [r.id for r in log.read()[0]] == [first.id, second.id]
+    third, created = record(log, "a green star", data=b"third")  # the append rewrites the log in today's columns
+    rows, problems = log.read()
+    assert created and problems == [] and [r.id for r in rows] == [first.id, second.id, third.id]
+    assert "checked_by" not in log.csv_path.read_text(encoding="utf-8").splitlines()[0]
+    kept = list(tmp_path.glob("feedback-columns-*.csv"))
+    assert len(kept) == 1 and kept[0].read_bytes() == edited.encode()  # ann's and bob's checks are not lost
+    record(log, "a green star", data=b"fourth")
+    assert len(list(tmp_path.glob("feedback-columns-*.csv"))) == 1  # once: the log has today's columns now
+
+
 def test_a_linked_row_names_its_original_and_a_log_from_before_the_link_column_still_reads(tmp_path):
     log = FeedbackLog(tmp_path)
     original, _ = record(log, "a red star")
