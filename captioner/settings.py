@@ -97,6 +97,13 @@ class Settings:
     def models_dir(self) -> Path:
         return self.home / "models"
 
+    def no_log_note(self) -> str | None:
+        """Why a reader finds no feedback at all, when the log's file is not there (a mistyped CAPTIONER_HOME, or a
+        command run from another folder: the current one is the default); None when it is."""
+        if self.feedback_csv.exists():
+            return None
+        return f"{self.feedback_csv} does not exist: nothing is logged under CAPTIONER_HOME={self.home}"
+
 
 def _seconds(name: str, value: str) -> float:
     try:

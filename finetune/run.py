@@ -179,7 +179,9 @@ def approved(feedback: FeedbackLog, cfg: FinetuneConfig) -> list[Example]:
     for problem in problems:
         log(f"skipping a broken row: {problem}")
     if len(examples) < cfg.min_rows:
-        raise FinetuneError(f"only {len(examples)} approved caption row(s); --min-rows is {cfg.min_rows}")
+        where = (f"in {feedback.csv_path}" if feedback.csv_path.exists()
+                 else f"{feedback.csv_path} does not exist (is CAPTIONER_HOME, or --home, the folder holding data/?)")  # fmt: skip
+        raise FinetuneError(f"only {len(examples)} approved caption row(s); --min-rows is {cfg.min_rows}; {where}")
     return examples
 
 
