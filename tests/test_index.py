@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -551,3 +552,23 @@ def test_indexing_on_cuda_gives_unit_vectors_close_to_the_cpus(settings, tiny_cl
     index, _ = update_index(on_gpu, gallery, settings.data_dir)
     query = ImageInput("q.png", (gallery / "2-green-triangle.png").read_bytes())
     assert search_image(on_gpu, index, query, k=1)[0].score == pytest.approx(1.0, abs=1e-6)
+
+
+def test_a_rebuild_from_an_older_format_removes_the_old_files(clip, gallery, settings):
+    update_index(clip, gallery, settings.data_dir)
+    root = index_root(settings.data_dir, gallery, clip.name)
+    generation = root / current_generation(root)
+    old = root / "gen-20261122000000-abcdef"  # as the first index format left it: all vectors inside its generation
+    old.mkdir()
+    (old / "meta.json").write_text(json.dumps({"format": 1, "model": clip.name, "entries": 4}))
+    (old / "vectors.npy").write_bytes(b"\0" * 4096)
+    (old / "entries.jsonl").write_text("{}\n" * 4)
+    (root / "CURRENT").write_text(json.dumps({"generation": old.name}))
+    shutil.rmtree(generation)
+    for segment in (root / "segments").glob("seg-*"):
+        shutil.rmtree(segment)
+    index, report = open_or_build(clip, gallery, settings.data_dir)
+    assert "format 1" in report.rebuilt_because and len(index) == 4
+    assert not old.exists() and [p.name for p in root.glob("gen-*")] == [current_generation(root)]  # nothing stays
+    index, report = update_index(clip, gallery, settings.data_dir)
+    assert report.unchanged == 4 and len(index) == 4
