@@ -153,3 +153,33 @@ def test_hf_hub_offline_is_named_as_the_reason(monkeypatch):
     assert hub_offline_reason() == "HF_HUB_OFFLINE is set (offline)"
     with pytest.raises(ModelError, match="not in the local Hugging Face cache and HF_HUB_OFFLINE is set"):
         load_captioner("Salesforce/blip-image-captioning-large", Settings.from_env({"CAPTIONER_DEVICE": "cpu"}))
+
+
+def test_a_misspelled_setting_is_named_with_the_one_it_probably_meant(home, tmp_path):
+    from captioner.settings import unknown_variables
+    from conftest import run_cli
+
+    env = {"CAPTIONER_DEVICES": "cpu", "CAPTIONER_HOME": ".", "CAPTIONER_TEST_DEVICE": "auto", "CAPTIONER_FOO": "1"}
+    assert unknown_variables(env) == [
+        "CAPTIONER_DEVICES is not a setting and is ignored (did you mean CAPTIONER_DEVICE?)",
+        "CAPTIONER_FOO is not a setting and is ignored; the settings are CAPTIONER_HOME, CAPTIONER_CAPTION_MODEL, "
+        "CAPTIONER_QA_MODEL, CAPTIONER_SEARCH_MODEL, CAPTIONER_CHAT_MODELS, CAPTIONER_GALLERY, "
+        "CAPTIONER_GALLERY_FOLLOW_LINKS, CAPTIONER_DEVICE, CAPTIONER_DTYPE, CAPTIONER_QUANTIZE, CAPTIONER_ADMIN_PASSWORD, "
+        "CAPTIONER_STYLE_MODEL, CAPTIONER_OPENAI_TIMEOUT",
+    ]
+    done = run_cli("feedback", "list", env={"CAPTIONER_CAPTION_MODLE": "demo"})  # it used to list as if all was well
+    assert done.returncode == 0
+    assert "note: CAPTIONER_CAPTION_MODLE is not a setting and is ignored (did you mean CAPTIONER_CAPTION_MODEL?)" in done.stderr
+
+
+def test_the_readme_describes_every_setting_and_only_settings_that_exist():
+    import re
+
+    from captioner.settings import VARIABLES
+    from conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = set(re.findall(r"^\| `(CAPTIONER_[A-Z_]+)` \|", readme, flags=re.M))
+    assert table == set(VARIABLES)  # each with its meaning and default in the Configuration table
+    mentioned = set(re.findall(r"CAPTIONER_[A-Z_]+", readme)) - {"CAPTIONER_TEST_DEVICE", "CAPTIONER_DEVICES"}  # the suite's, a typo
+    assert mentioned <= set(VARIABLES), mentioned - set(VARIABLES)
