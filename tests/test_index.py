@@ -188,6 +188,12 @@ def test_the_search_cli_prints_a_name_that_is_not_utf8_so_json_gives_it_back(hom
                       env={"CAPTIONER_HOME": str(home)})  # fmt: skip
     assert nothing.returncode == 0 and nothing.stdout == ""
     assert "holds no images (a folder without image files?): nothing to find" in nothing.stderr
+    missing = run_cli("search", "--text", "a red circle", "--model", "demo",
+                      env={"CAPTIONER_HOME": str(home), "CAPTIONER_GALLERY": str(home / "fotos")})  # fmt: skip
+    assert missing.returncode == 2 and missing.stderr.strip().splitlines()[-1] == (
+        f"captioner: the gallery folder {home / 'fotos'} does not exist (CAPTIONER_GALLERY names it; --gallery for "
+        "this search)"
+    )  # it named the folder only: where it came from was left to guess
 
 
 def test_a_home_that_cannot_be_written_still_searches_and_an_update_says_why(clip, gallery, settings, monkeypatch):
