@@ -32,6 +32,7 @@ from .feedback_keys import CsvState, EventKeys, event_key
 from .feedback_rewrite import Rewrite, plan, refuse_revived_records
 from .feedback_snapshot import Snapshot, SnapshotCache, gc_paused, rows_after
 from .files import append_durably, fsync_dir, now_utc, read_at, remove_stale_temps, write_atomic
+from .runtime import lock_holder
 
 __all__ = [  # the log's public face; the schema and codec live in feedback_csv, file helpers in files
     "FIELDS", "OPTIONAL_FIELDS", "STATUSES", "TASKS", "FeedbackError", "FeedbackLog", "FeedbackRow", "RowProblem",
@@ -67,10 +68,10 @@ class FeedbackLog:
         """Hold the log's lock; waiting longer than LOCK_TIMEOUT_S is one clear FeedbackError."""
         try:
             self._lock.acquire()
-        except Timeout:
+        except Timeout:  # the holder is named: a process stopped or hung with the lock is the one to look at
             raise FeedbackError(
-                f"the feedback log is busy: another writer held {self._lock.lock_file} for over {LOCK_TIMEOUT_S} s; "
-                "nothing was written, try again"
+                f"the feedback log is busy: {lock_holder(self._lock.lock_file) or 'another writer'} held "
+                f"{self._lock.lock_file} for over {LOCK_TIMEOUT_S} s; nothing was written, try again"
             ) from None
         except OSError as exc:  # a read-only or full data folder, or one this user may not write
             raise NotWritable(f"the feedback log cannot be written here: {self._lock.lock_file}: {exc.strerror or exc}") from None

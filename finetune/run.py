@@ -16,6 +16,7 @@ from captioner import images, registry
 from captioner.feedback import FeedbackLog
 from captioner.loading import serve
 from captioner.models import LoadedModel, ModelError
+from captioner.runtime import lock_holder
 
 from . import judge
 from .config import FinetuneConfig, resolve_home
@@ -80,7 +81,9 @@ def main(cfg: FinetuneConfig) -> Path | None:
         run_lock = FileLock(str(settings.models_dir / RUN_LOCK), timeout=0)
         run_lock.acquire()
     except Timeout:
-        raise FinetuneError(f"another retrain is running on {settings.models_dir}; nothing was trained") from None
+        holder = lock_holder(settings.models_dir / RUN_LOCK)
+        raise FinetuneError(f"another retrain is running on {settings.models_dir}{f' ({holder})' if holder else ''}; "
+                            "nothing was trained") from None  # fmt: skip
     except OSError as exc:  # its lock file cannot be made: a read-only or full models folder
         raise FinetuneError(f"cannot write into {settings.models_dir}: {exc.strerror or exc}; nothing was trained") from None
     try:

@@ -497,6 +497,38 @@ def test_a_lock_held_too_long_is_one_clear_error_in_the_library_and_the_cli(tmp_
     assert "the feedback log is busy" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
+HOLDER = """
+import sys, time
+from filelock import FileLock
+lock = FileLock(sys.argv[1])
+lock.acquire()
+print("holding", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_writer_stuck_with_the_lock_is_named_by_its_process(tmp_path, monkeypatch):
+    import captioner.feedback as feedback
+
+    monkeypatch.setattr(feedback, "LOCK_TIMEOUT_S", 0.5)
+    log = FeedbackLog(tmp_path)
+    record(log, "first")
+    script = tmp_path / "stuck_writer.py"
+    script.write_text(HOLDER)
+    stuck = subprocess.Popen([sys.executable, script, str(log.csv_path) + ".lock"], cwd=ROOT, env=child_env(),
+                             stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert stuck.stdout.readline().strip() == "holding"  # as a `feedback add` stopped with Ctrl-Z, or hung on a disk
+        with pytest.raises(FeedbackError) as caught:
+            record(log, "second", data=b"other")
+    finally:
+        stuck.kill()
+        stuck.wait()
+    message = str(caught.value)
+    assert f"the feedback log is busy: process {stuck.pid} (" in message and "stuck_writer.py" in message
+    assert record(log, "second", data=b"other")[1]  # killed, its lock is gone with it: the next write goes through
+
+
 def test_a_read_only_data_folder_is_read_and_a_write_is_one_clear_error(tmp_path, monkeypatch, capsys, demo_png):
     import errno
     import json

@@ -1,6 +1,7 @@
 """Retraining as a background job (what the admin page drives), and exporting approved rows."""
 
 import json
+import os
 import time
 
 import pytest
@@ -355,7 +356,8 @@ def test_one_retrain_at_a_time_per_models_folder_and_a_refused_one_writes_nothin
     assert not (empty / "models").exists()
     (tiny_home / "models").mkdir()
     with FileLock(str(tiny_home / "models" / RUN_LOCK)):  # a run started elsewhere (CLI, another app) holds it
-        with pytest.raises(FinetuneError, match="another retrain is running on .*models; nothing was trained"):
+        held = rf"another retrain is running on .*models \(process {os.getpid()} \(.*\)\); nothing was trained"  # who holds it
+        with pytest.raises(FinetuneError, match=held):
             main(quick(tiny_home))
     assert registry.list_versions(tiny_home / "models") == []
 
