@@ -77,7 +77,8 @@ def main(cfg: FinetuneConfig) -> Path | None:
     if settings.models_dir.exists() and not settings.models_dir.is_dir():
         raise FinetuneError(f"cannot write into {settings.models_dir}: it is a file, not a folder; nothing was trained")
     try:
-        registry.remove_stale_staging(settings.models_dir)
+        for left in registry.remove_stale_staging(settings.models_dir):  # said: a run killed before it could say so
+            log(f"removed models/{left}: an unfinished version a killed retrain left")
         run_lock = FileLock(str(settings.models_dir / RUN_LOCK), timeout=0)
         run_lock.acquire()
     except Timeout:
