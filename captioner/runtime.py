@@ -99,6 +99,7 @@ def lock_holder(lock_file) -> str:
         wanted = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
         with open("/proc/locks", encoding="ascii", errors="replace") as table:
             pids = [int(f[4]) for line in table if len(f := line.split()) > 5 and f[1] == "FLOCK" and f[5] == wanted]
+        pids = [pid for pid in pids if pid > 0]  # 0: a holder in another pid namespace (a container's neighbour)
     except (OSError, ValueError):
         return ""
     for pid in pids:
@@ -107,4 +108,4 @@ def lock_holder(lock_file) -> str:
         except psutil.Error:
             continue
         return f"process {pid} ({command[:157] + '...' if len(command) > 160 else command})"
-    return f"process {pids[0]}" if pids and pids[0] > 0 else ""
+    return f"process {pids[0]}" if pids else ""
