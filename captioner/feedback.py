@@ -11,10 +11,12 @@ import csv
 import hashlib
 import io
 import json
+import logging
 import math
 import os
 import re
 import threading
+import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,12 +32,14 @@ from .feedback_keys import CsvState, EventKeys, event_key
 from .feedback_rewrite import Rewrite, plan, refuse_revived_records
 from .feedback_snapshot import Snapshot, SnapshotCache, gc_paused, rows_after
 from .files import append_durably, fsync_dir, now_utc, read_at, remove_stale_temps, write_atomic
+from .runtime import lock_holder
 
 __all__ = [  # the log's public face; the schema and codec live in feedback_csv, file helpers in files
     "FIELDS", "OPTIONAL_FIELDS", "STATUSES", "TASKS", "FeedbackError", "FeedbackLog", "FeedbackRow", "RowProblem",
     "check_text", "format_rows", "parse_csv", "tidy_correction",
 ]  # fmt: skip
 
+LOG = logging.getLogger(__name__)
 LOCK_TIMEOUT_S = 30
 STALE_IMAGE_TEMP_S = 3600  # an image temp file this old is a killed writer's (images are written outside the lock)
 EXTENSION = re.compile(r"[a-z0-9]{1,8}\Z")
@@ -64,10 +68,10 @@ class FeedbackLog:
         """Hold the log's lock; waiting longer than LOCK_TIMEOUT_S is one clear FeedbackError."""
         try:
             self._lock.acquire()
-        except Timeout:
+        except Timeout:  # the holder is named: a process stopped or hung with the lock is the one to look at
             raise FeedbackError(
-                f"the feedback log is busy: another writer held {self._lock.lock_file} for over {LOCK_TIMEOUT_S} s; "
-                "nothing was written, try again"
+                f"the feedback log is busy: {lock_holder(self._lock.lock_file) or 'another writer'} held "
+                f"{self._lock.lock_file} for over {LOCK_TIMEOUT_S} s; nothing was written, try again"
             ) from None
         except OSError as exc:  # a read-only or full data folder, or one this user may not write
             raise NotWritable(f"the feedback log cannot be written here: {self._lock.lock_file}: {exc.strerror or exc}") from None
@@ -216,6 +220,7 @@ class FeedbackLog:
         remove_stale_temps(self.data_dir, f".{self.csv_path.name}.*.tmp")
         state = CsvState.of(self.csv_path)
         old = _SNAPSHOTS.current(self.csv_path) if state is not None else Snapshot(None, b"")
+        self._keep_unknown_columns(old)
         new_rows = transform(list(old.rows))
         keys, _ = self._synced_keys(state)
         with gc_paused():
@@ -229,6 +234,16 @@ class FeedbackLog:
         with gc_paused():
             keys.rebuild(built.pairs, state)
         return new_rows
+
+    def _keep_unknown_columns(self, old: Snapshot) -> None:
+        """A header with columns this log does not know (one added in a spreadsheet): a rewrite writes today's
+        columns only, so the file as it was is kept first, as data/feedback-columns-<UTC time>.csv."""
+        unknown = [name for name in old.columns or [] if name not in FIELDS]
+        if unknown:
+            kept = self.data_dir / f"feedback-columns-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.csv"
+            write_atomic(kept, self.csv_path.read_bytes())
+            LOG.warning("%s has columns this app does not keep (%s): the log as it was is saved as %s",
+                        self.csv_path, ", ".join(unknown), kept)  # fmt: skip
 
     # --- the event-key index -----------------------------------------------------------------------
     def _keys(self) -> EventKeys:

@@ -238,7 +238,7 @@ def _prune(root: Path, keep: set) -> None:
     and the segments and trained IVFs that no kept generation names."""
     used = set()
     for generation in root.glob("gen-*"):
-        if generation.name not in keep:
+        if generation.name not in keep or _older_format(generation):  # an older format: no search here can open it
             shutil.rmtree(generation, ignore_errors=True)
             continue
         try:
@@ -256,6 +256,14 @@ def remove_strays(root: Path) -> None:
     """What an update that crashed before it finished left behind."""
     for stray in [*root.glob(".gen-*.tmp"), *(root / "segments").glob(".*.tmp")]:
         shutil.rmtree(stray, ignore_errors=True) if stray.is_dir() else stray.unlink(missing_ok=True)
+
+
+def _older_format(generation: Path) -> bool:
+    """A generation an earlier version of the app wrote in another format (the index rebuilt from it says so)."""
+    try:
+        return json.loads((generation / "meta.json").read_text()).get("format") != FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False  # unreadable: not known to be of another format, so kept as any unreadable one is
 
 
 def _fsync_files(folder: Path, only: str | None = None) -> None:

@@ -340,16 +340,25 @@ def hub_kwargs(spec: ModelSpec) -> dict:
     """Offline (no cache and no network) must fail in a moment, not after the hub client's retries."""
     if spec.source != "hub":
         return {}
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") or not hub_reachable():
+    offline = hub_offline_reason()
+    if offline:
         if not _in_hub_cache(spec.location):
             hint = ""
             if re.fullmatch(r"v\d{4,}", spec.location):  # a version's name, given where a spec is asked for
                 hint = f" (a fine-tuned version is `active`, or its folder: models/{spec.location})"
-            raise ModelError(
-                f"{spec.location} is not in the local Hugging Face cache and {HUB_HOST} cannot be reached (offline){hint}"
-            )
+            raise ModelError(f"{spec.location} is not in the local Hugging Face cache and {offline}{hint}")
         return {"local_files_only": True}
     return {}
+
+
+def hub_offline_reason() -> str | None:
+    """Why the hub cannot be asked (HF_HUB_OFFLINE set, or its endpoint not answering), or None when it can."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):  # huggingface_hub's truths
+        return "HF_HUB_OFFLINE is set (offline)"
+    if not hub_reachable():
+        host, port = hub_address()
+        return f"{host}:{port} cannot be reached (offline)"
+    return None
 
 
 def _in_hub_cache(repo_id: str) -> bool:
@@ -361,13 +370,22 @@ def _in_hub_cache(repo_id: str) -> bool:
         return False
 
 
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face hub answers a TCP connect (the endpoint from HF_ENDPOINT if set)."""
+def hub_address() -> tuple[str, int]:
+    """The host and port the hub client talks to: HF_ENDPOINT's (a mirror, often on a port of its own), else the hub's."""
     from urllib.parse import urlparse
 
-    host = urlparse(os.environ.get("HF_ENDPOINT", f"https://{HUB_HOST}")).hostname or HUB_HOST
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "").strip() or f"https://{HUB_HOST}")
     try:
-        socket.create_connection((host, 443), timeout=timeout).close()
+        port = endpoint.port
+    except ValueError:  # a port that is no number: the hub client fails on it too, and says so
+        port = None
+    return endpoint.hostname or HUB_HOST, port or (80 if endpoint.scheme == "http" else 443)
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers a TCP connect (at HF_ENDPOINT's host and port if set)."""
+    try:
+        socket.create_connection(hub_address(), timeout=timeout).close()
         return True
     except OSError:
         return False

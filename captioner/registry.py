@@ -225,12 +225,14 @@ def _owner_alive(owner: str) -> bool:
         return False
 
 
-def remove_stale_staging(models_dir: Path) -> None:
+def remove_stale_staging(models_dir: Path) -> list[str]:
     """Staging folders a killed run left behind (their writer is gone); a running one's stays, and so does one
-    without an owner that was touched in the last minutes (under the registry lock, publish leaves none such)."""
+    without an owner that was touched in the last minutes (under the registry lock, publish leaves none such).
+    Returns the names of the folders removed."""
     models_dir = Path(models_dir)
+    removed: list[str] = []
     if not models_dir.is_dir():
-        return
+        return removed
     with FileLock(str(models_dir / LOCK_FILE)):
         remove_stale_temps(models_dir, f".{ACTIVE_FILE}.*.tmp")  # a killed activation's: activations hold this lock
         for folder in models_dir.glob(".staging-*"):
@@ -247,4 +249,6 @@ def remove_stale_staging(models_dir: Path) -> None:
             if owner is None and young:
                 continue
             shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder.name)
+    return sorted(removed)
 

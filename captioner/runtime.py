@@ -87,3 +87,25 @@ def process_alive(pid: int, started: float | None = None) -> bool:
     started is given, whether it is the one that started then, not a later process given the same id."""
     now = process_started(pid)
     return now is not None and (started is None or abs(now - started) < 1.0)
+
+
+def lock_holder(lock_file) -> str:
+    """Which process holds an flock on this lock file, as "process 1234 (python -m finetune ...)", from Linux's
+    /proc/locks; "" where that cannot be told (another OS, a network file system, the lock let go meanwhile)."""
+    import psutil
+
+    try:
+        info = os.stat(lock_file)
+        wanted = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+        with open("/proc/locks", encoding="ascii", errors="replace") as table:
+            pids = [int(f[4]) for line in table if len(f := line.split()) > 5 and f[1] == "FLOCK" and f[5] == wanted]
+        pids = [pid for pid in pids if pid > 0]  # 0: a holder in another pid namespace (a container's neighbour)
+    except (OSError, ValueError):
+        return ""
+    for pid in pids:
+        try:
+            command = " ".join(" ".join(psutil.Process(pid).cmdline()).split())  # one line, whatever its arguments hold
+        except psutil.Error:
+            continue
+        return f"process {pid} ({command[:157] + '...' if len(command) > 160 else command})"
+    return f"process {pids[0]}" if pids else ""

@@ -17,6 +17,28 @@ DTYPES = ("auto", "float32", "float16", "bfloat16")
 QUANTIZATIONS = ("none", "8bit", "4bit")
 
 
+# every CAPTIONER_* variable the app reads (from_env); the test suite's own start with CAPTIONER_TEST_
+VARIABLES = tuple(f"CAPTIONER_{name}" for name in (
+    "HOME", "CAPTION_MODEL", "QA_MODEL", "SEARCH_MODEL", "CHAT_MODELS", "GALLERY", "GALLERY_FOLLOW_LINKS", "DEVICE",
+    "DTYPE", "QUANTIZE", "ADMIN_PASSWORD", "STYLE_MODEL", "OPENAI_TIMEOUT",
+))  # fmt: skip
+
+
+def unknown_variables(env: Mapping[str, str] | None = None) -> list[str]:
+    """A line for each CAPTIONER_* variable that is set but read by nothing (a typo: CAPTIONER_DEVICES=cpu left
+    the device on auto without a word), with the setting it probably meant."""
+    import difflib
+
+    env = os.environ if env is None else env
+    notes = []
+    for name in sorted(env):
+        if name.startswith("CAPTIONER_") and name not in VARIABLES and not name.startswith("CAPTIONER_TEST_"):
+            close = difflib.get_close_matches(name[10:], [known[10:] for known in VARIABLES], n=1, cutoff=0.7)
+            hint = f" (did you mean CAPTIONER_{close[0]}?)" if close else f"; the settings are {', '.join(VARIABLES)}"
+            notes.append(f"{name} is not a setting and is ignored{hint}")
+    return notes
+
+
 class SettingsError(ValueError):
     """A CAPTIONER_* variable holds a value the app cannot use."""
 
@@ -96,6 +118,13 @@ class Settings:
     @property
     def models_dir(self) -> Path:
         return self.home / "models"
+
+    def no_log_note(self) -> str | None:
+        """Why a reader finds no feedback at all, when the log's file is not there (a mistyped CAPTIONER_HOME, or a
+        command run from another folder: the current one is the default); None when it is."""
+        if self.feedback_csv.exists():
+            return None
+        return f"{self.feedback_csv} does not exist: nothing is logged under CAPTIONER_HOME={self.home}"
 
 
 def _seconds(name: str, value: str) -> float:

@@ -7,6 +7,8 @@ import signal
 import time
 import warnings
 
+from captioner.settings import unknown_variables
+
 from .config import FinetuneConfig, parse_args
 from .errors import FinetuneError, NotLive, Refused
 from .run import log, main
@@ -22,6 +24,8 @@ def cli(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notes, not the user's business
     cfg = parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)  # Cancel on the admin page: clean up like Ctrl-C
+    for note in unknown_variables():
+        log(f"note: {note}")
     try:
         folder = main(cfg)
     except NotLive as exc:  # published, but not made live: the outcome names the version all the same

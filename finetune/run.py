@@ -16,6 +16,7 @@ from captioner import images, registry
 from captioner.feedback import FeedbackLog
 from captioner.loading import serve
 from captioner.models import LoadedModel, ModelError
+from captioner.runtime import lock_holder
 
 from . import judge
 from .config import FinetuneConfig, resolve_home
@@ -81,11 +82,14 @@ def main(cfg: FinetuneConfig) -> Path | None:
     if settings.models_dir.exists() and not settings.models_dir.is_dir():
         raise FinetuneError(f"cannot write into {settings.models_dir}: it is a file, not a folder; nothing was trained")
     try:
-        registry.remove_stale_staging(settings.models_dir)
+        for left in registry.remove_stale_staging(settings.models_dir):  # said: a run killed before it could say so
+            log(f"removed models/{left}: an unfinished version a killed retrain left")
         run_lock = FileLock(str(settings.models_dir / RUN_LOCK), timeout=0)
         run_lock.acquire()
     except Timeout:
-        raise FinetuneError(f"another retrain is running on {settings.models_dir}; nothing was trained") from None
+        holder = lock_holder(settings.models_dir / RUN_LOCK)
+        raise FinetuneError(f"another retrain is running on {settings.models_dir}{f' ({holder})' if holder else ''}; "
+                            "nothing was trained") from None  # fmt: skip
     except OSError as exc:  # its lock file cannot be made: a read-only or full models folder
         raise FinetuneError(f"cannot write into {settings.models_dir}: {exc.strerror or exc}; nothing was trained") from None
     try:
@@ -199,7 +203,9 @@ def approved(feedback: FeedbackLog, cfg: FinetuneConfig) -> list[Example]:
         rows = sum(r.task == "caption" and r.status == "approved" and bool(r.correction.strip()) for r in feedback.read()[0])
         what = (f"{len(examples)} images with an approved caption ({rows} approved caption rows: the latest of each image "
                 "counts)" if rows != len(examples) else f"{len(examples)} approved caption row(s)")  # fmt: skip
-        raise FinetuneError(f"only {what}; --min-rows is {cfg.min_rows}")
+        where = (f"in {feedback.csv_path}" if feedback.csv_path.exists()
+                 else f"{feedback.csv_path} does not exist (is CAPTIONER_HOME, or --home, the folder holding data/?)")  # fmt: skip
+        raise FinetuneError(f"only {what}; --min-rows is {cfg.min_rows}; {where}")
     return examples
 
 

@@ -337,3 +337,12 @@ def test_a_version_folder_named_as_under_captioner_home_is_found_from_any_folder
     done = run_cli("caption", picture, "--model", "models/v0001", cwd=elsewhere)  # as the hint says
     assert done.returncode == 0 and json.loads(done.stdout)["caption"] == "a red circle", done.stderr
 
+
+def test_a_home_with_no_log_says_where_it_looked_instead_of_an_empty_answer(home, tmp_path):
+    typo = tmp_path / "captioner-hmoe"  # CAPTIONER_HOME mistyped: an empty list looked like a log with no rows
+    for command in (["feedback", "list"], ["feedback", "export", "--format", "jsonl", "--out", tmp_path / "out"]):
+        done = run_cli(*command, env={"CAPTIONER_HOME": str(typo)})
+        assert f"note: {typo / 'data' / 'feedback.csv'} does not exist: nothing is logged under CAPTIONER_HOME={typo}" in done.stderr
+    run_cli("feedback", "add", write(tmp_path, "p.png", zoo.encode(zoo.demo(), "PNG")), "--correction", "fine")
+    done = run_cli("feedback", "list")
+    assert done.returncode == 0 and len(done.stdout.splitlines()) == 1 and "note" not in done.stderr

@@ -258,6 +258,26 @@ def test_a_log_from_before_the_score_column_reads_and_is_upgraded_on_the_next_wr
 
 
 
+def test_a_column_added_in_a_spreadsheet_is_kept_aside_before_the_next_write_drops_it(tmp_path):
+    log = FeedbackLog(tmp_path)
+    first, _ = record(log, "a blue circle")
+    second, _ = record(log, "a red square", data=b"other")
+    lines = list(csv.reader(io.StringIO(log.csv_path.read_text(encoding="utf-8"), newline="")))
+    out = io.StringIO(newline="")
+    csv.writer(out, lineterminator="\r\n").writerows([lines[0] + ["checked_by"], lines[1] + ["ann"], lines[2] + ["bob"]])
+    edited = out.getvalue()
+    log.csv_path.write_text(edited, encoding="utf-8", newline="")
+    assert [r.id for r in log.read()[0]] == [first.id, second.id]
+    third, created = record(log, "a green star", data=b"third")  # the append rewrites the log in today's columns
+    rows, problems = log.read()
+    assert created and problems == [] and [r.id for r in rows] == [first.id, second.id, third.id]
+    assert "checked_by" not in log.csv_path.read_text(encoding="utf-8").splitlines()[0]
+    kept = list(tmp_path.glob("feedback-columns-*.csv"))
+    assert len(kept) == 1 and kept[0].read_bytes() == edited.encode()  # ann's and bob's checks are not lost
+    record(log, "a green star", data=b"fourth")
+    assert len(list(tmp_path.glob("feedback-columns-*.csv"))) == 1  # once: the log has today's columns now
+
+
 def test_a_linked_row_names_its_original_and_a_log_from_before_the_link_column_still_reads(tmp_path):
     log = FeedbackLog(tmp_path)
     original, _ = record(log, "a red star")
@@ -475,6 +495,38 @@ def test_a_lock_held_too_long_is_one_clear_error_in_the_library_and_the_cli(tmp_
         assert main(["feedback", "add", str(picture), "--correction", "blocked"]) == 2
     err = capsys.readouterr().err
     assert "the feedback log is busy" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+HOLDER = """
+import sys, time
+from filelock import FileLock
+lock = FileLock(sys.argv[1])
+lock.acquire()
+print("holding", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_writer_stuck_with_the_lock_is_named_by_its_process(tmp_path, monkeypatch):
+    import captioner.feedback as feedback
+
+    monkeypatch.setattr(feedback, "LOCK_TIMEOUT_S", 0.5)
+    log = FeedbackLog(tmp_path)
+    record(log, "first")
+    script = tmp_path / "stuck_writer.py"
+    script.write_text(HOLDER)
+    stuck = subprocess.Popen([sys.executable, script, str(log.csv_path) + ".lock"], cwd=ROOT, env=child_env(),
+                             stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert stuck.stdout.readline().strip() == "holding"  # as a `feedback add` stopped with Ctrl-Z, or hung on a disk
+        with pytest.raises(FeedbackError) as caught:
+            record(log, "second", data=b"other")
+    finally:
+        stuck.kill()
+        stuck.wait()
+    message = str(caught.value)
+    assert f"the feedback log is busy: process {stuck.pid} (" in message and "stuck_writer.py" in message
+    assert record(log, "second", data=b"other")[1]  # killed, its lock is gone with it: the next write goes through
 
 
 def test_a_read_only_data_folder_is_read_and_a_write_is_one_clear_error(tmp_path, monkeypatch, capsys, demo_png):

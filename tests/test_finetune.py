@@ -108,10 +108,10 @@ def test_a_run_that_makes_the_heldout_worse_is_refused(home, monkeypatch):
 def test_clear_errors_for_too_few_rows_missing_images_and_broken_rows(tiny_home, capsys):
     with pytest.raises(FinetuneError, match="--home /no/such/folder is not a folder"):  # not "0 approved rows"
         main(FinetuneConfig(home="/no/such/folder"))
-    with pytest.raises(FinetuneError, match="only 0 approved caption row"):
-        main(quick(tiny_home))
+    with pytest.raises(FinetuneError, match="only 0 approved caption row.*feedback.csv does not exist .is CAPTIONER_HOME"):
+        main(quick(tiny_home))  # run from the wrong folder, or a mistyped CAPTIONER_HOME: it says where it looked
     log = log_rows(tiny_home, n=6, status="pending")
-    with pytest.raises(FinetuneError, match="only 0 approved"):
+    with pytest.raises(FinetuneError, match=f"only 0 approved caption row.*; in {log.csv_path}"):
         main(quick(tiny_home))
     log_rows(tiny_home, n=6)
     with open(log.csv_path, "a", encoding="utf-8") as handle:
@@ -337,7 +337,7 @@ def test_too_few_rows_says_the_approved_rows_count_once_per_image(tiny_home):
     with pytest.raises(FinetuneError) as raised:
         main(FinetuneConfig(home=str(tiny_home), min_rows=5))
     assert str(raised.value) == ("only 3 images with an approved caption (9 approved caption rows: the latest of each image "
-                                 "counts); --min-rows is 5")  # it said "only 3 approved caption row(s)" of a log showing 9
+                                 f"counts); --min-rows is 5; in {log.csv_path}")  # it said "only 3 approved caption row(s)" of 9
 
 
 def test_captioning_the_regression_set_and_the_held_out_images_is_counted_in_the_progress(tiny_home, tmp_path):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -189,6 +190,12 @@ def test_the_search_cli_prints_a_name_that_is_not_utf8_so_json_gives_it_back(hom
     assert nothing.returncode == 0 and nothing.stdout == ""
     assert "holds no images: nothing to find (a folder without image files?" in nothing.stderr
     assert f"images added since the last update are added by `captioner index {home / 'empty'}`" in nothing.stderr
+    missing = run_cli("search", "--text", "a red circle", "--model", "demo",
+                      env={"CAPTIONER_HOME": str(home), "CAPTIONER_GALLERY": str(home / "fotos")})  # fmt: skip
+    assert missing.returncode == 2 and missing.stderr.strip().splitlines()[-1] == (
+        f"captioner: the gallery folder {home / 'fotos'} does not exist (CAPTIONER_GALLERY names it; --gallery for "
+        "this search)"
+    )  # it named the folder only: where it came from was left to guess
 
 
 def test_a_home_that_cannot_be_written_still_searches_and_an_update_says_why(clip, gallery, settings, monkeypatch):
@@ -566,3 +573,23 @@ def test_a_query_image_searched_again_is_not_decoded_or_encoded_again(clip, gall
     assert encoded == [1] and [h.path for h in again[:3]] == [h.path for h in first]
     search_image(clip, index, ImageInput("other.png", (gallery / "1-blue-square.png").read_bytes()), k=3)
     assert encoded == [1, 1]  # another picture is encoded
+
+
+def test_a_rebuild_from_an_older_format_removes_the_old_files(clip, gallery, settings):
+    update_index(clip, gallery, settings.data_dir)
+    root = index_root(settings.data_dir, gallery, clip.name)
+    generation = root / current_generation(root)
+    old = root / "gen-20261122000000-abcdef"  # as the first index format left it: all vectors inside its generation
+    old.mkdir()
+    (old / "meta.json").write_text(json.dumps({"format": 1, "model": clip.name, "entries": 4}))
+    (old / "vectors.npy").write_bytes(b"\0" * 4096)
+    (old / "entries.jsonl").write_text("{}\n" * 4)
+    (root / "CURRENT").write_text(json.dumps({"generation": old.name}))
+    shutil.rmtree(generation)
+    for segment in (root / "segments").glob("seg-*"):
+        shutil.rmtree(segment)
+    index, report = open_or_build(clip, gallery, settings.data_dir)
+    assert "format 1" in report.rebuilt_because and len(index) == 4
+    assert not old.exists() and [p.name for p in root.glob("gen-*")] == [current_generation(root)]  # nothing stays
+    index, report = update_index(clip, gallery, settings.data_dir)
+    assert report.unchanged == 4 and len(index) == 4

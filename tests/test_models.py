@@ -128,3 +128,58 @@ def test_settings_paths_follow_captioner_home(home):
     settings = Settings.from_env()
     assert settings.feedback_csv == home / "data" / "feedback.csv"
     assert settings.models_dir == home / "models" and settings.gallery == home / "data" / "gallery"
+
+
+def test_a_hub_mirror_on_its_own_port_counts_as_reachable(monkeypatch):
+    import socket
+
+    from captioner.models import hub_offline_reason, hub_reachable
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with socket.socket() as mirror:  # a mirror such as http://hf-mirror:8080, listening where HF_ENDPOINT says
+        mirror.bind(("127.0.0.1", 0))
+        mirror.listen()
+        port = mirror.getsockname()[1]
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+        assert hub_reachable(timeout=2) and hub_offline_reason() is None  # it was asked on 443 and judged offline
+    assert not hub_reachable(timeout=2)  # closed now: the same port refuses
+    assert hub_offline_reason() == f"127.0.0.1:{port} cannot be reached (offline)"
+
+
+def test_hf_hub_offline_is_named_as_the_reason(monkeypatch):
+    from captioner.models import hub_offline_reason
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "ON")  # huggingface_hub counts on as true too
+    assert hub_offline_reason() == "HF_HUB_OFFLINE is set (offline)"
+    with pytest.raises(ModelError, match="not in the local Hugging Face cache and HF_HUB_OFFLINE is set"):
+        load_captioner("Salesforce/blip-image-captioning-large", Settings.from_env({"CAPTIONER_DEVICE": "cpu"}))
+
+
+def test_a_misspelled_setting_is_named_with_the_one_it_probably_meant(home, tmp_path):
+    from captioner.settings import unknown_variables
+    from conftest import run_cli
+
+    env = {"CAPTIONER_DEVICES": "cpu", "CAPTIONER_HOME": ".", "CAPTIONER_TEST_DEVICE": "auto", "CAPTIONER_FOO": "1"}
+    assert unknown_variables(env) == [
+        "CAPTIONER_DEVICES is not a setting and is ignored (did you mean CAPTIONER_DEVICE?)",
+        "CAPTIONER_FOO is not a setting and is ignored; the settings are CAPTIONER_HOME, CAPTIONER_CAPTION_MODEL, "
+        "CAPTIONER_QA_MODEL, CAPTIONER_SEARCH_MODEL, CAPTIONER_CHAT_MODELS, CAPTIONER_GALLERY, "
+        "CAPTIONER_GALLERY_FOLLOW_LINKS, CAPTIONER_DEVICE, CAPTIONER_DTYPE, CAPTIONER_QUANTIZE, CAPTIONER_ADMIN_PASSWORD, "
+        "CAPTIONER_STYLE_MODEL, CAPTIONER_OPENAI_TIMEOUT",
+    ]
+    done = run_cli("feedback", "list", env={"CAPTIONER_CAPTION_MODLE": "demo"})  # it used to list as if all was well
+    assert done.returncode == 0
+    assert "note: CAPTIONER_CAPTION_MODLE is not a setting and is ignored (did you mean CAPTIONER_CAPTION_MODEL?)" in done.stderr
+
+
+def test_the_readme_describes_every_setting_and_only_settings_that_exist():
+    import re
+
+    from captioner.settings import VARIABLES
+    from conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = set(re.findall(r"^\| `(CAPTIONER_[A-Z_]+)` \|", readme, flags=re.M))
+    assert table == set(VARIABLES)  # each with its meaning and default in the Configuration table
+    mentioned = set(re.findall(r"CAPTIONER_[A-Z_]+", readme)) - {"CAPTIONER_TEST_DEVICE", "CAPTIONER_DEVICES"}  # the suite's, a typo
+    assert mentioned <= set(VARIABLES), mentioned - set(VARIABLES)

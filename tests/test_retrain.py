@@ -1,6 +1,7 @@
 """Retraining as a background job (what the admin page drives), and exporting approved rows."""
 
 import json
+import os
 import time
 
 import pytest
@@ -253,7 +254,7 @@ def test_stale_staging_folders_go_and_live_or_young_ones_stay(tmp_path):
     (ownerless / registry.OWNER_FILE).unlink()  # a moment from its rename (a crash there leaves it, then it ages)
     (old / registry.OWNER_FILE).unlink()
     os.utime(old, (time.time() - 2 * registry.STALE_STAGING_S,) * 2)
-    registry.remove_stale_staging(models)
+    assert registry.remove_stale_staging(models) == sorted([dead.name, old.name])  # finetune names them in its log
     assert sorted(p.name for p in models.glob(".staging-*")) == sorted([mine.name, ownerless.name])
 
 
@@ -361,7 +362,8 @@ def test_one_retrain_at_a_time_per_models_folder_and_a_refused_one_writes_nothin
     assert not (empty / "models").exists()
     (tiny_home / "models").mkdir()
     with FileLock(str(tiny_home / "models" / RUN_LOCK)):  # a run started elsewhere (CLI, another app) holds it
-        with pytest.raises(FinetuneError, match="another retrain is running on .*models; nothing was trained"):
+        held = rf"another retrain is running on .*models \(process {os.getpid()} \(.*\)\); nothing was trained"  # who holds it
+        with pytest.raises(FinetuneError, match=held):
             main(quick(tiny_home))
     assert registry.list_versions(tiny_home / "models") == []
 

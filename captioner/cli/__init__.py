@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .. import runtime
-from ..settings import Settings, SettingsError
+from ..settings import Settings, SettingsError, unknown_variables
 from .common import UserError, say
 from .parser import build_parser
 
@@ -15,6 +15,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = Settings.from_env()
+        for note in unknown_variables():
+            say(f"note: {note}")
         return run(args, settings)
     except (UserError, SettingsError) as exc:
         say(str(exc))

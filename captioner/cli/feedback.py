@@ -16,6 +16,8 @@ from .common import UserError, say
 
 def cmd_feedback(args, settings: Settings) -> int:
     log = FeedbackLog(settings.data_dir)
+    if args.action in ("list", "export") and (note := settings.no_log_note()):  # an empty answer says where it looked
+        say(f"note: {note}")
     try:
         return feedback_action(args, log, FIELDS)
     except FeedbackError as exc:  # a bad correction, or the log locked by another writer for too long

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 from tqdm import tqdm
 
@@ -95,7 +96,8 @@ def cmd_search(args, settings: Settings) -> int:
             loaded, index, read_file(args.image), args.k
         )
     except (IndexProblem, SearchError) as exc:
-        raise UserError(str(exc)) from None
+        named = "" if args.gallery or Path(gallery).is_dir() else " (CAPTIONER_GALLERY names it; --gallery for this search)"
+        raise UserError(f"{exc}{named}") from None
     except ImageError as exc:
         say(str(exc))
         return 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import streamlit as st
 
 from pages.ui.text import plain
@@ -9,16 +11,27 @@ from captioner.engine import engine_for
 from captioner.feedback import FeedbackLog
 from captioner.loading import DEMO_FALLBACK, WHAT, Served, serve, serving_key
 from captioner.models import LoadedModel, ModelError
-from captioner.settings import Settings, SettingsError
+from captioner.settings import Settings, SettingsError, unknown_variables
+
+LOG = logging.getLogger("captioner.app")
 
 
 def settings() -> Settings:
     """The app's Settings, from CAPTIONER_* variables; a bad value stops the page with its message."""
     try:
-        return Settings.from_env()
+        config = Settings.from_env()
     except SettingsError as exc:
         st.error(f"Configuration error: {plain(exc)}")
         st.stop()
+    _say_unknown_variables(tuple(unknown_variables()))
+    return config
+
+
+@st.cache_resource(show_spinner=False)
+def _say_unknown_variables(notes: tuple[str, ...]) -> None:
+    """Each misspelled CAPTIONER_* variable once in the server log, where the operator who set it looks."""
+    for note in notes:
+        LOG.warning(note)
 
 
 # One cache per kind (max_entries=1 frees the model a new one replaces), keyed by what decides the answer; the
