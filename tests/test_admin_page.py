@@ -266,6 +266,21 @@ def test_versions_tab_activates_and_rolls_back(admin, home):
     assert registry.active_version(home / "models") is None
 
 
+def test_a_press_made_on_what_another_admin_changed_meanwhile_says_so(admin, home):
+    for name in ("v0001", "v0002", "v0003"):
+        make_version(home, name)
+        registry.activate(home / "models", name)
+    login(admin)
+    registry.activate(home / "models", "v0001")  # another admin, while this page shows "Roll back to v0002"
+    click(admin, "Roll back to v0002")  # it did nothing and said nothing: the button's label had changed
+    assert registry.active_version(home / "models") == "v0001"  # theirs is not undone by a press made over v0003
+    assert "v0001 went live after this page showed v0003" in shown(admin.error)[0]
+    [s for s in admin.selectbox if s.label == "Version"][0].set_value("v0002").run()
+    registry.activate(home / "models", "v0003")  # and again, before this admin presses Activate v0002
+    click(admin, "Activate v0002")
+    assert registry.active_version(home / "models") == "v0002" and "v0002 is live" in shown(admin.success)[0]
+
+
 def test_versions_tab_with_the_live_folder_gone_or_a_corrupt_pointer(admin, home, tmp_path):
     make_version(home, "v0001")
     make_version(home, "v0002")

@@ -35,19 +35,31 @@ def render(config: Settings) -> None:
     } for v in found]), hide_index=True)  # fmt: skip
     pick = st.selectbox("Version", [v.name for v in found][::-1])
     make_live, back = st.columns(2)
-    activate = make_live.button(f"Activate {pick}")
+    # each button is bound to what this run showed (a press runs its callback first on the next run): another admin
+    # changing the live version meanwhile changed the Roll back label, and a press on the old one did nothing, silently
+    make_live.button(f"Activate {pick}", key="activate", on_click=_go_live, args=(config, pick, live, False))
     earlier = registry.previous_version(config.models_dir) if live else None  # named on the button: no surprise
-    roll_back = bool(live) and back.button(f"Roll back to {earlier or 'the default model'}")
+    if live:
+        back.button(f"Roll back to {earlier or 'the default model'}", key="roll-back", on_click=_go_live,
+                    args=(config, earlier, live, True))  # fmt: skip
     notes = outbox("version_notes")
-    if activate or roll_back:
-        try:  # seconds of checking the version: its outcome goes into the outbox, which no rerun can drop
-            target = pick if activate else earlier or "default"
-            golive.activate_checked(config, None if target == "default" else target, rollback=not activate)
-            notes.append(f"{target if target != 'default' else 'The default model'} is live; every session's next caption uses it.")
-        except registry.RegistryError as exc:
-            notes.append(f"Not changed: {exc}")
-        st.rerun()
     show_notes(notes)
+
+
+def _go_live(config: Settings, target: str | None, shown_live: str | None, rollback: bool) -> None:
+    """Make target live (None: the default model) after its check; a roll back only from the version it was shown
+    over (rolling back from a version another admin made live since would undo theirs, not what this one saw)."""
+    notes = outbox("version_notes")  # seconds of checking the version: the outcome goes where no rerun can drop it
+    now_live = registry.active_state(config.models_dir).version
+    if rollback and now_live != shown_live:
+        notes.append(f"Not changed: {now_live or 'the default model'} went live after this page showed {shown_live} "
+                     "(another admin?); roll back from it if you still want to.")  # fmt: skip
+        return
+    try:
+        golive.activate_checked(config, target, rollback=rollback)
+        notes.append(f"{target or 'The default model'} is live; every session's next caption uses it.")
+    except registry.RegistryError as exc:
+        notes.append(f"Not changed: {exc}")
 
 
 def _few(concepts: dict, shown: int = 8) -> str:
