@@ -169,7 +169,8 @@ def parse_text(
         if reason is None and out.columns is None:
             missing = [name for name in FIELDS if name not in record and name not in OPTIONAL_FIELDS]
             if missing:
-                _add_problem(out, text, begin, end, begin_line, end_line, f"header is missing columns: {', '.join(missing)}", first_line)
+                reason = f"header is missing columns: {', '.join(missing)}" + _separator_hint(record, len(FIELDS))
+                _add_problem(out, text, begin, end, begin_line, end_line, reason, first_line)
             out.columns = FIELDS if missing else record
             out.header_end = (end, end_line)
             pos = end
@@ -214,7 +215,7 @@ def validate_record(record: list[str], columns: list[str]) -> FeedbackRow | str:
 def _validate(record: list[str], columns: list[str], shared: dict, valid_settings: set, check_utf8: bool) -> FeedbackRow | str:
     """The row, or the reason it is not one (the hot loop of reading the log: keep it lean)."""
     if len(record) != len(columns):
-        return f"expected {len(columns)} fields, found {len(record)}"
+        return f"expected {len(columns)} fields, found {len(record)}" + _separator_hint(record, len(columns))
     if columns is not FIELDS and columns != FIELDS:
         values = {name: "" for name in OPTIONAL_FIELDS} | dict(zip(columns, record))
         record = [values[name] for name in FIELDS]
@@ -250,6 +251,15 @@ def _validate(record: list[str], columns: list[str], shared: dict, valid_setting
     record[6], record[7] = shared.setdefault(model, model), shared.setdefault(version, version)
     record[12], record[14] = shared.setdefault(reviewer, reviewer), shared.setdefault(settings, settings)
     return FeedbackRow._make(record)
+
+
+def _separator_hint(record: list[str], expected: int) -> str:
+    """Why a record has too few fields when a spreadsheet saved it with another separator (';' in many locales)."""
+    if len(record) < expected:
+        for separator, name in ((";", "semicolons"), ("\t", "tabs")):
+            if sum(field.count(separator) for field in record) >= expected - len(record):
+                return f" (its fields look separated by {name}: the log is comma-separated; save it as CSV with commas)"
+    return ""
 
 
 def _encodes(text: str) -> bool:

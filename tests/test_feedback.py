@@ -58,6 +58,20 @@ def test_schema_header_and_lock_file_beside_the_csv(tmp_path):
     assert row.created_at.endswith("+00:00") and len(row.id) == 36
 
 
+def test_a_log_saved_by_a_spreadsheet_with_semicolons_says_so(tmp_path):
+    log = FeedbackLog(tmp_path)
+    record(log, "a blue circle")
+    record(log, "a red square", data=b"img-2")
+    with open(log.csv_path, newline="", encoding="utf-8") as handle:
+        table = list(csv.reader(handle))
+    with open(log.csv_path, "w", newline="", encoding="utf-8") as handle:  # as a spreadsheet in a ';' locale saves it
+        csv.writer(handle, delimiter=";").writerows(table)
+    rows, problems = log.read()
+    assert rows == [] and [(p.line, p.last_line) for p in problems] == [(1, 3)]  # one bad run: header and rows
+    assert all("look separated by semicolons: the log is comma-separated; save it as CSV with commas" in p.reason
+               for p in problems), [p.reason for p in problems]  # fmt: skip
+
+
 def test_hostile_text_round_trips_byte_for_byte(tmp_path):
     log = FeedbackLog(tmp_path)
     for i, text in enumerate(HOSTILE):
