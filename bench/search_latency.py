@@ -24,6 +24,7 @@ import numpy as np
 
 
 from captioner.index_entries import Entry, EntryTable
+from captioner.index_dropped import no_dropped
 from captioner.index_store import load_index, write_generation, write_segment, write_trained
 from captioner.search_structure import FLAT_LIMIT, build_search_structure, recall_at_10
 
@@ -110,7 +111,7 @@ def write_index(root: Path, data: np.ndarray, search, layout, trained) -> None:
                for i in range(len(data))]  # fmt: skip
     meta = {"model": "bench", "model_version": "bench", "dim": data.shape[1], "gallery": "/bench", "entries": len(data),
             "vectors": len(data), "updated": "", "failed": [], "layout": layout.to_json(), "segments": [[segment, len(data)]]}  # fmt: skip
-    write_generation(root, meta, EntryTable.from_entries(entries))
+    write_generation(root, meta, EntryTable.from_entries(entries), no_dropped())  # a bench index: no file has left
 
 
 def footprint(root: Path, queries: np.ndarray) -> str:
