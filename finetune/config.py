@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -69,6 +70,7 @@ class FinetuneConfig:
 
     def validate(self) -> "FinetuneConfig":
         """Every option out of range, named in one ValueError, before any data is read or anything written."""
+        self._check_types()
         floats = [item.name for item in fields(self) if str(item.type) == "float"]
         not_finite = [name for name in floats if not math.isfinite(getattr(self, name))]
         problems = [f"{_flag(name)} must be a finite number, not {getattr(self, name)}" for name in not_finite]
@@ -101,6 +103,25 @@ class FinetuneConfig:
             raise ValueError("; ".join(problems))
         return self
 
+
+    def _check_types(self) -> None:
+        """A ValueError naming every option of the wrong type: a config built in Python or from a file
+        (`FinetuneConfig(**yaml.safe_load(...))`, where PyYAML reads `lr: 2e-3` as text and `activate: no` as False
+        but `activate: "no"` as text) gets one clear refusal instead of a TypeError, or a string "no" taken as true."""
+        problems = []
+        for item in fields(self):
+            value, kind = getattr(self, item.name), str(item.type)
+            if kind == "str" and isinstance(value, os.PathLike):  # a Path for --home or --base is what was meant
+                value = os.fspath(value)
+                setattr(self, item.name, value)
+            wanted = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}[kind]
+            if not isinstance(value, wanted) or (isinstance(value, bool) and kind != "bool"):
+                hint = " (YAML reads 2e-3 as text: write 2.0e-3)" if kind == "float" and isinstance(value, str) else ""
+                what = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "text"}[kind]
+                named = item.name if kind == "bool" else f"{item.name} ({_flag(item.name)})"  # a bool's flag is --no-NAME
+                problems.append(f"{named} must be {what}, not {value!r} ({type(value).__name__}){hint}")
+        if problems:
+            raise ValueError("; ".join(problems))
 
     def check_length(self, rows: int, what: str = "images with an approved caption") -> None:
         """A ValueError naming --epochs when it would train on these rows for more than LONGEST times the steps the
