@@ -155,6 +155,9 @@ def model_card(args: dict, metrics: dict, license_id: str) -> str:
     front = {"library_name": "transformers", "pipeline_tag": "image-to-text", "license": license_id, "tags": TAGS}
     if args.get("base_hub_id"):
         front = {"base_model": args["base_hub_id"], **front}
+    results = eval_results(metrics)
+    if results:
+        front["model-index"] = [{"name": f"captioner fine-tuned from {args['base_model']}", "results": results}]
     before, after = metrics["heldout_before"], metrics["heldout_after"]
     old, new = metrics["old_knowledge"], metrics["new_concepts"]
     kinds = "\n".join(
@@ -210,6 +213,20 @@ Captions of the check set (the images every version must caption before it can g
 The merged model and processor (`from_pretrained` this folder), `adapter/` (the LoRA adapter alone; its
 `base_model_name_or_path` is `{args['base_model']}`), `metrics.json`, `train_args.json`.
 """
+
+
+def eval_results(metrics: dict) -> list[dict]:
+    """The figures after training as the Hub's model-index reads them (each one metrics.json holds; none that is n/a)."""
+    after = metrics["heldout_after"]
+    figures = [("exact_match", after.get("exact_match"), "held-out exact match"), ("bleu", after.get("bleu4"),
+               "held-out smoothed sentence BLEU-4"), ("cider", after.get("cider"), "held-out CIDEr"),
+               ("exact_match", metrics["new_concepts"].get("after"), "new concepts exact match"),
+               ("exact_match", metrics["old_knowledge"].get("after"), "old knowledge exact match")]  # fmt: skip
+    found = [{"type": kind, "value": value, "name": name} for kind, value, name in figures if value is not None]
+    if not found:
+        return []
+    dataset = {"type": "captioning-studio-feedback", "name": "held-out approved corrections (data/feedback.csv)"}
+    return [{"task": {"type": "image-to-text", "name": "Image captioning"}, "dataset": dataset, "metrics": found}]
 
 
 def _plain(text: str) -> str:
