@@ -47,7 +47,7 @@ class FinetuneConfig:
     )
     seed: int = option(0, "random seed")
     base: str = option("", "model spec to start from; default: the live model")
-    # a bool's help is its --no-NAME flag's: what turning it off does
+    # a bool that defaults True: its help is its --no-NAME flag's, what turning it off does
     activate: bool = option(True, "only publish the new version (by default it is made live when it passes)")
     recoloured_views: int = option(
         6, "views of each correction that teaches no colour word, its picture turned to other hues and captioned by "
@@ -56,6 +56,8 @@ class FinetuneConfig:
     augment: bool = option(True, "train on the pictures as they are (by default they are flipped, zoomed and shifted at random)")
     home: str = option("", "CAPTIONER_HOME to read feedback from and publish into; default: the environment's")
     progress_file: str = option("", "also write progress as JSON lines here (the admin page follows it)")
+    dry_run: bool = option(False, "say what would be trained (rows by kind and concept, held out, steps, base, the "
+                           "version it would publish) and stop: nothing is loaded, trained or written")
 
     @property
     def alpha(self) -> int:
@@ -143,13 +145,16 @@ def parse_args(argv: list[str] | None = None) -> FinetuneConfig:
     for item in fields(FinetuneConfig):
         flag, help_text = "--" + item.name.replace("_", "-"), item.metadata.get("help", "")
         default = item.default if item.default is not MISSING else None
-        if item.type in ("bool", bool):
+        if item.type in ("bool", bool) and default:
             negative = "--no-" + item.name.replace("_", "-")
             parser.add_argument(negative, dest=item.name, action="store_false", help=help_text)
             parser.set_defaults(**{item.name: default})
+        elif item.type in ("bool", bool):
+            parser.add_argument(flag, dest=item.name, action="store_true", help=help_text)
         else:
             kind = {"int": int, "float": float, "str": str}[str(item.type)]
-            parser.add_argument(flag, type=kind, default=default, help=f"{help_text} (default: {default})")
+            shown = f" (default: {default})" if default != "" else ""  # an empty text's default is said in its help
+            parser.add_argument(flag, type=kind, default=default, help=help_text + shown)
     return FinetuneConfig(**vars(parser.parse_args(argv)))
 
 
