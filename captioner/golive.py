@@ -40,8 +40,7 @@ def activate_checked(settings: Settings, version: str | None, rollback: bool = F
     rollback: it is the one live before (registry.previous_version), and the history winds back to it."""
     if version is not None:
         folder = Path(settings.models_dir) / version
-        if not (folder / "config.json").is_file():
-            raise registry.RegistryError(f"version {version!r} does not exist in {settings.models_dir} (see `models list`)")
+        registry.require_whole(settings.models_dir, version)  # before loading: a half-written folder says what it lacks
         try:
             check_folder(folder, settings, version)
         except ModelError as exc:

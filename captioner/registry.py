@@ -103,6 +103,8 @@ def version_problem(folder: Path) -> str | None:
         return f"{folder.name} is missing from {folder.parent}"
     try:
         json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return f"{folder.name} holds no config.json (a half-written or hand-made folder, not a published version)"
     except (OSError, ValueError) as exc:
         return f"{folder.name}/config.json is unreadable ({type(exc).__name__})"
     weights = sorted(folder.glob("*.safetensors"))
@@ -195,6 +197,17 @@ def activate(models_dir: Path, version: str | None, expected=ANY, rollback: bool
             write_atomic(models_dir / ACTIVE_FILE, (json.dumps(payload, indent=2) + "\n").encode())
     except OSError as exc:  # a read-only or full models folder: the live model stays
         raise RegistryError(f"cannot write {models_dir / ACTIVE_FILE}: {exc.strerror or exc}") from None
+
+
+def require_whole(models_dir: Path, version: str) -> None:
+    """RegistryError unless `version` names a whole version folder: one that is not there, or one that is there but
+    half-written (listed by `models list`, so "does not exist" would be untrue), each said as it is."""
+    folder = Path(models_dir) / version
+    if not (VERSION_NAME.match(version) and folder.is_dir()):
+        raise RegistryError(f"version {version!r} does not exist in {models_dir} (see `models list`)")
+    problem = version_problem(folder)
+    if problem:
+        raise RegistryError(f"version {version!r} cannot go live: {problem}")
 
 
 def previous_version(models_dir: Path) -> str | None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import platform
 import re
 from dataclasses import asdict
 from pathlib import Path
@@ -31,8 +33,9 @@ def base_reference(spec, home: Path) -> dict:
     return {"name": name, "revision": None, "hub_id": _lineage_root(location)}
 
 
-def train_args(cfg, base: dict, base_version: str, examples: list, rows, heldout: list) -> dict:
-    """train_args.json: every option as given, then what the run worked out from them, each under a name of its own."""
+def train_args(cfg, base: dict, base_version: str, examples: list, rows, heldout: list, device: str = "") -> dict:
+    """train_args.json: every option as given, then what the run worked out from them, each under a name of its own,
+    the data it trained on and the software it ran with (what a rerun needs, and what tells it apart)."""
     trained = [e for e in rows.examples if e.kind != VIEW]
     return {
         **asdict(cfg), "home": "", "progress_file": "",  # this machine's paths: they name nothing elsewhere
@@ -41,7 +44,34 @@ def train_args(cfg, base: dict, base_version: str, examples: list, rows, heldout
         "base_revision": base["revision"], "base_hub_id": base["hub_id"], "rows_used": len(examples),
         "train_rows": len(trained), "recoloured_views_made": len(rows.examples) - len(trained),
         "heldout_rows": len(heldout), "regression_rows": sum(e.kind == REGRESSION for e in trained + heldout),
+        "data": data_snapshot(trained + heldout, heldout), "environment": environment(device),
     }  # fmt: skip
+
+
+def data_snapshot(used: list, heldout: list) -> dict:
+    """The feedback rows (by id) and images (by hash) the run used; the fingerprint changes with any caption or image."""
+    lines = sorted(f"{e.kind}\t{e.sha256}\t{e.caption}" for e in used)
+    return {
+        "fingerprint": hashlib.sha256("\n".join(lines).encode()).hexdigest(),
+        "feedback_rows": sorted(e.row_id for e in used if e.row_id),
+        "regression_images": sorted(e.sha256 for e in used if e.kind == REGRESSION),
+        "heldout_images": sorted(e.sha256 for e in heldout),
+    }
+
+
+def environment(device: str) -> dict:
+    """Python and the libraries whose versions change the trained weights, and the device it trained on."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    found = {"python": platform.python_version(), "device": device, "torch": torch.__version__}  # with its build: +cu130
+    for package in ("transformers", "peft", "numpy", "pillow"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = None
+    return found
 
 
 def _lineage_root(folder: Path) -> str | None:
@@ -125,6 +155,9 @@ def model_card(args: dict, metrics: dict, license_id: str) -> str:
     front = {"library_name": "transformers", "pipeline_tag": "image-to-text", "license": license_id, "tags": TAGS}
     if args.get("base_hub_id"):
         front = {"base_model": args["base_hub_id"], **front}
+    results = eval_results(metrics)
+    if results:
+        front["model-index"] = [{"name": f"captioner fine-tuned from {args['base_model']}", "results": results}]
     before, after = metrics["heldout_before"], metrics["heldout_after"]
     old, new = metrics["old_knowledge"], metrics["new_concepts"]
     kinds = "\n".join(
@@ -148,7 +181,8 @@ live model's own knowledge replayed and distilled so that it is kept.
 - base model: `{args['base_model']}`{revision}
 {_rows(args)}
 - LoRA rank {args['lora_r']} on the {args['lora_targets']} layers, learning rate {args['lr']},
-  {metrics['training']['steps']} training steps, self-distillation weight {args['distill']}
+  {metrics['training']['steps']} training steps, self-distillation weight {args['distill']}, seed {args['seed']}
+  (`train_args.json` holds every option, the feedback rows and images used, and the library versions)
 
 ## The two figures the gate decided on (held-out images, exact match)
 
@@ -179,6 +213,20 @@ Captions of the check set (the images every version must caption before it can g
 The merged model and processor (`from_pretrained` this folder), `adapter/` (the LoRA adapter alone; its
 `base_model_name_or_path` is `{args['base_model']}`), `metrics.json`, `train_args.json`.
 """
+
+
+def eval_results(metrics: dict) -> list[dict]:
+    """The figures after training as the Hub's model-index reads them (each one metrics.json holds; none that is n/a)."""
+    after = metrics["heldout_after"]
+    figures = [("exact_match", after.get("exact_match"), "held-out exact match"), ("bleu", after.get("bleu4"),
+               "held-out smoothed sentence BLEU-4"), ("cider", after.get("cider"), "held-out CIDEr"),
+               ("exact_match", metrics["new_concepts"].get("after"), "new concepts exact match"),
+               ("exact_match", metrics["old_knowledge"].get("after"), "old knowledge exact match")]  # fmt: skip
+    found = [{"type": kind, "value": value, "name": name} for kind, value, name in figures if value is not None]
+    if not found:
+        return []
+    dataset = {"type": "captioning-studio-feedback", "name": "held-out approved corrections (data/feedback.csv)"}
+    return [{"task": {"type": "image-to-text", "name": "Image captioning"}, "dataset": dataset, "metrics": found}]
 
 
 def _plain(text: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -46,7 +47,7 @@ class FinetuneConfig:
     )
     seed: int = option(0, "random seed")
     base: str = option("", "model spec to start from; default: the live model")
-    # a bool's help is its --no-NAME flag's: what turning it off does
+    # a bool that defaults True: its help is its --no-NAME flag's, what turning it off does
     activate: bool = option(True, "only publish the new version (by default it is made live when it passes)")
     recoloured_views: int = option(
         6, "views of each correction that teaches no colour word, its picture turned to other hues and captioned by "
@@ -55,6 +56,8 @@ class FinetuneConfig:
     augment: bool = option(True, "train on the pictures as they are (by default they are flipped, zoomed and shifted at random)")
     home: str = option("", "CAPTIONER_HOME to read feedback from and publish into; default: the environment's")
     progress_file: str = option("", "also write progress as JSON lines here (the admin page follows it)")
+    dry_run: bool = option(False, "say what would be trained (rows by kind and concept, held out, steps, base, the "
+                           "version it would publish) and stop: nothing is loaded, trained or written")
 
     @property
     def alpha(self) -> int:
@@ -69,6 +72,7 @@ class FinetuneConfig:
 
     def validate(self) -> "FinetuneConfig":
         """Every option out of range, named in one ValueError, before any data is read or anything written."""
+        self._check_types()
         floats = [item.name for item in fields(self) if str(item.type) == "float"]
         not_finite = [name for name in floats if not math.isfinite(getattr(self, name))]
         problems = [f"{_flag(name)} must be a finite number, not {getattr(self, name)}" for name in not_finite]
@@ -102,6 +106,25 @@ class FinetuneConfig:
         return self
 
 
+    def _check_types(self) -> None:
+        """A ValueError naming every option of the wrong type: a config built in Python or from a file
+        (`FinetuneConfig(**yaml.safe_load(...))`, where PyYAML reads `lr: 2e-3` as text and `activate: no` as False
+        but `activate: "no"` as text) gets one clear refusal instead of a TypeError, or a string "no" taken as true."""
+        problems = []
+        for item in fields(self):
+            value, kind = getattr(self, item.name), str(item.type)
+            if kind == "str" and isinstance(value, os.PathLike):  # a Path for --home or --base is what was meant
+                value = os.fspath(value)
+                setattr(self, item.name, value)
+            wanted = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}[kind]
+            if not isinstance(value, wanted) or (isinstance(value, bool) and kind != "bool"):
+                hint = " (YAML reads 2e-3 as text: write 2.0e-3)" if kind == "float" and isinstance(value, str) else ""
+                what = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "text"}[kind]
+                named = item.name if kind == "bool" else f"{item.name} ({_flag(item.name)})"  # a bool's flag is --no-NAME
+                problems.append(f"{named} must be {what}, not {value!r} ({type(value).__name__}){hint}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
     def check_length(self, rows: int, what: str = "images with an approved caption") -> None:
         """A ValueError naming --epochs when it would train on these rows for more than LONGEST times the steps the
         automatic choice takes (--epochs 1000 over 3,000 rows: 188,000 steps, over 6 hours of the demo model on 2 cores)."""
@@ -122,13 +145,16 @@ def parse_args(argv: list[str] | None = None) -> FinetuneConfig:
     for item in fields(FinetuneConfig):
         flag, help_text = "--" + item.name.replace("_", "-"), item.metadata.get("help", "")
         default = item.default if item.default is not MISSING else None
-        if item.type in ("bool", bool):
+        if item.type in ("bool", bool) and default:
             negative = "--no-" + item.name.replace("_", "-")
             parser.add_argument(negative, dest=item.name, action="store_false", help=help_text)
             parser.set_defaults(**{item.name: default})
+        elif item.type in ("bool", bool):
+            parser.add_argument(flag, dest=item.name, action="store_true", help=help_text)
         else:
             kind = {"int": int, "float": float, "str": str}[str(item.type)]
-            parser.add_argument(flag, type=kind, default=default, help=f"{help_text} (default: {default})")
+            shown = f" (default: {default})" if default != "" else ""  # an empty text's default is said in its help
+            parser.add_argument(flag, type=kind, default=default, help=help_text + shown)
     return FinetuneConfig(**vars(parser.parse_args(argv)))
 
 

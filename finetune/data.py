@@ -31,6 +31,7 @@ class Example:
     sha256: str
     kind: str  # correction (new), confirmation (old, a person said so), regression (old, the live model's own), view
     concept: str = ""  # for a correction: the words it teaches (e.g. "star"); groups the held-out report
+    row_id: str = ""  # the feedback row it came from (none for the regression set and views): the run's data snapshot
 
     @property
     def is_old(self) -> bool:
@@ -66,9 +67,9 @@ def approved_examples(log: FeedbackLog) -> tuple[list[Example], list[str]]:
 
 def _example(data_dir: Path, row: FeedbackRow) -> Example:
     if row.is_confirmation:
-        return Example(data_dir / row.image_path, row.correction.strip(), row.image_sha256, CONFIRMATION)
+        return Example(data_dir / row.image_path, row.correction.strip(), row.image_sha256, CONFIRMATION, row_id=row.id)
     concept = taught_words(row.model_output, row.correction)
-    return Example(data_dir / row.image_path, row.correction.strip(), row.image_sha256, CORRECTION, concept)
+    return Example(data_dir / row.image_path, row.correction.strip(), row.image_sha256, CORRECTION, concept, row.id)
 
 
 def uncorrected_images(log: FeedbackLog, taken: set[str], limit: int) -> list[tuple[Path, str]]:

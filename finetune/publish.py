@@ -30,7 +30,7 @@ def write_version(staging: Path, models, settings, cfg, examples, rows: RowTenso
         "by_kind_before": before["by_kind"], "by_kind_after": after["by_kind"], "check_set": check, "training": stats,
     }  # fmt: skip
     (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    args = train_args(cfg, base, models.base.version, examples, rows, heldout)
+    args = train_args(cfg, base, models.base.version, examples, rows, heldout, str(models.base.device))
     (staging / "train_args.json").write_text(json.dumps(args, indent=2, allow_nan=False) + "\n")
     (staging / "README.md").write_text(model_card(args, metrics, base_license(base, models.base.spec)), encoding="utf-8")
     return metrics

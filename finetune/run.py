@@ -22,6 +22,7 @@ from . import judge
 from .config import FinetuneConfig, resolve_home
 from .data import DataError, Example, approved_examples, heldout_images
 from .errors import FinetuneError, NotLive, Refused
+from .plan import describe
 from .progress import counter, say
 from .publish import write_version
 from .regression import keep_confident, regression_examples
@@ -62,7 +63,7 @@ def main(cfg: FinetuneConfig) -> Path | None:
     FinetuneError when the run cannot start or finish; nothing goes live then.
 
     Under `accelerate launch` every process trains its share of each batch; only the first (RANK 0)
-    evaluates and publishes, and the others return None.
+    evaluates and publishes, and the others return None. cfg.dry_run: print the plan, return None.
     """
     started = time.time()
     try:
@@ -76,6 +77,9 @@ def main(cfg: FinetuneConfig) -> Path | None:
         cfg.check_length(len(examples))  # a run of days is refused before the model loads, not found out
     except ValueError as exc:
         raise FinetuneError(str(exc)) from None
+    if cfg.dry_run:
+        print(describe(cfg, settings, examples))
+        return None
     if int(os.environ.get("RANK", "0")) != 0:  # another process of `accelerate launch`: it only trains
         retrain_and_publish(cfg, settings, examples, None)
         return None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from .. import registry
 from ..settings import Settings
 from .common import UserError, say
@@ -10,7 +12,7 @@ from .common import UserError, say
 def cmd_models(args, settings: Settings) -> int:
     """List the versions (answers at once, no torch) or change which one is live (it must pass the check set)."""
     if args.action == "list":
-        return list_versions(settings)
+        return list_versions(settings, as_json=args.json)
     from ..golive import activate_checked  # loads torch: only when a version is checked
 
     try:
@@ -22,8 +24,9 @@ def cmd_models(args, settings: Settings) -> int:
     return 0
 
 
-def list_versions(settings: Settings) -> int:
-    """* marks the model actually serving; ! a version active.json names that cannot serve. 1 when something is wrong."""
+def list_versions(settings: Settings, as_json: bool = False) -> int:
+    """* marks the model actually serving; ! a version active.json names that cannot serve; a version whose files
+    cannot load says why. 1 when the live model is broken."""
     state = registry.active_state(settings.models_dir)
     versions = registry.list_versions(settings.models_dir)
     problem = state.problem or (state.version and registry.version_problem(settings.models_dir / state.version))
@@ -34,15 +37,31 @@ def list_versions(settings: Settings) -> int:
         say(f"{problem}; {fallback}")
     elif serving is None:
         default = default_served(settings)
+    problems = {v.name: registry.version_problem(v.path) for v in versions}
+    if as_json:
+        print(json.dumps({"live": state.version, "live_problem": problem or None, "serving": serving,
+                          "serving_model": None if serving else default,
+                          "versions": [_record(v, serving, problems[v.name]) for v in versions]}, indent=2))  # fmt: skip
+        return 1 if problem else 0
     print(f"{'':2}{'version':<9}{'created':<27}{'rows':>6}  {'held-out exact before -> after':<32}base")
     for v in versions:
         before, after = v.heldout
         change = _change(before, after)
         mark = "*" if v.name == serving else "!" if v.name == broken else " "
-        print(f"{mark:2}{v.name:<9}{v.created:<27}{v.rows_used:>6}  {change:<32}{v.base}" + ("  (broken)" if mark == "!" else ""))
+        note = "  (broken)" if mark == "!" else f"  (cannot go live: {problems[v.name]})" if problems[v.name] else ""
+        print(f"{mark:2}{v.name:<9}{v.created:<27}{v.rows_used:>6}  {change:<32}{v.base}{note}")
     if serving is None:
         print(f"* {default}")
     return 1 if problem else 0
+
+
+def _record(version: registry.Version, serving: str | None, problem: str | None) -> dict:
+    """One version as `models list --json` gives it."""
+    before, after = version.heldout
+    return {"version": version.name, "serving": version.name == serving, "problem": problem,
+            "created": version.created or None, "base": version.base or None, "rows_used": version.rows_used,
+            "heldout_before": before or None, "heldout_after": after or None,
+            "new_concepts": version.new_concepts or None, "old_knowledge": version.old_knowledge or None}  # fmt: skip
 
 
 def _change(before: dict, after: dict) -> str:

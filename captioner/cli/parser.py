@@ -73,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
 
     models = commands.add_parser("models", help="fine-tuned captioner versions").add_subparsers(dest="action", required=True)
-    models.add_parser("list", help="list versions; * marks the live one")
+    listed = models.add_parser("list", help="list versions; * marks the live one")
+    listed.add_argument("--json", action="store_true", help="one JSON object for scripts: each version with its "
+                        "files' problem if any, its scores, and which one serves")
     activate = models.add_parser("activate", help="make a version live (it must load and pass the check set)")
     activate.add_argument("version")
     models.add_parser("rollback", help="make the version before the live one live (or the default model)")
