@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 from .. import runtime
 from ..settings import Settings, SettingsError, unknown_variables
 from .common import UserError, say
@@ -24,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         say("interrupted")
         return 130
+    except BrokenPipeError:  # the reader stopped reading (`models list --json | head`): the rest is not wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the flush at exit does not complain
+        return 1
 
 
 def run(args, settings: Settings) -> int:
