@@ -81,3 +81,36 @@ def test_versions_tab_with_the_live_folder_gone_or_a_corrupt_pointer(admin, home
     assert not [c for c in admin.caption if c.value.startswith("Live:")]  # not guessed as the default model
     click(admin, "Activate v0001")  # activating a version by name repairs it
     assert registry.active_state(home / "models") == registry.ActiveState("v0001")
+
+
+def test_activate_and_roll_back_show_in_the_tab_that_the_version_is_being_checked(admin, home, monkeypatch):
+    from captioner import golive
+
+    make_version(home, "v0001")
+    make_version(home, "v0002")
+    (home / "models" / "v0002" / "model.safetensors").write_bytes(b"not a model")
+    seen_while_checking = []
+    real_check = golive.check_folder
+
+    def check_watched(folder, settings, name):  # what the tab shows while the version loads and captions
+        from streamlit.runtime.scriptrunner_utils.script_run_context import get_script_run_ctx
+
+        drawn = get_script_run_ctx()._enqueue.__self__.forward_msgs()  # AppTest's runner: this run's messages so far
+        seen_while_checking.extend(m.delta.add_block.expandable.label for m in drawn if m.delta.add_block.expandable.label)
+        return real_check(folder, settings, name)
+
+    monkeypatch.setattr(golive, "check_folder", check_watched)
+    login(admin)
+    click(admin, "Activate v0002")  # the newest is picked first: a broken one
+    assert seen_while_checking == ["Checking v0002: loading it and captioning the check set…"]
+    assert [(s.label, s.state) for s in admin.status] == [("v0002 was not made live", "error")]
+    assert registry.active_version(home / "models") is None and "v0002 cannot go live" in shown(admin.error)[0]
+    [s for s in admin.selectbox if s.label == "Version"][0].set_value("v0001").run()
+    assert not admin.status  # said once, as the notes are
+    click(admin, "Activate v0001")
+    assert [(s.label, s.state) for s in admin.status] == [("v0001 passed its check", "complete")]
+    assert registry.active_version(home / "models") == "v0001" and "v0001 is live" in shown(admin.success)[0]
+    assert any(c.value == "Live: v0001" for c in admin.caption)  # the tab, drawn after the check, shows it live
+    click(admin, "Roll back to the default model")
+    assert [(s.label, s.state) for s in admin.status] == [("Back to the default model", "complete")]
+    assert registry.active_version(home / "models") is None
