@@ -86,3 +86,21 @@ def test_export_approved_rows_from_the_page(admin, home, tmp_path):
     captions = load_dataset(str(exported), split="train", cache_dir=str(tmp_path / "cache"))
     assert len(captions) == 4 and set(captions["task"]) == {"caption"}
     assert load_dataset(str(exported), "qa", split="train", cache_dir=str(tmp_path / "cache"))["text"] == ["red"]
+
+
+def test_the_next_export_removes_what_an_export_killed_midway_left_and_says_so(admin, home):
+    from captioner.review import set_status
+
+    set_status(FeedbackLog(home / "data"), {r.id for r in rows(home)}, "approved", "test")
+    exports = home / "data" / "exports"
+    (exports / ".20261207-190923-hf.0123456789ab.partial" / "captions" / "train").mkdir(parents=True)  # the app was
+    (exports / ".20261207-190923-hf.0123456789ab.partial.lock").touch()  # killed while it copied: its lock went with it
+    (exports / "20261207-190923-hf").mkdir()  # the folder made for that export, empty
+    click(login(admin), "Export approved rows")
+    finish_export(admin)
+    assert any("Exported 5 approved rows" in s.value for s in admin.success)
+    assert [note for note in shown(admin.info) if "stopped midway" in note] == [
+        f"Removed what an export stopped midway had left in {exports}: .20261207-190923-hf.0123456789ab.partial, "
+        "20261207-190923-hf"
+    ]
+    assert [p.name for p in exports.iterdir() if "20261207-190923" in p.name] == []
