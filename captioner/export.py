@@ -2,17 +2,20 @@
 
 Every image is copied from data/images only (a row whose path leads anywhere else, or whose image is missing, is
 reported and left out, never followed); file names come from row ids, which the log only accepts as safe names.
-The export is written into a staging folder and renamed into place when complete.
+The export is written into a staging folder and renamed into place when complete; the writer claims it (and a zip
+being written) with a lock beside it, so the next export removes what an export killed midway left, and only that.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 import zipfile
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,7 +25,8 @@ import pyarrow.parquet as pq
 
 from .feedback import FeedbackError, FeedbackLog, FeedbackRow
 from .feedback_csv import FIELDS, SAFE_NAME
-from .files import discard_folder, publish_folder, staging_folder
+from .files import discard_folder, publish_folder, staging_path
+from .partials import claimed, remove_abandoned
 
 FORMATS = ("hf", "jsonl")
 CONFIGS = {"caption": "captions", "qa": "qa", "style": "styles"}  # task -> the dataset config (folder) its rows go to
@@ -30,6 +34,8 @@ TIMES = ("created_at", "reviewed_at")
 DEFLATED = {".jsonl", ".md", ".json"}  # text; images and parquet are compressed already: deflating them again
 # took eight times as long as the export itself (300 photos: 18 s of zipping) and saved about nothing
 Progress = Callable[[int, int], None]  # (done, total)
+STAGED = re.compile(r"\.(?P<target>.+)\.[0-9a-f]{12}\.partial")  # export()'s staging folder (files.staging_path)
+ZIPPING = re.compile(r".+\.zip\.partial")  # zip_export's archive while it is written
 
 
 class ExportError(ValueError):
@@ -44,6 +50,7 @@ class ExportReport:
     count: int = 0
     by_config: dict[str, int] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)  # what exports killed midway had left beside out_dir
 
 
 def approved_rows(log: FeedbackLog) -> list[FeedbackRow]:
@@ -82,21 +89,52 @@ def export(log: FeedbackLog, out_dir: Path, fmt: str, on_progress: Progress | No
             report.skipped.append(str(exc))
     if not sources:
         raise ExportError(f"none of the {len(rows)} approved rows can be exported: {report.skipped[0]}")
+    report.removed = remove_dead_exports(out_dir.parent)  # before this export's own partial exists
+    staging = staging_path(out_dir)
     try:
-        staging = staging_folder(out_dir)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        with claimed(staging):
+            staging.mkdir()
+            _write_staged(sources, fmt, staging, report, _counter(len(sources), on_progress))
     except OSError as exc:  # a read-only, full or missing place: nothing was written
-        raise ExportError(f"cannot write the export into {Path(out_dir).parent}: {exc.strerror or exc}") from None
+        raise ExportError(f"cannot write the export into {out_dir.parent}: {exc.strerror or exc}") from None
+    report.count = len(sources)
+    return report
+
+
+def _write_staged(sources: list[tuple[FeedbackRow, Path]], fmt: str, staging: Path, report: ExportReport, tick) -> None:
+    """Write the export into staging and publish it as report.out_dir; on any failure staging is removed."""
     try:
-        (_write_hf if fmt == "hf" else _write_jsonl)(sources, staging, report, _counter(len(sources), on_progress))
-        publish_folder(staging, out_dir)
+        (_write_hf if fmt == "hf" else _write_jsonl)(sources, staging, report, tick)
+        publish_folder(staging, report.out_dir)
     except OSError as exc:
         discard_folder(staging)
-        raise ExportError(f"the export into {out_dir} could not be written: {exc.strerror or exc}; nothing was kept") from None
+        raise ExportError(
+            f"the export into {report.out_dir} could not be written: {exc.strerror or exc}; nothing was kept"
+        ) from None
     except BaseException:
         discard_folder(staging)
         raise
-    report.count = len(sources)
-    return report
+
+
+def remove_dead_exports(folder: Path) -> list[str]:
+    """Remove what exports killed midway left in folder: staging folders, half-written zips, and the empty folder
+    made for such an export; another session's export still running is left alone. Returns the names removed."""
+    folder = Path(folder)
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:  # no folder yet (a first export), or one that cannot be listed: nothing to tell apart
+        return []
+    partials = [folder / name for name in names if STAGED.fullmatch(name) or ZIPPING.fullmatch(name)]
+    removed = []
+    for partial in remove_abandoned(partials):
+        removed.append(partial.name)
+        staged = STAGED.fullmatch(partial.name)
+        with suppress(OSError):  # rmdir removes only an empty folder: a finished export is never touched
+            if staged and (folder / staged["target"]).is_dir():
+                (folder / staged["target"]).rmdir()
+                removed.append(staged["target"])
+    return removed
 
 
 def new_export_folder(exports_dir: Path, fmt: str) -> Path:
@@ -141,16 +179,17 @@ def zip_export(folder: Path, on_progress: Progress | None = None) -> Path:
     files = sorted(path for path in folder.rglob("*") if path.is_file())
     archive, partial = folder.with_name(folder.name + ".zip"), folder.with_name(folder.name + ".zip.partial")
     tick = _counter(len(files), on_progress)
-    try:
-        with zipfile.ZipFile(partial, "w") as bundle:
-            for path in files:
-                method = zipfile.ZIP_DEFLATED if path.suffix.lower() in DEFLATED else zipfile.ZIP_STORED
-                bundle.write(path, path.relative_to(folder).as_posix(), compress_type=method)
-                tick()
-        os.replace(partial, archive)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+    with claimed(partial):
+        try:
+            with zipfile.ZipFile(partial, "w") as bundle:
+                for path in files:
+                    method = zipfile.ZIP_DEFLATED if path.suffix.lower() in DEFLATED else zipfile.ZIP_STORED
+                    bundle.write(path, path.relative_to(folder).as_posix(), compress_type=method)
+                    tick()
+            os.replace(partial, archive)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
     return archive
 
 

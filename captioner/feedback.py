@@ -64,14 +64,15 @@ class FeedbackLog:
         self._lock = FileLock(str(self.csv_path) + ".lock", timeout=LOCK_TIMEOUT_S)
 
     @contextmanager
-    def locked(self) -> Iterator[None]:
-        """Hold the log's lock; waiting longer than LOCK_TIMEOUT_S is one clear FeedbackError."""
+    def locked(self, reading: bool = False) -> Iterator[None]:
+        """Hold the log's lock; waiting longer than LOCK_TIMEOUT_S is one clear FeedbackError (reading: for a read)."""
         try:
             self._lock.acquire()
         except Timeout:  # the holder is named: a process stopped or hung with the lock is the one to look at
+            outcome = "the log was not read" if reading else "nothing was written"  # a `feedback list` wrote nothing
             raise FeedbackError(
                 f"the feedback log is busy: {lock_holder(self._lock.lock_file) or 'another writer'} held "
-                f"{self._lock.lock_file} for over {LOCK_TIMEOUT_S} s; nothing was written, try again"
+                f"{self._lock.lock_file} for over {LOCK_TIMEOUT_S} s; {outcome}, try again"
             ) from None
         except OSError as exc:  # a read-only or full data folder, or one this user may not write
             raise NotWritable(f"the feedback log cannot be written here: {self._lock.lock_file}: {exc.strerror or exc}") from None
@@ -86,7 +87,7 @@ class FeedbackLog:
         if not self.csv_path.exists():
             return Snapshot(None, b"")
         try:
-            with self.locked():  # a reader never sees half of an append in flight; parsing happens after
+            with self.locked(reading=True):  # a reader never sees half of an append in flight; parsing happens after
                 read = _SNAPSHOTS.read(self.csv_path)
         except NotWritable:  # a read-only data folder: no lock file can be made, and no writer can append
             read = _SNAPSHOTS.read(self.csv_path)

@@ -186,11 +186,16 @@ def remove_stale_temps(folder: Path, pattern: str, older_than_s: float = 0.0) ->
     return removed
 
 
+def staging_path(target: Path) -> Path:
+    """A new name beside target for a staging folder: `.<target's name>.<12 hex digits>.partial`."""
+    target = Path(target)
+    return target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}.partial"
+
+
 def staging_folder(target: Path) -> Path:
     """A fresh, empty folder beside target to write into before publish_folder moves it into place."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    folder = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}.partial"
+    Path(target).parent.mkdir(parents=True, exist_ok=True)
+    folder = staging_path(target)
     folder.mkdir()
     return folder
 

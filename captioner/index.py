@@ -15,13 +15,14 @@ from .embed import embed_query_image, embed_texts, text_is_cut
 from .images import ImageInput
 from .index_entries import Entry
 from .index_store import FORMAT, NEAR_DUPLICATE, GalleryIndex, Hit, IndexProblem, current_generation, index_root, load_index
-from .index_update import UpdateReport, update_index
+from .index_update import UpdateReport, update_index, waiting_note
 from .search_structure import FLAT_LIMIT, RECALL_TARGET, build_search_structure
 
 __all__ = [  # the index's public names, in one place
     "FLAT_LIMIT", "FORMAT", "NEAR_DUPLICATE", "RECALL_TARGET", "Entry", "GalleryIndex", "Hit", "IndexProblem",
     "SearchError", "UpdateReport", "build_search_structure", "current_generation", "index_root", "load_index",
     "open_or_build", "search_gallery_image", "search_image", "search_text", "text_is_cut", "update_index",
+    "waiting_note",
 ]  # fmt: skip
 
 

@@ -31,9 +31,11 @@ from .index_dropped import RETAIN_DAYS, known_contents, no_dropped, still_droppe
 from .index_entries import ENTRY_DTYPE, EntryTable, ShaRows
 from .index_journal import Journal
 from .index_store import GalleryIndex, IndexProblem, index_root, load_index, remove_strays, write_generation
+from .runtime import lock_holder
 from .search_structure import FLAT_LIMIT
 
 READERS = 8
+UPDATE_LOCK = "update.lock"  # beside the index: held by the one update that may write it
 
 
 @dataclass
@@ -61,7 +63,8 @@ def update_index(
     flat_limit: int = FLAT_LIMIT, follow_links: bool = False, on_wait: Callable[[], None] | None = None,
 ) -> tuple[GalleryIndex, UpdateReport]:  # fmt: skip
     """Bring the gallery's index up to date: embed new and changed files, drop deleted ones, skip the rest.
-    on_wait is called once if another update of this index is running (this one waits for it to end)."""
+    on_wait is called once if another update of this index is running (this one waits for it to end); waiting_note
+    says which."""
     started, gallery = time.time(), Path(gallery).resolve()
     root = index_root(data_dir, gallery, embedder.name)
     report = UpdateReport()
@@ -146,13 +149,20 @@ def _written_to(root: Path):
         ) from None
 
 
+def waiting_note(data_dir: Path, gallery: Path, embedder) -> str:
+    """What to say while another update of this gallery's index runs, naming the process that holds its lock (a
+    session's update or a `captioner index` hung or stopped there is the one to look at) where it can be told."""
+    holder = lock_holder(index_root(data_dir, Path(gallery).resolve(), embedder.name) / UPDATE_LOCK)
+    return "another update of this index is running: waiting for it to finish" + (f" ({holder} holds it)" if holder else "")
+
+
 @contextmanager
 def _update_lock(root: Path, on_wait: Callable[[], None] | None = None):
     """Hold the index's update lock; yields why the index cannot be written ("" when it can). A folder that takes
     no lock file (read-only, full) is read without one: no other process can write it either."""
     try:
         root.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(root / "update.lock"), timeout=3600)
+        lock = FileLock(str(root / UPDATE_LOCK), timeout=3600)
         try:
             lock.acquire(timeout=0)
         except Timeout:  # another update (a session, the CLI) may run for an hour: say why nothing moves

@@ -1,8 +1,9 @@
 """Model versions under models/ (v0001, v0002, ...) and the active pointer models/active.json.
 
 A version folder appears only when complete: it is written as models/.staging-*/ and renamed into place.
-active.json is replaced atomically, under the registry lock, and keeps the versions live before (null: the
-default model): rollback points it back at the one live before, not at the next lower number.
+active.json is replaced atomically, under the registry lock (a killed activation's temp file goes at the next one),
+and keeps the versions live before (null: the default model): rollback points it back at the one live before, not
+at the next lower number.
 No torch here: listing and pointing must answer at once.
 """
 
@@ -183,6 +184,7 @@ def activate(models_dir: Path, version: str | None, expected=ANY, rollback: bool
     try:
         models_dir.mkdir(parents=True, exist_ok=True)
         with FileLock(str(models_dir / LOCK_FILE)):
+            remove_stale_temps(models_dir, f".{ACTIVE_FILE}.*.tmp")  # a killed activation's: every one holds this lock
             state = active_state(models_dir)
             if expected is not ANY and (state.problem or state.version != expected):
                 now = "an unreadable active.json" if state.problem else state.version or "the default model"

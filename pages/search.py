@@ -12,7 +12,7 @@ import streamlit as st
 from captioner.gallery_scan import gallery_file
 from captioner.images import UPLOAD_TYPES, ImageError, ImageInput, read_file, thumbnail_jpeg
 from captioner.index import (
-    IndexProblem, SearchError, search_gallery_image, search_image, search_text, text_is_cut, update_index,
+    IndexProblem, SearchError, search_gallery_image, search_image, search_text, text_is_cut, update_index, waiting_note,
 )  # fmt: skip
 from pages.ui import shared
 from pages.ui.text import plain
@@ -81,7 +81,7 @@ def run_update() -> None:
     try:
         _, state.index_report = update_index(
             embedder, config.gallery, config.data_dir, progress, follow_links=config.gallery_follow_links,
-            on_wait=lambda: bar.progress(0.0, "Another update of this index is running: this one starts when it ends…"),
+            on_wait=lambda: bar.progress(0.0, plain(waiting_note(config.data_dir, config.gallery, embedder).capitalize())),
         )
         state.index_error = None
     except IndexProblem as exc:

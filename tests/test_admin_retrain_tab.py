@@ -9,10 +9,11 @@ from captioner import retrain
 from captioner.settings import Settings
 
 from conftest import needs, start_app
-from test_admin_page import login, shown
-
+from admin_app import login, shown
 
 @pytest.fixture
+
+
 def admin(home, monkeypatch):
     needs("streamlit")
     monkeypatch.setenv("CAPTIONER_ADMIN_PASSWORD", "correct horse")

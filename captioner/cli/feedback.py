@@ -47,6 +47,8 @@ def feedback_action(args, log, fields) -> int:
             report = export(log, args.out, args.format)
         except ExportError as exc:
             raise UserError(str(exc)) from None
+        if report.removed:
+            say(f"removed what an export stopped midway had left in {report.out_dir.parent}: {', '.join(report.removed)}")
         for reason in report.skipped:
             say(f"left out: {reason}")
         configs = ", ".join(f"{config}: {n}" for config, n in report.by_config.items())

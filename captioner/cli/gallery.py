@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from ..files import has_undecodable
 from ..images import ImageError, read_file
-from ..index import IndexProblem, SearchError, open_or_build, search_image, search_text, text_is_cut, update_index
+from ..index import IndexProblem, SearchError, open_or_build, search_image, search_text, text_is_cut, update_index, waiting_note
 from ..settings import Settings
 from .common import UserError, say
 from .serving import load_for_cli
@@ -51,8 +51,9 @@ def report_update(report) -> None:
     )
 
 
-def say_waiting() -> None:
-    say("another update of this index is running: waiting for it to finish")
+def say_waiting(settings: Settings, gallery: Path, embedder):
+    """An on_wait that says on stderr which process's update of this index this one waits for."""
+    return lambda: say(waiting_note(settings.data_dir, gallery, embedder))
 
 
 def cmd_index(args, settings: Settings) -> int:
@@ -67,7 +68,8 @@ def cmd_index(args, settings: Settings) -> int:
     try:
         index, report = update_index(
             loaded, args.folder, settings.data_dir, on_progress=progress,
-            follow_links=args.follow_links or settings.gallery_follow_links, on_wait=say_waiting,
+            follow_links=args.follow_links or settings.gallery_follow_links,
+            on_wait=say_waiting(settings, args.folder, loaded),
         )  # fmt: skip
     except IndexProblem as exc:
         raise UserError(str(exc)) from None
@@ -88,7 +90,7 @@ def cmd_search(args, settings: Settings) -> int:
     try:
         index, report = open_or_build(
             loaded, gallery, settings.data_dir, follow_links=args.follow_links or settings.gallery_follow_links,
-            on_wait=say_waiting,
+            on_wait=say_waiting(settings, gallery, loaded),
         )
         if report:
             report_update(report)

@@ -46,7 +46,7 @@ def _export(job: ExportJob, log: FeedbackLog, fmt: str, done: list) -> None:
     try:
         report = export(log, job.target, fmt, job.step("Copied rows:"))
         archive = zip_export(job.target, job.step("Zipped files:"))
-        done[:] = [(report.count, report.by_config, report.skipped, str(job.target), str(archive))]
+        done[:] = [(report.count, report.by_config, report.skipped, str(job.target), str(archive), report.removed)]
     except (ExportError, FeedbackError) as exc:
         job.failure = str(exc)
     except OSError as exc:  # a full or read-only data folder
@@ -86,9 +86,11 @@ def render(log: FeedbackLog, data_dir: Path) -> None:
         if job is not None and job.failure:
             st.error(plain(job.failure))
         elif done:
-            count, by_config, skipped, target, archive = done[-1]
+            count, by_config, skipped, target, archive, removed = done[-1]
             parts = ", ".join(f"{config}: {n}" for config, n in by_config.items())
             st.success(plain(f"Exported {count} approved rows to {target} ({parts})"))
+            if removed:  # an export whose app was killed midway (its session gone with it): nobody else would say
+                st.info(plain(f"Removed what an export stopped midway had left in {Path(target).parent}: {', '.join(removed)}"))
             if skipped:
                 st.warning(f"{len(skipped)} approved row(s) were left out:")
                 st.code("\n".join(skipped), language=None, wrap_lines=True)

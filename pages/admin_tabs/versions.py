@@ -5,13 +5,14 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from pages.admin_tabs._ui import outbox, show_notes
+from pages.admin_tabs._ui import FAILED, outbox, show_notes
 from pages.ui.text import plain
 from captioner import golive, registry
 from captioner.settings import Settings
 
 
 def render(config: Settings) -> None:
+    _carry_out_presses(config)  # before the table: it then shows what the press made live
     pointer = registry.active_state(config.models_dir)
     live = pointer.version
     found = registry.list_versions(config.models_dir)
@@ -37,29 +38,52 @@ def render(config: Settings) -> None:
     make_live, back = st.columns(2)
     # each button is bound to what this run showed (a press runs its callback first on the next run): another admin
     # changing the live version meanwhile changed the Roll back label, and a press on the old one did nothing, silently
-    make_live.button(f"Activate {pick}", key="activate", on_click=_go_live, args=(config, pick, live, False))
+    make_live.button(f"Activate {pick}", key="activate", on_click=_press, args=(pick, live, False))
     earlier = registry.previous_version(config.models_dir) if live else None  # named on the button: no surprise
     if live:
-        back.button(f"Roll back to {earlier or 'the default model'}", key="roll-back", on_click=_go_live,
-                    args=(config, earlier, live, True))  # fmt: skip
+        back.button(f"Roll back to {earlier or 'the default model'}", key="roll-back", on_click=_press,
+                    args=(earlier, live, True))  # fmt: skip
     notes = outbox("version_notes")
     show_notes(notes)
 
 
-def _go_live(config: Settings, target: str | None, shown_live: str | None, rollback: bool) -> None:
+def _press(target: str | None, shown_live: str | None, rollback: bool) -> None:
+    """Keep a press with what the page showed when it was made (another admin may change the live version before
+    the next run); the tab carries it out, under a status a callback could not show beside the buttons."""
+    outbox("version_presses").append((target, shown_live, rollback))
+
+
+def _carry_out_presses(config: Settings) -> None:
+    """Each press in turn, under a status saying what runs: checking a version loads it and captions the check set,
+    seconds in which the page showed nothing. A press leaves the list and its outcome joins the notes together, with
+    no Streamlit call between them (a rerun stops the script only at one): it is done and said, or left to redo."""
+    presses, notes = outbox("version_presses"), outbox("version_notes")
+    while presses:
+        target, shown_live, rollback = presses[0]
+        name = target or "the default model"
+        checking = f"Checking {name}: loading it and captioning the check set…" if target else f"Going back to {name}…"
+        with st.status(checking) as shown:
+            outcome = _go_live(config, target, shown_live, rollback)
+            presses.pop(0)
+            notes.append(outcome)
+            failed = outcome.startswith(FAILED)
+            shown.update(label=f"{name} was not made live" if failed else f"{name} passed its check" if target else
+                         "Back to the default model", state="error" if failed else "complete")  # fmt: skip
+
+
+def _go_live(config: Settings, target: str | None, shown_live: str | None, rollback: bool) -> str:
     """Make target live (None: the default model) after its check; a roll back only from the version it was shown
-    over (rolling back from a version another admin made live since would undo theirs, not what this one saw)."""
-    notes = outbox("version_notes")  # seconds of checking the version: the outcome goes where no rerun can drop it
+    over (rolling back from a version another admin made live since would undo theirs, not what this one saw).
+    Returns the note that says what happened."""
     now_live = registry.active_state(config.models_dir).version
     if rollback and now_live != shown_live:
-        notes.append(f"Not changed: {now_live or 'the default model'} went live after this page showed {shown_live} "
-                     "(another admin?); roll back from it if you still want to.")  # fmt: skip
-        return
+        return (f"Not changed: {now_live or 'the default model'} went live after this page showed {shown_live} "
+                "(another admin?); roll back from it if you still want to.")  # fmt: skip
     try:
         golive.activate_checked(config, target, rollback=rollback)
-        notes.append(f"{target or 'The default model'} is live; every session's next caption uses it.")
     except registry.RegistryError as exc:
-        notes.append(f"Not changed: {exc}")
+        return f"Not changed: {exc}"
+    return f"{target or 'The default model'} is live; every session's next caption uses it."
 
 
 def _few(concepts: dict, shown: int = 8) -> str:
