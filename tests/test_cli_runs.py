@@ -41,7 +41,30 @@ def test_paths_listed_on_stdin_are_captioned_in_order_folders_walked(home, tmp_p
     assert [(row["path"], row["caption"]) for row in table] == [(str(odd), "a red square"), (str(loose), "a green triangle")]
     assert done.returncode == 0
     empty = caption_listed(b"")
-    assert empty.returncode == 0 and empty.stderr.decode().strip() == "captioner: -: standard input named no paths"
+    assert empty.returncode == 3 and empty.stdout == b"" and empty.stderr.decode().splitlines() == [
+        "captioner: -: standard input named no paths", "captioner: nothing to caption: the inputs hold no image files"]
+
+
+def test_nothing_to_caption_exits_3_loads_no_model_and_leaves_the_out_file_as_it_was(home, tmp_path):
+    """An empty folder (a drive not mounted) exited 0 like a run that captioned everything, after loading the model,
+    and replaced --out's results with an empty file; now it exits 3 (0 success, 1 a failed input, 2 usage), before
+    any model is loaded (this spec names none), and --out keeps the results of the run before."""
+    from conftest import run_cli
+
+    empty = tmp_path / "mount"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not a picture")
+    out = tmp_path / "results.csv"
+    out.write_bytes(b"the run before\r\n")
+    done = run_cli("caption", empty, "--model", "no-such/captioner", "--format", "csv", "--out", out)
+    assert done.returncode == 3 and done.stdout == "" and out.read_bytes() == b"the run before\r\n"
+    assert done.stderr.splitlines()[-1] == f"captioner: nothing to caption: the inputs hold no image files; --out {out} is left as it was"
+    assert not (tmp_path / "results.csv.partial").exists()
+
+    picture = write(tmp_path, "p.png", zoo.encode(zoo.demo("circle", "red"), "PNG"))
+    done = run_cli("caption", empty, picture, "--model", "demo")  # an empty folder among others: the rest is done
+    assert done.returncode == 0 and json.loads(done.stdout)["caption"] == "a red circle"
+    assert f"captioner: {empty}: folder holds no image files" in done.stderr.splitlines()
 
 
 def test_a_run_stopped_midway_leaves_the_results_of_the_run_before_and_its_own_rows_beside(home, tmp_path, monkeypatch, capsys):

@@ -27,6 +27,8 @@ CHUNK_BYTES = 128 * 2**20  # ... and at most this many of their bytes (camera ph
 NEXT_CHUNK_AT = 256  # files a chunk has left when the next one is given to the engine: enough to keep the model busy
 # while the next one's first images are prepared, few enough that a chunk is not slowed by the next one's batches
 # (the engine shares its batches among jobs: two whole chunks at once finish together, twice as late)
+NOTHING_TO_CAPTION = 3  # the exit status when the inputs hold no file at all: a script tells it from success (0),
+# a failed input (1) and a usage error (2), as grep's 1 tells "no match" from a match
 
 
 def cmd_caption(args, settings: Settings) -> int:
@@ -46,6 +48,10 @@ def cmd_caption(args, settings: Settings) -> int:
     paths, failed = expand_paths(args.paths)
     refuse_an_input_as_output(args.out, paths)
     refuse_an_output_with_no_folder(args.out)  # before a model that may take minutes to load
+    if not paths:  # an empty folder (a drive not mounted?) or list: no model is loaded and --out is not emptied
+        kept = f"; --out {args.out} is left as it was" if args.out else ""
+        say(f"nothing to caption: the inputs hold no image files{kept}")
+        return 1 if failed else NOTHING_TO_CAPTION
     loaded = load_for_cli("caption", args.model, settings)
     try:
         check_options(loaded, options)  # one error up front, not the same one on every image
@@ -61,8 +67,6 @@ def cmd_caption(args, settings: Settings) -> int:
                 out.write(format_captions(rows, args.format, header=first))
                 out.flush()
                 failed, first = failed or chunk_failed, False
-            if first:
-                out.write(format_captions([], args.format, header=True, styled=not style.plain))
     except BrokenPipeError:  # the reader stopped reading (`| head`): nothing to say, the rest is not wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the flush at exit does not complain
         return 1
