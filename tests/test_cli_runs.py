@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import images_zoo as zoo
-from conftest import ROOT, child_env, write_non_utf8_name
+from conftest import ROOT, child_env, run_cli, write_non_utf8_name
 from test_cli import write
 
 
@@ -49,7 +49,6 @@ def test_nothing_to_caption_exits_3_loads_no_model_and_leaves_the_out_file_as_it
     """An empty folder (a drive not mounted) exited 0 like a run that captioned everything, after loading the model,
     and replaced --out's results with an empty file; now it exits 3 (0 success, 1 a failed input, 2 usage), before
     any model is loaded (this spec names none), and --out keeps the results of the run before."""
-    from conftest import run_cli
 
     empty = tmp_path / "mount"
     empty.mkdir()
@@ -146,9 +145,35 @@ def test_a_second_run_writing_the_same_out_while_one_is_under_way_is_refused(hom
 def test_an_out_in_a_missing_folder_is_said_before_any_model_is_loaded(home, tmp_path):
     """--out in a folder with a typo was said only once the model had loaded (minutes for a hub model): here the
     model spec does not exist either, and the --out error comes first, as the only line."""
-    from conftest import run_cli
 
     picture = write(tmp_path, "p.png", zoo.encode(zoo.demo("circle", "red"), "PNG"))
     for out, why in ((tmp_path / "no-such-folder" / "out.jsonl", "No such file or directory"), (tmp_path, "Is a directory")):
         done = run_cli("caption", picture, "--model", "no-such/captioner", "--out", out)
         assert done.returncode == 2 and done.stderr.splitlines() == [f"captioner: --out {out}: cannot be written ({why})"]
+
+
+def test_each_row_names_the_model_and_version_that_made_it_across_a_retrain(home, tmp_path):
+    """The rows did not say which model version captioned them: a curator comparing a run before a retrain with one
+    after could not tell them apart. JSONL and CSV rows now carry model and model_version (the other fields as
+    they were), an unreadable file's row naming the run's model too."""
+    import shutil
+
+    from captioner.models import demo_model_dir
+
+    picture = write(tmp_path, "p.png", zoo.encode(zoo.demo("circle", "red"), "PNG"))
+    models = home / "models"
+    for version in ("v0001", "v0002"):  # two published versions (the demo captioner's files stand in for both)
+        shutil.copytree(demo_model_dir("caption"), models / version)
+    seen = {}
+    for version in ("v0001", "v0002"):
+        (models / "active.json").write_text(json.dumps({"version": version}))
+        done = run_cli("caption", picture, tmp_path / "gone.png", "--num-beams", "1")  # the live version captions
+        first, gone = [json.loads(line) for line in done.stdout.splitlines()]
+        assert list(first) == ["path", "caption", "score", "model", "model_version"] and first["caption"] == "a red circle"
+        assert (first["model"], first["model_version"]) == (gone["model"], gone["model_version"]) == ("active", version)
+        assert gone["error"] == "no such file" and done.returncode == 1
+        done = run_cli("caption", picture, "--num-beams", "1", "--format", "csv")
+        table = list(csv.DictReader(io.StringIO(done.stdout, newline="")))
+        assert list(table[0]) == ["path", "caption", "error", "score", "model", "model_version"]
+        seen[version] = (table[0]["model"], table[0]["model_version"])
+    assert seen == {"v0001": ("active", "v0001"), "v0002": ("active", "v0002")}

@@ -63,7 +63,7 @@ def cmd_caption(args, settings: Settings) -> int:
     try:
         with open_output(args.out) as out:
             for chunk, results in captioned_chunks(loaded, paths, options, args.batch_size):  # an interrupted run
-                rows, chunk_failed = chunk_rows(chunk, results, styling)  # keeps the chunks it wrote
+                rows, chunk_failed = chunk_rows(chunk, results, styling, loaded)  # keeps the chunks it wrote
                 out.write(format_captions(rows, args.format, header=first))
                 out.flush()
                 failed, first = failed or chunk_failed, False
@@ -77,17 +77,19 @@ def cmd_caption(args, settings: Settings) -> int:
     return 1 if failed else 0
 
 
-def chunk_rows(chunk: list, results: list, styling: "Styling") -> tuple[list[dict], bool]:
-    """Rows for a chunk of (path, ImageInput | ImageError) and its readable files' results, in order (styled when
-    a style is asked for); True when any image or its styling failed."""
+def chunk_rows(chunk: list, results: list, styling: "Styling", loaded) -> tuple[list[dict], bool]:
+    """Rows for a chunk of (path, ImageInput | ImageError) and its readable files' results, in order, each naming the
+    model and version that captioned it (styled when a style is asked for); True when any image or styling failed."""
     results = iter(results)
     rows, captioned = [], []
     for path, item in chunk:
-        if isinstance(item, ImageError):
-            row, result = {"path": str(path), "caption": None, "score": None, "error": item.reason}, None
+        if isinstance(item, ImageError):  # never reached the model: the run's model, as the engine says of its errors
+            made_by = {"model": loaded.name, "model_version": loaded.version}
+            row, result = {"path": str(path), "caption": None, "score": None, "error": item.reason, **made_by}, None
         else:
             result = next(results)
-            row = {"path": str(path), "caption": result.caption, "score": result.score, "error": result.error}
+            row = {"path": str(path), "caption": result.caption, "score": result.score, "error": result.error,
+                   "model": result.model, "model_version": result.model_version}  # fmt: skip
         rows.append(row)
         if row["error"]:
             say(f"{path}: {row['error']}")
