@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
@@ -19,6 +20,7 @@ from ..styles import DETAILED, StyleError, style_for, style_notice
 from .common import UserError, say
 from .inputs import expand_paths, refuse_an_input_as_output
 from .output import open_output, refuse_an_output_with_no_folder
+from .progress import Progress
 from .serving import load_for_cli
 
 
@@ -61,11 +63,12 @@ def cmd_caption(args, settings: Settings) -> int:
     # one error up front, not after the first chunk's work
     first = True
     try:
-        with open_output(args.out) as out:
-            for chunk, results in captioned_chunks(loaded, paths, options, args.batch_size):  # an interrupted run
-                rows, chunk_failed = chunk_rows(chunk, results, styling, loaded)  # keeps the chunks it wrote
-                out.write(format_captions(rows, args.format, header=first))
-                out.flush()
+        with open_output(args.out) as out, Progress.for_run(len(paths), args.progress) as progress:
+            for chunk, results in captioned_chunks(loaded, paths, options, args.batch_size, progress):
+                rows, chunk_failed = chunk_rows(chunk, results, styling, loaded)  # an interrupted run keeps the
+                with progress.aside() if out.isatty() else contextlib.nullcontext():  # chunks it wrote; rows on
+                    out.write(format_captions(rows, args.format, header=first))  # the terminal never follow the
+                    out.flush()  # progress line's text
                 failed, first = failed or chunk_failed, False
     except BrokenPipeError:  # the reader stopped reading (`| head`): nothing to say, the rest is not wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the flush at exit does not complain
@@ -103,16 +106,20 @@ def chunk_rows(chunk: list, results: list, styling: "Styling", loaded) -> tuple[
     return rows, any(row["error"] for row in rows) or not styled_ok
 
 
-def captioned_chunks(loaded, paths: list[Path], options, batch_size: int | None):
-    """(chunk, results of its readable files) in order. The engine is given the next chunk while this one's last
-    NEXT_CHUNK_AT files are captioned (it never waits for work at a chunk's end), and the chunk after that is read
-    meanwhile."""
-    stop = threading.Event()
+def captioned_chunks(loaded, paths: list[Path], options, batch_size: int | None, counted: Progress | None = None):
+    """(chunk, results of its readable files) in order, the files done counted as they go. The engine is given the
+    next chunk while this one's last NEXT_CHUNK_AT files are captioned (it never waits for work at a chunk's end),
+    and the chunk after that is read meanwhile."""
+    stop, counted = threading.Event(), counted or Progress(len(paths))
 
     def caption(chunk: list, nearly_done: threading.Event) -> list:
+        part, unreadable = object(), sum(isinstance(item, ImageError) for _, item in chunk)  # done when read
+        counted.set(part, unreadable)
+
         def progress(done: int, total: int) -> None:
             if stop.is_set():
                 raise Abandoned  # the caller stopped (Ctrl-C, an error): the engine drops what has not started
+            counted.set(part, unreadable + done)
             if total - done <= NEXT_CHUNK_AT:
                 nearly_done.set()
 
