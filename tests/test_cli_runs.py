@@ -177,3 +177,33 @@ def test_each_row_names_the_model_and_version_that_made_it_across_a_retrain(home
         assert list(table[0]) == ["path", "caption", "error", "score", "model", "model_version"]
         seen[version] = (table[0]["model"], table[0]["model_version"])
     assert seen == {"v0001": ("active", "v0001"), "v0002": ("active", "v0002")}
+
+
+def test_ctrl_c_twice_stops_at_once_without_a_traceback_and_keeps_the_rows_done(home, tmp_path):
+    """A second Ctrl-C while a stopped run waited for the model's threads printed a KeyboardInterrupt traceback from
+    an exit handler and aborted ('terminate called without an active exception'); it now exits 130 at once, quietly,
+    with the rows of the chunks done whole in the .partial file (or, landing after the exit handlers, ends it by
+    SIGINT, which a shell reports as 130 too)."""
+    import signal
+    import time
+
+    folder = tmp_path / "shoot"
+    folder.mkdir()
+    picture = zoo.encode(zoo.demo("circle", "red"), "PNG")
+    for i in range(2000):
+        write(folder, f"{i:04d}.png", picture)
+    out, partial = tmp_path / "results.jsonl", tmp_path / "results.jsonl.partial"
+    command = [sys.executable, "-m", "captioner", "caption", str(folder), "--model", "demo", "--out", str(out)]
+    child = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=child_env(), cwd=ROOT,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as a terminal starts it
+    deadline = time.monotonic() + 240
+    while not (partial.exists() and partial.stat().st_size) and time.monotonic() < deadline and child.poll() is None:
+        time.sleep(0.05)
+    child.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    child.send_signal(signal.SIGINT)
+    said = child.communicate(timeout=60)[1]
+    assert child.returncode in (130, -signal.SIGINT) and "Traceback" not in said and "terminate called" not in said, said
+    assert said.splitlines()[-1] in ("captioner: interrupted again: stopped at once", "captioner: interrupted")
+    rows = [json.loads(line) for line in partial.read_text().splitlines()]
+    assert rows and len(rows) % 512 == 0 and not out.exists()
