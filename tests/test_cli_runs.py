@@ -207,3 +207,13 @@ def test_ctrl_c_twice_stops_at_once_without_a_traceback_and_keeps_the_rows_done(
     assert said.splitlines()[-1] in ("captioner: interrupted again: stopped at once", "captioner: interrupted")
     rows = [json.loads(line) for line in partial.read_text().splitlines()]
     assert rows and len(rows) % 512 == 0 and not out.exists()
+
+
+def test_a_standard_output_full_from_the_first_row_does_not_claim_rows_were_written(home, tmp_path):
+    """stdout on a full disk from the start said 'the rows before were written' when none had been."""
+    picture = write(tmp_path, "p.png", zoo.encode(zoo.demo("circle", "red"), "PNG"))
+    command = [sys.executable, "-m", "captioner", "caption", str(picture), "--model", "demo", "--num-beams", "1"]
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(command, stdout=full, stderr=subprocess.PIPE, text=True, env=child_env(), cwd=ROOT, timeout=300)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == ["captioner: standard output: cannot be written (No space left on device); no row was written"]

@@ -75,7 +75,8 @@ def cmd_caption(args, settings: Settings) -> int:
         return 1
     except OSError as exc:  # a full disk, a removed drive: what was written before stays (--out says where)
         said = f"{args.out}: cannot be written" if args.out else "standard output: cannot be written"
-        say(f"{said} ({exc.strerror or exc})" + ("" if args.out else "; the rows before were written"))
+        kept = "no row was written" if first else "the rows before were written"  # first: no chunk's rows went out
+        say(f"{said} ({exc.strerror or exc})" + ("" if args.out else f"; {kept}"))
         return 1
     return 1 if failed else 0
 
