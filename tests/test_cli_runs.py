@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import images_zoo as zoo
-from conftest import ROOT, child_env, write_non_utf8_name
+from conftest import ROOT, child_env, run_cli, write_non_utf8_name
 from test_cli import write
 
 
@@ -41,7 +41,29 @@ def test_paths_listed_on_stdin_are_captioned_in_order_folders_walked(home, tmp_p
     assert [(row["path"], row["caption"]) for row in table] == [(str(odd), "a red square"), (str(loose), "a green triangle")]
     assert done.returncode == 0
     empty = caption_listed(b"")
-    assert empty.returncode == 0 and empty.stderr.decode().strip() == "captioner: -: standard input named no paths"
+    assert empty.returncode == 3 and empty.stdout == b"" and empty.stderr.decode().splitlines() == [
+        "captioner: -: standard input named no paths", "captioner: nothing to caption: the inputs hold no image files"]
+
+
+def test_nothing_to_caption_exits_3_loads_no_model_and_leaves_the_out_file_as_it_was(home, tmp_path):
+    """An empty folder (a drive not mounted) exited 0 like a run that captioned everything, after loading the model,
+    and replaced --out's results with an empty file; now it exits 3 (0 success, 1 a failed input, 2 usage), before
+    any model is loaded (this spec names none), and --out keeps the results of the run before."""
+
+    empty = tmp_path / "mount"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not a picture")
+    out = tmp_path / "results.csv"
+    out.write_bytes(b"the run before\r\n")
+    done = run_cli("caption", empty, "--model", "no-such/captioner", "--format", "csv", "--out", out)
+    assert done.returncode == 3 and done.stdout == "" and out.read_bytes() == b"the run before\r\n"
+    assert done.stderr.splitlines()[-1] == f"captioner: nothing to caption: the inputs hold no image files; --out {out} is left as it was"
+    assert not (tmp_path / "results.csv.partial").exists()
+
+    picture = write(tmp_path, "p.png", zoo.encode(zoo.demo("circle", "red"), "PNG"))
+    done = run_cli("caption", empty, picture, "--model", "demo")  # an empty folder among others: the rest is done
+    assert done.returncode == 0 and json.loads(done.stdout)["caption"] == "a red circle"
+    assert f"captioner: {empty}: folder holds no image files" in done.stderr.splitlines()
 
 
 def test_a_run_stopped_midway_leaves_the_results_of_the_run_before_and_its_own_rows_beside(home, tmp_path, monkeypatch, capsys):
@@ -123,9 +145,75 @@ def test_a_second_run_writing_the_same_out_while_one_is_under_way_is_refused(hom
 def test_an_out_in_a_missing_folder_is_said_before_any_model_is_loaded(home, tmp_path):
     """--out in a folder with a typo was said only once the model had loaded (minutes for a hub model): here the
     model spec does not exist either, and the --out error comes first, as the only line."""
-    from conftest import run_cli
 
     picture = write(tmp_path, "p.png", zoo.encode(zoo.demo("circle", "red"), "PNG"))
     for out, why in ((tmp_path / "no-such-folder" / "out.jsonl", "No such file or directory"), (tmp_path, "Is a directory")):
         done = run_cli("caption", picture, "--model", "no-such/captioner", "--out", out)
         assert done.returncode == 2 and done.stderr.splitlines() == [f"captioner: --out {out}: cannot be written ({why})"]
+
+
+def test_each_row_names_the_model_and_version_that_made_it_across_a_retrain(home, tmp_path):
+    """The rows did not say which model version captioned them: a curator comparing a run before a retrain with one
+    after could not tell them apart. JSONL and CSV rows now carry model and model_version (the other fields as
+    they were), an unreadable file's row naming the run's model too."""
+    import shutil
+
+    from captioner.models import demo_model_dir
+
+    picture = write(tmp_path, "p.png", zoo.encode(zoo.demo("circle", "red"), "PNG"))
+    models = home / "models"
+    for version in ("v0001", "v0002"):  # two published versions (the demo captioner's files stand in for both)
+        shutil.copytree(demo_model_dir("caption"), models / version)
+    seen = {}
+    for version in ("v0001", "v0002"):
+        (models / "active.json").write_text(json.dumps({"version": version}))
+        done = run_cli("caption", picture, tmp_path / "gone.png", "--num-beams", "1")  # the live version captions
+        first, gone = [json.loads(line) for line in done.stdout.splitlines()]
+        assert list(first) == ["path", "caption", "score", "model", "model_version"] and first["caption"] == "a red circle"
+        assert (first["model"], first["model_version"]) == (gone["model"], gone["model_version"]) == ("active", version)
+        assert gone["error"] == "no such file" and done.returncode == 1
+        done = run_cli("caption", picture, "--num-beams", "1", "--format", "csv")
+        table = list(csv.DictReader(io.StringIO(done.stdout, newline="")))
+        assert list(table[0]) == ["path", "caption", "error", "score", "model", "model_version"]
+        seen[version] = (table[0]["model"], table[0]["model_version"])
+    assert seen == {"v0001": ("active", "v0001"), "v0002": ("active", "v0002")}
+
+
+def test_ctrl_c_twice_stops_at_once_without_a_traceback_and_keeps_the_rows_done(home, tmp_path):
+    """A second Ctrl-C while a stopped run waited for the model's threads printed a KeyboardInterrupt traceback from
+    an exit handler and aborted ('terminate called without an active exception'); it now exits 130 at once, quietly,
+    with the rows of the chunks done whole in the .partial file (or, landing after the exit handlers, ends it by
+    SIGINT, which a shell reports as 130 too)."""
+    import signal
+    import time
+
+    folder = tmp_path / "shoot"
+    folder.mkdir()
+    picture = zoo.encode(zoo.demo("circle", "red"), "PNG")
+    for i in range(2000):
+        write(folder, f"{i:04d}.png", picture)
+    out, partial = tmp_path / "results.jsonl", tmp_path / "results.jsonl.partial"
+    command = [sys.executable, "-m", "captioner", "caption", str(folder), "--model", "demo", "--out", str(out)]
+    child = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=child_env(), cwd=ROOT,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as a terminal starts it
+    deadline = time.monotonic() + 240
+    while not (partial.exists() and partial.stat().st_size) and time.monotonic() < deadline and child.poll() is None:
+        time.sleep(0.05)
+    child.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    child.send_signal(signal.SIGINT)
+    said = child.communicate(timeout=60)[1]
+    assert child.returncode in (130, -signal.SIGINT) and "Traceback" not in said and "terminate called" not in said, said
+    assert said.splitlines()[-1] in ("captioner: interrupted again: stopped at once", "captioner: interrupted")
+    rows = [json.loads(line) for line in partial.read_text().splitlines()]
+    assert rows and len(rows) % 512 == 0 and not out.exists()
+
+
+def test_a_standard_output_full_from_the_first_row_does_not_claim_rows_were_written(home, tmp_path):
+    """stdout on a full disk from the start said 'the rows before were written' when none had been."""
+    picture = write(tmp_path, "p.png", zoo.encode(zoo.demo("circle", "red"), "PNG"))
+    command = [sys.executable, "-m", "captioner", "caption", str(picture), "--model", "demo", "--num-beams", "1"]
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(command, stdout=full, stderr=subprocess.PIPE, text=True, env=child_env(), cwd=ROOT, timeout=300)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == ["captioner: standard output: cannot be written (No space left on device); no row was written"]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 
 from .. import runtime
 from ..settings import Settings, SettingsError, unknown_variables
@@ -16,6 +18,7 @@ __all__ = ["build_parser", "main"]
 def main(argv: list[str] | None = None) -> int:
     runtime.configure("cli")  # threads and OpenMP wait policy, before any command loads torch
     args = build_parser().parse_args(argv)
+    interrupt = _second_interrupt_stops_at_once()
     try:
         settings = Settings.from_env()
         for note in unknown_variables():
@@ -30,6 +33,32 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # the reader stopped reading (`models list --json | head`): the rest is not wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the flush at exit does not complain
         return 1
+    finally:
+        if interrupt and signal.getsignal(signal.SIGINT) is interrupt:  # no Ctrl-C came: as it was, for a caller
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # in this process (after one, exiting stays quick)
+
+
+def _second_interrupt_stops_at_once():
+    """Ctrl-C stops a command cleanly (an --out file's rows kept, said); a second one while it winds down (waiting
+    for the model's threads) exits at once, where it printed a traceback and aborted. The handler set, or None
+    where Ctrl-C is not Python's to handle (ignored, as in a background job, or not the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    before = signal.getsignal(signal.SIGINT)
+    if before is not signal.default_int_handler:
+        return None
+
+    def stop_at_once(signum, frame):
+        erase = b"\r\x1b[K" if os.isatty(2) else b""  # a progress line may be on the terminal
+        os.write(2, erase + b"captioner: interrupted again: stopped at once\n")  # not say(): the code interrupted
+        os._exit(130)  # may hold stderr's lock; and no exit-time wait (rows written so far stay in their file)
+
+    def interrupt(signum, frame):
+        signal.signal(signal.SIGINT, stop_at_once)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt)
+    return interrupt
 
 
 def run(args, settings: Settings) -> int:

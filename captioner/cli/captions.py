@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
@@ -19,6 +20,7 @@ from ..styles import DETAILED, StyleError, style_for, style_notice
 from .common import UserError, say
 from .inputs import expand_paths, refuse_an_input_as_output
 from .output import open_output, refuse_an_output_with_no_folder
+from .progress import Progress
 from .serving import load_for_cli
 
 
@@ -27,6 +29,8 @@ CHUNK_BYTES = 128 * 2**20  # ... and at most this many of their bytes (camera ph
 NEXT_CHUNK_AT = 256  # files a chunk has left when the next one is given to the engine: enough to keep the model busy
 # while the next one's first images are prepared, few enough that a chunk is not slowed by the next one's batches
 # (the engine shares its batches among jobs: two whole chunks at once finish together, twice as late)
+NOTHING_TO_CAPTION = 3  # the exit status when the inputs hold no file at all: a script tells it from success (0),
+# a failed input (1) and a usage error (2), as grep's 1 tells "no match" from a match
 
 
 def cmd_caption(args, settings: Settings) -> int:
@@ -46,6 +50,10 @@ def cmd_caption(args, settings: Settings) -> int:
     paths, failed = expand_paths(args.paths)
     refuse_an_input_as_output(args.out, paths)
     refuse_an_output_with_no_folder(args.out)  # before a model that may take minutes to load
+    if not paths:  # an empty folder (a drive not mounted?) or list: no model is loaded and --out is not emptied
+        kept = f"; --out {args.out} is left as it was" if args.out else ""
+        say(f"nothing to caption: the inputs hold no image files{kept}")
+        return 1 if failed else NOTHING_TO_CAPTION
     loaded = load_for_cli("caption", args.model, settings)
     try:
         check_options(loaded, options)  # one error up front, not the same one on every image
@@ -55,35 +63,37 @@ def cmd_caption(args, settings: Settings) -> int:
     # one error up front, not after the first chunk's work
     first = True
     try:
-        with open_output(args.out) as out:
-            for chunk, results in captioned_chunks(loaded, paths, options, args.batch_size):  # an interrupted run
-                rows, chunk_failed = chunk_rows(chunk, results, styling)  # keeps the chunks it wrote
-                out.write(format_captions(rows, args.format, header=first))
-                out.flush()
+        with open_output(args.out) as out, Progress.for_run(len(paths), args.progress) as progress:
+            for chunk, results in captioned_chunks(loaded, paths, options, args.batch_size, progress):
+                rows, chunk_failed = chunk_rows(chunk, results, styling, loaded)  # an interrupted run keeps the
+                with progress.aside() if out.isatty() else contextlib.nullcontext():  # chunks it wrote; rows on
+                    out.write(format_captions(rows, args.format, header=first))  # the terminal never follow the
+                    out.flush()  # progress line's text
                 failed, first = failed or chunk_failed, False
-            if first:
-                out.write(format_captions([], args.format, header=True, styled=not style.plain))
     except BrokenPipeError:  # the reader stopped reading (`| head`): nothing to say, the rest is not wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the flush at exit does not complain
         return 1
     except OSError as exc:  # a full disk, a removed drive: what was written before stays (--out says where)
         said = f"{args.out}: cannot be written" if args.out else "standard output: cannot be written"
-        say(f"{said} ({exc.strerror or exc})" + ("" if args.out else "; the rows before were written"))
+        kept = "no row was written" if first else "the rows before were written"  # first: no chunk's rows went out
+        say(f"{said} ({exc.strerror or exc})" + ("" if args.out else f"; {kept}"))
         return 1
     return 1 if failed else 0
 
 
-def chunk_rows(chunk: list, results: list, styling: "Styling") -> tuple[list[dict], bool]:
-    """Rows for a chunk of (path, ImageInput | ImageError) and its readable files' results, in order (styled when
-    a style is asked for); True when any image or its styling failed."""
+def chunk_rows(chunk: list, results: list, styling: "Styling", loaded) -> tuple[list[dict], bool]:
+    """Rows for a chunk of (path, ImageInput | ImageError) and its readable files' results, in order, each naming the
+    model and version that captioned it (styled when a style is asked for); True when any image or styling failed."""
     results = iter(results)
     rows, captioned = [], []
     for path, item in chunk:
-        if isinstance(item, ImageError):
-            row, result = {"path": str(path), "caption": None, "score": None, "error": item.reason}, None
+        if isinstance(item, ImageError):  # never reached the model: the run's model, as the engine says of its errors
+            made_by = {"model": loaded.name, "model_version": loaded.version}
+            row, result = {"path": str(path), "caption": None, "score": None, "error": item.reason, **made_by}, None
         else:
             result = next(results)
-            row = {"path": str(path), "caption": result.caption, "score": result.score, "error": result.error}
+            row = {"path": str(path), "caption": result.caption, "score": result.score, "error": result.error,
+                   "model": result.model, "model_version": result.model_version}  # fmt: skip
         rows.append(row)
         if row["error"]:
             say(f"{path}: {row['error']}")
@@ -97,16 +107,20 @@ def chunk_rows(chunk: list, results: list, styling: "Styling") -> tuple[list[dic
     return rows, any(row["error"] for row in rows) or not styled_ok
 
 
-def captioned_chunks(loaded, paths: list[Path], options, batch_size: int | None):
-    """(chunk, results of its readable files) in order. The engine is given the next chunk while this one's last
-    NEXT_CHUNK_AT files are captioned (it never waits for work at a chunk's end), and the chunk after that is read
-    meanwhile."""
-    stop = threading.Event()
+def captioned_chunks(loaded, paths: list[Path], options, batch_size: int | None, counted: Progress | None = None):
+    """(chunk, results of its readable files) in order, the files done counted as they go. The engine is given the
+    next chunk while this one's last NEXT_CHUNK_AT files are captioned (it never waits for work at a chunk's end),
+    and the chunk after that is read meanwhile."""
+    stop, counted = threading.Event(), counted or Progress(len(paths))
 
     def caption(chunk: list, nearly_done: threading.Event) -> list:
+        part, unreadable = object(), sum(isinstance(item, ImageError) for _, item in chunk)  # done when read
+        counted.set(part, unreadable)
+
         def progress(done: int, total: int) -> None:
             if stop.is_set():
                 raise Abandoned  # the caller stopped (Ctrl-C, an error): the engine drops what has not started
+            counted.set(part, unreadable + done)
             if total - done <= NEXT_CHUNK_AT:
                 nearly_done.set()
 

@@ -85,6 +85,9 @@ class _ReplacedWhenComplete:
     def flush(self) -> None:
         self.file.flush()
 
+    def isatty(self) -> bool:
+        return False
+
     def __enter__(self):
         return self
 

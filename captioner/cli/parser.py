@@ -26,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("--format", choices=["jsonl", "csv", "txt"], default="jsonl")
     cap.add_argument("--out", type=Path, help="write here instead of stdout (-: stdout); rows go to OUT.partial "
                      "as they are done, renamed to OUT when the run is complete")
+    cap.add_argument("--progress", action=argparse.BooleanOptionalAction, help="files done, rate and time left on "
+                     "stderr (default: on a terminal only; --progress elsewhere prints a line every few seconds)")
     styling = cap.add_mutually_exclusive_group()
     styling.add_argument("--style", choices=STYLES, help="also rewrite each caption in a style (output: \"styled\")")
     styling.add_argument("--style-instruction", metavar="TEXT", help="your own style instruction instead of --style")
