@@ -102,6 +102,20 @@ def at_a_real_pace(monkeypatch, model, seconds: float = 0.005) -> None:
         monkeypatch.setattr(module, "forward", paced)
 
 
+def count_decodes(monkeypatch, picture: bytes) -> list[bool]:
+    """Every image the one door (captioner.images.decode) decodes from now on: True where it is this picture."""
+    import captioner.images
+
+    decoded, decode = [], captioner.images.decode
+
+    def counted(source, *args, **kwargs):
+        decoded.append(source.data == picture)
+        return decode(source, *args, **kwargs)
+
+    monkeypatch.setattr(captioner.images, "decode", counted)
+    return decoded
+
+
 @pytest.fixture
 def home(tmp_path, monkeypatch):
     """A fresh CAPTIONER_HOME for one test; nothing outside it is touched."""

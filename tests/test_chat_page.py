@@ -5,7 +5,7 @@ import pytest
 
 import images_zoo as zoo
 from captioner.feedback import FeedbackLog
-from conftest import start_app
+from conftest import count_decodes, start_app
 from page_text import shown
 
 
@@ -181,16 +181,8 @@ def test_the_picture_has_alt_text_a_screen_reader_can_say(chat):
 
 
 def test_questions_about_a_photo_decode_it_once(chat, monkeypatch):
-    import captioner.images
-
     picture = zoo.encode(zoo.demo("circle", "red", 300), "PNG")
-    decoded = []
-    decode = captioner.images.decode
-    def counted(source, *args, **kwargs):
-        decoded.append(source.data == picture)
-        return decode(source, *args, **kwargs)
-
-    monkeypatch.setattr(captioner.images, "decode", counted)
+    decoded = count_decodes(monkeypatch, picture)
     chat.file_uploader[0].set_value(("photo.png", picture, "image/png")).run()
     for question in ("what color is the shape?", "what shape is it?", "is it a circle?"):
         ask(chat, question)

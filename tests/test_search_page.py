@@ -5,7 +5,7 @@ import pytest
 
 import images_zoo as zoo
 from captioner.demo.quality import demo_inputs
-from conftest import start_app, write_non_utf8_name
+from conftest import count_decodes, start_app, write_non_utf8_name
 from page_text import shown
 
 
@@ -252,16 +252,8 @@ def test_a_hundred_results_are_paged_through_each_seen_once(home, monkeypatch, t
 
 
 def test_paging_through_an_uploaded_photos_results_decodes_it_once(search, monkeypatch):
-    import captioner.images
-
     query = zoo.encode(zoo.demo("square", "blue", 400), "PNG")
-    decoded = []
-    decode = captioner.images.decode
-    def counted(source, *args, **kwargs):
-        decoded.append(source.data == query)
-        return decode(source, *args, **kwargs)
-
-    monkeypatch.setattr(captioner.images, "decode", counted)
+    decoded = count_decodes(monkeypatch, query)
     click(search, "Update index")
     search.slider(key="search_top_k").set_value(40).run()
     search.radio[0].set_value("Upload an image").run()
