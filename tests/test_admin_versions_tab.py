@@ -101,13 +101,14 @@ def test_activate_and_roll_back_show_in_the_tab_that_the_version_is_being_checke
 
     monkeypatch.setattr(golive, "check_folder", check_watched)
     login(admin)
-    click(admin, "Activate v0002")  # the newest is picked first: a broken one
-    assert seen_while_checking == ["Checking v0002: loading it and captioning the check set…"]
+    click(admin, "Activate v0002")  # the newest is picked first: a broken one, refused before it is loaded
     assert [(s.label, s.state) for s in admin.status] == [("v0002 was not made live", "error")]
-    assert registry.active_version(home / "models") is None and "v0002 cannot go live" in shown(admin.error)[0]
+    assert registry.active_version(home / "models") is None
+    assert "cannot go live: v0002/model.safetensors is truncated or corrupt" in shown(admin.error)[0]
     [s for s in admin.selectbox if s.label == "Version"][0].set_value("v0001").run()
     assert not admin.status  # said once, as the notes are
     click(admin, "Activate v0001")
+    assert seen_while_checking == ["Checking v0001: loading it and captioning the check set…"]
     assert [(s.label, s.state) for s in admin.status] == [("v0001 passed its check", "complete")]
     assert registry.active_version(home / "models") == "v0001" and "v0001 is live" in shown(admin.success)[0]
     assert any(c.value == "Live: v0001" for c in admin.caption)  # the tab, drawn after the check, shows it live

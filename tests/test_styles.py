@@ -85,7 +85,8 @@ def test_caption_cli_gives_styled_beside_caption(home, tmp_path, demo_png, capsy
     assert main(["caption", str(folder / "a.png"), "--model", "demo", "--style-instruction", "Make it a haiku",
                  "--style-model", "demo", "--format", "csv"]) == 0  # in-process: one more interpreter start saved
     out, err = capsys.readouterr()
-    assert "demo rewriter knows only the built-in styles" in err and out.splitlines()[0] == "path,caption,styled,error,score"
+    assert "demo rewriter knows only the built-in styles" in err
+    assert out.splitlines()[0] == "path,caption,styled,error,score,model,model_version"
     both = run_cli("caption", folder / "a.png", "--style", "poetic", "--style-instruction", "x", env=one_thread)
     assert both.returncode == 2 and "not allowed with argument" in both.stderr
 
